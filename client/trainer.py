@@ -1,0 +1,178 @@
+"""Local DP-SGD with Opacus: one round of a client's training, accounted from what actually ran."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from client.local_plan import LocalPlan
+from privacy import PoissonGaussianSteps
+from task.datasets import ArrayDataset
+from task.models import get_weights
+
+logger = logging.getLogger(__name__)
+
+
+class AccountingMismatchError(RuntimeError):
+    """What Opacus recorded differs from what the plan promised: the ε would not be trustworthy."""
+
+
+@dataclass(frozen=True)
+class LocalTrainResult:
+    """A client's new weights and the privacy events of the round that produced them."""
+
+    weights: list[np.ndarray]
+    num_examples: int
+    events: list[PoissonGaussianSteps]
+    steps: int
+    grad_sample_mode: str
+
+
+def supports_ghost_clipping(model: nn.Module) -> bool:
+    """True when Opacus has a ghost-norm or per-sample rule for every layer with parameters."""
+    known = set(GradSampleModuleFastGradientClipping.NORM_SAMPLERS) | set(
+        GradSampleModuleFastGradientClipping.GRAD_SAMPLERS
+    )
+    for module in model.modules():
+        owns_parameters = any(p.requires_grad for p in module.parameters(recurse=False))
+        if owns_parameters and type(module) not in known:
+            return False
+    return True
+
+
+def make_dp_compatible(model: nn.Module) -> nn.Module:
+    """Replace layers Opacus cannot train privately (e.g. BatchNorm), saying what was replaced."""
+    before = {name: type(module).__name__ for name, module in model.named_modules()}
+    if not ModuleValidator.validate(model, strict=False):
+        return model
+    fixed = ModuleValidator.fix(model)
+    after = {name: type(module).__name__ for name, module in fixed.named_modules()}
+    replaced = sorted(
+        f"{name}: {before[name]} -> {after[name]}"
+        for name in before
+        if name in after and before[name] != after[name]
+    )
+    logger.warning(
+        "the model was changed to make it trainable with DP-SGD: %s",
+        "; ".join(replaced) or "layers replaced",
+    )
+    return fixed
+
+
+def train_locally(
+    model: nn.Module,
+    data: ArrayDataset,
+    plan: LocalPlan,
+    *,
+    batch_size: int,
+    max_grad_norm: float,
+    learning_rate: float,
+    local_epochs: int,
+    seed: int,
+    device: torch.device,
+) -> LocalTrainResult:
+    """Run `local_epochs` of Opacus DP-SGD with Poisson sampling on `data`, starting from `model`.
+
+    `seed` drives both the Poisson sampler and the Gaussian noise, so a simulation is reproducible.
+    The returned events come from Opacus' own accountant hook (one per optimizer step that ran) and
+    are checked against the plan; any disagreement raises `AccountingMismatchError`.
+    """
+    if len(data) != plan.num_examples:
+        raise AccountingMismatchError(
+            f"the plan was made for {plan.num_examples} examples but the data has {len(data)}"
+        )
+    model = make_dp_compatible(model).to(device)
+    model.train()
+    mode = "ghost" if supports_ghost_clipping(model) else "hooks"
+    dataset = TensorDataset(
+        torch.tensor(data.features, dtype=torch.float32),
+        torch.tensor(data.labels, dtype=torch.long),
+    )
+    sampler_generator = torch.Generator().manual_seed(seed)
+    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
+    loader = DataLoader(dataset, batch_size=batch_size, generator=sampler_generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off; Privet states the noise source in its results.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")
+        made = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_generator,
+            grad_sample_mode=mode,
+        )
+    if mode == "ghost":
+        private_model, private_optimizer, criterion, private_loader = made
+    else:
+        private_model, private_optimizer, private_loader = made
+        criterion = nn.CrossEntropyLoss()
+    if private_loader.batch_sampler.sample_rate != plan.sample_rate:
+        raise AccountingMismatchError(
+            f"Opacus samples at rate {private_loader.batch_sampler.sample_rate}, "
+            f"the plan has {plan.sample_rate}"
+        )
+    if len(private_loader) * local_epochs != plan.steps_per_round:
+        raise AccountingMismatchError(
+            f"Opacus will run {len(private_loader) * local_epochs} steps per round, "
+            f"the plan has {plan.steps_per_round}"
+        )
+
+    steps_run = 0
+    with warnings.catch_warnings():
+        # Ghost clipping's double backward pass makes torch warn that inputs need no gradient.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        for _ in range(local_epochs):
+            for features, labels in private_loader:
+                features, labels = features.to(device), labels.to(device)
+                private_optimizer.zero_grad(set_to_none=True)
+                loss = criterion(private_model(features), labels)
+                loss.backward()
+                private_optimizer.step()
+                steps_run += 1
+
+    events = [
+        PoissonGaussianSteps(float(sigma), float(rate), int(count))
+        for sigma, rate, count in engine.accountant.history
+    ]
+    _check_events(events, plan, steps_run)
+    weights = get_weights(private_model._module if hasattr(private_model, "_module") else model)
+    return LocalTrainResult(
+        weights=weights,
+        num_examples=len(data),
+        events=events,
+        steps=steps_run,
+        grad_sample_mode=mode,
+    )
+
+
+def _check_events(events: list[PoissonGaussianSteps], plan: LocalPlan, steps_run: int) -> None:
+    """Refuse to report privacy unless Opacus accounted exactly the steps, σ and q that ran."""
+    recorded = sum(event.steps for event in events)
+    if recorded != steps_run or steps_run != plan.steps_per_round:
+        raise AccountingMismatchError(
+            f"Opacus accounted {recorded} steps, the loop ran {steps_run}, "
+            f"the plan has {plan.steps_per_round}"
+        )
+    for event in events:
+        if event.noise_multiplier != plan.noise_multiplier or not np.isclose(
+            event.sample_rate, plan.sample_rate, rtol=1e-12, atol=0
+        ):
+            raise AccountingMismatchError(
+                f"Opacus accounted sigma={event.noise_multiplier}, q={event.sample_rate}; "
+                f"the plan has sigma={plan.noise_multiplier}, q={plan.sample_rate}"
+            )

@@ -1,0 +1,184 @@
+"""The `privet` command line: `privet simulate` runs a private federated simulation."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from privet import __version__
+from privet.config_sources import build_config, read_config_file
+from task.config import (
+    DATASET_NAMES,
+    DEVICE_NAMES,
+    MODEL_NAMES,
+    PARTITION_NAMES,
+    RunConfig,
+)
+
+EXIT_USAGE = 2
+
+
+class CliError(ValueError):
+    """A command-line problem reported as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (not a bug): reported in one line, without a traceback."""
+    from client.local_plan import PlanError
+    from privacy import CalibrationError
+    from task.config import ConfigError
+    from task.datasets import DataError
+    from task.models import ModelError
+
+    return (CliError, ConfigError, DataError, ModelError, PlanError, CalibrationError)
+
+
+def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "simulate",
+        help="run a private federated simulation on this machine",
+        description=(
+            "Train a model with FedAvg across virtual clients, each running Opacus DP-SGD, on "
+            "Flower's simulation runtime. Defaults: digits data, 5 clients, 5 rounds, ε ≤ 8 per "
+            "client at δ = 1e-5."
+        ),
+    )
+    defaults = RunConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASET_NAMES, help="data set (default: digits)")
+    data.add_argument(
+        "--data-dir", help="folder with mnist/fashion-mnist IDX .gz files or adult.data"
+    )
+    data.add_argument("--data-file", help="CSV file for --dataset csv (header row required)")
+    data.add_argument("--label-column", help="label column of a CSV file")
+    data.add_argument("--partition-column", help="column whose values split a CSV across clients")
+    data.add_argument(
+        "--partition", choices=PARTITION_NAMES, help="how data is split (default: iid)"
+    )
+    data.add_argument(
+        "--alpha", type=float, help=f"Dirichlet concentration (default: {defaults.alpha})"
+    )
+
+    fed = parser.add_argument_group("federation")
+    fed.add_argument("--clients", type=int, help=f"virtual clients (default: {defaults.clients})")
+    fed.add_argument("--rounds", type=int, help=f"federated rounds (default: {defaults.rounds})")
+    fed.add_argument(
+        "--local-epochs", type=int, help=f"epochs per round (default: {defaults.local_epochs})"
+    )
+    fed.add_argument(
+        "--batch-size", type=int, help=f"expected batch size (default: {defaults.batch_size})"
+    )
+    fed.add_argument("--lr", type=float, help=f"learning rate (default: {defaults.lr})")
+    fed.add_argument("--model", choices=MODEL_NAMES, help=f"model (default: {defaults.model})")
+
+    dp = parser.add_argument_group("differential privacy (per client, per example)")
+    noise = dp.add_mutually_exclusive_group()
+    noise.add_argument("--noise-multiplier", type=float, help="σ: noise std / clip norm")
+    noise.add_argument(
+        "--target-epsilon",
+        type=float,
+        help="calibrate σ so each client ends the planned run at this ε (default: 8)",
+    )
+    dp.add_argument(
+        "--max-grad-norm",
+        type=float,
+        help=f"per-example clip norm C (default: {defaults.max_grad_norm})",
+    )
+    dp.add_argument("--delta", type=float, help=f"δ of (ε, δ)-DP (default: {defaults.delta:g})")
+
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--seed", type=int, help="seed for data split, init, sampling and noise (default: 0)"
+    )
+    run.add_argument("--device", choices=DEVICE_NAMES, help="where clients train (default: auto)")
+    run.add_argument("--output", help="results folder (default: privet-output/run-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="replace results already in --output")
+    run.add_argument("--config", help="TOML file with any of the settings above (flags win)")
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `privet` command."""
+    parser = argparse.ArgumentParser(
+        prog="privet",
+        description="Federated training with differential privacy, on Flower and Opacus.",
+    )
+    parser.add_argument("--version", action="version", version=f"privet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_simulate_parser(commands)
+    return parser
+
+
+SIMULATE_KEYS = tuple(key.replace("-", "_") for key in RunConfig.key_names())
+
+
+def _default_output() -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("privet-output") / f"run-{stamp}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
+    return str(candidate)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The validated run configuration of `privet simulate`'s flags and optional --config file."""
+    file_values = read_config_file(args.config) if args.config else {}
+    flags = {key: getattr(args, key) for key in SIMULATE_KEYS}
+    if flags["output"] is None and "output" not in file_values:
+        flags["output"] = _default_output()
+    config = build_config(file_values, flags)
+    results = Path(config.output) / "results.json"
+    if results.exists() and not args.overwrite:
+        raise CliError(
+            f"{results} already exists; choose another --output or pass --overwrite to replace it"
+        )
+    if Path(config.output).exists() and not Path(config.output).is_dir():
+        raise CliError(f"--output {config.output} is a file, not a folder")
+    return config
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from privet.console import SimulationConsole
+    from simulations.flower_engine import run_flower_simulation
+    from simulations.plan import plan_simulation
+
+    config = config_from_args(args)
+    console = SimulationConsole()
+    plan = plan_simulation(config)
+    console.show_plan(plan)
+    from client.device import resolve_device
+
+    use_gpu = resolve_device(config.device).type == "cuda"
+    with console.progress(config.rounds) as on_round:
+        results = run_flower_simulation(config, on_round, use_gpu=use_gpu, verbose=args.verbose)
+    console.show_results(results)
+    return 0 if results.finished else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `privet` console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    try:
+        if args.command == "simulate":
+            return _simulate(args)
+    except _user_errors() as error:
+        print(f"privet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("privet: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

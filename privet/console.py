@@ -1,0 +1,96 @@
+"""What `privet simulate` shows a person: the plan, a progress bar over rounds, the final tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from server.results import RESULTS_FILE, RoundRecord, RunResults
+from simulations.plan import SimulationPlan
+
+
+def _eps(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:.3f}"
+
+
+class SimulationConsole:
+    """Terminal output of a simulation (plain text when the output is not a terminal)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+
+    def show_plan(self, plan: SimulationPlan) -> None:
+        """One paragraph: data, clients, and the privacy each client is planned to spend."""
+        config = plan.config
+        sizes = [client.train_examples for client in plan.clients]
+        sigmas = sorted({round(client.local.noise_multiplier, 6) for client in plan.clients})
+        sigma_text = f"{sigmas[0]:.4g}" if len(sigmas) == 1 else f"{sigmas[0]:.4g}–{sigmas[-1]:.4g}"
+        self.console.print(
+            f"[bold]Privet[/bold] {config.dataset}: {config.clients} clients × {config.rounds} "
+            f"rounds × {config.local_epochs} local epochs, model {config.model}, "
+            f"{min(sizes)}–{max(sizes)} training examples per client, test set {plan.test_examples}"
+        )
+        self.console.print(
+            f"DP-SGD per client: clip norm {config.max_grad_norm:g}, "
+            f"noise multiplier {sigma_text}, "
+            f"planned ε ≤ {_eps(plan.planned_epsilon_max)} at δ = {config.delta:g}"
+        )
+
+    @contextmanager
+    def progress(self, total_rounds: int) -> Iterator[Callable[[RoundRecord], None]]:
+        """A progress bar over rounds; yields the callback that advances it."""
+        columns = (
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=False) as bar:
+            task = bar.add_task("rounds", total=total_rounds)
+
+            def on_round(record: RoundRecord) -> None:
+                bar.update(
+                    task,
+                    completed=record.round,
+                    description=(
+                        f"round {record.round}: accuracy {record.accuracy:.3f}, "
+                        f"max ε {_eps(record.epsilon_max)}"
+                    ),
+                )
+
+            yield on_round
+
+    def show_results(self, results: RunResults) -> None:
+        """The per-round table, the per-client privacy table, and where the files are."""
+        rounds = Table(title="Rounds (server-side test set)")
+        for column in ("round", "accuracy", "loss", "max ε"):
+            rounds.add_column(column, justify="right")
+        for record in results.rounds:
+            rounds.add_row(
+                str(record.round),
+                f"{record.accuracy:.4f}",
+                f"{record.loss:.4f}",
+                _eps(record.epsilon_max),
+            )
+        self.console.print(rounds)
+        clients = Table(title=f"Privacy spent per client (δ = {results.config.delta:g}, RDP)")
+        for column in ("client", "examples", "ε", "σ", "q", "steps"):
+            clients.add_column(column, justify="right")
+        for client in results.clients:
+            clients.add_row(
+                str(client.client_id),
+                str(client.num_examples),
+                _eps(client.epsilon),
+                f"{client.noise_multiplier:.4g}",
+                f"{client.sample_rate:.4g}",
+                str(client.steps),
+            )
+        self.console.print(clients)
+        if not results.finished:
+            self.console.print("[red]The run did not finish all rounds.[/red]")
+        self.console.print(f"Results: {results.config.output}/{RESULTS_FILE}")

@@ -1,0 +1,1 @@
+"""The server side: the Flower ServerApp, the FedAvg strategy, federation privacy and results."""

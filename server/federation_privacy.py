@@ -1,0 +1,89 @@
+"""What the server knows of each client's example-level privacy, and the federation's ε.
+
+Client data sets are disjoint, so an example is protected at its own client's ε; the federation's
+number is the maximum over clients, never an average. A client's ε is cumulative and can only grow:
+a report that goes down is kept at the larger value and flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, replace
+
+logger = logging.getLogger(__name__)
+
+
+class ClientReportError(ValueError):
+    """A client's privacy report that the server cannot accept."""
+
+
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """A client's latest privacy report: cumulative over every round it trained in."""
+
+    client_id: int
+    num_examples: int
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    rounds_participated: int
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.epsilon) or self.epsilon < 0:
+            raise ClientReportError(f"client {self.client_id} reported epsilon {self.epsilon}")
+        if not 0 < self.delta < 1 or not 0 < self.sample_rate <= 1:
+            raise ClientReportError(
+                f"client {self.client_id} reported delta={self.delta}, q={self.sample_rate}"
+            )
+
+    def to_json_dict(self) -> dict[str, float | int]:
+        """The `clients[]` entry of results.json."""
+        data = asdict(self)
+        data["id"] = data.pop("client_id")
+        return data
+
+
+class FederationPrivacy:
+    """Per-client cumulative example-level privacy, as reported round by round."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, ClientPrivacy] = {}
+        self._by_round: dict[int, dict[int, float]] = {}
+        self._trained: dict[int, int] = {}
+
+    def record(self, server_round: int, reports: list[ClientPrivacy]) -> None:
+        """Take the reports of the clients that trained in `server_round`."""
+        for report in reports:
+            previous = self._latest.get(report.client_id)
+            if previous is not None and report.epsilon < previous.epsilon:
+                logger.warning(
+                    "client %d reported epsilon %.6g, below its earlier %.6g; keeping the larger",
+                    report.client_id,
+                    report.epsilon,
+                    previous.epsilon,
+                )
+                report = replace(report, epsilon=previous.epsilon)
+            self._latest[report.client_id] = report
+        self._trained[server_round] = len(reports)
+        self._by_round[server_round] = {
+            client_id: report.epsilon for client_id, report in sorted(self._latest.items())
+        }
+
+    def epsilon_max(self) -> float:
+        """The federation's example-level ε: the largest ε of any client (0 before any training)."""
+        return max((report.epsilon for report in self._latest.values()), default=0.0)
+
+    def epsilon_by_client(self, server_round: int) -> dict[int, float]:
+        """Each client's cumulative ε as of the end of `server_round`."""
+        return dict(self._by_round.get(server_round, {}))
+
+    def clients_trained(self, server_round: int) -> int:
+        """How many clients reported (trained) in `server_round`."""
+        return self._trained.get(server_round, 0)
+
+    def clients(self) -> list[ClientPrivacy]:
+        """Latest report of every client that has trained, by client id."""
+        return [self._latest[key] for key in sorted(self._latest)]

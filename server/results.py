@@ -1,0 +1,141 @@
+"""The run's results: per-round metrics, per-client privacy, the final model; written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from server.federation_privacy import ClientPrivacy
+from task.config import RunConfig
+from task.models import set_weights
+
+RESULTS_FILE = "results.json"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One finished round: server-side test metrics and example-level ε so far."""
+
+    round: int
+    accuracy: float
+    loss: float
+    epsilon_max: float
+    epsilon_by_client: dict[int, float]
+    clients_trained: int
+    local_accuracy: float | None = None
+
+
+RoundCallback = Callable[[RoundRecord], None]
+
+
+def privet_version() -> str:
+    """The installed distribution's version (the server does not import the CLI package)."""
+    try:
+        return metadata.version("privet")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no infinity: write it as the string "inf" rather than an invalid token."""
+    return value if math.isfinite(value) else str(value)
+
+
+@dataclass
+class RunResults:
+    """Everything results.json holds, collected while the run goes on."""
+
+    config: RunConfig
+    engine: str
+    initial_accuracy: float | None = None
+    initial_loss: float | None = None
+    rounds: list[RoundRecord] = field(default_factory=list)
+    clients: list[ClientPrivacy] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    finished: bool = False
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The documented results.json layout (see README)."""
+        rounds = []
+        for record in self.rounds:
+            item = asdict(record)
+            item["epsilon_max"] = _json_number(record.epsilon_max)
+            item["epsilon_by_client"] = {
+                str(key): _json_number(value) for key, value in record.epsilon_by_client.items()
+            }
+            rounds.append(item)
+        clients = []
+        for client in self.clients:
+            item = client.to_json_dict()
+            item["epsilon"] = _json_number(client.epsilon)
+            clients.append(item)
+        return {
+            "privet_version": privet_version(),
+            "engine": self.engine,
+            "finished": self.finished,
+            "wall_time_s": round(time.time() - self.started_at, 3),
+            "config": self.config.to_json_dict(),
+            "privacy": {
+                "level": "example",
+                "accountant": "rdp",
+                "delta": self.config.delta,
+                "epsilon_max": _json_number(
+                    max((client.epsilon for client in self.clients), default=0.0)
+                ),
+                "noise_source": (
+                    f"torch generator seeded from seed={self.config.seed} (simulation: "
+                    "reproducible, not cryptographically secure)"
+                ),
+            },
+            "initial": {"accuracy": self.initial_accuracy, "loss": self.initial_loss},
+            "rounds": rounds,
+            "clients": clients,
+            "model": {"file": MODEL_FILE, "architecture": self.config.model},
+        }
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(payload)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_results(output_dir: Path, results: RunResults) -> Path:
+    """Write results.json atomically; return its path."""
+    path = output_dir / RESULTS_FILE
+    text = json.dumps(results.to_json_dict(), indent=2, allow_nan=False)
+    _atomic_write_bytes(path, text.encode())
+    return path
+
+
+def write_model(output_dir: Path, model: nn.Module, weights: list[np.ndarray]) -> Path:
+    """Save the final weights as a plain state dict (loadable with `weights_only=True`)."""
+    set_weights(model, weights)
+    path = output_dir / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save({key: value.clone() for key, value in model.state_dict().items()}, temporary)
+    os.replace(temporary, path)
+    return path

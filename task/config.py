@@ -1,0 +1,165 @@
+"""The one typed run configuration, validated in one place.
+
+CLI flags, a TOML file and Flower's run config (`[tool.flwr.app.config]`, `--run-config`) are all
+turned into a plain mapping and then into `RunConfig` by `RunConfig.from_mapping`, so every path
+applies the same defaults and the same checks. Keys may be written `local-epochs` (Flower's style)
+or `local_epochs`. Flower and TOML cannot say "unset", so an empty string means unset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "csv")
+MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn")
+PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
+DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DATASETS_NEEDING_DIR: tuple[str, ...] = ("mnist", "fashion-mnist", "adult")
+DEFAULT_TARGET_EPSILON = 8.0
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and what to do."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a private federated run needs to know, with the defaults of `privet simulate`."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    data_file: str | None = None
+    label_column: str | None = None
+    partition_column: str | None = None
+    clients: int = 5
+    rounds: int = 5
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 2.0
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    partition: str = "iid"
+    alpha: float = 0.5
+    model: str = "logreg"
+    seed: int = 0
+    device: str = "auto"
+    output: str = "privet-output"
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
+        _validate(self)
+
+    @classmethod
+    def key_names(cls) -> tuple[str, ...]:
+        """The configuration keys, in Flower's kebab-case spelling."""
+        return tuple(field.name.replace("_", "-") for field in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a config from flags, TOML or Flower run config values."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, raw_value in values.items():
+            name = str(raw_key).replace("-", "_")
+            if name not in fields:
+                raise ConfigError(
+                    f"unknown configuration key {raw_key!r}; valid keys: {', '.join(cls.key_names())}"
+                )
+            kwargs[name] = _coerce(raw_key, raw_value, fields[name].type)
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case keys and plain values (None written as ""), as Flower's run config wants."""
+        return {
+            field.name.replace("_", "-"): ""
+            if getattr(self, field.name) is None
+            else getattr(self, field.name)
+            for field in dataclasses.fields(self)
+        }
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Snake-case keys and JSON values (None kept), for results.json."""
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert one raw value to the field's type, or explain why it cannot be."""
+    text = str(annotation)
+    optional = "None" in text
+    if optional and (value is None or value == ""):
+        return None
+    try:
+        if text.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if text.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        kind = "an integer" if text.startswith("int") else "a number"
+        raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{key} must be positive, got {value:g}")
+
+
+def _validate(config: RunConfig) -> None:
+    """Value checks that need no data; data-dependent checks happen when the run is planned."""
+    _one_of("dataset", config.dataset, DATASET_NAMES)
+    _one_of("model", config.model, MODEL_NAMES)
+    _one_of("partition", config.partition, PARTITION_NAMES)
+    _one_of("device", config.device, DEVICE_NAMES)
+    for key in ("clients", "rounds", "local_epochs", "batch_size"):
+        value = getattr(config, key)
+        if value < 1:
+            raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {value}")
+    _positive("lr", config.lr)
+    _positive("max-grad-norm", config.max_grad_norm)
+    _positive("alpha", config.alpha)
+    if not 0 < config.delta < 1:
+        raise ConfigError(f"delta must be in (0, 1), got {config.delta:g}")
+    if config.noise_multiplier is not None and config.target_epsilon is not None:
+        raise ConfigError("give either noise-multiplier or target-epsilon, not both")
+    if config.noise_multiplier is not None and not (
+        config.noise_multiplier > 0 and math.isfinite(config.noise_multiplier)
+    ):
+        raise ConfigError(
+            f"noise-multiplier must be positive (0 would mean no privacy), "
+            f"got {config.noise_multiplier:g}"
+        )
+    if config.target_epsilon is not None:
+        _positive("target-epsilon", config.target_epsilon)
+    if config.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {config.seed}")
+    if config.dataset in DATASETS_NEEDING_DIR and not config.data_dir:
+        raise ConfigError(
+            f"dataset {config.dataset!r} is read from local files: pass --data-dir with the folder "
+            "that holds them"
+        )
+    if config.dataset == "csv" and not (config.data_file and config.label_column):
+        raise ConfigError("dataset 'csv' needs --data-file FILE.csv and --label-column NAME")
+    if config.partition == "column" and not config.partition_column:
+        raise ConfigError("partition 'column' needs --partition-column NAME (a column of the data)")
+    if config.partition == "column" and config.dataset not in ("csv", "adult"):
+        raise ConfigError("partition 'column' needs tabular data (--dataset csv or adult)")
+    if not config.output:
+        raise ConfigError("output must name a folder")
