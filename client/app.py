@@ -15,7 +15,7 @@ from client.training_round import (
     run_training_round,
     torch_threads_for_client,
 )
-from privacy import PoissonGaussianSteps
+from privacy import PoissonGaussianSteps, compose
 from task.config import RunConfig
 
 STATE_KEY = "privet-dp-history"
@@ -31,7 +31,7 @@ def read_history(context: Context) -> list[PoissonGaussianSteps]:
 
 def write_history(context: Context, history: list[PoissonGaussianSteps]) -> None:
     """Store the node's full DP-SGD history in its per-node state."""
-    flat = [value for event in history for value in event.to_list()]
+    flat = [value for event in compose(history) for value in event.to_list()]
     context.state.config_records[STATE_KEY] = ConfigRecord({"events": flat})
 
 

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from privet import __version__
@@ -25,6 +26,14 @@ EXIT_USAGE = 2
 
 class CliError(ValueError):
     """A command-line problem reported as one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that names the problem and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `privet: error: ...` and exit with status 2 (argparse prints usage first)."""
+        self.exit(EXIT_USAGE, f"privet: error: {message} (see '{self.prog} --help')\n")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -104,12 +113,12 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `privet` command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="privet",
         description="Federated training with differential privacy, on Flower and Opacus.",
     )
     parser.add_argument("--version", action="version", version=f"privet {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_simulate_parser(commands)
     return parser
 

@@ -1,0 +1,110 @@
+"""The ClientApp adapter, driven through Flower's Message API without a runtime."""
+
+import math
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from opacus.accountants.analysis import rdp
+
+from client.app import make_client_app, read_history
+from server.evaluation import ServerEvaluator
+from task.config import ConfigError, RunConfig
+
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower stamps replies with the identity of the running task; give it one."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+def train_message(weights, server_round):
+    content = RecordDict(
+        {"arrays": ArrayRecord(weights), "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content=content, dst_node_id=7, message_type="train")
+
+
+def node_context(partition_id, run_config=None):
+    return Context(
+        run_id=1, node_id=7, node_config={"partition-id": partition_id, "num-partitions": 5},
+        state=RecordDict(), run_config=run_config or {},
+    )
+
+
+def test_epsilon_accumulates_across_rounds_in_node_state(tmp_path):
+    config = RunConfig(output=str(tmp_path), rounds=3)
+    app = make_client_app(config)
+    weights = ServerEvaluator(config).initial_weights()
+    context = node_context(2)
+    reported = []
+    for server_round in (1, 2, 3):
+        reply = app(train_message(weights, server_round), context)
+        assert not reply.has_error()
+        reported.append(dict(reply.content["metrics"]))
+    n = reported[0]["num-examples"]
+    batches = math.ceil(n / config.batch_size)
+    for server_round, metrics in enumerate(reported, start=1):
+        steps = server_round * config.local_epochs * batches
+        assert metrics["steps"] == steps
+        assert metrics["sample-rate"] == 1 / batches
+        assert metrics["client-id"] == 2
+        expected, _ = rdp.get_privacy_spent(
+            orders=ORDERS,
+            rdp=rdp.compute_rdp(
+                q=1 / batches, noise_multiplier=metrics["noise-multiplier"], steps=steps,
+                orders=ORDERS,
+            ),
+            delta=config.delta,
+        )
+        assert metrics["epsilon"] == pytest.approx(expected, rel=1e-6)
+    assert reported[0]["epsilon"] < reported[1]["epsilon"] < reported[2]["epsilon"] <= 8.0
+    assert sum(event.steps for event in read_history(context)) == reported[-1]["steps"]
+
+
+def test_module_level_app_reads_flowers_run_config(tmp_path):
+    from client.app import app
+
+    config = RunConfig(output=str(tmp_path), rounds=2, noise_multiplier=1.5)
+    weights = ServerEvaluator(config).initial_weights()
+    context = node_context(0, run_config=config.to_mapping())
+    reply = app(train_message(weights, 1), context)
+    assert not reply.has_error()
+    assert reply.content["metrics"]["noise-multiplier"] == 1.5
+    trained = reply.content["arrays"].to_numpy_ndarrays()
+    assert any(not np.array_equal(a, b) for a, b in zip(weights, trained, strict=True))
+
+
+def test_evaluation_reply_uses_held_out_examples_only(tmp_path):
+    config = RunConfig(output=str(tmp_path))
+    app = make_client_app(config)
+    weights = ServerEvaluator(config).initial_weights()
+    message = Message(
+        content=RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord()}),
+        dst_node_id=7, message_type="evaluate",
+    )
+    reply = app(message, node_context(1))
+    metrics = reply.content["metrics"]
+    assert 0 <= metrics["accuracy"] <= 1
+    # 10% of a shard of 1437 / 5 examples is held out for local validation.
+    assert metrics["num-examples"] == int(288 * 0.1) or metrics["num-examples"] == int(287 * 0.1)
+
+
+def test_node_without_partition_is_refused_with_a_hint(tmp_path):
+    config = RunConfig(output=str(tmp_path))
+    app = make_client_app(config)
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError, match="partition-id"):
+        app(train_message(ServerEvaluator(config).initial_weights(), 1), context)
+
+
+def test_node_count_must_match_the_run_config(tmp_path):
+    config = RunConfig(output=str(tmp_path), clients=4)
+    with pytest.raises(ConfigError, match="5 nodes but the run config says clients=4"):
+        make_client_app(config)(
+            train_message(ServerEvaluator(config).initial_weights(), 1), node_context(0)
+        )

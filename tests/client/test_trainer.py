@@ -1,0 +1,144 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from client.local_plan import plan_local_training
+from client.trainer import (
+    AccountingMismatchError,
+    make_dp_compatible,
+    supports_ghost_clipping,
+    train_locally,
+)
+from task.datasets import ArrayDataset
+from task.models import build_model, get_weights
+
+CPU = torch.device("cpu")
+
+
+def small_data(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    features = rng.normal(size=(n, 1, 4, 4)).astype(np.float32) + labels[:, None, None, None]
+    return ArrayDataset(features, labels, 3)
+
+
+def run(model, data, *, seed=1, sigma=1.0, epochs=2, batch=32):
+    plan = plan_local_training(
+        num_examples=len(data), batch_size=batch, local_epochs=epochs, rounds=1, delta=1e-5,
+        noise_multiplier=sigma, target_epsilon=None,
+    )
+    result = train_locally(
+        model, data, plan, batch_size=batch, max_grad_norm=1.0, learning_rate=0.5,
+        local_epochs=epochs, seed=seed, device=CPU,
+    )
+    return plan, result
+
+
+def test_events_are_exactly_what_ran():
+    data = small_data()
+    plan, result = run(build_model("mlp", (1, 4, 4), 3), data)
+    assert result.steps == plan.steps_per_round == 2 * 7  # ceil(200 / 32) = 7 batches per epoch
+    assert sum(event.steps for event in result.events) == result.steps
+    assert {(e.noise_multiplier, e.sample_rate) for e in result.events} == {(1.0, 1 / 7)}
+
+
+def test_training_changes_weights_and_is_reproducible_for_a_seed():
+    data = small_data()
+    initial = get_weights(build_model("logreg", (1, 4, 4), 3))
+    _, first = run(build_model("logreg", (1, 4, 4), 3), data, seed=5)
+    _, again = run(build_model("logreg", (1, 4, 4), 3), data, seed=5)
+    _, other = run(build_model("logreg", (1, 4, 4), 3), data, seed=6)
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, first.weights, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, again.weights, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(first.weights, other.weights, strict=True))
+
+
+def test_noise_is_really_added():
+    """The same seed with more noise must move the weights further from the noiseless path."""
+    data = small_data()
+    _, quiet = run(build_model("logreg", (1, 4, 4), 3), data, sigma=1e-6)
+    _, loud = run(build_model("logreg", (1, 4, 4), 3), data, sigma=50.0)
+    _, quiet_again = run(build_model("logreg", (1, 4, 4), 3), data, sigma=2e-6)
+    distance = lambda a, b: sum(float(np.abs(x - y).sum()) for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert distance(quiet.weights, loud.weights) > 100 * distance(quiet.weights, quiet_again.weights)
+
+
+def test_clipping_bounds_each_step():
+    """With almost no noise and clip norm C, one step moves the weights by at most lr·C·(B/E[B])."""
+    data = small_data(n=64)
+    model = build_model("logreg", (1, 4, 4), 3)
+    data_big = ArrayDataset(data.features * 1000, data.labels, 3)  # huge gradients before clipping
+    before = get_weights(model)
+    plan = plan_local_training(
+        num_examples=64, batch_size=64, local_epochs=1, rounds=1, delta=1e-5,
+        noise_multiplier=1e-9, target_epsilon=None,
+    )
+    result = train_locally(
+        model, data_big, plan, batch_size=64, max_grad_norm=1.0, learning_rate=1.0,
+        local_epochs=1, seed=3, device=CPU,
+    )
+    step = np.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(before, result.weights, strict=True)))
+    assert result.steps == 1
+    # Poisson batch of at most 64 examples, each clipped to 1, averaged over E[B] = 64.
+    assert step <= 1.0 + 1e-4
+
+
+def test_ghost_clipping_is_used_where_opacus_supports_the_layers():
+    assert supports_ghost_clipping(build_model("mlp", (1, 8, 8), 10))
+    assert supports_ghost_clipping(build_model("cnn", (1, 8, 8), 10))
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.scale
+
+    assert not supports_ghost_clipping(nn.Sequential(nn.Flatten(), Odd()))
+
+
+def test_batchnorm_is_replaced_with_a_logged_warning(caplog):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 3))
+    with caplog.at_level(logging.WARNING):
+        fixed = make_dp_compatible(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fixed.modules())
+    assert "BatchNorm2d -> GroupNorm" in caplog.text
+    _, result = run(fixed, small_data())
+    assert result.steps > 0
+
+
+def test_a_compatible_model_is_left_alone(caplog):
+    model = build_model("mlp", (1, 4, 4), 3)
+    with caplog.at_level(logging.WARNING):
+        assert make_dp_compatible(model) is model
+    assert caplog.text == ""
+
+
+def test_plan_for_other_data_size_is_refused():
+    data = small_data(n=200)
+    plan = plan_local_training(
+        num_examples=100, batch_size=32, local_epochs=1, rounds=1, delta=1e-5,
+        noise_multiplier=1.0, target_epsilon=None,
+    )
+    with pytest.raises(AccountingMismatchError, match="100 examples"):
+        train_locally(
+            build_model("logreg", (1, 4, 4), 3), data, plan, batch_size=32, max_grad_norm=1.0,
+            learning_rate=0.1, local_epochs=1, seed=0, device=CPU,
+        )
+
+
+def test_batch_size_other_than_planned_is_refused():
+    data = small_data(n=200)
+    plan = plan_local_training(
+        num_examples=200, batch_size=32, local_epochs=1, rounds=1, delta=1e-5,
+        noise_multiplier=1.0, target_epsilon=None,
+    )
+    with pytest.raises(AccountingMismatchError):
+        train_locally(
+            build_model("logreg", (1, 4, 4), 3), data, plan, batch_size=50, max_grad_norm=1.0,
+            learning_rate=0.1, local_epochs=1, seed=0, device=CPU,
+        )

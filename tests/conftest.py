@@ -1,0 +1,36 @@
+"""Shared test settings: Flower and Ray write only to temporary folders and phone nowhere."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Ray puts Unix sockets under its temp dir, whose path must stay short (< 108 bytes).
+_SCRATCH = Path(tempfile.mkdtemp(prefix="privet-t-"))
+os.environ["RAY_TMPDIR"] = str(_SCRATCH / "ray")
+os.environ["FLWR_HOME"] = str(_SCRATCH / "flwr")
+os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
+Path(os.environ["RAY_TMPDIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the scratch folder Ray and Flower wrote to."""
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The checksum-verified MNIST files beside the project; their absence fails the test."""
+    path = SHARED_DATA / "mnist"
+    assert (path / "train-images-idx3-ubyte.gz").is_file(), f"MNIST files missing under {path}"
+    return path

@@ -1,0 +1,94 @@
+"""`flwr run .` works on the project as Flower users expect, against a SuperLink the test owns."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def copy_app(destination: Path) -> Path:
+    """A copy of the app folder, because `flwr run` may rewrite pyproject.toml."""
+    app = destination / "app"
+    app.mkdir()
+    shutil.copy(REPO_ROOT / "pyproject.toml", app)
+    for package in ("client", "server", "task", "privacy"):
+        shutil.copytree(REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return app
+
+
+def test_flwr_run_trains_and_writes_results(tmp_path):
+    http_port, control_port = free_port(), free_port()
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+        "options.num-supernodes = 3\n"
+    )
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(flwr_home),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
+        FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    )
+    superlink = subprocess.Popen(
+        [
+            str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            "--control-api-address", f"127.0.0.1:{control_port}",
+            "--host", "127.0.0.1", "--port", str(http_port), "--database", ":flwr-in-memory:",
+        ],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=1).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert superlink.poll() is None, "flower-superlink exited during start-up"
+            assert time.monotonic() < deadline, "flower-superlink did not start in 60 s"
+            time.sleep(0.5)
+        output = tmp_path / "out"
+        run = subprocess.run(
+            [
+                str(BIN / "flwr"), "run", str(copy_app(tmp_path)), "--stream",
+                "--run-config", f"rounds=2 clients=3 output='{output}'",
+            ],
+            env=env, capture_output=True, text=True, timeout=400,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        results = json.loads((output / "results.json").read_text())
+        assert results["engine"] == "flwr-run"
+        assert [r["round"] for r in results["rounds"]] == [1, 2]
+        assert results["config"]["clients"] == 3
+        assert len(results["clients"]) == 3
+        assert all(0 < c["epsilon"] <= 8.0 for c in results["clients"])
+        assert results["rounds"][-1]["accuracy"] > 0.5
+    finally:
+        os.killpg(superlink.pid, signal.SIGTERM)
+        try:
+            superlink.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(superlink.pid, signal.SIGKILL)
+            superlink.wait()
