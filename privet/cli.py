@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from privet import __version__
 from privet.config_sources import build_config, read_config_file

@@ -60,6 +60,7 @@ def run_federated_training(
             )
             results.rounds.append(record)
             results.clients = privacy.clients()
+            write_model(output_dir, evaluator.model, arrays.to_numpy_ndarrays())
             write_results(output_dir, results)
             if on_round is not None:
                 on_round(record)

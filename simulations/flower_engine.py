@@ -65,6 +65,8 @@ def run_flower_simulation(
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Keep Ray on the loopback address: a single-machine simulation needs no network interface.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     with _quiet_flower(verbose):
         run_simulation(
             server_app=server_app,

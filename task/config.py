@@ -69,9 +69,8 @@ class RunConfig:
         for raw_key, raw_value in values.items():
             name = str(raw_key).replace("-", "_")
             if name not in fields:
-                raise ConfigError(
-                    f"unknown configuration key {raw_key!r}; valid keys: {', '.join(cls.key_names())}"
-                )
+                valid = ", ".join(cls.key_names())
+                raise ConfigError(f"unknown configuration key {raw_key!r}; valid keys: {valid}")
             kwargs[name] = _coerce(raw_key, raw_value, fields[name].type)
         return cls(**kwargs)
 

@@ -31,8 +31,11 @@ def train_message(weights, server_round):
 
 def node_context(partition_id, run_config=None):
     return Context(
-        run_id=1, node_id=7, node_config={"partition-id": partition_id, "num-partitions": 5},
-        state=RecordDict(), run_config=run_config or {},
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": partition_id, "num-partitions": 5},
+        state=RecordDict(),
+        run_config=run_config or {},
     )
 
 
@@ -56,7 +59,9 @@ def test_epsilon_accumulates_across_rounds_in_node_state(tmp_path):
         expected, _ = rdp.get_privacy_spent(
             orders=ORDERS,
             rdp=rdp.compute_rdp(
-                q=1 / batches, noise_multiplier=metrics["noise-multiplier"], steps=steps,
+                q=1 / batches,
+                noise_multiplier=metrics["noise-multiplier"],
+                steps=steps,
                 orders=ORDERS,
             ),
             delta=config.delta,
@@ -85,7 +90,8 @@ def test_evaluation_reply_uses_held_out_examples_only(tmp_path):
     weights = ServerEvaluator(config).initial_weights()
     message = Message(
         content=RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord()}),
-        dst_node_id=7, message_type="evaluate",
+        dst_node_id=7,
+        message_type="evaluate",
     )
     reply = app(message, node_context(1))
     metrics = reply.content["metrics"]

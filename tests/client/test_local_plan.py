@@ -8,8 +8,13 @@ from privacy import PoissonGaussianSteps, epsilon_for
 
 def plan(**overrides):
     arguments = dict(
-        num_examples=1000, batch_size=64, local_epochs=2, rounds=3, delta=1e-5,
-        noise_multiplier=None, target_epsilon=4.0,
+        num_examples=1000,
+        batch_size=64,
+        local_epochs=2,
+        rounds=3,
+        delta=1e-5,
+        noise_multiplier=None,
+        target_epsilon=4.0,
     )
     arguments.update(overrides)
     return plan_local_training(**arguments)
@@ -25,7 +30,9 @@ def test_sample_rate_and_steps_follow_opacus_poisson_loader():
 
 def test_target_epsilon_calibrates_noise_for_all_planned_rounds():
     result = plan(target_epsilon=4.0)
-    planned = PoissonGaussianSteps(result.noise_multiplier, result.sample_rate, result.planned_steps)
+    planned = PoissonGaussianSteps(
+        result.noise_multiplier, result.sample_rate, result.planned_steps
+    )
     assert epsilon_for([planned], 1e-5) <= 4.0
     # Calibrating for one round only would have given less noise: the plan covers the whole run.
     assert result.noise_multiplier > plan(rounds=1).noise_multiplier

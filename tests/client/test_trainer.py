@@ -27,12 +27,24 @@ def small_data(n=200, seed=0):
 
 def run(model, data, *, seed=1, sigma=1.0, epochs=2, batch=32):
     plan = plan_local_training(
-        num_examples=len(data), batch_size=batch, local_epochs=epochs, rounds=1, delta=1e-5,
-        noise_multiplier=sigma, target_epsilon=None,
+        num_examples=len(data),
+        batch_size=batch,
+        local_epochs=epochs,
+        rounds=1,
+        delta=1e-5,
+        noise_multiplier=sigma,
+        target_epsilon=None,
     )
     result = train_locally(
-        model, data, plan, batch_size=batch, max_grad_norm=1.0, learning_rate=0.5,
-        local_epochs=epochs, seed=seed, device=CPU,
+        model,
+        data,
+        plan,
+        batch_size=batch,
+        max_grad_norm=1.0,
+        learning_rate=0.5,
+        local_epochs=epochs,
+        seed=seed,
+        device=CPU,
     )
     return plan, result
 
@@ -63,7 +75,9 @@ def test_noise_is_really_added():
     _, loud = run(build_model("logreg", (1, 4, 4), 3), data, sigma=50.0)
     _, quiet_again = run(build_model("logreg", (1, 4, 4), 3), data, sigma=2e-6)
     distance = lambda a, b: sum(float(np.abs(x - y).sum()) for x, y in zip(a, b, strict=True))  # noqa: E731
-    assert distance(quiet.weights, loud.weights) > 100 * distance(quiet.weights, quiet_again.weights)
+    assert distance(quiet.weights, loud.weights) > 100 * distance(
+        quiet.weights, quiet_again.weights
+    )
 
 
 def test_clipping_bounds_each_step():
@@ -73,14 +87,28 @@ def test_clipping_bounds_each_step():
     data_big = ArrayDataset(data.features * 1000, data.labels, 3)  # huge gradients before clipping
     before = get_weights(model)
     plan = plan_local_training(
-        num_examples=64, batch_size=64, local_epochs=1, rounds=1, delta=1e-5,
-        noise_multiplier=1e-9, target_epsilon=None,
+        num_examples=64,
+        batch_size=64,
+        local_epochs=1,
+        rounds=1,
+        delta=1e-5,
+        noise_multiplier=1e-9,
+        target_epsilon=None,
     )
     result = train_locally(
-        model, data_big, plan, batch_size=64, max_grad_norm=1.0, learning_rate=1.0,
-        local_epochs=1, seed=3, device=CPU,
+        model,
+        data_big,
+        plan,
+        batch_size=64,
+        max_grad_norm=1.0,
+        learning_rate=1.0,
+        local_epochs=1,
+        seed=3,
+        device=CPU,
     )
-    step = np.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(before, result.weights, strict=True)))
+    step = np.sqrt(
+        sum(float(((a - b) ** 2).sum()) for a, b in zip(before, result.weights, strict=True))
+    )
     assert result.steps == 1
     # Poisson batch of at most 64 examples, each clipped to 1, averaged over E[B] = 64.
     assert step <= 1.0 + 1e-4
@@ -121,24 +149,48 @@ def test_a_compatible_model_is_left_alone(caplog):
 def test_plan_for_other_data_size_is_refused():
     data = small_data(n=200)
     plan = plan_local_training(
-        num_examples=100, batch_size=32, local_epochs=1, rounds=1, delta=1e-5,
-        noise_multiplier=1.0, target_epsilon=None,
+        num_examples=100,
+        batch_size=32,
+        local_epochs=1,
+        rounds=1,
+        delta=1e-5,
+        noise_multiplier=1.0,
+        target_epsilon=None,
     )
     with pytest.raises(AccountingMismatchError, match="100 examples"):
         train_locally(
-            build_model("logreg", (1, 4, 4), 3), data, plan, batch_size=32, max_grad_norm=1.0,
-            learning_rate=0.1, local_epochs=1, seed=0, device=CPU,
+            build_model("logreg", (1, 4, 4), 3),
+            data,
+            plan,
+            batch_size=32,
+            max_grad_norm=1.0,
+            learning_rate=0.1,
+            local_epochs=1,
+            seed=0,
+            device=CPU,
         )
 
 
 def test_batch_size_other_than_planned_is_refused():
     data = small_data(n=200)
     plan = plan_local_training(
-        num_examples=200, batch_size=32, local_epochs=1, rounds=1, delta=1e-5,
-        noise_multiplier=1.0, target_epsilon=None,
+        num_examples=200,
+        batch_size=32,
+        local_epochs=1,
+        rounds=1,
+        delta=1e-5,
+        noise_multiplier=1.0,
+        target_epsilon=None,
     )
     with pytest.raises(AccountingMismatchError):
         train_locally(
-            build_model("logreg", (1, 4, 4), 3), data, plan, batch_size=50, max_grad_norm=1.0,
-            learning_rate=0.1, local_epochs=1, seed=0, device=CPU,
+            build_model("logreg", (1, 4, 4), 3),
+            data,
+            plan,
+            batch_size=50,
+            max_grad_norm=1.0,
+            learning_rate=0.1,
+            local_epochs=1,
+            seed=0,
+            device=CPU,
         )

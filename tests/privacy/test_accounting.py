@@ -80,14 +80,20 @@ def test_event_round_trips_through_a_list():
     assert PoissonGaussianSteps.from_list(event.to_list()) == event
 
 
-@pytest.mark.parametrize(("target", "q", "steps"), [(8.0, 0.111, 90), (1.0, 0.01, 2000), (3.0, 256 / 60000, 14000)])
+@pytest.mark.parametrize(
+    ("target", "q", "steps"), [(8.0, 0.111, 90), (1.0, 0.01, 2000), (3.0, 256 / 60000, 14000)]
+)
 def test_calibration_is_tight_and_agrees_with_opacus(target, q, steps):
     sigma = noise_for_target_epsilon(target, 1e-5, q, steps)
     assert epsilon_for([PoissonGaussianSteps(sigma, q, steps)], 1e-5) <= target
     assert epsilon_for([PoissonGaussianSteps(sigma - 1e-3, q, steps)], 1e-5) > target
     opacus_sigma = get_noise_multiplier(
-        target_epsilon=target, target_delta=1e-5, sample_rate=q, steps=steps,
-        accountant="rdp", epsilon_tolerance=0.001,
+        target_epsilon=target,
+        target_delta=1e-5,
+        sample_rate=q,
+        steps=steps,
+        accountant="rdp",
+        epsilon_tolerance=0.001,
     )
     assert sigma == pytest.approx(opacus_sigma, rel=0.02)
 

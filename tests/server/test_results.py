@@ -13,16 +13,32 @@ from task.models import build_model, get_weights
 def test_results_json_layout_and_atomic_write(tmp_path):
     results = RunResults(config=RunConfig(output=str(tmp_path)), engine="test")
     results.rounds.append(RoundRecord(1, 0.5, 1.2, 2.5, {0: 2.5, 1: 1.0}, 2, 0.4))
-    results.clients = [ClientPrivacy(0, 100, 2.5, 1e-5, 1.1, 0.1, 20, 1), ClientPrivacy(1, 90, math.inf, 1e-5, 0.0, 0.1, 20, 1)]
+    results.clients = [
+        ClientPrivacy(0, 100, 2.5, 1e-5, 1.1, 0.1, 20, 1),
+        ClientPrivacy(1, 90, math.inf, 1e-5, 0.0, 0.1, 20, 1),
+    ]
     path = write_results(tmp_path, results)
     data = json.loads(path.read_text())
     assert data["rounds"] == [
-        {"round": 1, "accuracy": 0.5, "loss": 1.2, "epsilon_max": 2.5,
-         "epsilon_by_client": {"0": 2.5, "1": 1.0}, "clients_trained": 2, "local_accuracy": 0.4}
+        {
+            "round": 1,
+            "accuracy": 0.5,
+            "loss": 1.2,
+            "epsilon_max": 2.5,
+            "epsilon_by_client": {"0": 2.5, "1": 1.0},
+            "clients_trained": 2,
+            "local_accuracy": 0.4,
+        }
     ]
     assert data["clients"][0] == {
-        "id": 0, "num_examples": 100, "epsilon": 2.5, "delta": 1e-5, "noise_multiplier": 1.1,
-        "sample_rate": 0.1, "steps": 20, "rounds_participated": 1,
+        "id": 0,
+        "num_examples": 100,
+        "epsilon": 2.5,
+        "delta": 1e-5,
+        "noise_multiplier": 1.1,
+        "sample_rate": 0.1,
+        "steps": 20,
+        "rounds_participated": 1,
     }
     assert data["clients"][1]["epsilon"] == "inf"  # valid JSON, never a bare Infinity
     assert data["privacy"]["epsilon_max"] == "inf"

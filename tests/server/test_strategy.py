@@ -18,8 +18,14 @@ def task_identity():
 def reply(client_id, weights, n, epsilon):
     metrics = MetricRecord(
         {
-            "num-examples": n, "client-id": client_id, "epsilon": epsilon, "delta": 1e-5,
-            "noise-multiplier": 1.0, "sample-rate": 0.1, "steps": 10, "rounds-participated": 1,
+            "num-examples": n,
+            "client-id": client_id,
+            "epsilon": epsilon,
+            "delta": 1e-5,
+            "noise-multiplier": 1.0,
+            "sample-rate": 0.1,
+            "steps": 10,
+            "rounds-participated": 1,
         }
     )
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics})
@@ -43,7 +49,9 @@ def test_aggregate_is_weighted_mean_and_independent_of_arrival_order():
         assert metrics["epsilon-max"] == 3.5
         assert metrics["clients-trained"] == 4
     total = sum(sizes.values())
-    expected = [sum(weights[k][i].astype(np.float64) * sizes[k] / total for k in range(4)) for i in range(2)]
+    expected = [
+        sum(weights[k][i].astype(np.float64) * sizes[k] / total for k in range(4)) for i in range(2)
+    ]
     for got in results:
         for a, b in zip(got, expected, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-6)
@@ -64,7 +72,13 @@ def test_federation_epsilon_is_the_maximum_never_the_mean():
 
 def test_clients_absent_from_a_round_keep_their_epsilon():
     privacy = FederationPrivacy()
-    privacy.record(1, [ClientPrivacy(0, 10, 1.0, 1e-5, 1.0, 0.1, 10, 1), ClientPrivacy(1, 10, 2.0, 1e-5, 1.0, 0.1, 10, 1)])
+    privacy.record(
+        1,
+        [
+            ClientPrivacy(0, 10, 1.0, 1e-5, 1.0, 0.1, 10, 1),
+            ClientPrivacy(1, 10, 2.0, 1e-5, 1.0, 0.1, 10, 1),
+        ],
+    )
     privacy.record(2, [ClientPrivacy(0, 10, 1.5, 1e-5, 1.0, 0.1, 20, 2)])
     assert privacy.epsilon_by_client(2) == {0: 1.5, 1: 2.0}
     assert privacy.epsilon_max() == 2.0
@@ -89,9 +103,13 @@ def test_reply_without_privacy_metrics_is_rejected():
     strategy = PrivetFedAvg(FederationPrivacy())
     bad = Message(
         content=RecordDict(
-            {"arrays": ArrayRecord(client_weights(0)), "metrics": MetricRecord({"num-examples": 5, "client-id": 0})}
+            {
+                "arrays": ArrayRecord(client_weights(0)),
+                "metrics": MetricRecord({"num-examples": 5, "client-id": 0}),
+            }
         ),
-        dst_node_id=1, message_type="train",
+        dst_node_id=1,
+        message_type="train",
     )
     with pytest.raises(ClientReportError, match="epsilon"):
         strategy.aggregate_train(1, [bad])

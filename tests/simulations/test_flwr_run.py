@@ -31,7 +31,9 @@ def copy_app(destination: Path) -> Path:
     app.mkdir()
     shutil.copy(REPO_ROOT / "pyproject.toml", app)
     for package in ("client", "server", "task", "privacy"):
-        shutil.copytree(REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     return app
 
 
@@ -52,11 +54,24 @@ def test_flwr_run_trains_and_writes_results(tmp_path):
     )
     superlink = subprocess.Popen(
         [
-            str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-            "--control-api-address", f"127.0.0.1:{control_port}",
-            "--host", "127.0.0.1", "--port", str(http_port), "--database", ":flwr-in-memory:",
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--control-api-address",
+            f"127.0.0.1:{control_port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(http_port),
+            "--database",
+            ":flwr-in-memory:",
         ],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -72,10 +87,17 @@ def test_flwr_run_trains_and_writes_results(tmp_path):
         output = tmp_path / "out"
         run = subprocess.run(
             [
-                str(BIN / "flwr"), "run", str(copy_app(tmp_path)), "--stream",
-                "--run-config", f"rounds=2 clients=3 output='{output}'",
+                str(BIN / "flwr"),
+                "run",
+                str(copy_app(tmp_path)),
+                "--stream",
+                "--run-config",
+                f"rounds=2 clients=3 output='{output}'",
             ],
-            env=env, capture_output=True, text=True, timeout=400,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         results = json.loads((output / "results.json").read_text())
