@@ -1,47 +1,88 @@
 """The Flower ClientApp: a thin adapter from Flower messages to `client.training_round`.
 
-Per-node state (`Context.state`) keeps the client's DP-SGD history across rounds, so the ε it
-reports is cumulative over every round it took part in.
+The client's example-level privacy ledger lives in its per-node state (`Context.state`), so ε is
+cumulative over every round it took part in, and is mirrored, write-ahead, to
+`OUTPUT/ledgers/client-<id>.json` before any update leaves the client.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node_data import load_node_data
+from client.node_data import NodeData, load_node_data
 from client.training_round import (
+    ClientDecline,
+    ClientPrivacyStatus,
     run_local_evaluation,
     run_training_round,
     torch_threads_for_client,
 )
-from privacy import PoissonGaussianSteps, compose
+from privacy import PrivacyLedger
 from task.config import RunConfig
 
-STATE_KEY = "privet-dp-history"
+STATE_KEY = "privet-ledger"
+LEDGER_DIR = "ledgers"
 
 
-def read_history(context: Context) -> list[PoissonGaussianSteps]:
-    """The node's DP-SGD events so far, stored flat as [σ, q, steps, σ, q, steps, ...]."""
-    if STATE_KEY not in context.state.config_records:
-        return []
-    flat = list(context.state.config_records[STATE_KEY]["events"])  # type: ignore[arg-type]
-    return [PoissonGaussianSteps.from_list(flat[i : i + 3]) for i in range(0, len(flat), 3)]
+def ledger_path(config: RunConfig, client_id: int) -> Path:
+    """Where a client's example-level ledger is saved in a run's output."""
+    return Path(config.output) / LEDGER_DIR / f"client-{client_id}.json"
 
 
-def write_history(context: Context, history: list[PoissonGaussianSteps]) -> None:
-    """Store the node's full DP-SGD history in its per-node state."""
-    flat = [value for event in compose(history) for value in event.to_list()]
-    context.state.config_records[STATE_KEY] = ConfigRecord({"events": flat})
+def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyLedger:
+    """The node's ledger from its per-node state, or a new one for its first round."""
+    path = ledger_path(config, data.client_id)
+    if STATE_KEY in context.state.config_records:
+        text = str(context.state.config_records[STATE_KEY]["json"])
+        ledger = PrivacyLedger.from_json(json.loads(text))
+        ledger.path = path
+        return ledger
+    ledger = PrivacyLedger(
+        owner=f"client-{data.client_id}", level="example", delta=config.delta, path=path
+    )
+    ledger.save()  # an empty ledger on disk says "this client took part and released nothing"
+    return ledger
+
+
+def store_ledger(context: Context, ledger: PrivacyLedger) -> None:
+    """Keep the ledger in the node's state for the next round."""
+    context.state.config_records[STATE_KEY] = ConfigRecord({"json": json.dumps(ledger.to_json())})
 
 
 def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:
     return fixed if fixed is not None else RunConfig.from_mapping(context.run_config)
 
 
+def status_metrics(status: ClientPrivacyStatus, declined: bool) -> dict[str, int | float]:
+    """The privacy part of a train reply's metrics."""
+    return {
+        "num-examples": status.num_examples,
+        "client-id": status.client_id,
+        "declined": int(declined),
+        "epsilon": status.epsilon,
+        "delta": status.delta,
+        "noise-multiplier": status.noise_multiplier,
+        "sample-rate": status.sample_rate,
+        "steps": status.steps,
+        "rounds-participated": status.rounds_participated,
+    }
+
+
 def make_client_app(fixed_config: RunConfig | None = None) -> ClientApp:
     """A ClientApp; `fixed_config` (used by `privet simulate`) overrides Flower's run config."""
     app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Say which client (data shard) this node is, so the server can sample reproducibly."""
+        config = _config_of(context, fixed_config)
+        data = load_node_data(config, context.node_config)
+        metrics = MetricRecord({"client-id": data.client_id})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -49,25 +90,21 @@ def make_client_app(fixed_config: RunConfig | None = None) -> ClientApp:
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
         global_weights = msg.content["arrays"].to_numpy_ndarrays()
-        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
-        report = run_training_round(
-            config, data, global_weights, read_history(context), server_round
+        train_config = msg.content["config"]
+        server_round = int(train_config["server-round"])  # type: ignore[arg-type]
+        clip_norm = float(train_config["clip-norm"]) if "clip-norm" in train_config else None  # type: ignore[arg-type]
+        ledger = load_ledger(context, config, data)
+        outcome = run_training_round(config, data, global_weights, ledger, server_round, clip_norm)
+        store_ledger(context, ledger)
+        if isinstance(outcome, ClientDecline):
+            metrics = MetricRecord(status_metrics(outcome.status, declined=True))
+            return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        values = status_metrics(outcome.status, declined=False)
+        if outcome.within_clip is not None:
+            values["within-clip"] = int(outcome.within_clip)
+        content = RecordDict(
+            {"arrays": ArrayRecord(outcome.update), "metrics": MetricRecord(values)}
         )
-        # The history is stored before the reply leaves the ClientApp.
-        write_history(context, report.history)
-        metrics = MetricRecord(
-            {
-                "num-examples": report.num_examples,
-                "client-id": report.client_id,
-                "epsilon": report.epsilon,
-                "delta": report.delta,
-                "noise-multiplier": report.noise_multiplier,
-                "sample-rate": report.sample_rate,
-                "steps": report.steps,
-                "rounds-participated": report.rounds_participated,
-            }
-        )
-        content = RecordDict({"arrays": ArrayRecord(report.weights), "metrics": metrics})
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

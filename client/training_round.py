@@ -1,4 +1,4 @@
-"""One client round, as plain code: plan, train with DP-SGD, account, evaluate.
+"""One client round, as plain code: budget check, DP-SGD, write-ahead ledger, update clipping.
 
 The Flower ClientApp only converts messages to and from these functions, so the same round runs in
 Flower's simulation runtime, in a deployment and in unit tests.
@@ -7,6 +7,7 @@ Flower's simulation runtime, in a deployment and in unit tests.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from client.device import resolve_device
 from client.local_plan import LocalPlan, plan_local_training
 from client.node_data import NodeData
 from client.trainer import train_locally
-from privacy import PoissonGaussianSteps, epsilon_for
+from privacy import PoissonGaussianSteps, PrivacyLedger
 from task.config import RunConfig
 from task.evaluation import evaluate_model
 from task.models import build_model, set_weights
@@ -25,11 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ClientTrainReport:
-    """What a client releases after a round: new weights and its cumulative privacy spent."""
+class ClientPrivacyStatus:
+    """A client's cumulative example-level privacy, as it reports it to the server."""
 
     client_id: int
-    weights: list[np.ndarray]
     num_examples: int
     epsilon: float
     delta: float
@@ -37,7 +37,23 @@ class ClientTrainReport:
     sample_rate: float
     steps: int
     rounds_participated: int
-    history: list[PoissonGaussianSteps]
+
+
+@dataclass(frozen=True)
+class ClientTrainReport:
+    """What a client releases after training: its model update and its privacy so far."""
+
+    status: ClientPrivacyStatus
+    update: list[np.ndarray]
+    within_clip: bool | None
+
+
+@dataclass(frozen=True)
+class ClientDecline:
+    """A client that did not train because the round would take it past its budget."""
+
+    status: ClientPrivacyStatus
+    reason: str
 
 
 def round_seed(seed: int, server_round: int, client_id: int) -> int:
@@ -58,16 +74,54 @@ def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
     )
 
 
+def _status(
+    config: RunConfig, data: NodeData, plan: LocalPlan, ledger: PrivacyLedger
+) -> ClientPrivacyStatus:
+    steps = ledger.steps()
+    return ClientPrivacyStatus(
+        client_id=data.client_id,
+        num_examples=len(data.train),
+        epsilon=ledger.epsilon(config.accountant),
+        delta=config.delta,
+        noise_multiplier=plan.noise_multiplier,
+        sample_rate=plan.sample_rate,
+        steps=steps,
+        rounds_participated=len(ledger.rounds()),
+    )
+
+
+def clip_update(update: list[np.ndarray], clip_norm: float) -> tuple[list[np.ndarray], bool]:
+    """Scale the update to L2 norm ≤ `clip_norm`; also say whether it was within the bound."""
+    norm = math.sqrt(sum(float(np.sum(np.square(part, dtype=np.float64))) for part in update))
+    within = norm <= clip_norm
+    scale = 1.0 if within else clip_norm / norm
+    return [(part * scale).astype(part.dtype) for part in update], within
+
+
 def run_training_round(
     config: RunConfig,
     data: NodeData,
     global_weights: list[np.ndarray],
-    history: list[PoissonGaussianSteps],
+    ledger: PrivacyLedger,
     server_round: int,
-) -> ClientTrainReport:
-    """Train one round from the global weights; return weights and ε over the whole history."""
-    device = resolve_device(config.device)
+    clip_norm: float | None = None,
+) -> ClientTrainReport | ClientDecline:
+    """Train one round from the global weights, unless that would exceed the client's budget.
+
+    The round's DP-SGD events are recorded in `ledger` (and its file) before the update is
+    returned, so the ledger never under-reports what left the client.
+    """
     plan = client_plan(config, len(data.train))
+    planned = [PoissonGaussianSteps(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+    if config.epsilon_budget is not None:
+        after = ledger.epsilon_if(planned, config.accountant)
+        if after > config.epsilon_budget:
+            reason = (
+                f"round {server_round} would take epsilon to {after:.4g}, above the budget "
+                f"{config.epsilon_budget:g}"
+            )
+            logger.info("client %d declines: %s", data.client_id, reason)
+            return ClientDecline(_status(config, data, plan, ledger), reason)
     model = build_model(
         config.model, data.train.feature_shape, data.train.num_classes, seed=config.seed
     )
@@ -81,22 +135,17 @@ def run_training_round(
         learning_rate=config.lr,
         local_epochs=config.local_epochs,
         seed=round_seed(config.seed, server_round, data.client_id),
-        device=device,
+        device=resolve_device(config.device),
     )
-    full_history = [*history, *result.events]
-    total_steps = sum(event.steps for event in full_history)
-    return ClientTrainReport(
-        client_id=data.client_id,
-        weights=result.weights,
-        num_examples=result.num_examples,
-        epsilon=epsilon_for(full_history, config.delta),
-        delta=config.delta,
-        noise_multiplier=plan.noise_multiplier,
-        sample_rate=plan.sample_rate,
-        steps=total_steps,
-        rounds_participated=total_steps // plan.steps_per_round,
-        history=full_history,
-    )
+    ledger.record(server_round, result.events)
+    update = [
+        (new.astype(np.float64) - old.astype(np.float64)).astype(np.float32)
+        for new, old in zip(result.weights, global_weights, strict=True)
+    ]
+    within: bool | None = None
+    if clip_norm is not None:
+        update, within = clip_update(update, clip_norm)
+    return ClientTrainReport(_status(config, data, plan, ledger), update, within)
 
 
 def run_local_evaluation(

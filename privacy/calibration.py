@@ -1,10 +1,22 @@
-"""The inverse problem: the smallest noise multiplier that keeps a planned run within a target ε."""
+"""The inverse problem: the smallest noise multiplier that keeps a planned run within a target ε.
+
+Calibration is separate from accounting (as in dp-accounting's `mechanism_calibration`): it only
+asks an accountant for ε(σ), which decreases monotonically in σ, and bisects.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from numbers import Integral
 
-from privacy.accounting import PoissonGaussianSteps, epsilon_for
+from privacy.accountants import (
+    DEFAULT_ACCOUNTANT,
+    Accountant,
+    AccountingError,
+    get_accountant,
+)
+from privacy.events import ClientLevelRound, PoissonGaussianSteps, PrivacyEvent
 
 # Above this σ DP-SGD learns nothing useful; a target that needs more is reported as unreachable.
 MAX_NOISE_MULTIPLIER = 1000.0
@@ -14,42 +26,135 @@ class CalibrationError(ValueError):
     """A target ε that no noise multiplier within bounds can meet for the planned run."""
 
 
+def _check_target(target_epsilon: float, delta: float, count: int, unit: str) -> None:
+    if isinstance(target_epsilon, bool) or not (
+        isinstance(target_epsilon, (int, float))
+        and target_epsilon > 0
+        and math.isfinite(target_epsilon)
+    ):
+        raise CalibrationError(f"target epsilon must be a positive number, got {target_epsilon}")
+    if isinstance(delta, bool) or not (isinstance(delta, (int, float)) and 0 < delta < 1):
+        raise CalibrationError(f"delta must be a number in (0, 1), got {delta!r}")
+    if isinstance(count, bool) or not isinstance(count, Integral) or count <= 0:
+        raise CalibrationError(f"the planned run has no {unit} ({count!r}); nothing to calibrate")
+
+
+def _bisect(
+    eps: Callable[[float], float], target: float, low: float, high: float, tolerance: float
+) -> float:
+    """Shrink [low, high] (eps(low) > target ≥ eps(high)) to width `tolerance`; return high."""
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if eps(mid) > target:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _calibrate(
+    target_epsilon: float,
+    delta: float,
+    event_for: Callable[[float], PrivacyEvent],
+    accountant: str | Accountant,
+    tolerance: float,
+    plan: str,
+) -> float:
+    if not (tolerance > 0 and math.isfinite(tolerance)):
+        raise CalibrationError(f"the tolerance must be a positive number, got {tolerance!r}")
+    chosen = get_accountant(accountant) if isinstance(accountant, str) else accountant
+    rdp = get_accountant("rdp")
+
+    def eps_with(which: Accountant) -> Callable[[float], float]:
+        def eps(sigma: float) -> float:
+            try:
+                return which.epsilon([event_for(sigma)], delta)
+            except AccountingError as error:
+                raise CalibrationError(f"cannot calibrate with {which.name}: {error}") from None
+
+        return eps
+
+    eps, eps_rdp = eps_with(chosen), eps_with(rdp)
+    unreachable = CalibrationError(
+        f"target epsilon {target_epsilon:g} is unreachable at delta={delta:g} for {plan}, even "
+        f"with noise multiplier {MAX_NOISE_MULTIPLIER:g}; "
+        "raise the target epsilon or delta, or plan fewer rounds or epochs"
+    )
+    # RDP first: it is cheap, and its σ brackets the answer of the tighter accountants.
+    if eps_rdp(MAX_NOISE_MULTIPLIER) > target_epsilon:
+        if chosen.name == "rdp" or eps(MAX_NOISE_MULTIPLIER) > target_epsilon:
+            raise unreachable
+        return _bisect(eps, target_epsilon, 0.0, MAX_NOISE_MULTIPLIER, tolerance)
+    low, high = 0.0, 1.0
+    while eps_rdp(high) > target_epsilon:
+        low, high = high, min(2 * high, MAX_NOISE_MULTIPLIER)
+    sigma_rdp = _bisect(eps_rdp, target_epsilon, low, high, tolerance)
+    if chosen.name == "rdp":
+        return sigma_rdp
+    high = sigma_rdp
+    while eps(high) > target_epsilon:  # only if the other accountant is looser here than RDP
+        low, high = high, min(2 * high, MAX_NOISE_MULTIPLIER)
+        if low == MAX_NOISE_MULTIPLIER:
+            raise unreachable
+    low = high / 2
+    while eps(low) <= target_epsilon:
+        high, low = low, low / 2
+        if high < tolerance:
+            return high
+    return _bisect(eps, target_epsilon, low, high, tolerance)
+
+
 def noise_for_target_epsilon(
     target_epsilon: float,
     delta: float,
     sample_rate: float,
     steps: int,
+    accountant: str | Accountant = DEFAULT_ACCOUNTANT,
     tolerance: float = 1e-4,
 ) -> float:
-    """Smallest σ (to within `tolerance`) such that `steps` steps at `sample_rate` stay ≤ target ε.
+    """Smallest σ (to within `tolerance`) such that `steps` DP-SGD steps stay ≤ target ε.
 
     The search is a bisection on ε(σ), which decreases monotonically in σ; the result is rounded
-    up, so the planned run never exceeds the target.
+    up, so the planned run never exceeds the target by the chosen accountant.
     """
-    if not (target_epsilon > 0 and math.isfinite(target_epsilon)):
-        raise CalibrationError(f"target epsilon must be a positive number, got {target_epsilon}")
-    if steps <= 0:
-        raise CalibrationError(
-            f"the planned run has no training steps ({steps}); nothing to calibrate"
-        )
+    _check_target(target_epsilon, delta, steps, "training steps")
+    try:
+        PoissonGaussianSteps(1.0, sample_rate, int(steps))
+    except ValueError as error:
+        raise CalibrationError(str(error)) from None
+    return _calibrate(
+        target_epsilon,
+        delta,
+        lambda sigma: PoissonGaussianSteps(sigma, sample_rate, int(steps)),
+        accountant,
+        tolerance,
+        f"{steps} steps at sample rate {sample_rate:.4g}",
+    )
 
-    def eps(sigma: float) -> float:
-        return epsilon_for([PoissonGaussianSteps(sigma, sample_rate, steps)], delta)
 
-    if eps(MAX_NOISE_MULTIPLIER) > target_epsilon:
-        raise CalibrationError(
-            f"target epsilon {target_epsilon:g} is unreachable at delta={delta:g} for {steps} "
-            f"steps at sample rate {sample_rate:.4g}, even with noise multiplier "
-            f"{MAX_NOISE_MULTIPLIER:g}; "
-            "raise --target-epsilon or --delta, or train fewer rounds or epochs"
-        )
-    low, high = 0.0, 1.0
-    while eps(high) > target_epsilon:
-        low, high = high, min(2 * high, MAX_NOISE_MULTIPLIER)
-    while high - low > tolerance:
-        mid = (low + high) / 2
-        if eps(mid) > target_epsilon:
-            low = mid
-        else:
-            high = mid
-    return high
+def client_noise_for_target_epsilon(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    rounds: int,
+    accountant: str | Accountant = DEFAULT_ACCOUNTANT,
+    tolerance: float = 1e-4,
+) -> float:
+    """Smallest total (effective) client-level noise multiplier z keeping `rounds` rounds ≤ ε.
+
+    The same inverse problem as `noise_for_target_epsilon`, one subsampled Gaussian per round.
+    With adaptive clipping, split the returned z with `update_noise_for_adaptive_clipping`.
+    """
+    _check_target(target_epsilon, delta, rounds, "rounds")
+    try:
+        ClientLevelRound(1.0, sample_rate, int(rounds))
+    except ValueError as error:
+        raise CalibrationError(str(error)) from None
+    return _calibrate(
+        target_epsilon,
+        delta,
+        lambda z: ClientLevelRound(z, sample_rate, int(rounds)),
+        accountant,
+        tolerance,
+        f"{rounds} rounds at client sample rate {sample_rate:.4g}",
+    )

@@ -14,6 +14,7 @@ from typing import NoReturn
 from privet import __version__
 from privet.config_sources import build_config, read_config_file
 from task.config import (
+    ACCOUNTANT_NAMES,
     DATASET_NAMES,
     DEVICE_NAMES,
     MODEL_NAMES,
@@ -39,12 +40,23 @@ class OneLineParser(argparse.ArgumentParser):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (not a bug): reported in one line, without a traceback."""
     from client.local_plan import PlanError
-    from privacy import CalibrationError
+    from privacy import AccountingError, CalibrationError, LedgerError
+    from privet.budget import BudgetError
     from task.config import ConfigError
     from task.datasets import DataError
     from task.models import ModelError
 
-    return (CliError, ConfigError, DataError, ModelError, PlanError, CalibrationError)
+    return (
+        CliError,
+        ConfigError,
+        DataError,
+        ModelError,
+        PlanError,
+        CalibrationError,
+        AccountingError,
+        LedgerError,
+        BudgetError,
+    )
 
 
 def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
@@ -99,6 +111,57 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
         help=f"per-example clip norm C (default: {defaults.max_grad_norm})",
     )
     dp.add_argument("--delta", type=float, help=f"δ of (ε, δ)-DP (default: {defaults.delta:g})")
+    dp.add_argument(
+        "--accountant",
+        choices=ACCOUNTANT_NAMES,
+        help="privacy accountant: rdp (default), prv (Opacus), pld (Google dp-accounting)",
+    )
+    dp.add_argument(
+        "--epsilon-budget",
+        type=float,
+        help="example-level ε budget per client: a client declines a round that would exceed it",
+    )
+
+    client_dp = parser.add_argument_group("client-level DP (DP-FedAvg: per whole client)")
+    client_dp.add_argument(
+        "--clients-per-round",
+        type=int,
+        help="expected clients per round; Poisson-samples each client at rate this/clients",
+    )
+    client_noise = client_dp.add_mutually_exclusive_group()
+    client_noise.add_argument(
+        "--client-noise-multiplier", type=float, help="z: noise std on the update sum / clip norm"
+    )
+    client_noise.add_argument(
+        "--client-target-epsilon", type=float, help="calibrate z to reach this client-level ε"
+    )
+    client_dp.add_argument(
+        "--client-clip-norm",
+        type=float,
+        help=f"clip norm S of each client's update (default: {defaults.client_clip_norm})",
+    )
+    client_dp.add_argument(
+        "--adaptive-clipping",
+        action="store_true",
+        default=None,
+        help="adapt S to a quantile of update norms (Andrew et al. 2021)",
+    )
+    client_dp.add_argument(
+        "--target-quantile", type=float, help="quantile of update norms S tracks (default: 0.5)"
+    )
+    client_dp.add_argument(
+        "--clip-learning-rate", type=float, help="step size of S's update (default: 0.2)"
+    )
+    client_dp.add_argument(
+        "--clip-count-stddev",
+        type=float,
+        help="noise std of the clipped-count query (default: clients-per-round / 20)",
+    )
+    client_dp.add_argument(
+        "--client-epsilon-budget",
+        type=float,
+        help="client-level ε budget: the run ends before a round that would exceed it",
+    )
 
     run = parser.add_argument_group("run")
     run.add_argument(
@@ -120,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"privet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_simulate_parser(commands)
+    from privet.budget import add_budget_parser
+
+    add_budget_parser(commands)
     return parser
 
 
@@ -142,13 +208,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if flags["output"] is None and "output" not in file_values:
         flags["output"] = _default_output()
     config = build_config(file_values, flags)
-    results = Path(config.output) / "results.json"
-    if results.exists() and not args.overwrite:
-        raise CliError(
-            f"{results} already exists; choose another --output or pass --overwrite to replace it"
-        )
-    if Path(config.output).exists() and not Path(config.output).is_dir():
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
         raise CliError(f"--output {config.output} is a file, not a folder")
+    for name in ("results.json", "ledgers"):
+        if (output / name).exists() and not args.overwrite:
+            raise CliError(
+                f"{output / name} already exists; choose another --output or pass --overwrite "
+                "to replace that run"
+            )
     return config
 
 
@@ -160,6 +228,10 @@ def _simulate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     console = SimulationConsole()
     plan = plan_simulation(config)
+    if args.overwrite:
+        from server.app import clear_output
+
+        clear_output(Path(config.output))
     console.show_plan(plan)
     from client.device import resolve_device
 
@@ -179,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "budget":
+            from privet.budget import run_budget
+
+            return run_budget(args)
     except _user_errors() as error:
         print(f"privet: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -38,8 +38,22 @@ class SimulationConsole:
         self.console.print(
             f"DP-SGD per client: clip norm {config.max_grad_norm:g}, "
             f"noise multiplier {sigma_text}, "
-            f"planned ε ≤ {_eps(plan.planned_epsilon_max)} at δ = {config.delta:g}"
+            f"planned ε ≤ {_eps(plan.planned_epsilon_max)} at δ = {config.delta:g} "
+            f"({config.accountant.upper()})"
+            + (
+                f", budget ε ≤ {config.epsilon_budget:g}"
+                if config.epsilon_budget is not None
+                else ""
+            )
         )
+        level = plan.client_level
+        if level is not None:
+            self.console.print(
+                f"Client-level DP-FedAvg: clip norm {config.client_clip_norm:g}"
+                f"{' (adaptive)' if level.adaptive else ''}, noise multiplier "
+                f"{level.total_noise_multiplier:.4g}, {level.expected_clients:g} of "
+                f"{config.clients} clients per round (q = {level.sample_rate:.3g})"
+            )
 
     @contextmanager
     def progress(self, total_rounds: int) -> Iterator[Callable[[RoundRecord], None]]:
@@ -91,6 +105,15 @@ class SimulationConsole:
                 str(client.steps),
             )
         self.console.print(clients)
+        if results.client_level is not None:
+            self.console.print(
+                f"Client-level ε = {_eps(results.client_level['epsilon'])} at δ = "
+                f"{results.config.delta:g} over {results.client_level['rounds']} rounds"
+            )
+        for client, at in sorted(results.declines.items()):
+            self.console.print(f"Client {client} declined from round {at} on (budget).")
+        if results.stop_reason:
+            self.console.print(f"[yellow]Stopped early: {results.stop_reason}.[/yellow]")
         if not results.finished:
-            self.console.print("[red]The run did not finish all rounds.[/red]")
+            self.console.print("[red]The run did not finish.[/red]")
         self.console.print(f"Results: {results.config.output}/{RESULTS_FILE}")

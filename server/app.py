@@ -1,27 +1,56 @@
-"""The Flower ServerApp: a thin adapter that runs Privet's FedAvg on Flower's Grid.
+"""The Flower ServerApp: a thin adapter that runs Privet's FedAvg strategy on Flower's Grid.
 
-`privet simulate` builds its own instance with `make_server_app(config, on_round)`; `flwr run .`
-uses the module-level `app`, configured from Flower's run config.
+`privet simulate` builds its own instance with `make_server_app(config, on_round, ...)`;
+`flwr run .` uses the module-level `app`, configured from Flower's run config.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from privacy import PrivacyLedger
+from server.client_dp import make_aggregator, plan_client_level
 from server.evaluation import ServerEvaluator
 from server.federation_privacy import FederationPrivacy
-from server.results import RoundCallback, RoundRecord, RunResults, write_model, write_results
+from server.results import (
+    RESULTS_FILE,
+    RoundCallback,
+    RoundRecord,
+    RunResults,
+    write_model,
+    write_results,
+)
 from server.strategy import PrivetFedAvg
-from task.config import RunConfig
+from task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
 ROUND_TIMEOUT_S = 3600.0
+LEDGER_DIR = "ledgers"
+
+
+def server_rng(config: RunConfig, purpose: int) -> np.random.Generator:
+    """The server's randomness for client sampling and client-level noise (seeded: simulation)."""
+    return np.random.default_rng([config.seed, purpose, 0x5EED])
+
+
+def prepare_output(output_dir: Path) -> None:
+    """Refuse to mix two runs in one folder: results and ledgers of another run are kept."""
+    if (output_dir / RESULTS_FILE).exists():
+        raise ConfigError(
+            f"{output_dir / RESULTS_FILE} already exists; use a new output folder for each run"
+        )
+    if (output_dir / LEDGER_DIR).exists():
+        raise ConfigError(f"{output_dir / LEDGER_DIR} already exists; use a new output folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
 
 
 def run_federated_training(
@@ -30,40 +59,79 @@ def run_federated_training(
     engine: str,
     on_round: RoundCallback | None = None,
 ) -> RunResults:
-    """Run all rounds of private FedAvg and write results.json and the model to `config.output`."""
+    """Run private FedAvg and write results.json, the ledgers and the model to `config.output`."""
+    output_dir = Path(config.output)
+    prepare_output(output_dir)
     evaluator = ServerEvaluator(config)
     privacy = FederationPrivacy()
     results = RunResults(config=config, engine=engine)
-    output_dir = Path(config.output)
+    client_level = plan_client_level(config)
+    aggregator = server_ledger = None
+    if client_level is not None:
+        aggregator = make_aggregator(client_level, config, server_rng(config, 2))
+        server_ledger = PrivacyLedger(
+            owner="server",
+            level="client",
+            delta=config.delta,
+            path=output_dir / LEDGER_DIR / "server.json",
+        )
     strategy = PrivetFedAvg(
         privacy,
-        fraction_train=1.0,
-        fraction_evaluate=1.0,
-        min_train_nodes=config.clients,
-        min_evaluate_nodes=config.clients,
-        min_available_nodes=config.clients,
+        client_sample_rate=config.client_sample_rate,
+        sampling_rng=server_rng(config, 1),
+        client_level=client_level,
+        aggregator=aggregator,
+        server_ledger=server_ledger,
+        client_epsilon_budget=config.client_epsilon_budget,
+        accountant=config.accountant,
     )
+    strategy.discover_clients(grid, config.clients, ROUND_TIMEOUT_S)
+
+    def client_level_summary() -> dict[str, Any] | None:
+        if client_level is None or server_ledger is None or aggregator is None:
+            return None
+        return {
+            "epsilon": server_ledger.epsilon(config.accountant),
+            "delta": config.delta,
+            "noise_multiplier": client_level.total_noise_multiplier,
+            "update_noise_multiplier": client_level.update_noise_multiplier,
+            "sample_rate": client_level.sample_rate,
+            "expected_clients_per_round": client_level.expected_clients,
+            "adaptive_clipping": client_level.adaptive is not None,
+            "clip_norm_final": aggregator.clip_norm,
+            "rounds": len(server_ledger.rounds()),
+        }
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = evaluator(arrays.to_numpy_ndarrays())
         if server_round == 0:
             results.initial_accuracy, results.initial_loss = accuracy, loss
-        else:
-            record = RoundRecord(
-                round=server_round,
-                accuracy=accuracy,
-                loss=loss,
-                epsilon_max=privacy.epsilon_max(),
-                epsilon_by_client=privacy.epsilon_by_client(server_round),
-                clients_trained=privacy.clients_trained(server_round),
-                local_accuracy=strategy.last_local_accuracy,
-            )
-            results.rounds.append(record)
-            results.clients = privacy.clients()
-            write_model(output_dir, evaluator.model, arrays.to_numpy_ndarrays())
-            write_results(output_dir, results)
-            if on_round is not None:
-                on_round(record)
+            return MetricRecord({"accuracy": accuracy, "loss": loss})
+        outcome = strategy.outcomes[server_round]
+        record = RoundRecord(
+            round=server_round,
+            accuracy=accuracy,
+            loss=loss,
+            epsilon_max=privacy.epsilon_max(),
+            epsilon_by_client=privacy.epsilon_by_client(server_round),
+            clients_trained=len(outcome.trained),
+            local_accuracy=strategy.last_local_accuracy,
+            sampled=outcome.sampled,
+            declined=outcome.declined,
+            failed=outcome.failed,
+            rejected=outcome.rejected,
+            epsilon_client_level=outcome.epsilon_client_level,
+            clip_norm=outcome.clip_norm,
+            noised_within_fraction=outcome.noised_within_fraction,
+        )
+        results.rounds.append(record)
+        results.clients = privacy.clients()
+        results.declines = dict(strategy.declined_at)
+        results.client_level = client_level_summary()
+        write_model(output_dir, evaluator.model, arrays.to_numpy_ndarrays())
+        write_results(output_dir, results)
+        if on_round is not None:
+            on_round(record)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     outcome = strategy.start(
@@ -76,7 +144,10 @@ def run_federated_training(
         evaluate_fn=evaluate_global,
     )
     results.clients = privacy.clients()
-    results.finished = len(results.rounds) == config.rounds
+    results.declines = dict(strategy.declined_at)
+    results.client_level = client_level_summary()
+    results.stop_reason = strategy.stop_reason
+    results.finished = True
     write_model(output_dir, evaluator.model, outcome.arrays.to_numpy_ndarrays())
     write_results(output_dir, results)
     return results
@@ -106,3 +177,10 @@ def make_server_app(
 
 
 app = make_server_app(engine="flwr-run")
+
+
+def clear_output(output_dir: Path) -> None:
+    """Remove a previous run's results, model and ledgers (the CLI's --overwrite)."""
+    for name in (RESULTS_FILE, "model.pt"):
+        (output_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(output_dir / LEDGER_DIR, ignore_errors=True)

@@ -54,8 +54,13 @@ class FederationPrivacy:
         self._by_round: dict[int, dict[int, float]] = {}
         self._trained: dict[int, int] = {}
 
-    def record(self, server_round: int, reports: list[ClientPrivacy]) -> None:
-        """Take the reports of the clients that trained in `server_round`."""
+    def record(
+        self, server_round: int, reports: list[ClientPrivacy], trained: list[int] | None = None
+    ) -> None:
+        """Take the reports of the clients that answered in `server_round`.
+
+        `trained` names those that actually trained (the others declined); all of them when None.
+        """
         for report in reports:
             previous = self._latest.get(report.client_id)
             if previous is not None and report.epsilon < previous.epsilon:
@@ -67,7 +72,7 @@ class FederationPrivacy:
                 )
                 report = replace(report, epsilon=previous.epsilon)
             self._latest[report.client_id] = report
-        self._trained[server_round] = len(reports)
+        self._trained[server_round] = len(reports) if trained is None else len(trained)
         self._by_round[server_round] = {
             client_id: report.epsilon for client_id, report in sorted(self._latest.items())
         }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privacy import atomic_write_bytes
 from server.federation_privacy import ClientPrivacy
 from task.config import RunConfig
 from task.models import set_weights
@@ -36,6 +36,13 @@ class RoundRecord:
     epsilon_by_client: dict[int, float]
     clients_trained: int
     local_accuracy: float | None = None
+    sampled: list[int] = field(default_factory=list)
+    declined: list[int] = field(default_factory=list)
+    failed: int = 0
+    rejected: list[int] = field(default_factory=list)
+    epsilon_client_level: float | None = None
+    clip_norm: float | None = None
+    noised_within_fraction: float | None = None
 
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -66,6 +73,9 @@ class RunResults:
     clients: list[ClientPrivacy] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     finished: bool = False
+    stop_reason: str | None = None
+    declines: dict[int, int] = field(default_factory=dict)
+    client_level: dict[str, Any] | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The documented results.json layout (see README)."""
@@ -73,6 +83,8 @@ class RunResults:
         for record in self.rounds:
             item = asdict(record)
             item["epsilon_max"] = _json_number(record.epsilon_max)
+            if record.epsilon_client_level is not None:
+                item["epsilon_client_level"] = _json_number(record.epsilon_client_level)
             item["epsilon_by_client"] = {
                 str(key): _json_number(value) for key, value in record.epsilon_by_client.items()
             }
@@ -86,11 +98,12 @@ class RunResults:
             "privet_version": privet_version(),
             "engine": self.engine,
             "finished": self.finished,
+            "stop_reason": self.stop_reason,
             "wall_time_s": round(time.time() - self.started_at, 3),
             "config": self.config.to_json_dict(),
             "privacy": {
                 "level": "example",
-                "accountant": "rdp",
+                "accountant": self.config.accountant,
                 "delta": self.config.delta,
                 "epsilon_max": _json_number(
                     max((client.epsilon for client in self.clients), default=0.0)
@@ -103,30 +116,19 @@ class RunResults:
             "initial": {"accuracy": self.initial_accuracy, "loss": self.initial_loss},
             "rounds": rounds,
             "clients": clients,
+            "declined": [
+                {"id": client, "round": at} for client, at in sorted(self.declines.items())
+            ],
+            "client_level": self.client_level,
             "model": {"file": MODEL_FILE, "architecture": self.config.model},
         }
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_results(output_dir: Path, results: RunResults) -> Path:
     """Write results.json atomically; return its path."""
     path = output_dir / RESULTS_FILE
     text = json.dumps(results.to_json_dict(), indent=2, allow_nan=False)
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
     return path
 
 

@@ -13,6 +13,7 @@ from client.local_plan import LocalPlan
 from client.node_data import client_shards, load_federated_data, split_shard
 from client.training_round import client_plan
 from privacy import PoissonGaussianSteps, epsilon_for
+from server.client_dp import ClientLevelPlan, plan_client_level
 from task.config import RunConfig
 from task.models import build_model
 
@@ -37,6 +38,7 @@ class SimulationPlan:
     test_examples: int
     num_classes: int
     feature_shape: tuple[int, ...]
+    client_level: ClientLevelPlan | None = None
 
     @property
     def planned_epsilon_max(self) -> float:
@@ -55,9 +57,12 @@ def plan_simulation(config: RunConfig) -> SimulationPlan:
         planned = epsilon_for(
             [PoissonGaussianSteps(local.noise_multiplier, local.sample_rate, local.planned_steps)],
             config.delta,
+            config.accountant,
         )
         clients.append(ClientPlan(client_id, len(train_idx), len(validation_idx), local, planned))
+    client_level = plan_client_level(config)
     return SimulationPlan(
+        client_level=client_level,
         config=config,
         clients=clients,
         test_examples=len(data.test),

@@ -18,6 +18,7 @@ DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn")
 PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
+ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")
 DATASETS_NEEDING_DIR: tuple[str, ...] = ("mnist", "fashion-mnist", "adult")
 DEFAULT_TARGET_EPSILON = 8.0
 
@@ -50,11 +51,46 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     output: str = "privet-output"
+    # Accounting and budgets.
+    accountant: str = "rdp"
+    epsilon_budget: float | None = None
+    # Client-level DP (DP-FedAvg): on when a client noise multiplier or target is given.
+    clients_per_round: int | None = None
+    client_noise_multiplier: float | None = None
+    client_target_epsilon: float | None = None
+    client_clip_norm: float = 1.0
+    adaptive_clipping: bool = False
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clip_count_stddev: float | None = None
+    client_epsilon_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:
             object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
         _validate(self)
+
+    @property
+    def client_level_dp(self) -> bool:
+        """Whether updates are clipped and noised at the client level (DP-FedAvg)."""
+        return self.client_noise_multiplier is not None or self.client_target_epsilon is not None
+
+    @property
+    def expected_clients_per_round(self) -> int:
+        """Clients sampled per round on average (all of them unless clients-per-round is set)."""
+        return self.clients if self.clients_per_round is None else self.clients_per_round
+
+    @property
+    def client_sample_rate(self) -> float:
+        """Poisson sampling rate of clients: expected clients per round / population."""
+        return self.expected_clients_per_round / self.clients
+
+    @property
+    def count_stddev(self) -> float:
+        """σ_b of adaptive clipping's noised count (Andrew et al. 2021 suggest expected/20)."""
+        if self.clip_count_stddev is not None:
+            return self.clip_count_stddev
+        return self.expected_clients_per_round / 20.0
 
     @classmethod
     def key_names(cls) -> tuple[str, ...]:
@@ -94,6 +130,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     optional = "None" in text
     if optional and (value is None or value == ""):
         return None
+    if text.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
     try:
         if text.startswith("int"):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -162,3 +204,43 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("partition 'column' needs tabular data (--dataset csv or adult)")
     if not config.output:
         raise ConfigError("output must name a folder")
+    _one_of("accountant", config.accountant, ACCOUNTANT_NAMES)
+    for key in ("epsilon_budget", "client_epsilon_budget", "client_target_epsilon"):
+        value = getattr(config, key)
+        if value is not None:
+            _positive(key.replace("_", "-"), value)
+    _validate_client_level(config)
+
+
+def _validate_client_level(config: RunConfig) -> None:
+    """Checks of DP-FedAvg settings: sampling, clipping, adaptive clipping, budgets."""
+    if config.clients_per_round is not None and not 1 <= config.clients_per_round <= config.clients:
+        raise ConfigError(
+            f"clients-per-round must be between 1 and clients ({config.clients}), "
+            f"got {config.clients_per_round}"
+        )
+    if config.client_noise_multiplier is not None and config.client_target_epsilon is not None:
+        raise ConfigError("give either client-noise-multiplier or client-target-epsilon, not both")
+    if config.client_noise_multiplier is not None:
+        _positive("client-noise-multiplier", config.client_noise_multiplier)
+    _positive("client-clip-norm", config.client_clip_norm)
+    _positive("clip-learning-rate", config.clip_learning_rate)
+    if not 0 < config.target_quantile < 1:
+        raise ConfigError(f"target-quantile must be in (0, 1), got {config.target_quantile:g}")
+    if config.clip_count_stddev is not None:
+        _positive("clip-count-stddev", config.clip_count_stddev)
+    if config.adaptive_clipping and not config.client_level_dp:
+        raise ConfigError(
+            "adaptive-clipping needs client-level DP: pass --client-noise-multiplier or "
+            "--client-target-epsilon"
+        )
+    if config.client_epsilon_budget is not None and not config.client_level_dp:
+        raise ConfigError(
+            "client-epsilon-budget needs client-level DP: pass --client-noise-multiplier or "
+            "--client-target-epsilon"
+        )
+    if config.client_level_dp and config.delta >= 1.0 / config.clients:
+        raise ConfigError(
+            f"delta={config.delta:g} is not below 1/clients = {1.0 / config.clients:.3g}, so "
+            "client-level DP would allow releasing a whole client; lower --delta"
+        )

@@ -8,7 +8,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis import rdp
 
-from client.app import make_client_app, read_history
+from client.app import ledger_path, make_client_app
+from privacy import PrivacyLedger
 from server.evaluation import ServerEvaluator
 from task.config import ConfigError, RunConfig
 
@@ -68,7 +69,9 @@ def test_epsilon_accumulates_across_rounds_in_node_state(tmp_path):
         )
         assert metrics["epsilon"] == pytest.approx(expected, rel=1e-6)
     assert reported[0]["epsilon"] < reported[1]["epsilon"] < reported[2]["epsilon"] <= 8.0
-    assert sum(event.steps for event in read_history(context)) == reported[-1]["steps"]
+    on_disk = PrivacyLedger.load(ledger_path(config, 2))
+    assert on_disk.steps() == reported[-1]["steps"] and on_disk.rounds() == [1, 2, 3]
+    assert on_disk.epsilon("rdp") == pytest.approx(reported[-1]["epsilon"], rel=1e-12)
 
 
 def test_module_level_app_reads_flowers_run_config(tmp_path):
@@ -80,8 +83,46 @@ def test_module_level_app_reads_flowers_run_config(tmp_path):
     reply = app(train_message(weights, 1), context)
     assert not reply.has_error()
     assert reply.content["metrics"]["noise-multiplier"] == 1.5
-    trained = reply.content["arrays"].to_numpy_ndarrays()
-    assert any(not np.array_equal(a, b) for a, b in zip(weights, trained, strict=True))
+    update = reply.content["arrays"].to_numpy_ndarrays()
+    assert [u.shape for u in update] == [w.shape for w in weights]
+    assert any(np.any(u != 0) for u in update)
+
+
+def train_message_with(weights, server_round, **extra):
+    message = train_message(weights, server_round)
+    for key, value in extra.items():
+        message.content["config"][key] = value
+    return message
+
+
+def test_client_declines_a_round_that_would_exceed_its_budget(tmp_path):
+    probe = RunConfig(output=str(tmp_path / "p"), rounds=4, noise_multiplier=1.0)
+    weights = ServerEvaluator(probe).initial_weights()
+    first = make_client_app(probe)(train_message(weights, 1), node_context(0))
+    one_round = first.content["metrics"]["epsilon"]
+    config = RunConfig(
+        output=str(tmp_path / "r"), rounds=4, noise_multiplier=1.0, epsilon_budget=one_round * 1.01
+    )
+    app, context = make_client_app(config), node_context(0)
+    trained = app(train_message(weights, 1), context)
+    declined = app(train_message(weights, 2), context)
+    assert trained.content["metrics"]["declined"] == 0
+    metrics = declined.content["metrics"]
+    assert metrics["declined"] == 1 and "arrays" not in declined.content
+    assert metrics["epsilon"] == pytest.approx(one_round, rel=1e-12)  # nothing more was spent
+    assert PrivacyLedger.load(ledger_path(config, 0)).rounds() == [1]
+
+
+def test_update_is_clipped_to_the_servers_clip_norm(tmp_path):
+    config = RunConfig(output=str(tmp_path), client_noise_multiplier=1.0)
+    weights = ServerEvaluator(config).initial_weights()
+    reply = make_client_app(config)(
+        train_message_with(weights, 1, **{"clip-norm": 0.01}), node_context(3)
+    )
+    update = reply.content["arrays"].to_numpy_ndarrays()
+    norm = np.sqrt(sum(float((u.astype(np.float64) ** 2).sum()) for u in update))
+    assert norm == pytest.approx(0.01, rel=1e-4)
+    assert reply.content["metrics"]["within-clip"] == 0
 
 
 def test_evaluation_reply_uses_held_out_examples_only(tmp_path):

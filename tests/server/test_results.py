@@ -12,7 +12,23 @@ from task.models import build_model, get_weights
 
 def test_results_json_layout_and_atomic_write(tmp_path):
     results = RunResults(config=RunConfig(output=str(tmp_path)), engine="test")
-    results.rounds.append(RoundRecord(1, 0.5, 1.2, 2.5, {0: 2.5, 1: 1.0}, 2, 0.4))
+    results.rounds.append(
+        RoundRecord(
+            1,
+            0.5,
+            1.2,
+            2.5,
+            {0: 2.5, 1: 1.0},
+            2,
+            0.4,
+            sampled=[0, 1, 2],
+            declined=[2],
+            epsilon_client_level=0.7,
+            clip_norm=0.1,
+        )
+    )
+    results.declines = {2: 1}
+    results.stop_reason = "budget"
     results.clients = [
         ClientPrivacy(0, 100, 2.5, 1e-5, 1.1, 0.1, 20, 1),
         ClientPrivacy(1, 90, math.inf, 1e-5, 0.0, 0.1, 20, 1),
@@ -28,8 +44,16 @@ def test_results_json_layout_and_atomic_write(tmp_path):
             "epsilon_by_client": {"0": 2.5, "1": 1.0},
             "clients_trained": 2,
             "local_accuracy": 0.4,
+            "sampled": [0, 1, 2],
+            "declined": [2],
+            "failed": 0,
+            "rejected": [],
+            "epsilon_client_level": 0.7,
+            "clip_norm": 0.1,
+            "noised_within_fraction": None,
         }
     ]
+    assert data["declined"] == [{"id": 2, "round": 1}] and data["stop_reason"] == "budget"
     assert data["clients"][0] == {
         "id": 0,
         "num_examples": 100,

@@ -1,0 +1,304 @@
+"""The privacy ledger: every release one party made, written ahead of the release itself.
+
+A ledger belongs to one owner (a client for example-level DP-SGD, the server for client-level
+DP-FedAvg) and lists what it released, round by round, as privacy events. ε is always recomputed
+from the whole list, so it is cumulative over the run and can be replayed by anyone who has the
+file (`privet budget --verify`).
+
+Write-ahead: `PrivacyLedger.record` returns only after the new ledger is on disk (atomically, see
+`privacy.storage`), and callers record a release *before* its result leaves the process. A crash
+at any moment therefore leaves a ledger that covers everything that was sent, possibly plus one
+release that never left (over-reporting, never under-reporting).
+
+File format (JSON, strict: no NaN or Infinity tokens; ∞ is written as the string "inf")::
+
+    {"schema_version": 1, "owner": "client-0", "level": "example", "delta": 1e-05,
+     "epsilon_rdp": 1.23,                      # informational only; never read back
+     "entries": [{"round": 1, "recorded_at": 1764067512.5,
+                  "event": {"type": "poisson_gaussian_steps", "noise_multiplier": 1.1,
+                            "sample_rate": 0.01, "steps": 100}}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+from privacy.accountants import DEFAULT_ACCOUNTANT, Accountant, epsilon_for
+from privacy.events import (
+    LEVELS,
+    ClientLevelRound,
+    Level,
+    PoissonGaussianSteps,
+    PrivacyEvent,
+    event_from_dict,
+    event_level,
+)
+from privacy.storage import atomic_write_text
+
+LEDGER_SCHEMA_VERSION = 1
+_LEDGER_KEYS = {"schema_version", "owner", "level", "delta", "entries", "epsilon_rdp"}
+_ENTRY_KEYS = {"round", "event", "recorded_at"}
+
+
+class LedgerError(ValueError):
+    """A ledger that cannot be read or that would not describe a valid release history."""
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no infinity: write it as the string "inf" rather than an invalid token."""
+    return "inf" if math.isinf(value) else value
+
+
+def _check_round(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise LedgerError(f"a round must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One release: the privacy event, the round it belongs to, and when it was recorded."""
+
+    round: int
+    event: PrivacyEvent
+    recorded_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as a JSON-ready mapping."""
+        return {"round": self.round, "recorded_at": self.recorded_at, "event": self.event.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: object) -> LedgerEntry:
+        """Inverse of `to_dict`; LedgerError on anything malformed."""
+        if not isinstance(data, Mapping):
+            raise LedgerError(f"an entry must be a JSON object, got {data!r}")
+        if set(data) != _ENTRY_KEYS:
+            raise LedgerError(
+                f"an entry has the fields {', '.join(sorted(_ENTRY_KEYS))}, "
+                f"got {', '.join(sorted(map(str, data)))}"
+            )
+        recorded_at = data["recorded_at"]
+        if (
+            isinstance(recorded_at, bool)
+            or not isinstance(recorded_at, Real)
+            or not math.isfinite(recorded_at)
+        ):
+            raise LedgerError(f"recorded_at must be a finite number, got {recorded_at!r}")
+        try:
+            event = event_from_dict(data["event"])
+        except ValueError as error:
+            raise LedgerError(str(error)) from None
+        return cls(_check_round(data["round"]), event, float(recorded_at))
+
+
+class PrivacyLedger:
+    """The releases of one owner at one level (example or client), and the ε they add up to."""
+
+    def __init__(
+        self,
+        owner: str,
+        level: Level,
+        delta: float,
+        path: str | os.PathLike[str] | None = None,
+        entries: Iterable[LedgerEntry] = (),
+    ) -> None:
+        if not isinstance(owner, str) or not owner:
+            raise LedgerError(f"a ledger's owner must be a non-empty string, got {owner!r}")
+        if level not in LEVELS:
+            raise LedgerError(f"a ledger's level must be 'example' or 'client', got {level!r}")
+        if isinstance(delta, bool) or not isinstance(delta, Real) or not 0 < delta < 1:
+            raise LedgerError(f"a ledger's delta must be a number in (0, 1), got {delta!r}")
+        self.owner = owner
+        self.level: Level = level
+        self.delta = float(delta)
+        self.path: Path | None = None if path is None else Path(path)
+        self._entries: list[LedgerEntry] = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, LedgerEntry):
+                raise LedgerError(f"entry {index} is not a LedgerEntry: {entry!r}")
+            self._check_event(entry.event)
+            self._entries.append(entry)
+        self._epsilon_cache: dict[tuple[str, int], float] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivacyLedger(owner={self.owner!r}, level={self.level!r}, delta={self.delta!r}, "
+            f"path={self.path!r}, entries={len(self._entries)})"
+        )
+
+    def _check_event(self, event: object) -> PrivacyEvent:
+        """The event itself, if it is a privacy event of this ledger's level."""
+        if not isinstance(event, (PoissonGaussianSteps, ClientLevelRound)):
+            raise LedgerError(
+                f"expected a PoissonGaussianSteps or ClientLevelRound event, got {event!r}"
+            )
+        level = event_level(event)
+        if level != self.level:
+            raise LedgerError(
+                f"ledger {self.owner!r} is {self.level} level and cannot hold a {level}-level "
+                f"event ({type(event).__name__}); use a separate ledger per level"
+            )
+        return event
+
+    # -- recording ------------------------------------------------------------------------------
+
+    @property
+    def entries(self) -> tuple[LedgerEntry, ...]:
+        """Every release recorded so far, in order."""
+        return tuple(self._entries)
+
+    def record(self, round: int, events: Iterable[PrivacyEvent]) -> None:
+        """Append `events` as releases of `round`; with a `path`, write the ledger before returning.
+
+        This is the write-ahead step: call it before the result of the release leaves the process.
+        If the write fails, the exception propagates and the ledger (in memory and on disk) is
+        unchanged, so the caller must not release.
+        """
+        round_number = _check_round(round)
+        now = time.time()
+        added = [LedgerEntry(round_number, self._check_event(event), now) for event in events]
+        if not added:
+            return
+        entries = self._entries + added
+        if self.path is not None:
+            atomic_write_text(self.path, self._dumps(entries))
+        self._entries = entries
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def events(self) -> list[PrivacyEvent]:
+        """Every recorded event, in order."""
+        return [entry.event for entry in self._entries]
+
+    def steps(self) -> int:
+        """Total DP-SGD steps recorded (example level; 0 for a client-level ledger)."""
+        return sum(
+            entry.event.steps
+            for entry in self._entries
+            if isinstance(entry.event, PoissonGaussianSteps)
+        )
+
+    def rounds(self) -> list[int]:
+        """The distinct rounds that have recorded releases, ascending."""
+        return sorted({entry.round for entry in self._entries})
+
+    def epsilon(self, accountant: str | Accountant = DEFAULT_ACCOUNTANT) -> float:
+        """Cumulative ε at the ledger's δ over every recorded release."""
+        if not isinstance(accountant, str):
+            return epsilon_for(self.events(), self.delta, accountant)
+        key = (accountant, len(self._entries))
+        if key not in self._epsilon_cache:
+            self._epsilon_cache[key] = epsilon_for(self.events(), self.delta, accountant)
+        return self._epsilon_cache[key]
+
+    def epsilon_if(
+        self,
+        extra_events: Iterable[PrivacyEvent],
+        accountant: str | Accountant = DEFAULT_ACCOUNTANT,
+    ) -> float:
+        """ε if `extra_events` were released too: the budget check to run before the work."""
+        extra = [self._check_event(event) for event in extra_events]
+        return epsilon_for(self.events() + extra, self.delta, accountant)
+
+    # -- JSON -----------------------------------------------------------------------------------
+
+    def _json_for(self, entries: list[LedgerEntry]) -> dict[str, Any]:
+        events = [entry.event for entry in entries]
+        return {
+            "schema_version": LEDGER_SCHEMA_VERSION,
+            "owner": self.owner,
+            "level": self.level,
+            "delta": self.delta,
+            "epsilon_rdp": _json_number(epsilon_for(events, self.delta, "rdp")),
+            "entries": [entry.to_dict() for entry in entries],
+        }
+
+    def _dumps(self, entries: list[LedgerEntry]) -> str:
+        return json.dumps(self._json_for(entries), indent=1, allow_nan=False) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ledger as a JSON-ready mapping (with an informational "epsilon_rdp")."""
+        return self._json_for(self._entries)
+
+    @classmethod
+    def from_json(cls, data: object) -> PrivacyLedger:
+        """Inverse of `to_json` (without a path); LedgerError naming what is malformed."""
+        if not isinstance(data, Mapping):
+            raise LedgerError(f"a ledger must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != LEDGER_SCHEMA_VERSION or isinstance(version, bool):
+            raise LedgerError(
+                f"schema version {version!r} is not {LEDGER_SCHEMA_VERSION}, the version this "
+                "Privet reads; open it with the Privet version that wrote it"
+            )
+        required = _LEDGER_KEYS - {"epsilon_rdp"}
+        missing = sorted(required - set(data))
+        if missing:
+            raise LedgerError(f"the ledger lacks field(s) {', '.join(missing)}")
+        extra = sorted(str(key) for key in set(data) - _LEDGER_KEYS)
+        if extra:
+            raise LedgerError(f"the ledger has unexpected field(s) {', '.join(extra)}")
+        entries_data = data["entries"]
+        if not isinstance(entries_data, list):
+            raise LedgerError(f"'entries' must be a list, got {type(entries_data).__name__}")
+        ledger = cls(data["owner"], data["level"], data["delta"])
+        for index, item in enumerate(entries_data):
+            try:
+                entry = LedgerEntry.from_dict(item)
+                ledger._check_event(entry.event)
+            except LedgerError as error:
+                raise LedgerError(f"entry {index}: {error}") from None
+            ledger._entries.append(entry)
+        return ledger
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write the ledger atomically to `path` (default: its own path); return where."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise LedgerError(f"ledger {self.owner!r} has no path; pass one to save()")
+        atomic_write_text(target, self._dumps(self._entries))
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
+        """Read a ledger file; further records go to the same file. One-line LedgerError if bad."""
+        source = Path(path)
+
+        def reject(constant: str) -> float:
+            raise ValueError(f"the non-JSON number {constant}")
+
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise LedgerError(
+                f"privacy ledger {source} does not exist; check the path (ledgers are in the "
+                "run's ledgers/ folder)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise LedgerError(f"privacy ledger {source} cannot be read: {error}") from None
+        try:
+            data = json.loads(text, parse_constant=reject)
+        except json.JSONDecodeError as error:
+            raise LedgerError(
+                f"privacy ledger {source} is not valid JSON ({error.msg} at line {error.lineno}); "
+                "restore it from a checkpoint"
+            ) from None
+        except ValueError as error:
+            raise LedgerError(
+                f"privacy ledger {source} is not strict JSON ({error}); restore it from a "
+                "checkpoint"
+            ) from None
+        try:
+            ledger = cls.from_json(data)
+        except LedgerError as error:
+            raise LedgerError(f"privacy ledger {source}: {error}") from None
+        ledger.path = source
+        return ledger

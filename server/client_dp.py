@@ -1,0 +1,78 @@
+"""Client-level DP settings of a run: the noise for the update sum, and its privacy event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from privacy import (
+    ClientLevelRound,
+    client_noise_for_target_epsilon,
+    update_noise_for_adaptive_clipping,
+)
+from server.aggregation import AdaptiveClipping, ClientLevelAggregator
+from task.config import ConfigError, RunConfig
+
+
+@dataclass(frozen=True)
+class ClientLevelPlan:
+    """DP-FedAvg parameters: total noise z, the part of it on the update sum, and sampling."""
+
+    total_noise_multiplier: float
+    update_noise_multiplier: float
+    sample_rate: float
+    expected_clients: float
+    adaptive: AdaptiveClipping | None
+
+    def round_event(self) -> ClientLevelRound:
+        """The privacy event of one DP-FedAvg round (update sum plus, if adaptive, the count)."""
+        return ClientLevelRound(
+            noise_multiplier=self.update_noise_multiplier,
+            sample_rate=self.sample_rate,
+            rounds=1,
+            count_noise_multiplier=(
+                None if self.adaptive is None else 2.0 * self.adaptive.count_stddev
+            ),
+        )
+
+
+def plan_client_level(config: RunConfig) -> ClientLevelPlan | None:
+    """The run's DP-FedAvg plan (σ calibrated from a target if asked), or None when it is off."""
+    if not config.client_level_dp:
+        return None
+    q = config.client_sample_rate
+    if config.client_target_epsilon is not None:
+        z = client_noise_for_target_epsilon(
+            config.client_target_epsilon, config.delta, q, config.rounds, config.accountant
+        )
+    else:
+        assert config.client_noise_multiplier is not None
+        z = config.client_noise_multiplier
+    adaptive = None
+    z_update = z
+    if config.adaptive_clipping:
+        adaptive = AdaptiveClipping(
+            config.target_quantile, config.clip_learning_rate, config.count_stddev
+        )
+        try:
+            z_update = update_noise_for_adaptive_clipping(z, config.count_stddev)
+        except ValueError as error:
+            raise ConfigError(
+                f"adaptive clipping cannot fit in the noise budget: {error}; raise "
+                "--clip-count-stddev or --clients-per-round, or give more noise"
+            ) from None
+    return ClientLevelPlan(z, z_update, q, float(config.expected_clients_per_round), adaptive)
+
+
+def make_aggregator(
+    plan: ClientLevelPlan, config: RunConfig, rng: np.random.Generator
+) -> ClientLevelAggregator:
+    """The aggregator that applies `plan` starting from the configured clip norm."""
+    return ClientLevelAggregator(
+        update_noise_multiplier=plan.update_noise_multiplier,
+        clip_norm=config.client_clip_norm,
+        expected_clients=plan.expected_clients,
+        rng=rng,
+        adaptive=plan.adaptive,
+    )

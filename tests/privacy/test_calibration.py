@@ -1,0 +1,109 @@
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+from privacy import (
+    CalibrationError,
+    ClientLevelRound,
+    PoissonGaussianSteps,
+    client_noise_for_target_epsilon,
+    epsilon_for,
+    noise_for_target_epsilon,
+    update_noise_for_adaptive_clipping,
+)
+
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def dp_rdp(q, inner, count, delta):
+    """dp-accounting's RDP ε of `count` Poisson-sampled rounds of `inner`."""
+    accountant = dp_accounting.rdp.RdpAccountant(ORDERS)
+    sampled = dp_accounting.PoissonSampledDpEvent(q, inner)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(sampled, count))
+    return accountant.get_epsilon(delta)
+
+
+def dp_pld(q, sigma, count, delta):
+    """dp-accounting's PLD ε, discretized finer than Privet does for these ε (≈ 2–3)."""
+    distribution = pld_lib.from_gaussian_mechanism(
+        standard_deviation=sigma, sampling_prob=q, value_discretization_interval=1e-4
+    ).self_compose(count)
+    return distribution.get_epsilon_for_delta(delta)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "prv"])
+def test_example_level_calibration_with_tight_accountants(accountant):
+    target, delta, q, steps = 2.0, 1e-5, 0.05, 200
+    sigma = noise_for_target_epsilon(target, delta, q, steps, accountant)
+    assert epsilon_for([PoissonGaussianSteps(sigma, q, steps)], delta, accountant) <= target
+    assert epsilon_for([PoissonGaussianSteps(sigma - 2e-3, q, steps)], delta, accountant) > target
+    # Tighter accounting needs less noise than RDP for the same target.
+    assert sigma < noise_for_target_epsilon(target, delta, q, steps)
+    # Independent check of the plan: dp-accounting's PLD, finely discretized.
+    reference = dp_pld(q, sigma, steps, delta)
+    assert reference <= target * 1.001
+    assert reference == pytest.approx(target, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("target", "q", "rounds"), [(2.0, 0.1, 50), (8.0, 0.02, 1000), (0.5, 1.0, 5)]
+)
+def test_client_level_calibration_round_trip(target, q, rounds):
+    z = client_noise_for_target_epsilon(target, 1e-5, q, rounds)
+    assert dp_rdp(q, dp_accounting.GaussianDpEvent(z), rounds, 1e-5) <= target * (1 + 1e-3)
+    assert dp_rdp(q, dp_accounting.GaussianDpEvent(z - 1e-3), rounds, 1e-5) > target
+    assert epsilon_for([ClientLevelRound(z, q, rounds)], 1e-5) <= target
+
+
+def test_client_level_calibration_splits_for_adaptive_clipping():
+    """The total z is split into update noise plus count noise, and the pair still meets ε."""
+    target, q, rounds, sigma_b = 4.0, 0.05, 300, 1.0
+    z = client_noise_for_target_epsilon(target, 1e-5, q, rounds)
+    z_update = update_noise_for_adaptive_clipping(z, sigma_b)
+    rounds_run = [ClientLevelRound(z_update, q, 1, 2 * sigma_b)] * rounds
+    assert epsilon_for(rounds_run, 1e-5) <= target * (1 + 1e-9)
+    two_queries = dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(z_update), dp_accounting.GaussianDpEvent(2 * sigma_b)]
+    )
+    assert dp_rdp(q, two_queries, rounds, 1e-5) == pytest.approx(target, rel=2e-3)
+
+
+def test_client_level_calibration_with_pld_agrees_with_dp_accounting():
+    z = client_noise_for_target_epsilon(3.0, 1e-5, 0.1, 100, "pld")
+    reference = dp_pld(0.1, z, 100, 1e-5)
+    assert reference <= 3.0 * 1.001
+    assert reference == pytest.approx(3.0, rel=0.03)
+
+
+@pytest.mark.parametrize("level", ["example", "client"])
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_unreachable_targets_are_reported(level, accountant):
+    calibrate = noise_for_target_epsilon if level == "example" else client_noise_for_target_epsilon
+    with pytest.raises(CalibrationError, match="unreachable") as error:
+        calibrate(1e-6, 1e-5, 0.5, 1000, accountant)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((0.0, 1e-5, 0.1, 10), "target epsilon"),
+        ((math.inf, 1e-5, 0.1, 10), "target epsilon"),
+        ((1.0, 0.0, 0.1, 10), "delta"),
+        ((1.0, 1e-5, 0.1, 0), "nothing to calibrate"),
+        ((1.0, 1e-5, 0.0, 10), "sample rate"),
+        ((1.0, 1e-5, 1.5, 10), "sample rate"),
+    ],
+)
+def test_meaningless_calibration_inputs_are_refused(args, match):
+    for calibrate in (noise_for_target_epsilon, client_noise_for_target_epsilon):
+        with pytest.raises(CalibrationError, match=match) as error:
+            calibrate(*args)
+        assert "\n" not in str(error.value)
+
+
+def test_unknown_accountant_in_calibration_is_refused():
+    with pytest.raises(ValueError, match="unknown accountant"):
+        noise_for_target_epsilon(1.0, 1e-5, 0.1, 10, "gdp")

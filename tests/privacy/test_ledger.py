@@ -1,0 +1,318 @@
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import dp_accounting
+import pytest
+from opacus.accountants import RDPAccountant
+
+from privacy import (
+    LEDGER_SCHEMA_VERSION,
+    ClientLevelRound,
+    LedgerEntry,
+    LedgerError,
+    PoissonGaussianSteps,
+    PrivacyLedger,
+    atomic_write_text,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def strict_load(path: Path):
+    def reject(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
+
+
+def opacus_epsilon(history, delta):
+    """Opacus' own RDP accountant, given the (σ, q, steps) history directly."""
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    return accountant.get_epsilon(delta)
+
+
+def example_ledger(path=None):
+    ledger = PrivacyLedger("client-3", "example", 1e-5, path)
+    ledger.record(1, [PoissonGaussianSteps(1.0, 0.1, 20)])
+    ledger.record(2, [PoissonGaussianSteps(1.0, 0.1, 20)])
+    ledger.record(4, [PoissonGaussianSteps(1.2, 0.05, 40), PoissonGaussianSteps(1.0, 0.1, 5)])
+    return ledger
+
+
+# -- recording and queries ----------------------------------------------------------------------
+
+
+def test_queries_describe_the_recorded_releases():
+    ledger = example_ledger()
+    assert ledger.steps() == 85
+    assert ledger.rounds() == [1, 2, 4]
+    assert len(ledger.events()) == 4
+    assert all(isinstance(entry, LedgerEntry) for entry in ledger.entries)
+    assert ledger.entries[0].recorded_at <= ledger.entries[-1].recorded_at
+
+
+def test_replayed_epsilon_equals_opacus_and_dp_accounting():
+    ledger = example_ledger()
+    expected = opacus_epsilon([(1.0, 0.1, 45), (1.2, 0.05, 40)], 1e-5)
+    assert ledger.epsilon() == pytest.approx(expected, rel=1e-12)
+    pld = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    for sigma, q, steps in [(1.0, 0.1, 45), (1.2, 0.05, 40)]:
+        pld.compose(
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+            )
+        )
+    assert ledger.epsilon("pld") == pytest.approx(pld.get_epsilon(1e-5), rel=0.01)
+
+
+def test_client_level_ledger_replays_adaptive_rounds_as_two_queries():
+    ledger = PrivacyLedger("server", "client", 1e-6)
+    for server_round in range(1, 31):
+        ledger.record(server_round, [ClientLevelRound(1.2, 0.05, 1, 2 * 2.0)])
+    assert ledger.steps() == 0 and ledger.rounds() == list(range(1, 31))
+    accountant = dp_accounting.rdp.RdpAccountant(ORDERS)
+    round_event = dp_accounting.PoissonSampledDpEvent(
+        0.05,
+        dp_accounting.ComposedDpEvent(
+            [dp_accounting.GaussianDpEvent(1.2), dp_accounting.GaussianDpEvent(4.0)]
+        ),
+    )
+    accountant.compose(dp_accounting.SelfComposedDpEvent(round_event, 30))
+    assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(1e-6), rel=1e-3)
+
+
+def test_epsilon_if_is_a_dry_run():
+    ledger = example_ledger()
+    before = ledger.epsilon()
+    extra = [PoissonGaussianSteps(1.0, 0.1, 20)]
+    after = ledger.epsilon_if(extra)
+    assert after > before
+    assert ledger.epsilon() == before and ledger.steps() == 85
+    expected = opacus_epsilon([(1.0, 0.1, 65), (1.2, 0.05, 40)], 1e-5)
+    assert after == pytest.approx(expected, rel=1e-12)
+
+
+def test_levels_cannot_be_mixed():
+    ledger = PrivacyLedger("server", "client", 1e-5)
+    with pytest.raises(LedgerError, match="separate ledger"):
+        ledger.record(1, [PoissonGaussianSteps(1.0, 0.1, 5)])
+    with pytest.raises(LedgerError, match="separate ledger"):
+        ledger.epsilon_if([PoissonGaussianSteps(1.0, 0.1, 5)])
+    with pytest.raises(LedgerError, match="round"):
+        ledger.record(-1, [ClientLevelRound(1.0, 0.1)])
+    assert ledger.events() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("", "example", 1e-5), "owner"),
+        (("a", "user", 1e-5), "level"),
+        (("a", "client", 1.0), "delta"),
+    ],
+)
+def test_bad_ledger_parameters(args, match):
+    with pytest.raises(LedgerError, match=match):
+        PrivacyLedger(*args)
+
+
+# -- JSON and files -----------------------------------------------------------------------------
+
+
+def test_json_round_trip_and_strict_file(tmp_path):
+    path = tmp_path / "ledgers" / "client-3.json"
+    ledger = example_ledger(path)
+    data = strict_load(path)  # written by record(), before it returned
+    assert data["schema_version"] == LEDGER_SCHEMA_VERSION
+    assert data["owner"] == "client-3" and data["level"] == "example" and data["delta"] == 1e-5
+    assert data["epsilon_rdp"] == pytest.approx(ledger.epsilon(), rel=1e-12)
+    assert [entry["round"] for entry in data["entries"]] == [1, 2, 4, 4]
+    copy = PrivacyLedger.from_json(ledger.to_json())
+    assert copy.entries == ledger.entries and copy.path is None
+    loaded = PrivacyLedger.load(path)
+    assert loaded.entries == ledger.entries and loaded.path == path
+    assert loaded.epsilon() == ledger.epsilon()
+    loaded.record(5, [PoissonGaussianSteps(1.0, 0.1, 1)])  # keeps writing to the same file
+    assert PrivacyLedger.load(path).rounds() == [1, 2, 4, 5]
+
+
+def test_infinite_epsilon_is_written_as_a_string(tmp_path):
+    ledger = PrivacyLedger("client-0", "example", 1e-5, tmp_path / "l.json")
+    ledger.record(1, [PoissonGaussianSteps(0.0, 0.1, 1)])
+    assert strict_load(tmp_path / "l.json")["epsilon_rdp"] == "inf"
+    assert math.isinf(PrivacyLedger.load(tmp_path / "l.json").epsilon())
+
+
+def test_save_to_another_path(tmp_path):
+    ledger = example_ledger()
+    with pytest.raises(LedgerError, match="no path"):
+        ledger.save()
+    written = ledger.save(tmp_path / "copy.json")
+    assert PrivacyLedger.load(written).entries == ledger.entries
+
+
+def _valid():
+    return example_ledger().to_json()
+
+
+def _bad_entry(**changes):
+    data = _valid()
+    data["entries"][0] = {**data["entries"][0], **changes}
+    return data
+
+
+MALFORMED = {
+    "not an object": [1, 2],
+    "schema 2": {**_valid(), "schema_version": 2},
+    "no schema": {key: value for key, value in _valid().items() if key != "schema_version"},
+    "no owner": {key: value for key, value in _valid().items() if key != "owner"},
+    "unexpected field": {**_valid(), "note": "hi"},
+    "bad level": {**_valid(), "level": "user"},
+    "bad delta": {**_valid(), "delta": 2.0},
+    "entries not a list": {**_valid(), "entries": {}},
+    "entry not an object": {**_valid(), "entries": ["x"]},
+    "entry bad round": _bad_entry(round=-2),
+    "entry bool round": _bad_entry(round=True),
+    "entry bad time": _bad_entry(recorded_at="noon"),
+    "entry bad event": _bad_entry(event={"type": "poisson_gaussian_steps"}),
+    "entry wrong level": _bad_entry(event=ClientLevelRound(1.0, 0.1).to_dict()),
+    "entry extra field": _bad_entry(note=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_ledgers_are_one_line_ledger_errors_naming_the_file(tmp_path, name):
+    path = tmp_path / "client-0.json"
+    path.write_text(json.dumps(MALFORMED[name]))
+    with pytest.raises(LedgerError) as error:
+        PrivacyLedger.load(path)
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message
+    with pytest.raises(LedgerError):
+        PrivacyLedger.from_json(MALFORMED[name])
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "does not exist"),
+        ("{not json", "not valid JSON"),
+        ('{"schema_version": 1, "delta": NaN}', "not strict JSON"),
+        (b"\xff\xfe", "cannot be read"),
+    ],
+)
+def test_unreadable_ledger_files(tmp_path, content, match):
+    path = tmp_path / "client-0.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(LedgerError, match=match) as error:
+        PrivacyLedger.load(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+# -- crash safety -------------------------------------------------------------------------------
+
+
+def test_atomic_write_creates_folders_and_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "a" / "b" / "file.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two"
+    assert os.listdir(path.parent) == ["file.txt"]
+
+
+def test_crash_during_write_keeps_the_previous_ledger(tmp_path, monkeypatch):
+    path = tmp_path / "client-3.json"
+    ledger = example_ledger(path)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk vanished"):
+        ledger.record(5, [PoissonGaussianSteps(1.0, 0.1, 20)])
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["client-3.json"]
+    assert ledger.rounds() == [1, 2, 4]  # the failed release is not in memory either
+    assert PrivacyLedger.load(path).entries == ledger.entries
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from privacy import PoissonGaussianSteps, PrivacyLedger
+
+    ledger = PrivacyLedger("client-0", "example", 1e-5, sys.argv[1])
+    ledger.epsilon_if([PoissonGaussianSteps(1.0, 0.01, 1)])  # import Opacus before the loop
+    print("ready", flush=True)
+    server_round = 0
+    while True:
+        server_round += 1
+        ledger.record(server_round, [PoissonGaussianSteps(1.0, 0.01, 10 + server_round % 3)])
+        print(f"sent {server_round}", flush=True)  # the release leaves only after record()
+    """
+)
+
+
+def test_sigkill_at_random_moments_never_loses_a_sent_release(tmp_path):
+    """Writers are killed mid-run; every round they reported as sent must be on disk."""
+    rng = random.Random(20261125)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    paths = [tmp_path / f"client-{index}.json" for index in range(3)]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        for path in paths
+    ]
+    outputs: list[list[str]] = [[] for _ in writers]
+    readers = [
+        threading.Thread(target=lambda w=writer, out=out: out.extend(w.stdout), daemon=True)
+        for writer, out in zip(writers, outputs, strict=True)
+    ]
+    try:
+        for writer in writers:
+            assert writer.stdout is not None
+            assert writer.stdout.readline().strip() == "ready"
+        for reader in readers:
+            reader.start()
+        for writer in writers:  # each dies at its own random moment
+            time.sleep(rng.uniform(0.01, 0.25))
+            os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                os.kill(writer.pid, signal.SIGKILL)
+            writer.wait(timeout=30)
+    for reader in readers:
+        reader.join(timeout=30)
+    for path, writer, output in zip(paths, writers, outputs, strict=True):
+        assert writer.returncode == -signal.SIGKILL
+        sent = [int(line.split()[1]) for line in output]
+        assert sent, "the writer should have sent something before it was killed"
+        assert sent == list(range(1, len(sent) + 1))
+        ledger = PrivacyLedger.load(path)  # always loadable: never half-written
+        on_disk = ledger.rounds()
+        # Everything sent is on disk; at most one release was recorded but never sent.
+        assert on_disk[: len(sent)] == sent and len(on_disk) - len(sent) in (0, 1)
+        sent_steps = sum(10 + server_round % 3 for server_round in sent)
+        assert ledger.epsilon() >= opacus_epsilon([(1.0, 0.01, sent_steps)], 1e-5)
