@@ -61,6 +61,13 @@ def one_line_error(capsys, argv) -> str:
             "needs image data",
         ),
         (["--rounds", "three"], "invalid int value"),
+        (["--clients-per-round", "9"], "clients-per-round must be between 1 and clients"),
+        (["--adaptive-clipping"], "adaptive-clipping needs client-level DP"),
+        (["--client-epsilon-budget", "2"], "client-epsilon-budget needs client-level DP"),
+        (["--epsilon-budget", "-1"], "epsilon-budget must be positive"),
+        (["--accountant", "moments"], "invalid choice: 'moments'"),
+        (["--client-noise-multiplier", "1", "--delta", "0.3"], "not below 1/clients"),
+        (["--client-target-epsilon", "1e-9"], "unreachable"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, flags, message):
