@@ -16,12 +16,11 @@ from flwr.clientapp import ClientApp
 from client.node_data import NodeData, load_node_data
 from client.training_round import (
     ClientDecline,
-    ClientPrivacyStatus,
     run_local_evaluation,
     run_training_round,
     torch_threads_for_client,
 )
-from privacy import PrivacyLedger
+from privacy import ClientPrivacy, PrivacyLedger
 from task.config import RunConfig
 
 STATE_KEY = "privet-ledger"
@@ -57,19 +56,9 @@ def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:
     return fixed if fixed is not None else RunConfig.from_mapping(context.run_config)
 
 
-def status_metrics(status: ClientPrivacyStatus, declined: bool) -> dict[str, int | float]:
+def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | float]:
     """The privacy part of a train reply's metrics."""
-    return {
-        "num-examples": status.num_examples,
-        "client-id": status.client_id,
-        "declined": int(declined),
-        "epsilon": status.epsilon,
-        "delta": status.delta,
-        "noise-multiplier": status.noise_multiplier,
-        "sample-rate": status.sample_rate,
-        "steps": status.steps,
-        "rounds-participated": status.rounds_participated,
-    }
+    return {**status.to_metrics(), "declined": int(declined)}
 
 
 def make_client_app(fixed_config: RunConfig | None = None) -> ClientApp:

@@ -17,7 +17,7 @@ from client.device import resolve_device
 from client.local_plan import LocalPlan, plan_local_training
 from client.node_data import NodeData
 from client.trainer import train_locally
-from privacy import PoissonGaussianSteps, PrivacyLedger
+from privacy import ClientPrivacy, PoissonGaussianSteps, PrivacyLedger
 from task.config import RunConfig
 from task.evaluation import evaluate_model
 from task.models import build_model, set_weights
@@ -26,24 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ClientPrivacyStatus:
-    """A client's cumulative example-level privacy, as it reports it to the server."""
-
-    client_id: int
-    num_examples: int
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    rounds_participated: int
-
-
-@dataclass(frozen=True)
 class ClientTrainReport:
     """What a client releases after training: its model update and its privacy so far."""
 
-    status: ClientPrivacyStatus
+    status: ClientPrivacy
     update: list[np.ndarray]
     within_clip: bool | None
 
@@ -52,7 +38,7 @@ class ClientTrainReport:
 class ClientDecline:
     """A client that did not train because the round would take it past its budget."""
 
-    status: ClientPrivacyStatus
+    status: ClientPrivacy
     reason: str
 
 
@@ -76,9 +62,9 @@ def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
 
 def _status(
     config: RunConfig, data: NodeData, plan: LocalPlan, ledger: PrivacyLedger
-) -> ClientPrivacyStatus:
+) -> ClientPrivacy:
     steps = ledger.steps()
-    return ClientPrivacyStatus(
+    return ClientPrivacy(
         client_id=data.client_id,
         num_examples=len(data.train),
         epsilon=ledger.epsilon(config.accountant),

@@ -37,6 +37,7 @@ from privacy.events import (
     update_noise_for_adaptive_clipping,
 )
 from privacy.ledger import LEDGER_SCHEMA_VERSION, LedgerEntry, LedgerError, PrivacyLedger
+from privacy.report import ClientPrivacy, ClientReportError
 from privacy.storage import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "AccountingError",
     "CalibrationError",
     "ClientLevelRound",
+    "ClientPrivacy",
+    "ClientReportError",
     "GaussianComposition",
     "LedgerEntry",
     "LedgerError",

@@ -8,42 +8,13 @@ a report that goes down is kept at the larger value and flagged.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
+
+from privacy import ClientPrivacy, ClientReportError
+
+__all__ = ["ClientPrivacy", "ClientReportError", "FederationPrivacy"]
 
 logger = logging.getLogger(__name__)
-
-
-class ClientReportError(ValueError):
-    """A client's privacy report that the server cannot accept."""
-
-
-@dataclass(frozen=True)
-class ClientPrivacy:
-    """A client's latest privacy report: cumulative over every round it trained in."""
-
-    client_id: int
-    num_examples: int
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    rounds_participated: int
-
-    def __post_init__(self) -> None:
-        if math.isnan(self.epsilon) or self.epsilon < 0:
-            raise ClientReportError(f"client {self.client_id} reported epsilon {self.epsilon}")
-        if not 0 < self.delta < 1 or not 0 < self.sample_rate <= 1:
-            raise ClientReportError(
-                f"client {self.client_id} reported delta={self.delta}, q={self.sample_rate}"
-            )
-
-    def to_json_dict(self) -> dict[str, float | int]:
-        """The `clients[]` entry of results.json."""
-        data = asdict(self)
-        data["id"] = data.pop("client_id")
-        return data
 
 
 class FederationPrivacy:

@@ -38,19 +38,7 @@ QUERY_TIMEOUT_S = 600.0
 
 def client_privacy_of(metrics: MetricRecord) -> ClientPrivacy:
     """Parse a client's train reply metrics into a privacy report (raises on missing keys)."""
-    try:
-        return ClientPrivacy(
-            client_id=int(metrics["client-id"]),
-            num_examples=int(metrics["num-examples"]),
-            epsilon=float(metrics["epsilon"]),
-            delta=float(metrics["delta"]),
-            noise_multiplier=float(metrics["noise-multiplier"]),
-            sample_rate=float(metrics["sample-rate"]),
-            steps=int(metrics["steps"]),
-            rounds_participated=int(metrics["rounds-participated"]),
-        )
-    except KeyError as missing:
-        raise ClientReportError(f"a client reply has no {missing} metric") from None
+    return ClientPrivacy.from_metrics(metrics)
 
 
 @dataclass
