@@ -1,0 +1,704 @@
+"""Secure aggregation as plain state machines: one `SecAggClient` per client, one `SecAggServer`.
+
+The protocol is that of Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving
+Machine Learning", CCS 2017 (Fig. 4, honest-but-curious variant, without the consistency-check
+round that only matters against an active server), with the sparse neighbourhood graph of SecAgg+:
+Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020. Each
+client masks with, and secret-shares to, its graph neighbours only; the threshold t applies to each
+closed neighbourhood {u} ∪ N(u).
+
+Stages (the server's method that consumes the clients' replies is in brackets):
+
+0. advertise keys: each client makes two X25519 key pairs, c (encrypts shares) and s (pairwise
+   masks). [`SecAggServer.receive_keys`] forwards each survivor its neighbours' public keys.
+1. share keys: each client draws a self-mask seed b_u and Shamir-shares b_u and its s private key
+   among its closed neighbourhood, encrypting each neighbour's shares under the pairwise AEAD key.
+   [`SecAggServer.route_shares`] delivers each ciphertext to its receiver.
+2. masked input: y_u = x_u + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv) mod 2^b over the
+   neighbours v whose shares arrived. [`SecAggServer.collect_masked`] tells each survivor which of
+   its neighbours survived and which dropped.
+3. unmask: a client returns shares of b_v for surviving v and of s_v's private key for dropped v,
+   and refuses to give both for one peer (that would let the server unmask v's input).
+   [`SecAggServer.unmask`] reconstructs, removes the masks, and returns the sum mod 2^b.
+
+Every server method takes the replies that arrived (before the adapter's timeout); absent clients
+are dropouts. If a neighbourhood has fewer than t live holders where shares are needed, the server
+raises `SecAggAbort` naming the stage; it never returns a partial sum. Messages hold only ints,
+bytes and tuples of them, so an adapter can copy them into Flower records.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from privacy.secagg import shamir
+from privacy.secagg.crypto import (
+    RandomSource,
+    SecAggCryptoError,
+    SecAggError,
+    agree,
+    decrypt_shares,
+    derive_mask_seed,
+    derive_share_key,
+    encrypt_shares,
+    expand_mask,
+    generate_private_key,
+    load_private_key,
+    private_bytes,
+    public_bytes,
+)
+
+STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+_MAX_ID = 2**64 - 2  # Shamir x-coordinate is id + 1, packed as an unsigned 64-bit int
+_BUNDLE = struct.Struct(">QQ")
+
+
+class SecAggAbort(SecAggError):  # noqa: N818 (the name the design uses)
+    """Too few clients survived a stage to finish the round; no (partial) sum is released."""
+
+    def __init__(self, stage: str, message: str, alive: int, needed: int) -> None:
+        """Record the stage and the counts; ``message`` says which neighbourhood fell short."""
+        super().__init__(f"secure aggregation aborted at stage '{stage}': {message}")
+        self.stage = stage
+        self.alive = alive
+        self.needed = needed
+
+
+class SecAggProtocolError(SecAggError):
+    """A message out of order, for the wrong round or client, or malformed."""
+
+
+class SecAggRefusal(SecAggError):  # noqa: N818 (a refusal, not a fault)
+    """A client refuses a request that would reveal a peer's input (both secrets of one peer)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and neighbourhood graph
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """What server and clients agree on before a round.
+
+    Attributes:
+        round_id: binds every ciphertext and derived key to this round (fresh keys each round).
+        threshold: t, the shares needed to rebuild a secret, per closed neighbourhood. Must be more
+            than half of every closed neighbourhood, so that the server cannot obtain both secrets
+            of a client by telling different holders different stories.
+        bits: ring size 2^bits of the inputs (from `QuantizationSpec.bits`).
+        vector_length: number of coordinates of every input.
+
+    """
+
+    round_id: int
+    threshold: int
+    bits: int
+    vector_length: int
+
+    def __post_init__(self) -> None:
+        """Validate the fields."""
+        for name in ("round_id", "threshold", "bits", "vector_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SecAggProtocolError(f"{name} must be an int, got {value!r}")
+        if not 0 <= self.round_id < 2**64:
+            raise SecAggProtocolError(f"round_id must fit in 64 bits, got {self.round_id}")
+        if self.threshold < 1:
+            raise SecAggProtocolError(f"threshold must be at least 1, got {self.threshold}")
+        if not 1 <= self.bits <= 62:
+            raise SecAggProtocolError(f"bits must be in [1, 62], got {self.bits}")
+        if self.vector_length < 1:
+            raise SecAggProtocolError(f"vector_length must be positive, got {self.vector_length}")
+
+    @property
+    def context(self) -> bytes:
+        """HKDF context that ties derived keys to this round."""
+        return struct.pack(">Q", self.round_id)
+
+
+Graph = Mapping[int, frozenset[int]]
+
+
+def default_degree(num_clients: int) -> int:
+    """Neighbourhood size of order log n (Bell et al. 2020): 2·⌈log2 n⌉, at most n − 1."""
+    return min(num_clients - 1, 2 * math.ceil(math.log2(max(num_clients, 2))))
+
+
+def _randbelow(n: int, random_bytes: RandomSource) -> int:
+    bits = max(1, (n - 1).bit_length())
+    while True:
+        value = int.from_bytes(random_bytes(8), "big") & ((1 << bits) - 1)
+        if value < n:
+            return value
+
+
+def build_graph(
+    client_ids: Iterable[int],
+    degree: int | None = None,
+    random_bytes: RandomSource = os.urandom,
+) -> dict[int, frozenset[int]]:
+    """The neighbourhood graph: complete if ``degree`` is None or ≥ n − 1, else random Harary.
+
+    The random Harary graph (Bell et al. 2020, §3; as in SecAgg+) places the clients on a ring in
+    a uniformly random order and joins each to the degree/2 nearest clients on either side, so
+    every client has exactly ``degree`` neighbours (``degree`` must be even).
+    """
+    ids = list(client_ids)
+    if len(set(ids)) != len(ids) or any(
+        isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= _MAX_ID for i in ids
+    ):
+        raise SecAggProtocolError(f"client ids must be distinct ints in [0, {_MAX_ID}]")
+    n = len(ids)
+    if n < 2:
+        raise SecAggProtocolError(f"secure aggregation needs at least 2 clients, got {n}")
+    if degree is None or degree >= n - 1:
+        return {u: frozenset(v for v in ids if v != u) for u in ids}
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 2 or degree % 2:
+        raise SecAggProtocolError(f"graph degree must be an even int of at least 2, got {degree}")
+    order = list(ids)
+    for i in range(n - 1, 0, -1):  # Fisher–Yates with cryptographic randomness
+        j = _randbelow(i + 1, random_bytes)
+        order[i], order[j] = order[j], order[i]
+    graph: dict[int, set[int]] = {u: set() for u in ids}
+    for pos, u in enumerate(order):
+        for step in range(1, degree // 2 + 1):
+            v = order[(pos + step) % n]
+            graph[u].add(v)
+            graph[v].add(u)
+    return {u: frozenset(vs) for u, vs in graph.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages (ints, bytes and tuples only)
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Client → server, stage 0: the client's two X25519 public keys (32 bytes each)."""
+
+    client_id: int
+    cipher_public_key: bytes
+    mask_public_key: bytes
+
+
+@dataclass(frozen=True)
+class KeysBroadcast:
+    """Server → client, stage 1: the public keys of the client's neighbours that advertised."""
+
+    round_id: int
+    client_id: int
+    neighbour_ids: tuple[int, ...]
+    cipher_public_keys: tuple[bytes, ...]
+    mask_public_keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Client → server, stage 1: one AEAD ciphertext of shares per neighbour."""
+
+    client_id: int
+    receiver_ids: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class SharesDelivery:
+    """Server → client, stage 2: the ciphertexts addressed to this client by surviving senders."""
+
+    round_id: int
+    client_id: int
+    sender_ids: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Client → server, stage 2: the masked vector as little-endian uint64 bytes (8 per value)."""
+
+    client_id: int
+    masked: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Server → client, stage 3: which neighbours survived (b shares) or dropped (key shares)."""
+
+    round_id: int
+    client_id: int
+    survivor_ids: tuple[int, ...]
+    dropped_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskShares:
+    """Client → server, stage 3: self-mask shares of survivors, key shares of dropped peers."""
+
+    client_id: int
+    survivor_ids: tuple[int, ...]
+    self_mask_shares: tuple[bytes, ...]
+    dropped_ids: tuple[int, ...]
+    key_shares: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """The server's output: the sum mod 2^bits of the survivors' inputs, and who they were."""
+
+    aggregate: np.ndarray
+    survivor_ids: tuple[int, ...]
+    dropped_ids: tuple[int, ...]
+
+
+def encode_vector(values: np.ndarray) -> bytes:
+    """A uint64 vector as little-endian bytes (the wire form of masked inputs)."""
+    return np.ascontiguousarray(values, dtype="<u8").tobytes()
+
+
+def decode_vector(data: bytes, length: int) -> np.ndarray:
+    """Inverse of `encode_vector`, checking the length."""
+    if not isinstance(data, bytes) or len(data) != 8 * length:
+        raise SecAggProtocolError(f"masked vector must be {8 * length} bytes")
+    return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+
+
+def _x(client_id: int) -> int:
+    """Shamir x-coordinate of a client (0 is the secret's own coordinate, so shift by one)."""
+    return client_id + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Client
+
+
+class SecAggClient:
+    """One client's side of one round. Call its four methods in order; each returns a message.
+
+    ``random_bytes`` is the source of every secret (keys, self-mask seed, Shamir coefficients,
+    nonces): ``os.urandom`` in a deployment; a simulation may pass a `SeededRandom`.
+    """
+
+    def __init__(
+        self,
+        client_id: int,
+        config: SecAggConfig,
+        random_bytes: RandomSource = os.urandom,
+    ) -> None:
+        """Prepare the client; no secret is drawn before `advertise_keys`."""
+        if isinstance(client_id, bool) or not isinstance(client_id, int):
+            raise SecAggProtocolError(f"client id must be an int, got {client_id!r}")
+        if not 0 <= client_id <= _MAX_ID:
+            raise SecAggProtocolError(f"client id must be in [0, {_MAX_ID}], got {client_id}")
+        self.client_id = client_id
+        self.config = config
+        self._random = random_bytes
+        self._stage = 0
+        self._self_shares: dict[int, bytes] = {}  # peer -> my share of b_peer
+        self._key_shares: dict[int, bytes] = {}  # peer -> my share of s_peer's private key
+        self._share_keys: dict[int, bytes] = {}
+        self._mask_public: dict[int, bytes] = {}
+
+    def _advance(self, expected: int, name: str) -> None:
+        if self._stage != expected:
+            raise SecAggProtocolError(
+                f"client {self.client_id}: '{name}' called out of order (stage {self._stage})"
+            )
+        self._stage = expected + 1
+
+    def _check_header(self, round_id: int, client_id: int) -> None:
+        if round_id != self.config.round_id or client_id != self.client_id:
+            raise SecAggProtocolError(
+                f"client {self.client_id} (round {self.config.round_id}) got a message for "
+                f"client {client_id} in round {round_id}"
+            )
+
+    def advertise_keys(self) -> AdvertiseKeys:
+        """Stage 0: make the c and s key pairs and publish their public halves."""
+        self._advance(0, "advertise_keys")
+        self._c_key = generate_private_key(self._random)
+        self._s_key = generate_private_key(self._random)
+        return AdvertiseKeys(self.client_id, public_bytes(self._c_key), public_bytes(self._s_key))
+
+    def share_keys(self, message: KeysBroadcast) -> ShareKeys:
+        """Stage 1: Shamir-share b_u and the s private key to the neighbours, encrypted per pair."""
+        self._advance(1, "share_keys")
+        self._check_header(message.round_id, message.client_id)
+        ids = tuple(message.neighbour_ids)
+        if not (len(ids) == len(message.cipher_public_keys) == len(message.mask_public_keys)):
+            raise SecAggProtocolError("key broadcast has lists of different lengths")
+        if len(set(ids)) != len(ids) or self.client_id in ids:
+            raise SecAggProtocolError("key broadcast lists a neighbour twice or the client itself")
+        t = self.config.threshold
+        if len(ids) + 1 < t:
+            raise SecAggAbort(
+                "share_keys",
+                f"client {self.client_id} has {len(ids) + 1} live neighbourhood members, needs {t}",
+                len(ids) + 1,
+                t,
+            )
+        keys = (*message.cipher_public_keys, *message.mask_public_keys)
+        keys += (public_bytes(self._c_key), public_bytes(self._s_key))
+        if len(set(keys)) != len(keys):
+            raise SecAggProtocolError("key broadcast contains repeated public keys")
+        ctx = self.config.context
+        for v, c_pub, s_pub in zip(
+            ids, message.cipher_public_keys, message.mask_public_keys, strict=True
+        ):
+            self._share_keys[v] = derive_share_key(agree(self._c_key, c_pub), ctx)
+            self._mask_public[v] = s_pub
+        self._self_seed = self._random(32)
+        holders = [_x(v) for v in (*ids, self.client_id)]
+        b_shares = shamir.split(self._self_seed, t, holders, self._random)
+        s_shares = shamir.split(private_bytes(self._s_key), t, holders, self._random)
+        me = _x(self.client_id)
+        self._self_shares[self.client_id] = b_shares[me]
+        self._key_shares[self.client_id] = s_shares[me]
+        ciphertexts = []
+        for v in ids:
+            bundle = _BUNDLE.pack(self.client_id, v) + b_shares[_x(v)] + s_shares[_x(v)]
+            ciphertexts.append(
+                encrypt_shares(
+                    self._share_keys[v],
+                    bundle,
+                    self.client_id,
+                    v,
+                    self.config.round_id,
+                    self._random,
+                )
+            )
+        return ShareKeys(self.client_id, ids, tuple(ciphertexts))
+
+    def masked_input(self, message: SharesDelivery, values: np.ndarray) -> MaskedInput:
+        """Stage 2: decrypt the shares received, then mask ``values`` (ints in [0, 2^bits))."""
+        self._advance(2, "masked_input")
+        self._check_header(message.round_id, message.client_id)
+        cfg = self.config
+        senders = tuple(message.sender_ids)
+        if len(senders) != len(message.ciphertexts) or len(set(senders)) != len(senders):
+            raise SecAggProtocolError("share delivery has repeated senders or mismatched lists")
+        unknown = set(senders) - set(self._share_keys)
+        if unknown:
+            raise SecAggProtocolError(f"share delivery from non-neighbours {sorted(unknown)}")
+        if len(senders) + 1 < cfg.threshold:
+            raise SecAggAbort(
+                "masked_input",
+                f"client {self.client_id} has {len(senders) + 1} live neighbourhood members, "
+                f"needs {cfg.threshold}",
+                len(senders) + 1,
+                cfg.threshold,
+            )
+        size = shamir.SHARE_BYTES
+        for v, blob in zip(senders, message.ciphertexts, strict=True):
+            plain = decrypt_shares(self._share_keys[v], blob, v, self.client_id, cfg.round_id)
+            if len(plain) != _BUNDLE.size + 2 * size:
+                raise SecAggCryptoError(f"share bundle from client {v} has the wrong length")
+            if _BUNDLE.unpack(plain[: _BUNDLE.size]) != (v, self.client_id):
+                raise SecAggCryptoError(f"share bundle from client {v} names the wrong pair")
+            body = plain[_BUNDLE.size :]
+            self._self_shares[v] = body[:size]
+            self._key_shares[v] = body[size:]
+        x = np.asarray(values)
+        if x.shape != (cfg.vector_length,) or not np.issubdtype(x.dtype, np.integer):
+            raise SecAggProtocolError(
+                f"input must be an integer vector of length {cfg.vector_length}, got "
+                f"{x.dtype} {x.shape}"
+            )
+        if x.size and (int(x.min()) < 0 or int(x.max()) >= 1 << cfg.bits):
+            raise SecAggProtocolError(f"input values must lie in [0, 2^{cfg.bits})")
+        mask = np.uint64((1 << cfg.bits) - 1)
+        y = x.astype(np.uint64) + expand_mask(self._self_seed, cfg.vector_length, cfg.bits)
+        y &= mask
+        for v in senders:
+            seed = derive_mask_seed(agree(self._s_key, self._mask_public[v]), cfg.context)
+            p = expand_mask(seed, cfg.vector_length, cfg.bits)
+            y = (y + p) & mask if v > self.client_id else (y - p) & mask
+        self._masked_with = frozenset(senders)
+        return MaskedInput(self.client_id, encode_vector(y))
+
+    def unmask(self, message: UnmaskRequest) -> UnmaskShares:
+        """Stage 3: reveal b shares of survivors and key shares of dropped peers, never both."""
+        self._advance(3, "unmask")
+        self._check_header(message.round_id, message.client_id)
+        survivors = tuple(message.survivor_ids)
+        dropped = tuple(message.dropped_ids)
+        both = set(survivors) & set(dropped)
+        if both:
+            raise SecAggRefusal(
+                f"client {self.client_id} refuses: asked for both secrets of clients {sorted(both)}"
+            )
+        if len(set(survivors)) != len(survivors) or len(set(dropped)) != len(dropped):
+            raise SecAggProtocolError("unmask request lists a client twice")
+        if self.client_id in dropped or self.client_id not in survivors:
+            raise SecAggRefusal(f"client {self.client_id} refuses: request marks it as dropped")
+        unknown = (set(survivors) | set(dropped)) - set(self._self_shares)
+        if unknown:
+            raise SecAggProtocolError(
+                f"client {self.client_id} holds no shares of clients {sorted(unknown)}"
+            )
+        if len(survivors) < self.config.threshold:
+            raise SecAggAbort(
+                "unmask",
+                f"client {self.client_id} was told {len(survivors)} neighbourhood members "
+                f"survived, "
+                f"needs {self.config.threshold}",
+                len(survivors),
+                self.config.threshold,
+            )
+        return UnmaskShares(
+            self.client_id,
+            survivors,
+            tuple(self._self_shares[v] for v in survivors),
+            dropped,
+            tuple(self._key_shares[v] for v in dropped),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+_M = TypeVar("_M", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskShares)
+
+
+class SecAggServer:
+    """The server's side of one round: four methods, each taking the replies that arrived.
+
+    The server learns the sum of the inputs of the clients that sent a masked input, provided every
+    needed secret has t live holders; otherwise it raises `SecAggAbort`.
+    """
+
+    def __init__(self, config: SecAggConfig, graph: Graph) -> None:
+        """Check the graph (symmetric, no self-loops) and that t fits every neighbourhood."""
+        self.config = config
+        self.graph: dict[int, frozenset[int]] = {u: frozenset(vs) for u, vs in graph.items()}
+        for u, vs in self.graph.items():
+            if u in vs or any(v not in self.graph or u not in self.graph[v] for v in vs):
+                raise SecAggProtocolError(f"graph is not symmetric or has a self-loop at {u}")
+            closed = len(vs) + 1
+            if not closed / 2 < config.threshold <= closed:
+                raise SecAggProtocolError(
+                    f"threshold {config.threshold} must exceed half of, and fit in, client {u}'s "
+                    f"neighbourhood of {closed}"
+                )
+        self._stage = 0
+        self._public: dict[int, AdvertiseKeys] = {}
+        self._alive: list[frozenset[int]] = [frozenset(self.graph)]
+        self._masked: dict[int, np.ndarray] = {}
+        self._requests: dict[int, UnmaskRequest] = {}
+
+    def _advance(self, expected: int) -> None:
+        if self._stage != expected:
+            raise SecAggProtocolError(f"server stage '{STAGES[expected]}' called out of order")
+        self._stage = expected + 1
+
+    def _index(self, replies: Iterable[_M], stage: int) -> dict[int, _M]:
+        by_id: dict[int, _M] = {}
+        previous = self._alive[-1]
+        for reply in replies:
+            cid = reply.client_id
+            if cid in by_id:
+                raise SecAggProtocolError(f"two '{STAGES[stage]}' replies from client {cid}")
+            if cid not in previous:
+                raise SecAggProtocolError(
+                    f"'{STAGES[stage]}' reply from client {cid}, which is not in this stage"
+                )
+            by_id[cid] = reply
+        return by_id
+
+    def _abort(self, stage: str, message: str, alive: int, needed: int) -> SecAggAbort:
+        self._stage = len(STAGES) + 1  # no further calls
+        return SecAggAbort(stage, message, alive, needed)
+
+    def _require_holders(self, stage: str, owners: Iterable[int], holders: frozenset[int]) -> None:
+        """Every owner's secrets need t live holders in its closed neighbourhood."""
+        t = self.config.threshold
+        total = len(holders)
+        if total < t:
+            raise self._abort(stage, f"{total} clients alive, threshold {t}", total, t)
+        for u in sorted(owners):
+            live = len((self.graph[u] | {u}) & holders)
+            if live < t:
+                raise self._abort(
+                    stage,
+                    f"client {u}'s neighbourhood has {live} live share holders, threshold {t} "
+                    f"({total} clients alive)",
+                    live,
+                    t,
+                )
+
+    def receive_keys(self, replies: Iterable[AdvertiseKeys]) -> dict[int, KeysBroadcast]:
+        """Stage 0 → 1: record the advertised keys and send each client its neighbours' keys."""
+        self._advance(0)
+        got = self._index(replies, 0)
+        u1 = frozenset(got)
+        self._require_holders(STAGES[0], u1, u1)
+        self._public = dict(got)
+        self._alive.append(u1)
+        out = {}
+        for u in sorted(u1):
+            nbrs = tuple(sorted(self.graph[u] & u1))
+            out[u] = KeysBroadcast(
+                self.config.round_id,
+                u,
+                nbrs,
+                tuple(got[v].cipher_public_key for v in nbrs),
+                tuple(got[v].mask_public_key for v in nbrs),
+            )
+        return out
+
+    def route_shares(self, replies: Iterable[ShareKeys]) -> dict[int, SharesDelivery]:
+        """Stage 1 → 2: deliver each surviving client the ciphertexts addressed to it."""
+        self._advance(1)
+        got = self._index(replies, 1)
+        u1 = self._alive[-1]
+        for u, reply in got.items():
+            if len(reply.receiver_ids) != len(reply.ciphertexts) or set(reply.receiver_ids) != (
+                self.graph[u] & u1
+            ):
+                raise SecAggProtocolError(f"client {u} did not encrypt shares to its neighbours")
+        u2 = frozenset(got)
+        self._require_holders(STAGES[1], u2, u2)
+        self._alive.append(u2)
+        inbox: dict[int, dict[int, bytes]] = {v: {} for v in u2}
+        for u in sorted(u2):
+            for v, blob in zip(got[u].receiver_ids, got[u].ciphertexts, strict=True):
+                if v in u2:
+                    inbox[v][u] = blob
+        return {
+            v: SharesDelivery(
+                self.config.round_id, v, tuple(sorted(msgs)), tuple(msgs[u] for u in sorted(msgs))
+            )
+            for v, msgs in inbox.items()
+        }
+
+    def collect_masked(self, replies: Iterable[MaskedInput]) -> dict[int, UnmaskRequest]:
+        """Stage 2 → 3: keep the masked inputs; ask each survivor for the shares to unmask."""
+        self._advance(2)
+        got = self._index(replies, 2)
+        u2 = self._alive[-1]
+        u3 = frozenset(got)
+        dropped = u2 - u3
+        self._require_holders(STAGES[2], u3, u3)
+        self._require_dropped_holders(STAGES[2], dropped, u3)
+        for u, reply in got.items():
+            self._masked[u] = decode_vector(reply.masked, self.config.vector_length)
+        self._alive.append(u3)
+        self._requests = {
+            u: UnmaskRequest(
+                self.config.round_id,
+                u,
+                tuple(sorted((self.graph[u] | {u}) & u3)),
+                tuple(sorted(self.graph[u] & dropped)),
+            )
+            for u in sorted(u3)
+        }
+        return dict(self._requests)
+
+    def _require_dropped_holders(
+        self, stage: str, dropped: Iterable[int], holders: frozenset[int]
+    ) -> None:
+        """A dropped client's key must be rebuilt if any live neighbour masked with it."""
+        t = self.config.threshold
+        for d in sorted(dropped):
+            live = len(self.graph[d] & holders)
+            if 0 < live < t:
+                raise self._abort(
+                    stage,
+                    f"dropped client {d} has {live} live share holders, threshold {t} "
+                    f"({len(holders)} clients alive)",
+                    live,
+                    t,
+                )
+
+    def unmask(self, replies: Iterable[UnmaskShares]) -> SecAggResult:
+        """Stage 3 → result: rebuild the secrets, strip the masks, return the sum mod 2^bits."""
+        self._advance(3)
+        got = self._index(replies, 3)
+        cfg = self.config
+        u2, u3 = self._alive[2], self._alive[3]
+        dropped = u2 - u3
+        u4 = frozenset(got)
+        self._require_holders(STAGES[3], u3, u4)
+        self._require_dropped_holders(STAGES[3], dropped, u4)
+        b_shares: dict[int, dict[int, bytes]] = {u: {} for u in u3}
+        k_shares: dict[int, dict[int, bytes]] = {d: {} for d in dropped}
+        for h, reply in got.items():
+            asked = self._requests[h]
+            if (
+                tuple(reply.survivor_ids) != asked.survivor_ids
+                or tuple(reply.dropped_ids) != asked.dropped_ids
+                or len(reply.self_mask_shares) != len(asked.survivor_ids)
+                or len(reply.key_shares) != len(asked.dropped_ids)
+            ):
+                raise SecAggProtocolError(f"client {h} did not return the shares it was asked for")
+            for v, share in zip(reply.survivor_ids, reply.self_mask_shares, strict=True):
+                b_shares[v][_x(h)] = share
+            for d, share in zip(reply.dropped_ids, reply.key_shares, strict=True):
+                k_shares[d][_x(h)] = share
+        t = cfg.threshold
+        mask = np.uint64((1 << cfg.bits) - 1)
+        total = np.zeros(cfg.vector_length, dtype=np.uint64)
+        for u in sorted(u3):
+            total = (total + self._masked[u]) & mask
+            seed = self._reconstruct(b_shares[u], t, f"self-mask seed of client {u}")
+            total = (total - expand_mask(seed, cfg.vector_length, cfg.bits)) & mask
+        for d in sorted(dropped):
+            live_nbrs = sorted(self.graph[d] & u3)
+            if not live_nbrs:
+                continue
+            raw = self._reconstruct(k_shares[d], t, f"mask key of dropped client {d}")
+            s_key = load_private_key(raw)
+            if public_bytes(s_key) != self._public[d].mask_public_key:
+                raise SecAggCryptoError(
+                    f"rebuilt mask key of client {d} does not match its public key"
+                )
+            for u in live_nbrs:
+                seed = derive_mask_seed(agree(s_key, self._public[u].mask_public_key), cfg.context)
+                p = expand_mask(seed, cfg.vector_length, cfg.bits)
+                # u added +p if d > u and −p if d < u; undo it.
+                total = (total - p) & mask if d > u else (total + p) & mask
+        self._alive.append(u4)
+        self._masked.clear()
+        return SecAggResult(total, tuple(sorted(u3)), tuple(sorted(set(self.graph) - u3)))
+
+    @staticmethod
+    def _reconstruct(shares: Mapping[int, bytes], threshold: int, what: str) -> bytes:
+        try:
+            return shamir.reconstruct(shares, threshold)
+        except shamir.ShamirError as exc:
+            raise SecAggCryptoError(f"cannot rebuild the {what}: {exc}") from exc
+
+
+def run_round(
+    clients: Sequence[SecAggClient],
+    server: SecAggServer,
+    inputs: Mapping[int, np.ndarray],
+    drop_before: Mapping[str, Iterable[int]] | None = None,
+) -> SecAggResult:
+    """Drive one in-process round (for simulations and tests).
+
+    ``drop_before`` maps a stage name to the clients that go silent before replying in it (and
+    stay silent afterwards).
+    """
+    drops = {stage: set(ids) for stage, ids in (drop_before or {}).items()}
+    if set(drops) - set(STAGES):
+        raise SecAggProtocolError(f"unknown stages {sorted(set(drops) - set(STAGES))}")
+    by_id = {c.client_id: c for c in clients}
+    gone: set[int] = set()
+
+    def alive(stage: str, addressed: Iterable[int]) -> list[int]:
+        gone.update(drops.get(stage, ()))
+        return [u for u in addressed if u not in gone]
+
+    keys = [by_id[u].advertise_keys() for u in alive(STAGES[0], by_id)]
+    broadcasts = server.receive_keys(keys)
+    shares = [by_id[u].share_keys(broadcasts[u]) for u in alive(STAGES[1], broadcasts)]
+    deliveries = server.route_shares(shares)
+    masked = [by_id[u].masked_input(deliveries[u], inputs[u]) for u in alive(STAGES[2], deliveries)]
+    requests = server.collect_masked(masked)
+    return server.unmask([by_id[u].unmask(requests[u]) for u in alive(STAGES[3], requests)])

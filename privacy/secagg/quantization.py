@@ -1,0 +1,197 @@
+"""Quantization of clipped float updates to integers mod 2^b, and back, for secure aggregation.
+
+Secure aggregation sums vectors in the ring Z_{2^b}; the floats a client sends must first become
+integers. Each client has already clipped its update to L2 norm ``C``, so every coordinate lies in
+[−C, C] (|x_i| ≤ ‖x‖₂ ≤ C). We place ``levels`` grid points evenly on that interval,
+``x ≈ −C + q·Δ`` with ``Δ = 2C / (levels − 1)`` and ``q ∈ {0, …, levels − 1}``, and round
+stochastically (unbiased: E[q·Δ − C] = x, error strictly below one step Δ), as in the
+"stochastic rounding" of Kairouz, Liu & Steinke, "The Distributed Discrete Gaussian Mechanism for
+Federated Learning with Secure Aggregation", ICML 2021, §4.
+
+Overflow is impossible by construction: a sum of at most ``num_clients`` grid indices is at most
+``num_clients · (levels − 1)``, and the bit width b is chosen so that this is below 2^b. The sum
+taken mod 2^b therefore equals the true integer sum, and ``dequantize_sum`` subtracts the offset
+``C`` once per summed client. A coordinate outside [−C, C] (a client that did not clip, or float
+round-off) is clipped to the interval and counted in ``QuantizedUpdate.clipped``; nothing is
+silent.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# The ring arithmetic is done in numpy uint64 with explicit masking; 62 bits leave headroom so that
+# adding two reduced values never wraps the uint64 itself before the mask is applied.
+MAX_BITS = 62
+DEFAULT_LEVELS = 2**16
+
+
+class QuantizationError(ValueError):
+    """A quantization spec that cannot be honoured, or an input that cannot be quantized."""
+
+
+def required_bits(num_clients: int, levels: int) -> int:
+    """Smallest b with num_clients · (levels − 1) < 2^b, so that no sum can wrap mod 2^b."""
+    return max(1, (num_clients * (levels - 1)).bit_length())
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """How floats in [−clip_norm, clip_norm] map to integers mod 2^bits, for up to num_clients.
+
+    Attributes:
+        clip_norm: the L2 bound C each client's update was clipped to.
+        num_clients: the most clients whose values are ever summed (the cohort size).
+        levels: grid points on [−C, C]; the grid step is ``step = 2C / (levels − 1)``.
+        bits: ring size 2^bits; ``None`` picks the smallest width that cannot overflow. An explicit
+            width smaller than that is rejected.
+
+    Error bound: for one client and one coordinate, the dequantized value differs from the
+    (clipped) float by strictly less than ``step`` and equals it in expectation (stochastic
+    rounding). A sum over m clients is off by less than ``m · step`` per coordinate, and in
+    practice by about ``step · sqrt(m) / 2`` (independent errors of variance at most step²/4).
+
+    """
+
+    clip_norm: float
+    num_clients: int
+    levels: int = DEFAULT_LEVELS
+    bits: int | None = None
+    step: float = field(init=False)
+    sum_bound: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Validate the spec and fix the bit width so that no sum can overflow."""
+        if not (isinstance(self.clip_norm, (int, float)) and not isinstance(self.clip_norm, bool)):
+            raise QuantizationError(f"clip_norm must be a number, got {self.clip_norm!r}")
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise QuantizationError(f"clip_norm must be positive and finite, got {self.clip_norm}")
+        if isinstance(self.num_clients, bool) or not isinstance(self.num_clients, int):
+            raise QuantizationError(f"num_clients must be an int, got {self.num_clients!r}")
+        if self.num_clients < 1:
+            raise QuantizationError(f"num_clients must be at least 1, got {self.num_clients}")
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 2:
+            raise QuantizationError(f"levels must be an int of at least 2, got {self.levels!r}")
+        needed = required_bits(self.num_clients, self.levels)
+        if needed > MAX_BITS:
+            raise QuantizationError(
+                f"{self.num_clients} clients at {self.levels} levels need {needed} bits, "
+                f"more than the supported {MAX_BITS}; use fewer levels"
+            )
+        bits = needed if self.bits is None else self.bits
+        if isinstance(bits, bool) or not isinstance(bits, int) or not needed <= bits <= MAX_BITS:
+            raise QuantizationError(
+                f"bits must be an int in [{needed}, {MAX_BITS}] for {self.num_clients} clients "
+                f"at {self.levels} levels, got {self.bits!r}"
+            )
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "step", 2.0 * float(self.clip_norm) / (self.levels - 1))
+        object.__setattr__(self, "sum_bound", self.num_clients * (self.levels - 1))
+
+    @property
+    def modulus(self) -> int:
+        """The ring size 2^bits."""
+        return 1 << int(self.bits)  # type: ignore[arg-type]
+
+    @property
+    def mask(self) -> np.uint64:
+        """Bit mask 2^bits − 1 for reducing uint64 values mod 2^bits."""
+        return np.uint64(self.modulus - 1)
+
+    def error_bound(self, num_summed: int = 1) -> float:
+        """Deterministic bound on the per-coordinate error of a sum of ``num_summed`` clients."""
+        return num_summed * self.step
+
+
+@dataclass(frozen=True)
+class QuantizedUpdate:
+    """One client's update as grid indices in [0, levels − 1], flattened, with its layout.
+
+    ``clipped`` counts coordinates that lay outside [−C, C] and were clipped before rounding.
+    """
+
+    values: np.ndarray
+    shapes: tuple[tuple[int, ...], ...]
+    clipped: int
+
+
+def _flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
+    if len(arrays) == 0:
+        raise QuantizationError("update has no arrays; nothing to quantize")
+    shapes = tuple(tuple(int(d) for d in np.shape(a)) for a in arrays)
+    flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+    return flat, shapes
+
+
+def quantize(
+    arrays: Sequence[np.ndarray],
+    spec: QuantizationSpec,
+    rng: np.random.Generator | None = None,
+) -> QuantizedUpdate:
+    """Map a clipped update to grid indices by unbiased stochastic rounding.
+
+    ``rng`` drives only the rounding dither (not a secret); by default it is seeded from the
+    operating system. Non-finite values are an error: they cannot be clipped meaningfully.
+    """
+    flat, shapes = _flatten(arrays)
+    if not np.all(np.isfinite(flat)):
+        raise QuantizationError("update contains NaN or infinite values; cannot quantize")
+    c = float(spec.clip_norm)
+    clipped = int(np.count_nonzero((flat < -c) | (flat > c)))
+    flat = np.clip(flat, -c, c)
+    if rng is None:
+        rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    # Position on the grid in units of the step; clip again against float round-off at the ends.
+    pos = np.clip((flat + c) / spec.step, 0.0, float(spec.levels - 1))
+    low = np.floor(pos)
+    up = rng.random(pos.shape) < (pos - low)
+    q = np.minimum(low + up, spec.levels - 1).astype(np.uint64)
+    return QuantizedUpdate(values=q, shapes=shapes, clipped=clipped)
+
+
+def sum_mod(vectors: Sequence[np.ndarray], spec: QuantizationSpec) -> np.ndarray:
+    """Sum uint64 vectors mod 2^bits (the plain-text reference for secure aggregation)."""
+    total = np.zeros_like(np.asarray(vectors[0], dtype=np.uint64))
+    for v in vectors:
+        total = (total + np.asarray(v, dtype=np.uint64)) & spec.mask
+    return total
+
+
+def dequantize_sum(
+    total: np.ndarray,
+    num_summed: int,
+    spec: QuantizationSpec,
+    shapes: Sequence[Sequence[int]],
+) -> list[np.ndarray]:
+    """Turn a sum mod 2^bits of ``num_summed`` clients' grid indices back into float arrays.
+
+    Because the spec's bit width cannot overflow, the value mod 2^bits is the true integer sum;
+    a value above the largest possible sum means the inputs were not produced by this spec.
+    """
+    if isinstance(num_summed, bool) or not isinstance(num_summed, int):
+        raise QuantizationError(f"num_summed must be an int, got {num_summed!r}")
+    if not 1 <= num_summed <= spec.num_clients:
+        raise QuantizationError(f"num_summed must be in [1, {spec.num_clients}], got {num_summed}")
+    total = np.asarray(total, dtype=np.uint64)
+    sizes = [math.prod(s) for s in shapes]
+    if total.ndim != 1 or total.size != sum(sizes):
+        raise QuantizationError(
+            f"sum has {total.size} coordinates but the shapes need {sum(sizes)}"
+        )
+    if total.size and int(total.max()) > num_summed * (spec.levels - 1):
+        raise QuantizationError(
+            f"sum exceeds {num_summed} x {spec.levels - 1}; "
+            "inputs were not quantized with this spec"
+        )
+    flat = total.astype(np.float64) * spec.step - num_summed * float(spec.clip_norm)
+    out: list[np.ndarray] = []
+    start = 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        out.append(flat[start : start + size].reshape(tuple(shape)))
+        start += size
+    return out
