@@ -39,11 +39,12 @@ DELTA = 1e-5
 CLIENTS = 10
 
 # The tuned defaults (see benchmarks/README.md, "Tuning log").
-DEFAULT_MODEL = "mlp"
-DEFAULT_ROUNDS = 10
+# The MLP, although ~10x faster per step, plateaus near 0.93 at this privacy level; the CNN passes.
+DEFAULT_MODEL = "cnn"
+DEFAULT_ROUNDS = 8
 DEFAULT_LOCAL_EPOCHS = 1
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_LR = 8.0
+DEFAULT_LR = 2.0
 DEFAULT_MAX_GRAD_NORM = 1.0
 
 
@@ -277,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome.reasons.append(f"privet exited with status {completed.returncode}")
             outcome = Outcome(**{**asdict(outcome), "passed": False})
         print(format_report(outcome, args))
+        if args.output is None:
+            print("  (privet's results folder was temporary and is removed; --output keeps it)")
         if args.json is not None:
             payload = {
                 "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
