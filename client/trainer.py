@@ -150,7 +150,9 @@ def train_locally(
         for sigma, rate, count in engine.accountant.history
     ]
     _check_events(events, plan, steps_run)
-    weights = get_weights(private_model._module if hasattr(private_model, "_module") else model)
+    # Hand the caller's model back without Opacus' hooks and per-sample gradient buffers.
+    plain_model = private_model.to_standard_module()
+    weights = get_weights(plain_model)
     return LocalTrainResult(
         weights=weights,
         num_examples=len(data),

@@ -194,3 +194,11 @@ def test_batch_size_other_than_planned_is_refused():
             seed=0,
             device=CPU,
         )
+
+
+def test_the_model_is_handed_back_without_opacus_hooks():
+    model = build_model("mlp", (1, 4, 4), 3)
+    run(model, small_data())
+    hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    assert hooks == 0
+    assert all(not hasattr(p, "grad_sample") or p.grad_sample is None for p in model.parameters())
