@@ -11,6 +11,7 @@ Plain code with no Flower imports, driven by the adapters in `server/` and `clie
 from privacy.secagg.crypto import SecAggCryptoError, SecAggError, SeededRandom, expand_mask
 from privacy.secagg.protocol import (
     STAGES,
+    STATE_SCHEMA,
     AdvertiseKeys,
     KeysBroadcast,
     MaskedInput,
@@ -42,6 +43,7 @@ from privacy.secagg.shamir import ShamirError
 
 __all__ = [
     "STAGES",
+    "STATE_SCHEMA",
     "AdvertiseKeys",
     "KeysBroadcast",
     "MaskedInput",

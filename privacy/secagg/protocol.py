@@ -25,6 +25,11 @@ Every server method takes the replies that arrived (before the adapter's timeout
 are dropouts. If a neighbourhood has fewer than t live holders where shares are needed, the server
 raises `SecAggAbort` naming the stage; it never returns a partial sum. Messages hold only ints,
 bytes and tuples of them, so an adapter can copy them into Flower records.
+
+A Flower ClientApp starts afresh for every message, so a client can leave and re-enter as plain
+data between its calls: `SecAggClient.to_state` gives a flat dict of ints, strs, bytes and lists of
+them (what a ConfigRecord accepts), and `SecAggClient.from_state` checks it strictly and resumes.
+The state records the stage, so a client restored after `unmask` still refuses a second request.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import numpy as np
 
 from privacy.secagg import shamir
 from privacy.secagg.crypto import (
+    KEY_BYTES,
+    SEED_BYTES,
     RandomSource,
     SecAggCryptoError,
     SecAggError,
@@ -58,6 +65,30 @@ from privacy.secagg.crypto import (
 STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
 _MAX_ID = 2**64 - 2  # Shamir x-coordinate is id + 1, packed as an unsigned 64-bit int
 _BUNDLE = struct.Struct(">QQ")
+
+STATE_SCHEMA = 1
+"""Version of the plain-data client state written by `SecAggClient.to_state`."""
+DONE_STAGE = "done"
+"""The state's ``stage`` once the client has answered (or refused) its last request."""
+_STATE_STAGES = (*STAGES, DONE_STAGE)
+_STATE_HEADER = ("schema", "stage", "client_id", "round_id", "threshold", "bits", "vector_length")
+_HELD = ("held_ids", "self_mask_shares", "key_shares")
+_STATE_KEYS: dict[str, tuple[str, ...]] = {  # keys beyond the header, by stage (the next call)
+    "advertise_keys": (),
+    "share_keys": ("cipher_private_key", "mask_private_key"),
+    "masked_input": (
+        "mask_private_key",
+        "self_mask_seed",
+        "neighbour_ids",
+        "share_keys",
+        "mask_public_keys",
+        *_HELD,
+    ),
+    "unmask": _HELD,
+    DONE_STAGE: (),
+}
+ClientState = dict[str, int | bytes | list[int] | list[bytes] | str]
+"""A client's state as plain data that fits a Flower ConfigRecord (no nesting, no dicts)."""
 
 
 class SecAggAbort(SecAggError):  # noqa: N818 (the name the design uses)
@@ -457,6 +488,194 @@ class SecAggClient:
             dropped,
             tuple(self._key_shares[v] for v in dropped),
         )
+
+    # -----------------------------------------------------------------------------------------
+    # Plain-data state (a Flower ClientApp starts afresh for every message)
+
+    def to_state(self) -> ClientState:
+        """The client as plain data that fits a Flower ConfigRecord; resume with `from_state`.
+
+        Values are ints, strs, bytes and homogeneous lists of them (maps become parallel lists
+        sorted by peer id); ``schema`` is `STATE_SCHEMA` and ``stage`` names the call the client
+        expects next, or ``"done"``. The state keeps only what that call needs: before
+        ``share_keys`` the two raw 32-byte private keys; before ``masked_input`` the s private
+        key, the self-mask seed, the pairwise AEAD keys, the neighbours' mask public keys and the
+        client's own shares; before ``unmask`` only the shares it holds. Once ``unmask`` has
+        been answered or refused, or after a call that failed midway, the stage is ``"done"``
+        and no secret is kept, so a restored client refuses every further request.
+
+        The state holds private keys and shares: store it where only this client can read it.
+        """
+        stage = _STATE_STAGES[min(self._stage, len(_STATE_STAGES) - 1)]
+        if (stage == "share_keys" and not hasattr(self, "_s_key")) or (
+            stage in ("masked_input", "unmask") and self.client_id not in self._self_shares
+        ):
+            stage = DONE_STAGE  # the previous call failed midway: nothing can follow it
+        cfg = self.config
+        state: ClientState = {
+            "schema": STATE_SCHEMA,
+            "stage": stage,
+            "client_id": self.client_id,
+            "round_id": cfg.round_id,
+            "threshold": cfg.threshold,
+            "bits": cfg.bits,
+            "vector_length": cfg.vector_length,
+        }
+        if stage == "share_keys":
+            state["cipher_private_key"] = private_bytes(self._c_key)
+            state["mask_private_key"] = private_bytes(self._s_key)
+        elif stage == "masked_input":
+            nbrs = sorted(self._share_keys)
+            state["mask_private_key"] = private_bytes(self._s_key)
+            state["self_mask_seed"] = self._self_seed
+            state["neighbour_ids"] = nbrs
+            state["share_keys"] = [self._share_keys[v] for v in nbrs]
+            state["mask_public_keys"] = [self._mask_public[v] for v in nbrs]
+        if stage in ("masked_input", "unmask"):
+            held = sorted(self._self_shares)
+            state["held_ids"] = held
+            state["self_mask_shares"] = [self._self_shares[v] for v in held]
+            state["key_shares"] = [self._key_shares[v] for v in held]
+        return state
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, object], random_bytes: RandomSource = os.urandom
+    ) -> SecAggClient:
+        """Rebuild a client from `to_state`'s output, checking every key strictly.
+
+        ``random_bytes`` serves the calls still to come (``os.urandom`` in a deployment). A
+        missing, unexpected or malformed key raises a one-line `SecAggProtocolError` naming it.
+        """
+        if not isinstance(state, Mapping):
+            raise SecAggProtocolError(
+                f"secagg client state must be a mapping, got {type(state).__name__}"
+            )
+        r = _StateReader(state)
+        schema = r.integer("schema")
+        if schema != STATE_SCHEMA:
+            r.fail("schema", f"unsupported schema {schema}, expected {STATE_SCHEMA}")
+        stage = r.text("stage")
+        if stage not in _STATE_STAGES:
+            r.fail("stage", f"unknown stage {stage[:40]!r}, expected one of {_STATE_STAGES}")
+        unexpected = sorted(set(state) - set(_STATE_HEADER) - set(_STATE_KEYS[stage]), key=str)
+        if unexpected:
+            raise SecAggProtocolError(
+                f"secagg client state: unexpected key {str(unexpected[0])[:60]!r} at stage "
+                f"'{stage}'"
+            )
+        client_id = r.client_id("client_id")
+        try:
+            config = SecAggConfig(
+                round_id=r.integer("round_id"),
+                threshold=r.integer("threshold"),
+                bits=r.integer("bits"),
+                vector_length=r.integer("vector_length"),
+            )
+        except SecAggProtocolError as exc:
+            raise SecAggProtocolError(f"secagg client state: malformed config: {exc}") from None
+        client = cls(client_id, config, random_bytes)
+        client._stage = _STATE_STAGES.index(stage)
+        if stage == "share_keys":
+            client._c_key = load_private_key(r.blob("cipher_private_key", KEY_BYTES))
+            client._s_key = load_private_key(r.blob("mask_private_key", KEY_BYTES))
+        elif stage == "masked_input":
+            client._s_key = load_private_key(r.blob("mask_private_key", KEY_BYTES))
+            client._self_seed = r.blob("self_mask_seed", SEED_BYTES)
+            nbrs = r.id_list("neighbour_ids")
+            if client_id in nbrs:
+                r.fail("neighbour_ids", "lists the client itself")
+            if len(nbrs) + 1 < config.threshold:
+                r.fail("neighbour_ids", f"{len(nbrs)} neighbours cannot meet the threshold")
+            share_keys = r.blob_list("share_keys", KEY_BYTES, len(nbrs))
+            mask_public = r.blob_list("mask_public_keys", KEY_BYTES, len(nbrs))
+            client._share_keys = dict(zip(nbrs, share_keys, strict=True))
+            client._mask_public = dict(zip(nbrs, mask_public, strict=True))
+        if stage in ("masked_input", "unmask"):
+            held = r.id_list("held_ids")
+            if client_id not in held:
+                r.fail("held_ids", "lacks the client's own shares")
+            if stage == "masked_input" and held != [client_id]:
+                r.fail("held_ids", "lists peers' shares before they were delivered")
+            size = shamir.SHARE_BYTES
+            client._self_shares = dict(
+                zip(held, r.blob_list("self_mask_shares", size, len(held)), strict=True)
+            )
+            client._key_shares = dict(
+                zip(held, r.blob_list("key_shares", size, len(held)), strict=True)
+            )
+        return client
+
+
+class _StateReader:
+    """Typed, strict access to a client state; every failure is a one-line protocol error."""
+
+    def __init__(self, state: Mapping[str, object]) -> None:
+        self._state = state
+
+    @staticmethod
+    def fail(key: str, what: str) -> NoReturn:
+        raise SecAggProtocolError(f"secagg client state: malformed key '{key}': {what}")
+
+    def _get(self, key: str) -> object:
+        if key not in self._state:
+            raise SecAggProtocolError(f"secagg client state: missing key '{key}'")
+        return self._state[key]
+
+    def integer(self, key: str) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"expected an int, got {type(value).__name__}")
+        return value
+
+    def client_id(self, key: str) -> int:
+        value = self.integer(key)
+        if not 0 <= value <= _MAX_ID:
+            self.fail(key, f"client ids lie in [0, {_MAX_ID}]")
+        return value
+
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            self.fail(key, f"expected a str, got {type(value).__name__}")
+        return value
+
+    def blob(self, key: str, size: int) -> bytes:
+        value = self._get(key)
+        if not isinstance(value, bytes) or len(value) != size:
+            self.fail(key, f"expected {size} bytes, got {_describe(value)}")
+        return value
+
+    def _list(self, key: str) -> list[object]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            self.fail(key, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def id_list(self, key: str) -> list[int]:
+        values = self._list(key)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+            self.fail(key, "expected a list of ints")
+        if any(not 0 <= v <= _MAX_ID for v in values):
+            self.fail(key, f"client ids lie in [0, {_MAX_ID}]")
+        if values != sorted(set(values)):
+            self.fail(key, "ids must be distinct and sorted")
+        return values
+
+    def blob_list(self, key: str, size: int, count: int) -> list[bytes]:
+        values = self._list(key)
+        if len(values) != count:
+            self.fail(key, f"expected {count} entries, got {len(values)}")
+        for v in values:
+            if not isinstance(v, bytes) or len(v) != size:
+                self.fail(key, f"expected entries of {size} bytes, got {_describe(v)}")
+        return values
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bytes):
+        return f"{len(value)} bytes"
+    return type(value).__name__
 
 
 # ---------------------------------------------------------------------------------------------
