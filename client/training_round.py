@@ -100,7 +100,7 @@ def run_training_round(
     plan = client_plan(config, len(data.train))
     planned = [PoissonGaussianSteps(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
     if config.epsilon_budget is not None:
-        after = ledger.epsilon_if(planned, config.accountant)
+        after = ledger.epsilon_if_bounded(planned, config.accountant)
         if after > config.epsilon_budget:
             reason = (
                 f"round {server_round} would take epsilon to {after:.4g}, above the budget "

@@ -31,7 +31,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, Accountant, epsilon_for
+from privacy.accountants import DEFAULT_ACCOUNTANT, Accountant, AccountingError, epsilon_for
 from privacy.events import (
     LEVELS,
     ClientLevelRound,
@@ -207,6 +207,20 @@ class PrivacyLedger:
         """ε if `extra_events` were released too: the budget check to run before the work."""
         extra = [self._check_event(event) for event in extra_events]
         return epsilon_for(self.events() + extra, self.delta, accountant)
+
+    def epsilon_if_bounded(
+        self,
+        extra_events: Iterable[PrivacyEvent],
+        accountant: str | Accountant = DEFAULT_ACCOUNTANT,
+    ) -> float:
+        """Like `epsilon_if`, but ∞ when the accountant cannot bound ε for the plan.
+
+        Budget checks use this: a release whose cost cannot be bounded is never allowed.
+        """
+        try:
+            return self.epsilon_if(extra_events, accountant)
+        except AccountingError:
+            return math.inf
 
     # -- JSON -----------------------------------------------------------------------------------
 

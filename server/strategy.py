@@ -232,7 +232,7 @@ class PrivetFedAvg(FedAvg):
             and self.server_ledger is not None
             and self.client_level is not None
         ):
-            after = self.server_ledger.epsilon_if(
+            after = self.server_ledger.epsilon_if_bounded(
                 [self.client_level.round_event()], self.accountant
             )
             if after > self.client_epsilon_budget:

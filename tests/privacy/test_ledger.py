@@ -316,3 +316,18 @@ def test_sigkill_at_random_moments_never_loses_a_sent_release(tmp_path):
         assert on_disk[: len(sent)] == sent and len(on_disk) - len(sent) in (0, 1)
         sent_steps = sum(10 + server_round % 3 for server_round in sent)
         assert ledger.epsilon() >= opacus_epsilon([(1.0, 0.01, sent_steps)], 1e-5)
+
+
+def test_budget_check_treats_an_unbounded_plan_as_over_budget(monkeypatch):
+    import privacy.ledger as ledger_module
+    from privacy import AccountingError, PoissonGaussianSteps, PrivacyLedger
+
+    ledger = PrivacyLedger(owner="c", level="example", delta=1e-5)
+    event = PoissonGaussianSteps(1.0, 0.1, 10)
+    assert ledger.epsilon_if_bounded([event]) == ledger.epsilon_if([event]) < 100
+
+    def cannot(*args, **kwargs):
+        raise AccountingError("PRV cannot bound this plan")
+
+    monkeypatch.setattr(ledger_module, "epsilon_for", cannot)
+    assert ledger.epsilon_if_bounded([event], "prv") == float("inf")
