@@ -25,9 +25,10 @@ def small_data(n=200, seed=0):
     return ArrayDataset(features, labels, 3)
 
 
-def run(model, data, *, seed=1, sigma=1.0, epochs=2, batch=32):
-    plan = plan_local_training(
-        num_examples=len(data),
+def fixed_plan(n, *, batch=32, epochs=1, sigma=1.0):
+    """A one-round plan with a fixed noise multiplier."""
+    return plan_local_training(
+        num_examples=n,
         batch_size=batch,
         local_epochs=epochs,
         rounds=1,
@@ -35,18 +36,25 @@ def run(model, data, *, seed=1, sigma=1.0, epochs=2, batch=32):
         noise_multiplier=sigma,
         target_epsilon=None,
     )
-    result = train_locally(
+
+
+def train(model, data, plan, *, batch=32, epochs=1, lr=0.5, seed=1):
+    return train_locally(
         model,
         data,
         plan,
         batch_size=batch,
         max_grad_norm=1.0,
-        learning_rate=0.5,
+        learning_rate=lr,
         local_epochs=epochs,
         seed=seed,
         device=CPU,
     )
-    return plan, result
+
+
+def run(model, data, *, seed=1, sigma=1.0, epochs=2, batch=32):
+    plan = fixed_plan(len(data), batch=batch, epochs=epochs, sigma=sigma)
+    return plan, train(model, data, plan, batch=batch, epochs=epochs, seed=seed)
 
 
 def test_events_are_exactly_what_ran():
@@ -86,26 +94,8 @@ def test_clipping_bounds_each_step():
     model = build_model("logreg", (1, 4, 4), 3)
     data_big = ArrayDataset(data.features * 1000, data.labels, 3)  # huge gradients before clipping
     before = get_weights(model)
-    plan = plan_local_training(
-        num_examples=64,
-        batch_size=64,
-        local_epochs=1,
-        rounds=1,
-        delta=1e-5,
-        noise_multiplier=1e-9,
-        target_epsilon=None,
-    )
-    result = train_locally(
-        model,
-        data_big,
-        plan,
-        batch_size=64,
-        max_grad_norm=1.0,
-        learning_rate=1.0,
-        local_epochs=1,
-        seed=3,
-        device=CPU,
-    )
+    plan = fixed_plan(64, batch=64, sigma=1e-9)
+    result = train(model, data_big, plan, batch=64, lr=1.0, seed=3)
     step = np.sqrt(
         sum(float(((a - b) ** 2).sum()) for a, b in zip(before, result.weights, strict=True))
     )
@@ -148,52 +138,16 @@ def test_a_compatible_model_is_left_alone(caplog):
 
 def test_plan_for_other_data_size_is_refused():
     data = small_data(n=200)
-    plan = plan_local_training(
-        num_examples=100,
-        batch_size=32,
-        local_epochs=1,
-        rounds=1,
-        delta=1e-5,
-        noise_multiplier=1.0,
-        target_epsilon=None,
-    )
+    plan = fixed_plan(100)
     with pytest.raises(AccountingMismatchError, match="100 examples"):
-        train_locally(
-            build_model("logreg", (1, 4, 4), 3),
-            data,
-            plan,
-            batch_size=32,
-            max_grad_norm=1.0,
-            learning_rate=0.1,
-            local_epochs=1,
-            seed=0,
-            device=CPU,
-        )
+        train(build_model("logreg", (1, 4, 4), 3), data, plan, batch=32, lr=0.1, seed=0)
 
 
 def test_batch_size_other_than_planned_is_refused():
     data = small_data(n=200)
-    plan = plan_local_training(
-        num_examples=200,
-        batch_size=32,
-        local_epochs=1,
-        rounds=1,
-        delta=1e-5,
-        noise_multiplier=1.0,
-        target_epsilon=None,
-    )
+    plan = fixed_plan(200)
     with pytest.raises(AccountingMismatchError):
-        train_locally(
-            build_model("logreg", (1, 4, 4), 3),
-            data,
-            plan,
-            batch_size=50,
-            max_grad_norm=1.0,
-            learning_rate=0.1,
-            local_epochs=1,
-            seed=0,
-            device=CPU,
-        )
+        train(build_model("logreg", (1, 4, 4), 3), data, plan, batch=50, lr=0.1, seed=0)
 
 
 def test_the_model_is_handed_back_without_opacus_hooks():
