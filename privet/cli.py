@@ -163,6 +163,45 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
         help="client-level ε budget: the run ends before a round that would exceed it",
     )
 
+    secagg = parser.add_argument_group(
+        "secure aggregation (SecAgg+: the server learns only the sum of the updates)"
+    )
+    secagg.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        default=None,
+        help="mask every update so that only sums of at least t clients can be unmasked; "
+        "updates are clipped and quantized",
+    )
+    secagg.add_argument(
+        "--secagg-threshold",
+        type=float,
+        help="t: a fraction in (0.5, 1] of each client's neighbourhood, or a number of clients "
+        "(default: 2/3)",
+    )
+    secagg.add_argument(
+        "--secagg-degree",
+        type=int,
+        help="neighbours per client (even); default: all clients up to 32 per round, "
+        "else 2*ceil(log2 n)",
+    )
+    secagg.add_argument(
+        "--secagg-levels",
+        type=int,
+        help=f"quantization levels on [-S, S] (default: {defaults.secagg_levels})",
+    )
+    secagg.add_argument(
+        "--secagg-clip-norm",
+        type=float,
+        help="L2 bound of each update, the quantization range, when there is no client-level "
+        "DP (default: 10; with client-level DP it is --client-clip-norm)",
+    )
+    secagg.add_argument(
+        "--secagg-timeout",
+        type=float,
+        help=f"seconds to wait for each protocol stage (default: {defaults.secagg_timeout:g})",
+    )
+
     run = parser.add_argument_group("run")
     run.add_argument(
         "--seed", type=int, help="seed for data split, init, sampling and noise (default: 0)"

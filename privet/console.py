@@ -18,6 +18,12 @@ def _eps(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:.3f}"
 
 
+def _secagg_note(record: RoundRecord) -> str:
+    """A short note when the round's secure sum failed, so a skipped round is never silent."""
+    outcome = record.secure_aggregation or {}
+    return ", secure sum failed: round skipped" if outcome.get("status") == "failed" else ""
+
+
 class SimulationConsole:
     """Terminal output of a simulation (plain text when the output is not a terminal)."""
 
@@ -54,6 +60,14 @@ class SimulationConsole:
                 f"{level.total_noise_multiplier:.4g}, {level.expected_clients:g} of "
                 f"{config.clients} clients per round (q = {level.sample_rate:.3g})"
             )
+        if config.secure_aggregation:
+            t = config.secagg_threshold
+            threshold = f"{t:.3g} of each neighbourhood" if t <= 1 else f"{t:g} clients"
+            self.console.print(
+                f"Secure aggregation (SecAgg+): the server sees only sums; threshold {threshold}, "
+                f"updates clipped to {config.update_clip_norm:g} and quantized to "
+                f"{config.secagg_levels} levels, {config.secagg_timeout:g} s per stage"
+            )
 
     @contextmanager
     def progress(self, total_rounds: int) -> Iterator[Callable[[RoundRecord], None]]:
@@ -73,7 +87,7 @@ class SimulationConsole:
                     completed=record.round,
                     description=(
                         f"round {record.round}: accuracy {record.accuracy:.3f}, "
-                        f"max ε {_eps(record.epsilon_max)}"
+                        f"max ε {_eps(record.epsilon_max)}" + _secagg_note(record)
                     ),
                 )
 

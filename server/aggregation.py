@@ -114,23 +114,39 @@ class ClientLevelAggregator:
         for item in accepted:
             for acc, part in zip(total, item.update, strict=True):
                 acc += part.astype(np.float64)
+        within = sum(1 for item in accepted if item.within_clip)
+        return self.release_sum(total, [item.client_id for item in accepted], within, rejected)
+
+    def release_sum(
+        self,
+        total: Sequence[np.ndarray],
+        aggregated: list[int],
+        within_clip: int,
+        rejected: list[int] | None = None,
+    ) -> RoundAggregate:
+        """Noise a sum of clipped updates, divide by the expected count, adapt the clip norm.
+
+        Under secure aggregation the server has only this sum (and the count of updates within
+        S), never the single updates, so it cannot check norms: the clients clip.
+        """
+        clip = self.clip_norm
         sigma = self.update_noise_multiplier * clip
         mean = [
-            (acc + self._rng.normal(0.0, sigma, size=acc.shape)) / self.expected_clients
+            (np.asarray(acc, dtype=np.float64) + self._rng.normal(0.0, sigma, size=acc.shape))
+            / self.expected_clients
             for acc in total
         ]
         within_fraction = None
         if self.adaptive is not None:
-            within = sum(1 for item in accepted if item.within_clip)
-            noised = within + self._rng.normal(0.0, self.adaptive.count_stddev)
+            noised = within_clip + self._rng.normal(0.0, self.adaptive.count_stddev)
             within_fraction = noised / self.expected_clients
             self.clip_norm = clip * math.exp(
                 -self.adaptive.learning_rate * (within_fraction - self.adaptive.target_quantile)
             )
         return RoundAggregate(
             mean_update=mean,
-            aggregated=[item.client_id for item in accepted],
-            rejected=rejected,
+            aggregated=list(aggregated),
+            rejected=list(rejected or []),
             clip_norm_used=clip,
             clip_norm_next=self.clip_norm,
             noised_within_fraction=within_fraction,

@@ -28,6 +28,7 @@ from server.results import (
     write_model,
     write_results,
 )
+from server.secure_aggregation import SecAggSettings
 from server.strategy import PrivetFedAvg
 from task.config import ConfigError, RunConfig
 
@@ -84,6 +85,8 @@ def run_federated_training(
         server_ledger=server_ledger,
         client_epsilon_budget=config.client_epsilon_budget,
         accountant=config.accountant,
+        secagg=SecAggSettings.from_config(config),
+        update_clip_norm=config.update_clip_norm,
     )
     strategy.discover_clients(grid, config.clients, ROUND_TIMEOUT_S)
 
@@ -123,6 +126,7 @@ def run_federated_training(
             epsilon_client_level=outcome.epsilon_client_level,
             clip_norm=outcome.clip_norm,
             noised_within_fraction=outcome.noised_within_fraction,
+            secure_aggregation=outcome.secure_aggregation,
         )
         results.rounds.append(record)
         results.clients = privacy.clients()

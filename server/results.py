@@ -43,6 +43,7 @@ class RoundRecord:
     epsilon_client_level: float | None = None
     clip_norm: float | None = None
     noised_within_fraction: float | None = None
+    secure_aggregation: dict[str, Any] | None = None
 
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -76,6 +77,30 @@ class RunResults:
     stop_reason: str | None = None
     declines: dict[int, int] = field(default_factory=dict)
     client_level: dict[str, Any] | None = None
+
+    def _secure_aggregation_summary(self) -> dict[str, Any] | None:
+        """What secure aggregation guaranteed in this run, or None when it was off."""
+        config = self.config
+        if not config.secure_aggregation:
+            return None
+        outcomes = [r.secure_aggregation or {} for r in self.rounds]
+        return {
+            "protocol": "SecAgg+ (Bonawitz et al. 2017; Bell et al. 2020)",
+            "threshold": config.secagg_threshold,
+            "degree": config.secagg_degree,
+            "levels": config.secagg_levels,
+            "update_clip_norm": config.update_clip_norm,
+            "rounds_ok": sum(1 for o in outcomes if o.get("status") == "ok"),
+            "rounds_failed": [
+                r.round
+                for r in self.rounds
+                if (r.secure_aggregation or {}).get("status") == "failed"
+            ],
+            "min_survivors": min(
+                (len(o["survivors"]) for o in outcomes if o.get("status") == "ok"), default=None
+            ),
+            "randomness": "keys, seeds and shares from os.urandom; masks from ChaCha20",
+        }
 
     def to_json_dict(self) -> dict[str, Any]:
         """The documented results.json layout (see README)."""
@@ -120,6 +145,7 @@ class RunResults:
                 {"id": client, "round": at} for client, at in sorted(self.declines.items())
             ],
             "client_level": self.client_level,
+            "secure_aggregation": self._secure_aggregation_summary(),
             "model": {"file": MODEL_FILE, "architecture": self.config.model},
         }
 

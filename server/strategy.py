@@ -20,6 +20,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from privacy import PrivacyLedger
+from privacy.secagg import QuantizationError, SecAggError
+from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, WireMessage
 from server.aggregation import (
     ClientLevelAggregator,
     ClientUpdate,
@@ -29,6 +31,13 @@ from server.aggregation import (
 from server.client_dp import ClientLevelPlan
 from server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
 from server.sampling import poisson_sample
+from server.secure_aggregation import (
+    SecAggRoundPlan,
+    SecAggSettings,
+    decode_secure_sum,
+    plan_round,
+    run_secure_sum,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +62,7 @@ class RoundOutcome:
     clip_norm: float | None = None
     noised_within_fraction: float | None = None
     epsilon_client_level: float | None = None
+    secure_aggregation: dict[str, object] | None = None
 
 
 class PrivetFedAvg(FedAvg):
@@ -69,6 +79,8 @@ class PrivetFedAvg(FedAvg):
         server_ledger: PrivacyLedger | None = None,
         client_epsilon_budget: float | None = None,
         accountant: str = "rdp",
+        secagg: SecAggSettings | None = None,
+        update_clip_norm: float = 1.0,
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, min_available_nodes=1)
         self.privacy = privacy
@@ -79,6 +91,9 @@ class PrivetFedAvg(FedAvg):
         self.server_ledger = server_ledger
         self.client_epsilon_budget = client_epsilon_budget
         self.accountant = accountant
+        self.secagg = secagg
+        self.update_clip_norm = update_clip_norm
+        self._secagg_plan: SecAggRoundPlan | None = None
         self.client_of_node: dict[int, int] = {}
         self.declined_at: dict[int, int] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
@@ -126,12 +141,55 @@ class PrivetFedAvg(FedAvg):
         if self.aggregator is not None:
             config["clip-norm"] = self.aggregator.clip_norm
             outcome.clip_norm = self.aggregator.clip_norm
+        if self.secagg is not None and not self._plan_secure_round(
+            server_round, arrays, config, outcome
+        ):
+            return []
         nodes = self._node_of_client()
         record = RecordDict({"arrays": arrays, "config": config})
         return [
-            Message(content=record, dst_node_id=nodes[client], message_type=MessageType.TRAIN)
+            Message(
+                content=record,
+                dst_node_id=nodes[client],
+                message_type=MessageType.TRAIN,
+                group_id=str(server_round),
+            )
             for client in outcome.sampled
         ]
+
+    def _plan_secure_round(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, outcome: RoundOutcome
+    ) -> bool:
+        """Fix this round's secure sum and add its keys to the train config; False: skip round."""
+        assert self.secagg is not None
+        clip = self.aggregator.clip_norm if self.aggregator is not None else self.update_clip_norm
+        num_params = sum(int(a.size) for a in arrays.to_numpy_ndarrays())
+        try:
+            plan = plan_round(self.secagg, outcome.sampled, server_round, num_params, clip)
+        except SecAggError as exc:
+            self._secagg_plan = None
+            self._fail_secure_round(server_round, outcome, str(exc))
+            return False
+        self._secagg_plan = plan
+        config["clip-norm"] = clip
+        config.update(plan.train_config())
+        outcome.clip_norm = clip
+        outcome.secure_aggregation = {
+            "status": "running",
+            "threshold": plan.config.threshold,
+            "neighbours": plan.neighbours,
+            "bits": plan.config.bits,
+            "levels": plan.spec.levels,
+        }
+        return True
+
+    def _fail_secure_round(self, server_round: int, outcome: RoundOutcome, reason: str) -> None:
+        """Record a round whose secure sum could not be formed: the model stays as it was."""
+        logger.warning("round %d skipped: %s", server_round, reason)
+        summary = dict(outcome.secure_aggregation or {})
+        summary.update({"status": "failed", "reason": reason})
+        outcome.secure_aggregation = summary
+        outcome.trained = []
 
     # -- aggregation ---------------------------------------------------------------------------
 
@@ -190,6 +248,124 @@ class PrivetFedAvg(FedAvg):
         )
         return ArrayRecord(new_weights), metrics
 
+    def aggregate_train_secure(
+        self, server_round: int, replies: Iterable[Message], grid: Grid
+    ) -> tuple[ArrayRecord, MetricRecord]:
+        """Run the remaining secure-aggregation stages, then aggregate the unmasked sum.
+
+        The clients that trained have spent privacy whether or not the sum can be formed, so
+        their reports are recorded first. If too few clients survive a stage, or the protocol
+        fails, the round is skipped: the model stays as it was and the reason is recorded.
+        """
+        assert self._current is not None
+        outcome = self.outcomes.setdefault(server_round, RoundOutcome())
+        current = self._current.to_numpy_ndarrays()
+        reports: list[ClientPrivacy] = []
+        advertised: dict[int, dict[str, object]] = {}
+        for reply in replies:
+            if reply.has_error():
+                outcome.failed += 1
+                logger.warning("a client failed in round %d: %s", server_round, reply.error.reason)
+                continue
+            metrics = reply.content["metrics"]
+            report = client_privacy_of(metrics)
+            reports.append(report)
+            if int(metrics.get("declined", 0)):
+                self.declined_at[report.client_id] = server_round
+                outcome.declined.append(report.client_id)
+                continue
+            record = reply.content.config_records.get(RECORD_KEY)
+            if record is None:
+                logger.warning("client %d sent no keys; it drops out", report.client_id)
+                continue
+            advertised[report.client_id] = dict(record)
+        self.privacy.record(server_round, reports, trained=sorted(advertised))
+        counts = {r.client_id: r.num_examples for r in reports if r.client_id in advertised}
+        plan = self._secagg_plan
+        summary = outcome.secure_aggregation
+        if plan is None or summary is None or summary.get("status") != "running":
+            if summary is None or summary.get("status") != "failed":
+                self._fail_secure_round(server_round, outcome, "no secure-aggregation plan")
+            return ArrayRecord(current), self._round_metrics(outcome)
+        largest = max(counts.values(), default=1)
+        weights = {
+            cid: 1.0 if self.aggregator is not None else count / largest
+            for cid, count in counts.items()
+        }
+        clipped = 0
+
+        def exchange(stage: str, messages: dict[int, WireMessage]) -> dict[int, dict[str, object]]:
+            nonlocal clipped
+            assert self.secagg is not None
+            nodes = self._node_of_client()
+            sent = []
+            for cid, wire in messages.items():
+                content = RecordDict({RECORD_KEY: ConfigRecord(wire)})
+                if stage == "masked_input":
+                    content[INPUT_KEY] = ConfigRecord({"weight": weights[cid]})
+                sent.append(
+                    Message(
+                        content=content,
+                        dst_node_id=nodes[cid],
+                        message_type=f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}",
+                        group_id=str(server_round),
+                    )
+                )
+            answers: dict[int, dict[str, object]] = {}
+            for reply in grid.send_and_receive(sent, timeout=self.secagg.stage_timeout):
+                cid = self.client_of_node.get(reply.metadata.src_node_id)
+                if cid is None or reply.has_error() or RECORD_KEY not in reply.content:
+                    reason = reply.error.reason if reply.has_error() else "no protocol reply"
+                    logger.warning("client %s dropped at '%s': %s", cid, stage, reason)
+                    continue
+                answers[cid] = dict(reply.content.config_records[RECORD_KEY])
+                if stage == "masked_input" and "metrics" in reply.content:
+                    clipped += int(reply.content["metrics"].get("quantization-clipped", 0))
+            return answers
+
+        try:
+            result = run_secure_sum(plan, advertised, exchange)
+            secure = decode_secure_sum(plan, result, [w.shape for w in current])
+        except (SecAggError, QuantizationError) as exc:
+            self._fail_secure_round(server_round, outcome, str(exc))
+            return ArrayRecord(current), self._round_metrics(outcome)
+        survivors = list(secure.survivors)
+        summary.update(
+            {
+                "status": "ok",
+                "survivors": survivors,
+                "dropped": list(secure.dropped),
+                "quantization_clipped": clipped,
+                "within_clip": secure.within_clip,
+            }
+        )
+        if self.aggregator is not None and self.client_level is not None:
+            assert self.server_ledger is not None
+            # Write-ahead: the release is in the ledger before the noised model exists.
+            self.server_ledger.record(server_round, [self.client_level.round_event()])
+            aggregate = self.aggregator.release_sum(
+                secure.weighted_update_sum, survivors, secure.within_clip
+            )
+            outcome.noised_within_fraction = aggregate.noised_within_fraction
+            outcome.epsilon_client_level = self.server_ledger.epsilon(self.accountant)
+            summary["error_bound"] = secure.error_bound / self.aggregator.expected_clients
+            mean = aggregate.mean_update
+        else:
+            total_weight = sum(weights[cid] for cid in survivors)
+            summary["error_bound"] = secure.error_bound / total_weight
+            mean = [part / total_weight for part in secure.weighted_update_sum]
+        outcome.trained = survivors
+        return ArrayRecord(apply_update(current, mean)), self._round_metrics(outcome)
+
+    def _round_metrics(self, outcome: RoundOutcome) -> MetricRecord:
+        return MetricRecord(
+            {
+                "epsilon-max": self.privacy.epsilon_max(),
+                "clients-trained": len(outcome.trained),
+                "clients-declined": len(outcome.declined),
+            }
+        )
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -198,7 +374,12 @@ class PrivetFedAvg(FedAvg):
         outcome = self.outcomes.get(server_round, RoundOutcome())
         record = RecordDict({"arrays": arrays, "config": config})
         return [
-            Message(content=record, dst_node_id=nodes[client], message_type=MessageType.EVALUATE)
+            Message(
+                content=record,
+                dst_node_id=nodes[client],
+                message_type=MessageType.EVALUATE,
+                group_id=str(server_round),
+            )
             for client in outcome.trained
         ]
 
@@ -264,13 +445,18 @@ class PrivetFedAvg(FedAvg):
             if self.stop_reason is not None:
                 logger.warning("stopping before round %d: %s", server_round, self.stop_reason)
                 break
-            replies = grid.send_and_receive(
+            train_messages = list(
                 self.configure_train(
                     server_round, arrays, ConfigRecord(dict(train_config or {})), grid
-                ),
-                timeout=timeout,
+                )
             )
-            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            replies = (
+                grid.send_and_receive(train_messages, timeout=timeout) if train_messages else []
+            )
+            if self.secagg is not None:
+                new_arrays, train_metrics = self.aggregate_train_secure(server_round, replies, grid)
+            else:
+                new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays
             if train_metrics is not None:

@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flwr.clientapp.typing import Mod
+
 from client.app import make_client_app
 from server.app import make_server_app
 from server.results import RoundCallback, RunResults
@@ -56,8 +58,13 @@ def run_flower_simulation(
     *,
     use_gpu: bool = False,
     verbose: bool = False,
+    client_mods: list[Mod] | None = None,
 ) -> RunResults:
-    """Run `config` on Flower's simulation runtime and return what the ServerApp recorded."""
+    """Run `config` on Flower's simulation runtime and return what the ServerApp recorded.
+
+    ``client_mods`` wrap every client handler (e.g. `simulations.faults.Dropout` to make clients
+    fail at a chosen stage and round).
+    """
     from flwr.simulation import run_simulation
 
     collected: list[RunResults] = []
@@ -70,7 +77,7 @@ def run_flower_simulation(
     with _quiet_flower(verbose):
         run_simulation(
             server_app=server_app,
-            client_app=make_client_app(config),
+            client_app=make_client_app(config, mods=client_mods),
             num_supernodes=config.clients,
             backend_config=backend_config_for(config, use_gpu),  # type: ignore[arg-type]
             verbose_logging=verbose,

@@ -21,6 +21,10 @@ DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")
 DATASETS_NEEDING_DIR: tuple[str, ...] = ("mnist", "fashion-mnist", "adult")
 DEFAULT_TARGET_EPSILON = 8.0
+DEFAULT_SECAGG_THRESHOLD = 2 / 3
+DEFAULT_SECAGG_LEVELS = 2**16
+DEFAULT_SECAGG_CLIP_NORM = 10.0
+MAX_SECAGG_LEVELS = 2**24
 
 
 class ConfigError(ValueError):
@@ -64,6 +68,13 @@ class RunConfig:
     clip_learning_rate: float = 0.2
     clip_count_stddev: float | None = None
     client_epsilon_budget: float | None = None
+    # Secure aggregation (SecAgg+): the server learns only the sum of the clients' updates.
+    secure_aggregation: bool = False
+    secagg_threshold: float = DEFAULT_SECAGG_THRESHOLD
+    secagg_degree: int | None = None
+    secagg_levels: int = DEFAULT_SECAGG_LEVELS
+    secagg_timeout: float = 300.0
+    secagg_clip_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:
@@ -84,6 +95,15 @@ class RunConfig:
     def client_sample_rate(self) -> float:
         """Poisson sampling rate of clients: expected clients per round / population."""
         return self.expected_clients_per_round / self.clients
+
+    @property
+    def update_clip_norm(self) -> float:
+        """L2 bound of each update: S under client-level DP, else secure aggregation's range."""
+        if self.client_level_dp:
+            return self.client_clip_norm
+        if self.secagg_clip_norm is not None:
+            return self.secagg_clip_norm
+        return DEFAULT_SECAGG_CLIP_NORM
 
     @property
     def count_stddev(self) -> float:
@@ -210,6 +230,46 @@ def _validate(config: RunConfig) -> None:
         if value is not None:
             _positive(key.replace("_", "-"), value)
     _validate_client_level(config)
+    _validate_secure_aggregation(config)
+
+
+def _validate_secure_aggregation(config: RunConfig) -> None:
+    """Checks of the secure-aggregation settings (used only when it is switched on)."""
+    t = config.secagg_threshold
+    if not (0.5 < t <= 1 or (t >= 2 and float(t).is_integer())):
+        raise ConfigError(
+            f"secagg-threshold must be a fraction in (0.5, 1] of each neighbourhood or a whole "
+            f"number of clients >= 2, got {t:g}"
+        )
+    if t > config.clients:
+        raise ConfigError(
+            f"secagg-threshold {t:g} is more than the {config.clients} clients; no sum could be "
+            "unmasked"
+        )
+    degree = config.secagg_degree
+    if degree is not None and (degree < 2 or degree % 2):
+        raise ConfigError(
+            f"secagg-degree must be an even number of neighbours >= 2, got {degree}; leave it "
+            "unset to let Privet choose"
+        )
+    if not 2 <= config.secagg_levels <= MAX_SECAGG_LEVELS:
+        raise ConfigError(
+            f"secagg-levels must be between 2 and {MAX_SECAGG_LEVELS}, got {config.secagg_levels}"
+        )
+    _positive("secagg-timeout", config.secagg_timeout)
+    if config.secagg_clip_norm is not None:
+        _positive("secagg-clip-norm", config.secagg_clip_norm)
+        if config.client_level_dp:
+            raise ConfigError(
+                "under client-level DP updates are clipped to --client-clip-norm; drop "
+                "--secagg-clip-norm"
+            )
+    if config.secure_aggregation and config.clients < 2:
+        raise ConfigError("secure aggregation needs at least 2 clients; raise --clients")
+    if config.secure_aggregation and config.expected_clients_per_round < 2:
+        raise ConfigError(
+            "secure aggregation needs at least 2 clients per round; raise --clients-per-round"
+        )
 
 
 def _validate_client_level(config: RunConfig) -> None:

@@ -152,12 +152,17 @@ def decrypt_shares(key: bytes, blob: bytes, sender: int, receiver: int, round_id
         ) from exc
 
 
+def word_bytes(bits: int) -> int:
+    """Bytes per value for a ring of 2^bits: 4 up to 32 bits, else 8 (keystream and wire)."""
+    return 4 if bits <= 32 else 8
+
+
 def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
     """Expand a 256-bit seed into ``length`` uniform values mod 2^bits (uint64).
 
     The ChaCha20 keystream (zero nonce: each seed keys exactly one mask) is read as little-endian
-    64-bit words, and each word is reduced by masking its low ``bits`` bits. For a power-of-two
-    modulus this is exactly uniform (no modulo bias).
+    words of `word_bytes(bits)` bytes, and each word is reduced by masking its low ``bits`` bits.
+    For a power-of-two modulus this is exactly uniform (no modulo bias).
     """
     if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
         raise SecAggCryptoError(f"mask seed must be {SEED_BYTES} bytes")
@@ -165,7 +170,8 @@ def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
         raise ValueError(f"mask length must be a non-negative int, got {length!r}")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 62:
         raise ValueError(f"bits must be an int in [1, 62], got {bits!r}")
+    width = word_bytes(bits)
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
-    stream = encryptor.update(bytes(8 * length))
-    words = np.frombuffer(stream, dtype="<u8").astype(np.uint64)
+    stream = encryptor.update(bytes(width * length))
+    words = np.frombuffer(stream, dtype=f"<u{width}").astype(np.uint64)
     return words & np.uint64((1 << bits) - 1)

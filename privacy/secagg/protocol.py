@@ -60,6 +60,7 @@ from privacy.secagg.crypto import (
     load_private_key,
     private_bytes,
     public_bytes,
+    word_bytes,
 )
 
 STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
@@ -251,7 +252,7 @@ class SharesDelivery:
 
 @dataclass(frozen=True)
 class MaskedInput:
-    """Client → server, stage 2: the masked vector as little-endian uint64 bytes (8 per value)."""
+    """Client → server, stage 2: the masked vector, `word_bytes(bits)` bytes per value (LE)."""
 
     client_id: int
     masked: bytes
@@ -287,16 +288,21 @@ class SecAggResult:
     dropped_ids: tuple[int, ...]
 
 
-def encode_vector(values: np.ndarray) -> bytes:
-    """A uint64 vector as little-endian bytes (the wire form of masked inputs)."""
-    return np.ascontiguousarray(values, dtype="<u8").tobytes()
+def encode_vector(values: np.ndarray, bits: int) -> bytes:
+    """Values mod 2^bits as little-endian bytes, `word_bytes(bits)` per value (the wire form)."""
+    width = word_bytes(bits)
+    return np.ascontiguousarray(values, dtype=f"<u{width}").tobytes()
 
 
-def decode_vector(data: bytes, length: int) -> np.ndarray:
-    """Inverse of `encode_vector`, checking the length."""
-    if not isinstance(data, bytes) or len(data) != 8 * length:
-        raise SecAggProtocolError(f"masked vector must be {8 * length} bytes")
-    return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+def decode_vector(data: bytes, length: int, bits: int) -> np.ndarray:
+    """Inverse of `encode_vector`, checking the length and the range."""
+    width = word_bytes(bits)
+    if not isinstance(data, bytes) or len(data) != width * length:
+        raise SecAggProtocolError(f"masked vector must be {width * length} bytes")
+    values = np.frombuffer(data, dtype=f"<u{width}").astype(np.uint64)
+    if values.size and int(values.max()) >= 1 << bits:
+        raise SecAggProtocolError(f"masked vector has values outside [0, 2^{bits})")
+    return values
 
 
 def _x(client_id: int) -> int:
@@ -450,7 +456,7 @@ class SecAggClient:
             p = expand_mask(seed, cfg.vector_length, cfg.bits)
             y = (y + p) & mask if v > self.client_id else (y - p) & mask
         self._masked_with = frozenset(senders)
-        return MaskedInput(self.client_id, encode_vector(y))
+        return MaskedInput(self.client_id, encode_vector(y, cfg.bits))
 
     def unmask(self, message: UnmaskRequest) -> UnmaskShares:
         """Stage 3: reveal b shares of survivors and key shares of dropped peers, never both."""
@@ -805,7 +811,9 @@ class SecAggServer:
         self._require_holders(STAGES[2], u3, u3)
         self._require_dropped_holders(STAGES[2], dropped, u3)
         for u, reply in got.items():
-            self._masked[u] = decode_vector(reply.masked, self.config.vector_length)
+            self._masked[u] = decode_vector(
+                reply.masked, self.config.vector_length, self.config.bits
+            )
         self._alive.append(u3)
         self._requests = {
             u: UnmaskRequest(

@@ -68,6 +68,16 @@ def one_line_error(capsys, argv) -> str:
         (["--accountant", "moments"], "invalid choice: 'moments'"),
         (["--client-noise-multiplier", "1", "--delta", "0.3"], "not below 1/clients"),
         (["--client-target-epsilon", "1e-9"], "unreachable"),
+        (["--secure-aggregation", "--secagg-threshold", "0.4"], "secagg-threshold must be a"),
+        (["--secure-aggregation", "--secagg-threshold", "7"], "more than the 5 clients"),
+        (["--secure-aggregation", "--secagg-degree", "3"], "secagg-degree must be an even"),
+        (["--secagg-levels", "1"], "secagg-levels must be between 2"),
+        (["--secagg-timeout", "0"], "secagg-timeout must be positive"),
+        (["--secure-aggregation", "--clients-per-round", "1"], "at least 2 clients per round"),
+        (
+            ["--client-noise-multiplier", "1", "--secagg-clip-norm", "2"],
+            "drop --secagg-clip-norm",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, flags, message):

@@ -51,8 +51,10 @@ def test_results_json_layout_and_atomic_write(tmp_path):
             "epsilon_client_level": 0.7,
             "clip_norm": 0.1,
             "noised_within_fraction": None,
+            "secure_aggregation": None,
         }
     ]
+    assert data["secure_aggregation"] is None  # off in this run
     assert data["declined"] == [{"id": 2, "round": 1}] and data["stop_reason"] == "budget"
     assert data["clients"][0] == {
         "id": 0,

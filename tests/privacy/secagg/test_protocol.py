@@ -169,7 +169,7 @@ def test_masked_vector_is_uniform_and_uncorrelated_with_its_input():
     ramp = np.arange(length, dtype=np.uint64) % np.uint64(2**12)
     inputs = {u: ramp for u in ids}
     masked, _ = _run_to_unmask(clients, server, inputs)
-    y = decode_vector(masked[0].masked, length)
+    y = decode_vector(masked[0].masked, length, bits)
     assert stats.kstest(y / 2**bits, "uniform").pvalue > 0.001
     counts = np.bincount((y >> np.uint64(bits - 4)).astype(np.int64), minlength=16)
     assert stats.chisquare(counts).pvalue > 0.001

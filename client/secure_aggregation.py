@@ -1,0 +1,156 @@
+"""The client's side of secure aggregation, as plain code (no Flower).
+
+A Flower ClientApp starts afresh for each message, so the client keeps its protocol state and its
+pending input (the clipped float update) as plain data between the four messages of a round:
+
+- TRAIN: after training, `begin` makes the round's keys and returns the advertised public keys;
+- ``query.secagg_share_keys``, ``query.secagg_masked_input``, ``query.secagg_unmask``: `answer`
+  restores the client from its state, answers one stage, and returns the new state.
+
+Secrets come from ``os.urandom`` in every engine; only the stochastic-rounding dither (not a
+secret) is seeded, so a simulation stays reproducible. Once a round is over, or a stage failed,
+the state holds no secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from privacy.secagg import (
+    KeysBroadcast,
+    QuantizationSpec,
+    SecAggClient,
+    SecAggConfig,
+    SecAggProtocolError,
+    SharesDelivery,
+    UnmaskRequest,
+)
+from privacy.secagg.protocol import ClientState
+from privacy.secagg.update_vector import encode_update
+from privacy.secagg.wire import WireMessage, from_wire, to_wire
+
+_REQUEST_KEYS = (
+    "secagg-round",
+    "secagg-threshold",
+    "secagg-bits",
+    "secagg-levels",
+    "secagg-clients",
+    "secagg-length",
+)
+
+
+@dataclass(frozen=True)
+class SecAggRequest:
+    """What the server fixed for this round's secure sum (sent with the TRAIN message)."""
+
+    config: SecAggConfig
+    spec: QuantizationSpec
+
+    @classmethod
+    def from_train_config(
+        cls, values: Mapping[str, object], clip_norm: float | None
+    ) -> SecAggRequest | None:
+        """Parse the ``secagg-*`` keys; None when the round is not securely aggregated."""
+        present = [key for key in _REQUEST_KEYS if key in values]
+        if not present:
+            return None
+        missing = [key for key in _REQUEST_KEYS if key not in values]
+        if missing:
+            raise SecAggProtocolError(f"train config lacks the secure-aggregation key {missing[0]}")
+        ints = {}
+        for key in _REQUEST_KEYS:
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SecAggProtocolError(f"train config key {key} must be an int")
+            ints[key] = value
+        if clip_norm is None:
+            raise SecAggProtocolError("secure aggregation needs the clip-norm key in train config")
+        spec = QuantizationSpec(
+            clip_norm=clip_norm,
+            num_clients=ints["secagg-clients"],
+            levels=ints["secagg-levels"],
+            bits=ints["secagg-bits"],
+        )
+        config = SecAggConfig(
+            round_id=ints["secagg-round"],
+            threshold=ints["secagg-threshold"],
+            bits=ints["secagg-bits"],
+            vector_length=ints["secagg-length"],
+        )
+        return cls(config, spec)
+
+    def to_train_config(self) -> dict[str, int]:
+        """The ``secagg-*`` keys (the clip norm travels apart), to keep beside the input."""
+        return {
+            "secagg-round": self.config.round_id,
+            "secagg-threshold": self.config.threshold,
+            "secagg-bits": self.config.bits,
+            "secagg-levels": self.spec.levels,
+            "secagg-clients": self.spec.num_clients,
+            "secagg-length": self.config.vector_length,
+        }
+
+
+def begin(
+    client_id: int,
+    request: SecAggRequest,
+    num_params: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> tuple[ClientState, WireMessage]:
+    """Stage 0: a fresh client for this round; returns its state and its advertised keys."""
+    if request.config.vector_length != num_params + 1:
+        raise SecAggProtocolError(
+            f"server expects {request.config.vector_length - 1} update values, the model has "
+            f"{num_params}"
+        )
+    client = SecAggClient(client_id, request.config, random_bytes)
+    advertised = client.advertise_keys()
+    return client.to_state(), to_wire(advertised)
+
+
+@dataclass(frozen=True)
+class PendingInput:
+    """The client's clipped float update, waiting for the masked-input stage."""
+
+    update: Sequence[np.ndarray]
+    within_clip: bool
+    spec: QuantizationSpec
+    dither_seed: int
+
+
+def answer(
+    stage: str,
+    state: Mapping[str, object],
+    message: Mapping[str, object],
+    pending: PendingInput | None = None,
+    weight: float | None = None,
+) -> tuple[ClientState, WireMessage, int]:
+    """Answer one stage; returns (new state, reply, coordinates clipped by quantization).
+
+    If the stage raises, the caller must discard the state: the round is over for this client.
+    """
+    client = SecAggClient.from_state(state)
+    clipped = 0
+    if stage == "share_keys":
+        reply = to_wire(client.share_keys(from_wire(KeysBroadcast, message)))
+    elif stage == "masked_input":
+        if pending is None or weight is None:
+            raise SecAggProtocolError("masked input requested but this client has no update")
+        encoded = encode_update(
+            pending.update,
+            weight,
+            pending.within_clip,
+            pending.spec,
+            np.random.default_rng(pending.dither_seed),
+        )
+        clipped = encoded.clipped
+        reply = to_wire(client.masked_input(from_wire(SharesDelivery, message), encoded.values))
+    elif stage == "unmask":
+        reply = to_wire(client.unmask(from_wire(UnmaskRequest, message)))
+    else:
+        raise SecAggProtocolError(f"unknown secure-aggregation stage {stage[:40]!r}")
+    return client.to_state(), reply, clipped

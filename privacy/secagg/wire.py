@@ -1,0 +1,105 @@
+"""Protocol messages as flat plain data, and back, checked strictly.
+
+A message crosses the network as a flat mapping of ints, bytes and lists of them (what a Flower
+ConfigRecord holds), keyed by the dataclass's field names in kebab case. Reading one back checks
+every key and type, so a malformed or hostile message becomes a one-line `SecAggProtocolError`
+naming the key, never a crash deep inside the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TypeVar
+
+from privacy.secagg.protocol import (
+    AdvertiseKeys,
+    KeysBroadcast,
+    MaskedInput,
+    SecAggProtocolError,
+    ShareKeys,
+    SharesDelivery,
+    UnmaskRequest,
+    UnmaskShares,
+)
+
+STAGE_ACTIONS = {
+    "share_keys": "secagg_share_keys",
+    "masked_input": "secagg_masked_input",
+    "unmask": "secagg_unmask",
+}
+"""Flower query action of each stage after the first (message type ``query.<action>``)."""
+RECORD_KEY = "secagg"
+"""Content key of the protocol message in every secure-aggregation message and reply."""
+INPUT_KEY = "secagg-input"
+"""Content key of the masked-input stage's extra settings (the client's aggregation weight)."""
+
+WireValue = int | bytes | list[int] | list[bytes]
+WireMessage = dict[str, WireValue]
+
+Message = TypeVar(
+    "Message",
+    AdvertiseKeys,
+    KeysBroadcast,
+    ShareKeys,
+    SharesDelivery,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskShares,
+)
+
+_KINDS = {"int": int, "bytes": bytes, "tuple[int, ...]": int, "tuple[bytes, ...]": bytes}
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def to_wire(
+    message: AdvertiseKeys
+    | KeysBroadcast
+    | ShareKeys
+    | SharesDelivery
+    | MaskedInput
+    | UnmaskRequest
+    | UnmaskShares,
+) -> WireMessage:
+    """The message as a flat mapping (tuples become lists)."""
+    out: WireMessage = {}
+    for field in dataclasses.fields(message):
+        value = getattr(message, field.name)
+        out[_key(field.name)] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def from_wire(cls: type[Message], data: Mapping[str, object]) -> Message:
+    """Rebuild a message of type ``cls``; any missing, extra or mistyped key is an error."""
+    name = cls.__name__
+    fields = dataclasses.fields(cls)
+    expected = {_key(f.name) for f in fields}
+    extra = sorted(set(map(str, data)) - expected)
+    if extra:
+        raise SecAggProtocolError(f"{name} message has an unexpected key {extra[0][:40]!r}")
+    values: dict[str, object] = {}
+    for field in fields:
+        key = _key(field.name)
+        if key not in data:
+            raise SecAggProtocolError(f"{name} message lacks the key '{key}'")
+        value = data[key]
+        kind = _KINDS[str(field.type)]
+        if str(field.type).startswith("tuple"):
+            if not isinstance(value, (list, tuple)) or not all(_is(v, kind) for v in value):
+                raise SecAggProtocolError(
+                    f"{name} message key '{key}' must be a list of {kind.__name__}"
+                )
+            value = tuple(value)
+        elif not _is(value, kind):
+            raise SecAggProtocolError(f"{name} message key '{key}' must be {kind.__name__}")
+        values[field.name] = value
+    return cls(**values)
+
+
+def _is(value: object, kind: type) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)

@@ -1,0 +1,154 @@
+"""The ClientApp's secure-aggregation handlers, driven through Flower's Message API in-process.
+
+Three ClientApps train with DP, keep their updates on the node, and answer the three protocol
+queries; the server side is the plain driver of `server.secure_aggregation`.
+"""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import (
+    SECAGG_INPUT_KEY,
+    SECAGG_STATE_KEY,
+    SECAGG_UPDATE_KEY,
+    make_client_app,
+)
+from client.secure_aggregation import SecAggRequest
+from privacy.secagg import SecAggProtocolError
+from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
+from server.evaluation import ServerEvaluator
+from server.secure_aggregation import SecAggSettings, decode_secure_sum, plan_round, run_secure_sum
+from task.config import RunConfig
+
+CLIP = 10.0
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+
+
+def context_for(partition_id):
+    return Context(
+        run_id=1,
+        node_id=partition_id,
+        node_config={"partition-id": partition_id, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+def query(stage, wire, weight=None):
+    content = RecordDict({RECORD_KEY: ConfigRecord(wire)})
+    if weight is not None:
+        content[INPUT_KEY] = ConfigRecord({"weight": weight})
+    return Message(content=content, dst_node_id=1, message_type=f"query.{STAGE_ACTIONS[stage]}")
+
+
+def secure_round(tmp_path):
+    config = RunConfig(
+        clients=3, rounds=1, local_epochs=1, output=str(tmp_path), secure_aggregation=True
+    )
+    app = make_client_app(config)
+    weights = ServerEvaluator(config).initial_weights()
+    num_params = sum(w.size for w in weights)
+    settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
+    plan = plan_round(settings, [0, 1, 2], 1, num_params, CLIP)
+    train_config = ConfigRecord({"server-round": 1, "clip-norm": CLIP, **plan.train_config()})
+    contexts = {u: context_for(u) for u in range(3)}
+    advertised, counts = {}, {}
+    for u, context in contexts.items():
+        msg = Message(
+            content=RecordDict({"arrays": ArrayRecord(weights), "config": train_config}),
+            dst_node_id=u,
+            message_type="train",
+        )
+        reply = app(msg, context)
+        assert not reply.has_error(), reply.error
+        assert "arrays" not in reply.content  # no update leaves the node in the clear
+        advertised[u] = dict(reply.content.config_records[RECORD_KEY])
+        counts[u] = int(reply.content["metrics"]["num-examples"])
+        assert SECAGG_UPDATE_KEY in context.state.array_records
+    seen = {}
+
+    def exchange(stage, messages):
+        out = {}
+        for u, wire in messages.items():
+            weight = counts[u] / max(counts.values()) if stage == "masked_input" else None
+            reply = app(query(stage, wire, weight), contexts[u])
+            assert not reply.has_error(), reply.error
+            out[u] = dict(reply.content.config_records[RECORD_KEY])
+            seen[(stage, u)] = reply
+        return out
+
+    result = run_secure_sum(plan, advertised, exchange)
+    return config, app, plan, result, contexts, seen, weights
+
+
+def test_a_full_round_through_the_client_app_leaves_no_update_or_secret_behind(tmp_path):
+    config, app, plan, result, contexts, seen, weights = secure_round(tmp_path)
+    secure = decode_secure_sum(plan, result, [w.shape for w in weights])
+    assert secure.survivors == (0, 1, 2) and secure.within_clip == 3
+    norm = np.sqrt(sum(float(np.sum(p**2)) for p in secure.weighted_update_sum))
+    assert 0 < norm <= 3 * CLIP  # a real, clipped, weighted sum of three updates
+    for u in range(3):
+        assert int(seen[("masked_input", u)].content["metrics"]["quantization-clipped"]) == 0
+        state = contexts[u].state
+        assert SECAGG_STATE_KEY not in state.config_records
+        assert SECAGG_INPUT_KEY not in state.config_records
+        assert SECAGG_UPDATE_KEY not in state.array_records
+        assert "privet-ledger" in state.config_records  # privacy accounting is kept
+
+
+def test_a_replayed_stage_is_refused_and_ends_the_clients_round(tmp_path):
+    config, app, plan, result, contexts, seen, weights = secure_round(tmp_path)
+    replay = query(
+        "unmask", {"round-id": 1, "client-id": 0, "survivor-ids": [0, 1, 2], "dropped-ids": []}
+    )
+    with pytest.raises(RuntimeError, match="no round in progress"):
+        app(replay, contexts[0])  # Flower's runtime turns this into an error reply
+
+
+def test_a_stage_out_of_order_ends_the_round_for_that_client(tmp_path):
+    config = RunConfig(clients=3, rounds=1, local_epochs=1, output=str(tmp_path))
+    app = make_client_app(config)
+    weights = ServerEvaluator(config).initial_weights()
+    num_params = sum(w.size for w in weights)
+    settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
+    plan = plan_round(settings, [0, 1, 2], 4, num_params, CLIP)
+    train_config = ConfigRecord({"server-round": 4, "clip-norm": CLIP, **plan.train_config()})
+    context = context_for(1)
+    msg = Message(
+        content=RecordDict({"arrays": ArrayRecord(weights), "config": train_config}),
+        dst_node_id=1,
+        message_type="train",
+    )
+    assert not app(msg, context).has_error()
+    early = {"round-id": 4, "client-id": 1, "survivor-ids": [0, 1, 2], "dropped-ids": []}
+    with pytest.raises(SecAggProtocolError, match="out of order"):
+        app(query("unmask", early), context)
+    # The keys and the update are gone: nothing more can be asked of this client this round.
+    assert SECAGG_STATE_KEY not in context.state.config_records
+    assert SECAGG_UPDATE_KEY not in context.state.array_records
+
+
+def test_train_config_with_partial_secure_aggregation_keys_is_refused():
+    values = {"secagg-round": 1, "secagg-threshold": 2}
+    with pytest.raises(SecAggProtocolError, match="lacks the secure-aggregation key"):
+        SecAggRequest.from_train_config(values, 1.0)
+    full = {
+        "secagg-round": 1,
+        "secagg-threshold": 2,
+        "secagg-bits": 18,
+        "secagg-levels": 65536,
+        "secagg-clients": 3,
+        "secagg-length": 11,
+    }
+    with pytest.raises(SecAggProtocolError, match="clip-norm"):
+        SecAggRequest.from_train_config(full, None)
+    with pytest.raises(SecAggProtocolError, match="must be an int"):
+        SecAggRequest.from_train_config({**full, "secagg-bits": 18.0}, 1.0)
+    assert SecAggRequest.from_train_config({"server-round": 1}, None) is None

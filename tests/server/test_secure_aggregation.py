@@ -1,0 +1,177 @@
+"""The server's secure-aggregation round driver, run against the real client-side code in-process.
+
+The exchange below plays the network: it hands each stage's messages to the clients'
+`client.secure_aggregation.answer` as plain data and returns the replies, dropping the clients a
+test chooses. Everything else is the code a Flower round runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from client.secure_aggregation import PendingInput, SecAggRequest, answer, begin
+from client.training_round import clip_update
+from privacy.secagg import SecAggAbort, SecAggProtocolError, sum_mod
+from privacy.secagg.update_vector import encode_update
+from server.aggregation import ClientUpdate, weighted_mean_update
+from server.secure_aggregation import (
+    COMPLETE_GRAPH_UP_TO,
+    SecAggSettings,
+    decode_secure_sum,
+    plan_round,
+    run_secure_sum,
+    threshold_for,
+)
+
+SHAPES = [(7, 3), (3,)]
+NUM_PARAMS = sum(math.prod(s) for s in SHAPES)
+
+
+def settings(threshold=2 / 3, degree=None, levels=2**16):
+    return SecAggSettings(threshold=threshold, degree=degree, levels=levels, stage_timeout=5.0)
+
+
+def updates_for(ids, clip, seed=0):
+    """Random updates, some above the clip norm, clipped the way a client clips them."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for u in ids:
+        scale = rng.uniform(0.2, 2.0) * clip / math.sqrt(NUM_PARAMS)
+        raw = [rng.normal(0, scale, size=s).astype(np.float32) for s in SHAPES]
+        out[u] = clip_update(raw, clip)
+    return out
+
+
+class Round:
+    """Clients and server of one round, with chosen clients silent from a chosen stage on."""
+
+    def __init__(self, ids, clip=1.0, weights=None, drop=None, **kw):
+        self.ids = list(ids)
+        self.plan = plan_round(settings(**kw), self.ids, 3, NUM_PARAMS, clip)
+        request = SecAggRequest.from_train_config(self.plan.train_config(), clip)
+        self.updates = updates_for(self.ids, clip)
+        self.weights = weights or {u: 1.0 for u in self.ids}
+        self.drop = {stage: set(v) for stage, v in (drop or {}).items()}
+        self.gone = set(self.drop.get("advertise_keys", ()))
+        self.states, advertised = {}, {}
+        for u in self.ids:
+            self.states[u], keys = begin(u, request, NUM_PARAMS)
+            if u not in self.gone:
+                advertised[u] = keys
+        self.pending = {
+            u: PendingInput(upd, within, request.spec, dither_seed=100 + u)
+            for u, (upd, within) in self.updates.items()
+        }
+        self.inputs = {}
+        self.result = run_secure_sum(self.plan, advertised, self.exchange)
+
+    def exchange(self, stage, messages):
+        self.gone |= self.drop.get(stage, set())
+        replies = {}
+        for u, message in messages.items():
+            if u in self.gone:
+                continue
+            self.states[u], reply, _ = answer(
+                stage, self.states[u], message, self.pending[u], self.weights[u]
+            )
+            replies[u] = reply
+        return replies
+
+    def encoded(self, u):
+        """The exact integer vector client u fed into the sum (same dither seed)."""
+        update, within = self.updates[u]
+        spec = self.plan.spec
+        return encode_update(
+            update, self.weights[u], within, spec, np.random.default_rng(100 + u)
+        ).values
+
+
+def test_threshold_is_a_majority_of_the_neighbourhood_and_counts_are_checked():
+    assert threshold_for(10, 0.6) == 6
+    assert threshold_for(10, 2 / 3) == 7
+    assert threshold_for(10, 0.51) == 6  # at least a strict majority
+    assert threshold_for(2, 2 / 3) == 2
+    assert threshold_for(10, 8) == 8 and threshold_for(10, 3) == 6
+    with pytest.raises(SecAggProtocolError, match="exceeds"):
+        threshold_for(5, 6)
+
+
+def test_graph_is_complete_for_small_cohorts_and_logarithmic_above():
+    small = plan_round(settings(), list(range(COMPLETE_GRAPH_UP_TO)), 1, 10, 1.0)
+    assert small.neighbours == COMPLETE_GRAPH_UP_TO - 1
+    large = plan_round(settings(), list(range(100)), 1, 10, 1.0)
+    assert large.neighbours == 2 * math.ceil(math.log2(100))  # 14 of 99
+    assert large.config.threshold == math.ceil(2 / 3 * 15)
+    chosen = plan_round(settings(degree=4), list(range(10)), 1, 10, 1.0)
+    assert chosen.neighbours == 4 and chosen.config.threshold == 4
+    # bits: 10 clients × 65535 levels must not overflow
+    assert 2**chosen.config.bits > 10 * 65535 >= 2 ** (chosen.config.bits - 1)
+    with pytest.raises(SecAggProtocolError, match="at least 2"):
+        plan_round(settings(), [4], 1, 10, 1.0)
+
+
+def test_unmasked_sum_equals_the_plain_sum_of_quantized_inputs_exactly():
+    r = Round(range(8))
+    expected = sum_mod([r.encoded(u) for u in range(8)], r.plan.spec)
+    assert np.array_equal(r.result.aggregate, expected)
+    assert r.result.survivor_ids == tuple(range(8)) and r.result.dropped_ids == ()
+
+
+def test_weighted_mean_matches_plain_fedavg_within_the_stated_bound():
+    counts = {0: 120, 1: 300, 2: 80, 3: 300, 4: 45}
+    largest = max(counts.values())
+    weights = {u: n / largest for u, n in counts.items()}
+    r = Round(counts, clip=1.0, weights=weights)
+    secure = decode_secure_sum(r.plan, r.result, SHAPES)
+    total_weight = sum(weights.values())
+    mean = [part / total_weight for part in secure.weighted_update_sum]
+    plain = weighted_mean_update([ClientUpdate(u, r.updates[u][0], n) for u, n in counts.items()])
+    bound = secure.error_bound / total_weight
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(mean, plain, strict=True))
+    assert worst < bound
+    assert worst > 0  # quantization did happen: the test would see a broken grid
+    assert secure.within_clip == sum(within for _, within in r.updates.values())
+
+
+@pytest.mark.parametrize("stage", ["advertise_keys", "share_keys", "masked_input", "unmask"])
+def test_ten_clients_threshold_six_recover_from_dropouts_at_every_stage(stage):
+    dropped = {1, 4, 7, 9}  # 6 of 10 survive
+    r = Round(range(10), threshold=0.6, drop={stage: dropped})
+    assert r.plan.config.threshold == 6
+    # Clients that drop at unmask had already sent their masked inputs: they are in the sum.
+    summed = range(10) if stage == "unmask" else [u for u in range(10) if u not in dropped]
+    expected = sum_mod([r.encoded(u) for u in summed], r.plan.spec)
+    assert np.array_equal(r.result.aggregate, expected)
+    assert r.result.survivor_ids == tuple(summed)
+
+
+@pytest.mark.parametrize("stage", ["advertise_keys", "share_keys", "masked_input", "unmask"])
+def test_five_survivors_of_ten_with_threshold_six_fail_cleanly(stage):
+    with pytest.raises(SecAggAbort) as raised:
+        Round(range(10), threshold=0.6, drop={stage: {0, 2, 4, 6, 8}})
+    assert raised.value.needed == 6 and raised.value.alive == 5
+
+
+def test_malformed_or_misaddressed_replies_count_as_dropouts():
+    ids = list(range(6))
+    plan = plan_round(settings(threshold=0.6), ids, 9, NUM_PARAMS, 1.0)
+    request = SecAggRequest.from_train_config(plan.train_config(), 1.0)
+    states, advertised = {}, {}
+    for u in ids:
+        states[u], advertised[u] = begin(u, request, NUM_PARAMS)
+    advertised[5] = {**advertised[5], "mask-public-key": "not bytes"}  # malformed
+    advertised[4] = advertised[3]  # claims to be client 3
+    updates = updates_for(ids, 1.0)
+
+    def exchange(stage, messages):
+        out = {}
+        for u, m in messages.items():
+            pending = PendingInput(*updates[u], request.spec, 1)
+            states[u], out[u], _ = answer(stage, states[u], m, pending, 1.0)
+        return out
+
+    result = run_secure_sum(plan, advertised, exchange)
+    assert result.survivor_ids == (0, 1, 2, 3) and result.dropped_ids == (4, 5)
