@@ -157,8 +157,17 @@ def word_bytes(bits: int) -> int:
     return 4 if bits <= 32 else 8
 
 
+def ring_dtype(bits: int) -> np.dtype:
+    """The unsigned dtype that holds values mod 2^bits: uint32 up to 32 bits, else uint64.
+
+    Numpy's unsigned array arithmetic wraps modulo 2^32 (or 2^64), a multiple of 2^bits, so sums
+    and differences can be reduced once at the end instead of after every operation.
+    """
+    return np.dtype(np.uint32) if bits <= 32 else np.dtype(np.uint64)
+
+
 def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
-    """Expand a 256-bit seed into ``length`` uniform values mod 2^bits (uint64).
+    """Expand a 256-bit seed into ``length`` uniform values mod 2^bits (of `ring_dtype`).
 
     The ChaCha20 keystream (zero nonce: each seed keys exactly one mask) is read as little-endian
     words of `word_bytes(bits)` bytes, and each word is reduced by masking its low ``bits`` bits.
@@ -173,5 +182,6 @@ def expand_mask(seed: bytes, length: int, bits: int) -> np.ndarray:
     width = word_bytes(bits)
     encryptor = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
     stream = encryptor.update(bytes(width * length))
-    words = np.frombuffer(stream, dtype=f"<u{width}").astype(np.uint64)
-    return words & np.uint64((1 << bits) - 1)
+    dtype = ring_dtype(bits)
+    words = np.frombuffer(stream, dtype=dtype.newbyteorder("<"))
+    return (words & dtype.type((1 << bits) - 1)).astype(dtype, copy=False)

@@ -60,6 +60,7 @@ from privacy.secagg.crypto import (
     load_private_key,
     private_bytes,
     public_bytes,
+    ring_dtype,
     word_bytes,
 )
 
@@ -299,7 +300,8 @@ def decode_vector(data: bytes, length: int, bits: int) -> np.ndarray:
     width = word_bytes(bits)
     if not isinstance(data, bytes) or len(data) != width * length:
         raise SecAggProtocolError(f"masked vector must be {width * length} bytes")
-    values = np.frombuffer(data, dtype=f"<u{width}").astype(np.uint64)
+    dtype = ring_dtype(bits)
+    values = np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype)
     if values.size and int(values.max()) >= 1 << bits:
         raise SecAggProtocolError(f"masked vector has values outside [0, 2^{bits})")
     return values
@@ -448,13 +450,18 @@ class SecAggClient:
             )
         if x.size and (int(x.min()) < 0 or int(x.max()) >= 1 << cfg.bits):
             raise SecAggProtocolError(f"input values must lie in [0, 2^{cfg.bits})")
-        mask = np.uint64((1 << cfg.bits) - 1)
-        y = x.astype(np.uint64) + expand_mask(self._self_seed, cfg.vector_length, cfg.bits)
-        y &= mask
+        dtype = ring_dtype(cfg.bits)
+        # Wrapping arithmetic mod 2^32 or 2^64 is arithmetic mod 2^bits once reduced at the end.
+        y = x.astype(dtype)
+        y += expand_mask(self._self_seed, cfg.vector_length, cfg.bits)
         for v in senders:
             seed = derive_mask_seed(agree(self._s_key, self._mask_public[v]), cfg.context)
             p = expand_mask(seed, cfg.vector_length, cfg.bits)
-            y = (y + p) & mask if v > self.client_id else (y - p) & mask
+            if v > self.client_id:
+                y += p
+            else:
+                y -= p
+        y &= dtype.type((1 << cfg.bits) - 1)
         self._masked_with = frozenset(senders)
         return MaskedInput(self.client_id, encode_vector(y, cfg.bits))
 
@@ -868,12 +875,12 @@ class SecAggServer:
             for d, share in zip(reply.dropped_ids, reply.key_shares, strict=True):
                 k_shares[d][_x(h)] = share
         t = cfg.threshold
-        mask = np.uint64((1 << cfg.bits) - 1)
-        total = np.zeros(cfg.vector_length, dtype=np.uint64)
+        dtype = ring_dtype(cfg.bits)
+        total = np.zeros(cfg.vector_length, dtype=dtype)  # wraps; reduced mod 2^bits at the end
         for u in sorted(u3):
-            total = (total + self._masked[u]) & mask
+            total += self._masked[u]
             seed = self._reconstruct(b_shares[u], t, f"self-mask seed of client {u}")
-            total = (total - expand_mask(seed, cfg.vector_length, cfg.bits)) & mask
+            total -= expand_mask(seed, cfg.vector_length, cfg.bits)
         for d in sorted(dropped):
             live_nbrs = sorted(self.graph[d] & u3)
             if not live_nbrs:
@@ -888,10 +895,16 @@ class SecAggServer:
                 seed = derive_mask_seed(agree(s_key, self._public[u].mask_public_key), cfg.context)
                 p = expand_mask(seed, cfg.vector_length, cfg.bits)
                 # u added +p if d > u and −p if d < u; undo it.
-                total = (total - p) & mask if d > u else (total + p) & mask
+                if d > u:
+                    total -= p
+                else:
+                    total += p
+        total &= dtype.type((1 << cfg.bits) - 1)
         self._alive.append(u4)
         self._masked.clear()
-        return SecAggResult(total, tuple(sorted(u3)), tuple(sorted(set(self.graph) - u3)))
+        return SecAggResult(
+            total.astype(np.uint64), tuple(sorted(u3)), tuple(sorted(set(self.graph) - u3))
+        )
 
     @staticmethod
     def _reconstruct(shares: Mapping[int, bytes], threshold: int, what: str) -> bytes:

@@ -142,15 +142,19 @@ def quantize(
     if not np.all(np.isfinite(flat)):
         raise QuantizationError("update contains NaN or infinite values; cannot quantize")
     c = float(spec.clip_norm)
-    clipped = int(np.count_nonzero((flat < -c) | (flat > c)))
-    flat = np.clip(flat, -c, c)
+    clipped = int(np.count_nonzero(np.abs(flat) > c))
     if rng is None:
         rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
-    # Position on the grid in units of the step; clip again against float round-off at the ends.
-    pos = np.clip((flat + c) / spec.step, 0.0, float(spec.levels - 1))
+    # Position on the grid in units of the step, clipped to the grid (this also clips values
+    # outside [−C, C] and float round-off at the ends); computed in place on the flat copy.
+    pos = flat
+    pos += c
+    pos *= 1.0 / spec.step
+    np.clip(pos, 0.0, float(spec.levels - 1), out=pos)
     low = np.floor(pos)
-    up = rng.random(pos.shape) < (pos - low)
-    q = np.minimum(low + up, spec.levels - 1).astype(np.uint64)
+    pos -= low  # the fractional part: round up with exactly this probability
+    q = low.astype(np.uint64)
+    q += rng.random(pos.shape) < pos
     return QuantizedUpdate(values=q, shapes=shapes, clipped=clipped)
 
 
