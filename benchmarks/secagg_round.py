@@ -53,11 +53,10 @@ from benchmarks.flower_secaggplus import (
     client_vector,
     run_flower_round,
 )
-from client.app import answer_secagg, make_client_app, start_secagg
-from client.secure_aggregation import SecAggRequest
+from client.app import advertise_secagg, answer_secagg, make_client_app, mask_update
 from client.training_round import clip_update
 from privacy import ClientPrivacy
-from privacy.secagg.wire import STAGE_ACTIONS
+from privacy.secagg.wire import RECORD_KEY, STAGE_ACTIONS
 from server.evaluation import ServerEvaluator
 from server.federation_privacy import FederationPrivacy
 from server.secure_aggregation import SecAggSettings
@@ -112,15 +111,20 @@ def fixed_vector_client_app(num_params: int, seed: int, log_dir: str) -> ClientA
             update, within = clip_update(update, clip)
         status = ClientPrivacy(cid, 1, 0.0, 1e-5, 1.0, 1.0, 1, 1)
         metrics = MetricRecord({**status.to_metrics(), "declined": 0})
-        request = SecAggRequest.from_train_config(config, clip)
-        if request is None:
+        if RECORD_KEY not in msg.content.config_records:
             content = RecordDict({"arrays": ArrayRecord(update), "metrics": metrics})
         else:
-            keys = start_secagg(context, request, cid, update, within, seed + cid)
-            content = RecordDict({"metrics": metrics, "secagg": keys})
+            masked, _ = mask_update(msg, context, update, within, seed + cid)
+            content = RecordDict({"metrics": metrics, RECORD_KEY: masked})
         return Message(content=content, reply_to=msg)
 
-    for stage, action in STAGE_ACTIONS.items():
+    @app.query(STAGE_ACTIONS["advertise_keys"])
+    def advertise(msg: Message, context: Context) -> Message:
+        cid = int(context.node_config["partition-id"])  # type: ignore[call-overload]
+        return advertise_secagg(msg, context, cid, num_params, 1)
+
+    for stage in ("share_keys", "unmask"):
+        action = STAGE_ACTIONS[stage]
 
         def handler(msg: Message, context: Context, stage: str = stage) -> Message:
             return answer_secagg(stage, msg, context)
@@ -245,13 +249,15 @@ def _run_rounds(
             arrays = ArrayRecord(initial)
             for server_round in range(1, total + 1):
                 start = time.perf_counter()
-                messages = list(
-                    strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-                )
-                replies = grid.send_and_receive(messages, timeout=600)
                 if secure:
-                    arrays, _ = strategy.aggregate_train_secure(server_round, replies, grid)
+                    arrays, _ = strategy.run_secure_round(
+                        server_round, arrays, ConfigRecord(), grid, 600
+                    )
                 else:
+                    messages = list(
+                        strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+                    )
+                    replies = grid.send_and_receive(messages, timeout=600)
                     arrays, _ = strategy.aggregate_train(server_round, replies)
                 record.round_seconds.append(time.perf_counter() - start)
                 record.secure_outcomes.append(strategy.outcomes[server_round].secure_aggregation)

@@ -30,13 +30,12 @@ from client.training_round import (
 )
 from privacy import ClientPrivacy, PrivacyLedger
 from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
-from task.config import RunConfig
+from task.config import ConfigError, RunConfig
+from task.models import build_model
 
 STATE_KEY = "privet-ledger"
 LEDGER_DIR = "ledgers"
 SECAGG_STATE_KEY = "privet-secagg"
-SECAGG_UPDATE_KEY = "privet-secagg-update"
-SECAGG_INPUT_KEY = "privet-secagg-input"
 
 
 def ledger_path(config: RunConfig, client_id: int) -> Path:
@@ -45,8 +44,20 @@ def ledger_path(config: RunConfig, client_id: int) -> Path:
 
 
 def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyLedger:
-    """The node's ledger from its per-node state, or a new one for its first round."""
+    """The node's ledger: from its file, else its per-node state, else new (first round)."""
     path = ledger_path(config, data.client_id)
+    if path.exists():
+        # The file is written ahead of every release, so it is never behind the node's state;
+        # after a restart of the node (or a resumed run) it is the only record: never reset it.
+        ledger = PrivacyLedger.load(path)
+        owner = f"client-{data.client_id}"
+        if ledger.owner != owner or ledger.delta != config.delta:
+            raise ConfigError(
+                f"{path} is the ledger of {ledger.owner} at delta {ledger.delta:g}, not of {owner} "
+                f"at delta {config.delta:g}; give each client its own output folder"
+            )
+        ledger.path = path
+        return ledger
     if STATE_KEY in context.state.config_records:
         text = str(context.state.config_records[STATE_KEY]["json"])
         ledger = PrivacyLedger.from_json(json.loads(text))
@@ -74,83 +85,84 @@ def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | flo
 
 
 def forget_secagg(context: Context) -> None:
-    """Drop the node's secure-aggregation state and pending update (the round is over)."""
-    for key in (SECAGG_STATE_KEY, SECAGG_INPUT_KEY):
-        context.state.config_records.pop(key, None)
-    context.state.array_records.pop(SECAGG_UPDATE_KEY, None)
+    """Drop the node's secure-aggregation state (the round is over for this node)."""
+    context.state.config_records.pop(SECAGG_STATE_KEY, None)
 
 
-def start_secagg(
-    context: Context,
-    request: SecAggRequest,
-    client_id: int,
-    update: list,
-    within_clip: bool,
-    dither_seed: int,
-) -> ConfigRecord:
-    """Stage 0 after training: keep the round's keys and the update; return the public keys."""
-    forget_secagg(context)
-    num_params = sum(int(part.size) for part in update)
-    state, advertised = begin(client_id, request, num_params)
-    context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(state)
-    context.state.array_records[SECAGG_UPDATE_KEY] = ArrayRecord(update)
-    context.state.config_records[SECAGG_INPUT_KEY] = ConfigRecord(
-        {
-            **request.to_train_config(),
-            "clip-norm": float(request.spec.clip_norm),
-            "within-clip": bool(within_clip),
-            "dither-seed": int(dither_seed) % 2**62,
-        }
-    )
-    return ConfigRecord(advertised)
-
-
-def pending_input(context: Context) -> PendingInput | None:
-    """The update kept since training, if any."""
-    if SECAGG_INPUT_KEY not in context.state.config_records:
-        return None
-    kept = context.state.config_records[SECAGG_INPUT_KEY]
-    request = SecAggRequest.from_train_config(kept, float(kept["clip-norm"]))  # type: ignore[arg-type]
-    assert request is not None
-    return PendingInput(
-        update=context.state.array_records[SECAGG_UPDATE_KEY].to_numpy_ndarrays(),
-        within_clip=bool(kept["within-clip"]),
-        spec=request.spec,
-        dither_seed=int(kept["dither-seed"]),  # type: ignore[arg-type]
-    )
-
-
-def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
-    """One secure-aggregation stage on this node; any failure ends its part in the round."""
+def _secagg_state(context: Context, stage: str) -> dict[str, object]:
     if SECAGG_STATE_KEY not in context.state.config_records:
         raise RuntimeError(
             f"secure aggregation stage '{stage}' requested, but this node has no round in progress"
         )
-    state = dict(context.state.config_records[SECAGG_STATE_KEY])
-    weight = None
-    if stage == "masked_input":
-        weight = float(msg.content.config_records[INPUT_KEY]["weight"])  # type: ignore[arg-type]
+    return dict(context.state.config_records[SECAGG_STATE_KEY])
+
+
+def advertise_secagg(
+    msg: Message, context: Context, client_id: int, num_params: int, num_examples: int
+) -> Message:
+    """Stage 0: fresh keys for this round; the reply also says how many examples will train."""
+    forget_secagg(context)
+    values = msg.content.config_records[INPUT_KEY]
+    clip = float(values["clip-norm"]) if "clip-norm" in values else None  # type: ignore[arg-type]
+    request = SecAggRequest.from_train_config(values, clip)
+    if request is None:
+        raise RuntimeError("secure aggregation keys requested without the round's settings")
+    state, advertised = begin(client_id, request, num_params)
+    context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(state)
+    content = RecordDict(
+        {
+            RECORD_KEY: ConfigRecord(advertised),
+            "metrics": MetricRecord({"num-examples": num_examples}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def model_size(config: RunConfig, data: NodeData) -> int:
+    """Number of values in the model's weights (what the secure sum carries)."""
+    model = build_model(
+        config.model, data.train.feature_shape, data.train.num_classes, seed=config.seed
+    )
+    return sum(int(value.numel()) for value in model.state_dict().values())
+
+
+def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
+    """The share-keys or unmask stage on this node; any failure ends its part in the round."""
+    state = _secagg_state(context, stage)
+    try:
+        new_state, reply, _ = answer(stage, state, dict(msg.content.config_records[RECORD_KEY]))
+    except Exception:
+        forget_secagg(context)
+        raise
+    if stage == "unmask":
+        forget_secagg(context)
+    else:
+        context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(new_state)
+    return Message(content=RecordDict({RECORD_KEY: ConfigRecord(reply)}), reply_to=msg)
+
+
+def mask_update(
+    msg: Message, context: Context, update: list, within_clip: bool, dither_seed: int
+) -> tuple[ConfigRecord, int]:
+    """Stage 2, right after training: the masked update (the plain one never leaves memory)."""
+    state = _secagg_state(context, "masked_input")
+    values = msg.content.config_records[INPUT_KEY]
+    request = SecAggRequest.from_train_config(values, float(values["clip-norm"]))  # type: ignore[arg-type]
+    assert request is not None
+    pending = PendingInput(update, within_clip, request.spec, dither_seed)
     try:
         new_state, reply, clipped = answer(
-            stage,
+            "masked_input",
             state,
             dict(msg.content.config_records[RECORD_KEY]),
-            pending_input(context) if stage == "masked_input" else None,
-            weight,
+            pending,
+            float(values["weight"]),  # type: ignore[arg-type]
         )
     except Exception:
         forget_secagg(context)
         raise
     context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(new_state)
-    content = RecordDict({RECORD_KEY: ConfigRecord(reply)})
-    if stage == "masked_input":
-        # The update has been masked and sent; keep nothing of it.
-        context.state.array_records.pop(SECAGG_UPDATE_KEY, None)
-        context.state.config_records.pop(SECAGG_INPUT_KEY, None)
-        content["metrics"] = MetricRecord({"quantization-clipped": clipped})
-    if stage == "unmask":
-        forget_secagg(context)
-    return Message(content=content, reply_to=msg)
+    return ConfigRecord(reply), clipped
 
 
 def make_client_app(
@@ -179,7 +191,7 @@ def make_client_app(
         train_config = msg.content["config"]
         server_round = int(train_config["server-round"])  # type: ignore[arg-type]
         clip_norm = float(train_config["clip-norm"]) if "clip-norm" in train_config else None  # type: ignore[arg-type]
-        request = SecAggRequest.from_train_config(train_config, clip_norm)
+        secure = RECORD_KEY in msg.content.config_records
         ledger = load_ledger(context, config, data)
         outcome = run_training_round(config, data, global_weights, ledger, server_round, clip_norm)
         store_ledger(context, ledger)
@@ -188,17 +200,16 @@ def make_client_app(
             metrics = MetricRecord(status_metrics(outcome.status, declined=True))
             return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
         values = status_metrics(outcome.status, declined=False)
-        if request is not None:
-            # The update stays on the node until it is masked; the server gets only keys now.
-            advertised = start_secagg(
+        if secure:
+            masked, clipped = mask_update(
+                msg,
                 context,
-                request,
-                data.client_id,
                 outcome.update,
                 bool(outcome.within_clip),
                 round_seed(config.seed, server_round, data.client_id) + 1,
             )
-            content = RecordDict({"metrics": MetricRecord(values), RECORD_KEY: advertised})
+            values["quantization-clipped"] = clipped
+            content = RecordDict({"metrics": MetricRecord(values), RECORD_KEY: masked})
             return Message(content=content, reply_to=msg)
         if outcome.within_clip is not None:
             values["within-clip"] = int(outcome.within_clip)
@@ -207,13 +218,17 @@ def make_client_app(
         )
         return Message(content=content, reply_to=msg)
 
+    @app.query(STAGE_ACTIONS["advertise_keys"])
+    def secagg_advertise_keys(msg: Message, context: Context) -> Message:
+        config = _config_of(context, fixed_config)
+        data = load_node_data(config, context.node_config)
+        return advertise_secagg(
+            msg, context, data.client_id, model_size(config, data), len(data.train)
+        )
+
     @app.query(STAGE_ACTIONS["share_keys"])
     def secagg_share_keys(msg: Message, context: Context) -> Message:
         return answer_secagg("share_keys", msg, context)
-
-    @app.query(STAGE_ACTIONS["masked_input"])
-    def secagg_masked_input(msg: Message, context: Context) -> Message:
-        return answer_secagg("masked_input", msg, context)
 
     @app.query(STAGE_ACTIONS["unmask"])
     def secagg_unmask(msg: Message, context: Context) -> Message:

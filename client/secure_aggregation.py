@@ -1,11 +1,13 @@
 """The client's side of secure aggregation, as plain code (no Flower).
 
-A Flower ClientApp starts afresh for each message, so the client keeps its protocol state and its
-pending input (the clipped float update) as plain data between the four messages of a round:
+A Flower ClientApp starts afresh for each message, so the client keeps its protocol state as plain
+data between the four messages of a round:
 
-- TRAIN: after training, `begin` makes the round's keys and returns the advertised public keys;
-- ``query.secagg_share_keys``, ``query.secagg_masked_input``, ``query.secagg_unmask``: `answer`
-  restores the client from its state, answers one stage, and returns the new state.
+- ``query.secagg_advertise_keys``: `begin` makes the round's keys, returns the public halves;
+- ``query.secagg_share_keys``: `answer` shares the secrets with the neighbours;
+- TRAIN: the client trains, clips, and `answer` masks the update at once, so the plain update is
+  never stored between messages;
+- ``query.secagg_unmask``: `answer` returns the shares that remove the masks.
 
 Secrets come from ``os.urandom`` in every engine; only the stochastic-rounding dither (not a
 secret) is seeded, so a simulation stays reproducible. Once a round is over, or a stage failed,

@@ -42,6 +42,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from client.local_plan import PlanError
     from privacy import AccountingError, CalibrationError, LedgerError
     from privet.budget import BudgetError
+    from privet.certs import CertError
     from task.config import ConfigError
     from task.datasets import DataError
     from task.models import ModelError
@@ -56,6 +57,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         AccountingError,
         LedgerError,
         BudgetError,
+        CertError,
     )
 
 
@@ -222,13 +224,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"privet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_simulate_parser(commands)
+    resume = commands.add_parser(
+        "resume",
+        help="continue an interrupted simulation from its last checkpoint",
+        description="Continue a `privet simulate` run from OUTPUT/checkpoint.json with the same "
+        "configuration; privacy ledgers continue where they were.",
+    )
+    resume.add_argument("output", help="the interrupted run's output folder")
+    resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     from privet.budget import add_budget_parser
 
     add_budget_parser(commands)
+    from privet.certs import add_certs_parser
+
+    add_certs_parser(commands)
     return parser
 
 
-SIMULATE_KEYS = tuple(key.replace("-", "_") for key in RunConfig.key_names())
+SIMULATE_KEYS = tuple(
+    key.replace("-", "_") for key in RunConfig.key_names() if key != "resume"
+)  # `privet resume` continues a run; `simulate` always starts one
 
 
 def _default_output() -> str:
@@ -250,11 +265,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise CliError(f"--output {config.output} is a file, not a folder")
-    for name in ("results.json", "ledgers"):
+    for name in ("results.json", "ledgers", "checkpoint.json"):
         if (output / name).exists() and not args.overwrite:
             raise CliError(
-                f"{output / name} already exists; choose another --output or pass --overwrite "
-                "to replace that run"
+                f"{output / name} already exists; choose another --output, pass --overwrite "
+                f"to replace that run, or `privet resume {output}` to continue it"
             )
     return config
 
@@ -281,6 +296,29 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0 if results.finished else 1
 
 
+def _resume(args: argparse.Namespace) -> int:
+    from privet.console import SimulationConsole
+    from server.checkpoint import load_checkpoint
+    from simulations.flower_engine import run_flower_simulation
+
+    checkpoint = load_checkpoint(Path(args.output))
+    values = {k: v for k, v in checkpoint.config.items() if v is not None}
+    config = RunConfig.from_mapping({**values, "resume": True})
+    if checkpoint.round >= config.rounds:
+        raise CliError(f"{args.output} finished all {config.rounds} rounds; nothing to resume")
+    console = SimulationConsole()
+    console.console.print(
+        f"Resuming {args.output} after round {checkpoint.round} of {config.rounds}"
+    )
+    from client.device import resolve_device
+
+    use_gpu = resolve_device(config.device).type == "cuda"
+    with console.progress(config.rounds) as on_round:
+        results = run_flower_simulation(config, on_round, use_gpu=use_gpu, verbose=args.verbose)
+    console.show_results(results)
+    return 0 if results.finished else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `privet` console script; returns the process exit status."""
     parser = build_parser()
@@ -290,6 +328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "resume":
+            return _resume(args)
+        if args.command == "certs":
+            from privet.certs import run_certs
+
+            return run_certs(args)
         if args.command == "budget":
             from privet.budget import run_budget
 

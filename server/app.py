@@ -17,6 +17,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from privacy import PrivacyLedger
+from server.checkpoint import (
+    CHECKPOINT_FILE,
+    ServerCheckpoint,
+    check_same_run,
+    load_checkpoint,
+    save_checkpoint,
+)
 from server.client_dp import make_aggregator, plan_client_level
 from server.evaluation import ServerEvaluator
 from server.federation_privacy import FederationPrivacy
@@ -45,10 +52,12 @@ def server_rng(config: RunConfig, purpose: int) -> np.random.Generator:
 
 def prepare_output(output_dir: Path) -> None:
     """Refuse to mix two runs in one folder: results and ledgers of another run are kept."""
-    if (output_dir / RESULTS_FILE).exists():
-        raise ConfigError(
-            f"{output_dir / RESULTS_FILE} already exists; use a new output folder for each run"
-        )
+    for name in (RESULTS_FILE, CHECKPOINT_FILE):
+        if (output_dir / name).exists():
+            raise ConfigError(
+                f"{output_dir / name} already exists; use a new output folder for each run, "
+                "or resume that run"
+            )
     if (output_dir / LEDGER_DIR).exists():
         raise ConfigError(f"{output_dir / LEDGER_DIR} already exists; use a new output folder")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +71,12 @@ def run_federated_training(
 ) -> RunResults:
     """Run private FedAvg and write results.json, the ledgers and the model to `config.output`."""
     output_dir = Path(config.output)
-    prepare_output(output_dir)
+    checkpoint = None
+    if config.resume:
+        checkpoint = load_checkpoint(output_dir)
+        check_same_run(checkpoint, config)
+    else:
+        prepare_output(output_dir)
     evaluator = ServerEvaluator(config)
     privacy = FederationPrivacy()
     results = RunResults(config=config, engine=engine)
@@ -70,12 +84,14 @@ def run_federated_training(
     aggregator = server_ledger = None
     if client_level is not None:
         aggregator = make_aggregator(client_level, config, server_rng(config, 2))
-        server_ledger = PrivacyLedger(
-            owner="server",
-            level="client",
-            delta=config.delta,
-            path=output_dir / LEDGER_DIR / "server.json",
-        )
+        ledger_file = output_dir / LEDGER_DIR / "server.json"
+        if checkpoint is not None and ledger_file.exists():
+            server_ledger = PrivacyLedger.load(ledger_file)  # never reset by a restart
+            server_ledger.path = ledger_file
+        else:
+            server_ledger = PrivacyLedger(
+                owner="server", level="client", delta=config.delta, path=ledger_file
+            )
     strategy = PrivetFedAvg(
         privacy,
         client_sample_rate=config.client_sample_rate,
@@ -88,6 +104,13 @@ def run_federated_training(
         secagg=SecAggSettings.from_config(config),
         update_clip_norm=config.update_clip_norm,
     )
+    first_round, initial_weights = 1, None
+    if checkpoint is not None:
+        strategy.restore_state(checkpoint.strategy)
+        results.restore_state(checkpoint.results)
+        results.resumed_after.append(checkpoint.round)
+        first_round, initial_weights = checkpoint.round + 1, checkpoint.weights
+        logger.warning("resuming after round %d from %s", checkpoint.round, output_dir)
     strategy.discover_clients(grid, config.clients, ROUND_TIMEOUT_S)
 
     def client_level_summary() -> dict[str, Any] | None:
@@ -132,16 +155,30 @@ def run_federated_training(
         results.clients = privacy.clients()
         results.declines = dict(strategy.declined_at)
         results.client_level = client_level_summary()
-        write_model(output_dir, evaluator.model, arrays.to_numpy_ndarrays())
+        weights = arrays.to_numpy_ndarrays()
+        write_model(output_dir, evaluator.model, weights)
         write_results(output_dir, results)
+        save_checkpoint(
+            output_dir,
+            ServerCheckpoint(
+                round=server_round,
+                config=config.to_json_dict(),
+                weights=weights,
+                strategy=strategy.checkpoint_state(),
+                results=results.checkpoint_state(),
+            ),
+        )
         if on_round is not None:
             on_round(record)
         return MetricRecord({"accuracy": accuracy, "loss": loss})
 
     outcome = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(evaluator.initial_weights()),
+        initial_arrays=ArrayRecord(
+            evaluator.initial_weights() if initial_weights is None else initial_weights
+        ),
         num_rounds=config.rounds,
+        first_round=first_round,
         timeout=ROUND_TIMEOUT_S,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
@@ -185,6 +222,8 @@ app = make_server_app(engine="flwr-run")
 
 def clear_output(output_dir: Path) -> None:
     """Remove a previous run's results, model and ledgers (the CLI's --overwrite)."""
-    for name in (RESULTS_FILE, "model.pt"):
+    for name in (RESULTS_FILE, "model.pt", CHECKPOINT_FILE):
         (output_dir / name).unlink(missing_ok=True)
+    for old in output_dir.glob("checkpoint-model-*.npz"):
+        old.unlink(missing_ok=True)
     shutil.rmtree(output_dir / LEDGER_DIR, ignore_errors=True)

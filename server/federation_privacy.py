@@ -8,7 +8,9 @@ a report that goes down is kept at the larger value and flagged.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
+from typing import Any
 
 from privacy import ClientPrivacy, ClientReportError
 
@@ -63,3 +65,46 @@ class FederationPrivacy:
     def clients(self) -> list[ClientPrivacy]:
         """Latest report of every client that has trained, by client id."""
         return [self._latest[key] for key in sorted(self._latest)]
+
+    def restore(self, other: FederationPrivacy) -> None:
+        """Take over another instance's records (resuming from a checkpoint)."""
+        self._latest = dict(other._latest)
+        self._by_round = dict(other._by_round)
+        self._trained = dict(other._trained)
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything recorded so far as JSON-ready data (for the server's checkpoint)."""
+        return {
+            "latest": [_finite(report.to_metrics()) for report in self.clients()],
+            "by_round": {
+                str(r): {str(c): _number(e) for c, e in eps.items()}
+                for r, eps in self._by_round.items()
+            },
+            "trained": {str(r): n for r, n in self._trained.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FederationPrivacy:
+        """Rebuild from `to_state`'s output."""
+        privacy = cls()
+        for metrics in state["latest"]:
+            report = ClientPrivacy.from_metrics(
+                {k: float(v) if v == "inf" else v for k, v in metrics.items()}
+            )
+            privacy._latest[report.client_id] = report
+        privacy._by_round = {
+            int(r): {int(c): float(e) for c, e in eps.items()}
+            for r, eps in state["by_round"].items()
+        }
+        privacy._trained = {int(r): int(n) for r, n in state["trained"].items()}
+        return privacy
+
+
+def _number(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def _finite(metrics: dict[str, int | float]) -> dict[str, int | float | str]:
+    return {
+        key: _number(value) if isinstance(value, float) else value for key, value in metrics.items()
+    }

@@ -49,6 +49,18 @@ class RoundRecord:
 RoundCallback = Callable[[RoundRecord], None]
 
 
+def round_record_from_json(data: dict[str, Any]) -> RoundRecord:
+    """Inverse of a results.json round entry (string client ids, "inf" for infinity)."""
+    values = dict(data)
+    values["epsilon_max"] = float(values["epsilon_max"])
+    if values.get("epsilon_client_level") is not None:
+        values["epsilon_client_level"] = float(values["epsilon_client_level"])
+    values["epsilon_by_client"] = {
+        int(key): float(value) for key, value in values["epsilon_by_client"].items()
+    }
+    return RoundRecord(**values)
+
+
 def privet_version() -> str:
     """The installed distribution's version (the server does not import the CLI package)."""
     try:
@@ -77,6 +89,7 @@ class RunResults:
     stop_reason: str | None = None
     declines: dict[int, int] = field(default_factory=dict)
     client_level: dict[str, Any] | None = None
+    resumed_after: list[int] = field(default_factory=list)
 
     def _secure_aggregation_summary(self) -> dict[str, Any] | None:
         """What secure aggregation guaranteed in this run, or None when it was off."""
@@ -102,8 +115,8 @@ class RunResults:
             "randomness": "keys, seeds and shares from os.urandom; masks from ChaCha20",
         }
 
-    def to_json_dict(self) -> dict[str, Any]:
-        """The documented results.json layout (see README)."""
+    def rounds_json(self) -> list[dict[str, Any]]:
+        """The rounds as results.json writes them."""
         rounds = []
         for record in self.rounds:
             item = asdict(record)
@@ -114,6 +127,27 @@ class RunResults:
                 str(key): _json_number(value) for key, value in record.epsilon_by_client.items()
             }
             rounds.append(item)
+        return rounds
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What results.json needs from before a restart."""
+        return {
+            "initial": [self.initial_accuracy, self.initial_loss],
+            "rounds": self.rounds_json(),
+            "started_at": self.started_at,
+            "resumed_after": list(self.resumed_after),
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Continue from `checkpoint_state`'s output."""
+        self.initial_accuracy, self.initial_loss = state["initial"]
+        self.rounds = [round_record_from_json(item) for item in state["rounds"]]
+        self.started_at = float(state["started_at"])
+        self.resumed_after = [int(r) for r in state["resumed_after"]]
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The documented results.json layout (see README)."""
+        rounds = self.rounds_json()
         clients = []
         for client in self.clients:
             item = client.to_json_dict()
@@ -124,6 +158,7 @@ class RunResults:
             "engine": self.engine,
             "finished": self.finished,
             "stop_reason": self.stop_reason,
+            "resumed_after_rounds": self.resumed_after,
             "wall_time_s": round(time.time() - self.started_at, 3),
             "config": self.config.to_json_dict(),
             "privacy": {

@@ -1,10 +1,10 @@
 """The server's side of secure aggregation in a training round, as plain code (no Flower).
 
 One round: the server fixes the neighbourhood graph, threshold and quantization for the clients
-it sampled and sends them with the TRAIN message; each client trains, clips its update to S and
-answers with its public keys (stage 0). `run_secure_sum` then drives stages 1–3 through an
-``exchange`` callable that the Flower adapter implements with the Grid (and a test can implement
-in-process), and `decode_secure_sum` turns the unmasked sum back into floats.
+it sampled; `run_secure_sum` drives the four stages (advertise keys, share keys, masked input —
+carried by the TRAIN message: each client trains, clips its update to S and masks it at once —
+and unmask) through an ``exchange`` callable that the Flower adapter implements with the Grid (and
+a test in-process), and `decode_secure_sum` turns the unmasked sum back into floats.
 
 What the clients put in the secure sum: their clipped update scaled by a weight w_k ≤ 1 (the
 example count relative to the largest in the round, or 1 under client-level DP, whose mean is
@@ -48,8 +48,9 @@ above it, the sparse SecAgg+ graph keeps each client's work logarithmic in the c
 Exchange = Callable[[str, Mapping[int, WireMessage]], Mapping[int, Mapping[str, object]]]
 """Sends one stage's messages (client id → message) and returns the replies that arrived in time.
 
-Stage names are those of `privacy.secagg.STAGES` after the first: "share_keys", "masked_input",
-"unmask". Clients that fail or time out are simply absent from the result (they dropped)."""
+Stage names are those of `privacy.secagg.STAGES`; the "advertise_keys" messages are empty (the
+round's settings travel beside them) and the "masked_input" stage is the TRAIN message, whose
+reply carries the masked update. Clients that fail or time out are absent from the result."""
 
 
 @dataclass(frozen=True)
@@ -172,19 +173,15 @@ def _parse(cls: type, replies: Mapping[int, Mapping[str, object]], stage: str) -
     return parsed
 
 
-def run_secure_sum(
-    plan: SecAggRoundPlan,
-    advertised: Mapping[int, Mapping[str, object]],
-    exchange: Exchange,
-) -> SecAggResult:
-    """Stages 1–3 after the clients' advertised keys (stage 0) came with their TRAIN replies.
+def run_secure_sum(plan: SecAggRoundPlan, exchange: Exchange) -> SecAggResult:
+    """The four stages of one round's secure sum, over the clients of ``plan``'s graph.
 
     Raises `SecAggAbort` when too few clients survive a stage (no sum is released) and another
     `SecAggError` when the protocol cannot go on; the round must then be skipped.
     """
     server = plan.server
-    keys = _parse(AdvertiseKeys, advertised, "advertise_keys")
-    broadcasts = server.receive_keys(keys)
+    advertised = exchange("advertise_keys", {u: {} for u in sorted(plan.graph)})
+    broadcasts = server.receive_keys(_parse(AdvertiseKeys, advertised, "advertise_keys"))
     replies = exchange("share_keys", {u: to_wire(m) for u, m in broadcasts.items()})
     deliveries = server.route_shares(_parse(ShareKeys, replies, "share_keys"))
     replies = exchange("masked_input", {u: to_wire(m) for u, m in deliveries.items()})

@@ -28,6 +28,7 @@ from server.aggregation import (
     apply_update,
     weighted_mean_update,
 )
+from server.checkpoint import generator_state, restore_generator
 from server.client_dp import ClientLevelPlan
 from server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
 from server.sampling import poisson_sample
@@ -141,9 +142,10 @@ class PrivetFedAvg(FedAvg):
         if self.aggregator is not None:
             config["clip-norm"] = self.aggregator.clip_norm
             outcome.clip_norm = self.aggregator.clip_norm
-        if self.secagg is not None and not self._plan_secure_round(
-            server_round, arrays, config, outcome
-        ):
+        if self.secagg is not None:
+            # The secure round sends its own messages (keys first, then TRAIN): see
+            # `run_secure_round`.
+            self._plan_secure_round(server_round, arrays, config, outcome)
             return []
         nodes = self._node_of_client()
         record = RecordDict({"arrays": arrays, "config": config})
@@ -248,87 +250,103 @@ class PrivetFedAvg(FedAvg):
         )
         return ArrayRecord(new_weights), metrics
 
-    def aggregate_train_secure(
-        self, server_round: int, replies: Iterable[Message], grid: Grid
+    def run_secure_round(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        grid: Grid,
+        train_timeout: float,
     ) -> tuple[ArrayRecord, MetricRecord]:
-        """Run the remaining secure-aggregation stages, then aggregate the unmasked sum.
+        """One round under secure aggregation: keys, shares, TRAIN + masked input, unmask.
 
         The clients that trained have spent privacy whether or not the sum can be formed, so
-        their reports are recorded first. If too few clients survive a stage, or the protocol
+        their reports are always recorded. If too few clients survive a stage, or the protocol
         fails, the round is skipped: the model stays as it was and the reason is recorded.
         """
-        assert self._current is not None
-        outcome = self.outcomes.setdefault(server_round, RoundOutcome())
-        current = self._current.to_numpy_ndarrays()
-        reports: list[ClientPrivacy] = []
-        advertised: dict[int, dict[str, object]] = {}
-        for reply in replies:
-            if reply.has_error():
-                outcome.failed += 1
-                logger.warning("a client failed in round %d: %s", server_round, reply.error.reason)
-                continue
-            metrics = reply.content["metrics"]
-            report = client_privacy_of(metrics)
-            reports.append(report)
-            if int(metrics.get("declined", 0)):
-                self.declined_at[report.client_id] = server_round
-                outcome.declined.append(report.client_id)
-                continue
-            record = reply.content.config_records.get(RECORD_KEY)
-            if record is None:
-                logger.warning("client %d sent no keys; it drops out", report.client_id)
-                continue
-            advertised[report.client_id] = dict(record)
-        self.privacy.record(server_round, reports, trained=sorted(advertised))
-        counts = {r.client_id: r.num_examples for r in reports if r.client_id in advertised}
+        list(self.configure_train(server_round, arrays, config, grid))  # sample and plan
+        outcome = self.outcomes[server_round]
+        current = arrays.to_numpy_ndarrays()
         plan = self._secagg_plan
         summary = outcome.secure_aggregation
         if plan is None or summary is None or summary.get("status") != "running":
-            if summary is None or summary.get("status") != "failed":
-                self._fail_secure_round(server_round, outcome, "no secure-aggregation plan")
+            self.privacy.record(server_round, [], trained=[])
             return ArrayRecord(current), self._round_metrics(outcome)
-        largest = max(counts.values(), default=1)
-        weights = {
-            cid: 1.0 if self.aggregator is not None else count / largest
-            for cid, count in counts.items()
-        }
+        assert self.secagg is not None
+        settings = {**plan.train_config(), "clip-norm": float(plan.spec.clip_norm)}
+        counts: dict[int, int] = {}
+        reports: list[ClientPrivacy] = []
+        trained: list[int] = []
         clipped = 0
+
+        def message(cid: int, stage: str, wire: WireMessage) -> Message:
+            nodes = self._node_of_client()
+            if stage == "masked_input":
+                largest = max(counts.values())
+                weight = 1.0 if self.aggregator is not None else counts[cid] / largest
+                content = RecordDict(
+                    {
+                        "arrays": arrays,
+                        "config": config,
+                        RECORD_KEY: ConfigRecord(wire),
+                        INPUT_KEY: ConfigRecord({**settings, "weight": weight}),
+                    }
+                )
+                kind = str(MessageType.TRAIN)
+            else:
+                content = RecordDict(
+                    {INPUT_KEY: ConfigRecord(settings)}
+                    if stage == "advertise_keys"
+                    else {RECORD_KEY: ConfigRecord(wire)}
+                )
+                kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}"
+            return Message(
+                content=content,
+                dst_node_id=nodes[cid],
+                message_type=kind,
+                group_id=str(server_round),
+            )
 
         def exchange(stage: str, messages: dict[int, WireMessage]) -> dict[int, dict[str, object]]:
             nonlocal clipped
             assert self.secagg is not None
-            nodes = self._node_of_client()
-            sent = []
-            for cid, wire in messages.items():
-                content = RecordDict({RECORD_KEY: ConfigRecord(wire)})
-                if stage == "masked_input":
-                    content[INPUT_KEY] = ConfigRecord({"weight": weights[cid]})
-                sent.append(
-                    Message(
-                        content=content,
-                        dst_node_id=nodes[cid],
-                        message_type=f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}",
-                        group_id=str(server_round),
-                    )
-                )
+            timeout = train_timeout if stage == "masked_input" else self.secagg.stage_timeout
+            sent = [message(cid, stage, wire) for cid, wire in messages.items()]
             answers: dict[int, dict[str, object]] = {}
-            for reply in grid.send_and_receive(sent, timeout=self.secagg.stage_timeout):
+            for reply in grid.send_and_receive(sent, timeout=timeout):
                 cid = self.client_of_node.get(reply.metadata.src_node_id)
-                if cid is None or reply.has_error() or RECORD_KEY not in reply.content:
-                    reason = reply.error.reason if reply.has_error() else "no protocol reply"
+                if cid is None or reply.has_error():
+                    reason = reply.error.reason if reply.has_error() else "unknown node"
                     logger.warning("client %s dropped at '%s': %s", cid, stage, reason)
+                    if stage == "masked_input":
+                        outcome.failed += 1
+                    continue
+                if stage == "masked_input":
+                    metrics = reply.content["metrics"]
+                    report = client_privacy_of(metrics)
+                    reports.append(report)
+                    if int(metrics.get("declined", 0)):
+                        self.declined_at[report.client_id] = server_round
+                        outcome.declined.append(report.client_id)
+                        continue
+                    trained.append(cid)
+                    clipped += int(metrics.get("quantization-clipped", 0))
+                if stage == "advertise_keys" and "metrics" in reply.content:
+                    counts[cid] = max(1, int(reply.content["metrics"].get("num-examples", 1)))
+                if RECORD_KEY not in reply.content:
+                    logger.warning("client %d dropped at '%s': no protocol reply", cid, stage)
                     continue
                 answers[cid] = dict(reply.content.config_records[RECORD_KEY])
-                if stage == "masked_input" and "metrics" in reply.content:
-                    clipped += int(reply.content["metrics"].get("quantization-clipped", 0))
             return answers
 
         try:
-            result = run_secure_sum(plan, advertised, exchange)
+            result = run_secure_sum(plan, exchange)
             secure = decode_secure_sum(plan, result, [w.shape for w in current])
         except (SecAggError, QuantizationError) as exc:
+            self.privacy.record(server_round, reports, trained=sorted(trained))
             self._fail_secure_round(server_round, outcome, str(exc))
             return ArrayRecord(current), self._round_metrics(outcome)
+        self.privacy.record(server_round, reports, trained=sorted(trained))
         survivors = list(secure.survivors)
         summary.update(
             {
@@ -351,7 +369,8 @@ class PrivetFedAvg(FedAvg):
             summary["error_bound"] = secure.error_bound / self.aggregator.expected_clients
             mean = aggregate.mean_update
         else:
-            total_weight = sum(weights[cid] for cid in survivors)
+            largest = max(counts.values())
+            total_weight = sum(counts[cid] / largest for cid in survivors)
             summary["error_bound"] = secure.error_bound / total_weight
             mean = [part / total_weight for part in secure.weighted_update_sum]
         outcome.trained = survivors
@@ -402,6 +421,35 @@ class PrivetFedAvg(FedAvg):
         self.last_local_accuracy = accuracy
         return MetricRecord({"accuracy": accuracy})
 
+    # -- checkpoint --------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, object]:
+        """What the round loop needs to go on after a restart (JSON-ready)."""
+        state: dict[str, object] = {
+            "declined_at": {str(c): r for c, r in self.declined_at.items()},
+            "sampling_rng": generator_state(self.sampling_rng),
+            "privacy": self.privacy.to_state(),
+        }
+        if self.aggregator is not None:
+            state["aggregator"] = {
+                "clip_norm": self.aggregator.clip_norm,
+                "rng": generator_state(self.aggregator._rng),  # noqa: SLF001
+            }
+        return state
+
+    def restore_state(self, state: dict[str, object]) -> None:
+        """Continue from `checkpoint_state`'s output (same configuration)."""
+        declined = state["declined_at"]
+        assert isinstance(declined, dict)
+        self.declined_at = {int(c): int(r) for c, r in declined.items()}
+        restore_generator(self.sampling_rng, state["sampling_rng"])  # type: ignore[arg-type]
+        self.privacy.restore(FederationPrivacy.from_state(state["privacy"]))  # type: ignore[arg-type]
+        if self.aggregator is not None:
+            saved = state["aggregator"]
+            assert isinstance(saved, dict)
+            self.aggregator.clip_norm = float(saved["clip_norm"])
+            restore_generator(self.aggregator._rng, saved["rng"])  # noqa: SLF001
+
     # -- the round loop ------------------------------------------------------------------------
 
     def stop_reason_before(self, server_round: int) -> str | None:
@@ -432,30 +480,35 @@ class PrivetFedAvg(FedAvg):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
     ) -> Result:
-        """Flower's round loop, with the budget checks made before each round's work."""
+        """Flower's round loop, with the budget checks made before each round's work.
+
+        ``first_round`` > 1 continues a run from a checkpoint (no initial evaluation).
+        """
         result = Result()
-        arrays = initial_arrays
-        if evaluate_fn is not None:
+        arrays = result.arrays = initial_arrays
+        if evaluate_fn is not None and first_round == 1:
             initial = evaluate_fn(0, arrays)
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             self.stop_reason = self.stop_reason_before(server_round)
             if self.stop_reason is not None:
                 logger.warning("stopping before round %d: %s", server_round, self.stop_reason)
                 break
-            train_messages = list(
-                self.configure_train(
-                    server_round, arrays, ConfigRecord(dict(train_config or {})), grid
-                )
-            )
-            replies = (
-                grid.send_and_receive(train_messages, timeout=timeout) if train_messages else []
-            )
+            round_config = ConfigRecord(dict(train_config or {}))
             if self.secagg is not None:
-                new_arrays, train_metrics = self.aggregate_train_secure(server_round, replies, grid)
+                new_arrays, train_metrics = self.run_secure_round(
+                    server_round, arrays, round_config, grid, timeout
+                )
             else:
+                train_messages = list(
+                    self.configure_train(server_round, arrays, round_config, grid)
+                )
+                replies = (
+                    grid.send_and_receive(train_messages, timeout=timeout) if train_messages else []
+                )
                 new_arrays, train_metrics = self.aggregate_train(server_round, replies)
             if new_arrays is not None:
                 arrays = result.arrays = new_arrays

@@ -75,6 +75,8 @@ class RunConfig:
     secagg_levels: int = DEFAULT_SECAGG_LEVELS
     secagg_timeout: float = 300.0
     secagg_clip_norm: float | None = None
+    # Continue the run in `output` from its last checkpoint instead of starting afresh.
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:

@@ -24,15 +24,18 @@ from privacy.secagg.protocol import (
 )
 
 STAGE_ACTIONS = {
+    "advertise_keys": "secagg_advertise_keys",
     "share_keys": "secagg_share_keys",
-    "masked_input": "secagg_masked_input",
     "unmask": "secagg_unmask",
 }
-"""Flower query action of each stage after the first (message type ``query.<action>``)."""
+"""Flower query action of the key and unmask stages (message type ``query.<action>``). The
+masked input travels in the TRAIN reply: a client masks its update right after training, so the
+plain update is never stored between messages."""
 RECORD_KEY = "secagg"
 """Content key of the protocol message in every secure-aggregation message and reply."""
 INPUT_KEY = "secagg-input"
-"""Content key of the masked-input stage's extra settings (the client's aggregation weight)."""
+"""Content key of the round's settings (threshold, bits, clip norm, ...; and the client's
+aggregation weight with the TRAIN message)."""
 
 WireValue = int | bytes | list[int] | list[bytes]
 WireMessage = dict[str, WireValue]

@@ -9,12 +9,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import (
-    SECAGG_INPUT_KEY,
-    SECAGG_STATE_KEY,
-    SECAGG_UPDATE_KEY,
-    make_client_app,
-)
+from client.app import SECAGG_STATE_KEY, make_client_app
 from client.secure_aggregation import SecAggRequest
 from privacy.secagg import SecAggProtocolError
 from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
@@ -41,11 +36,10 @@ def context_for(partition_id):
     )
 
 
-def query(stage, wire, weight=None):
-    content = RecordDict({RECORD_KEY: ConfigRecord(wire)})
-    if weight is not None:
-        content[INPUT_KEY] = ConfigRecord({"weight": weight})
-    return Message(content=content, dst_node_id=1, message_type=f"query.{STAGE_ACTIONS[stage]}")
+def query(stage, content):
+    return Message(
+        content=RecordDict(content), dst_node_id=1, message_type=f"query.{STAGE_ACTIONS[stage]}"
+    )
 
 
 def secure_round(tmp_path):
@@ -57,34 +51,43 @@ def secure_round(tmp_path):
     num_params = sum(w.size for w in weights)
     settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
     plan = plan_round(settings, [0, 1, 2], 1, num_params, CLIP)
+    round_settings = {**plan.train_config(), "clip-norm": CLIP}
     train_config = ConfigRecord({"server-round": 1, "clip-norm": CLIP, **plan.train_config()})
     contexts = {u: context_for(u) for u in range(3)}
-    advertised, counts = {}, {}
-    for u, context in contexts.items():
-        msg = Message(
-            content=RecordDict({"arrays": ArrayRecord(weights), "config": train_config}),
-            dst_node_id=u,
-            message_type="train",
-        )
-        reply = app(msg, context)
-        assert not reply.has_error(), reply.error
-        assert "arrays" not in reply.content  # no update leaves the node in the clear
-        advertised[u] = dict(reply.content.config_records[RECORD_KEY])
-        counts[u] = int(reply.content["metrics"]["num-examples"])
-        assert SECAGG_UPDATE_KEY in context.state.array_records
-    seen = {}
+    counts, seen = {}, {}
 
     def exchange(stage, messages):
         out = {}
         for u, wire in messages.items():
-            weight = counts[u] / max(counts.values()) if stage == "masked_input" else None
-            reply = app(query(stage, wire, weight), contexts[u])
+            if stage == "advertise_keys":
+                msg = query(stage, {INPUT_KEY: ConfigRecord(round_settings)})
+            elif stage == "masked_input":
+                weight = counts[u] / max(counts.values())
+                msg = Message(
+                    content=RecordDict(
+                        {
+                            "arrays": ArrayRecord(weights),
+                            "config": train_config,
+                            RECORD_KEY: ConfigRecord(wire),
+                            INPUT_KEY: ConfigRecord({**round_settings, "weight": weight}),
+                        }
+                    ),
+                    dst_node_id=u,
+                    message_type="train",
+                )
+            else:
+                msg = query(stage, {RECORD_KEY: ConfigRecord(wire)})
+            reply = app(msg, contexts[u])
             assert not reply.has_error(), reply.error
+            if stage == "advertise_keys":
+                counts[u] = int(reply.content["metrics"]["num-examples"])
+            if stage == "masked_input":
+                assert "arrays" not in reply.content  # no update leaves the node in the clear
             out[u] = dict(reply.content.config_records[RECORD_KEY])
             seen[(stage, u)] = reply
         return out
 
-    result = run_secure_sum(plan, advertised, exchange)
+    result = run_secure_sum(plan, exchange)
     return config, app, plan, result, contexts, seen, weights
 
 
@@ -95,19 +98,18 @@ def test_a_full_round_through_the_client_app_leaves_no_update_or_secret_behind(t
     norm = np.sqrt(sum(float(np.sum(p**2)) for p in secure.weighted_update_sum))
     assert 0 < norm <= 3 * CLIP  # a real, clipped, weighted sum of three updates
     for u in range(3):
-        assert int(seen[("masked_input", u)].content["metrics"]["quantization-clipped"]) == 0
+        train_reply = seen[("masked_input", u)].content["metrics"]
+        assert int(train_reply["quantization-clipped"]) == 0 and train_reply["epsilon"] > 0
         state = contexts[u].state
-        assert SECAGG_STATE_KEY not in state.config_records
-        assert SECAGG_INPUT_KEY not in state.config_records
-        assert SECAGG_UPDATE_KEY not in state.array_records
+        assert SECAGG_STATE_KEY not in state.config_records  # no key or share left behind
+        assert not state.array_records  # the plain update was never stored
         assert "privet-ledger" in state.config_records  # privacy accounting is kept
 
 
 def test_a_replayed_stage_is_refused_and_ends_the_clients_round(tmp_path):
     config, app, plan, result, contexts, seen, weights = secure_round(tmp_path)
-    replay = query(
-        "unmask", {"round-id": 1, "client-id": 0, "survivor-ids": [0, 1, 2], "dropped-ids": []}
-    )
+    request = {"round-id": 1, "client-id": 0, "survivor-ids": [0, 1, 2], "dropped-ids": []}
+    replay = query("unmask", {RECORD_KEY: ConfigRecord(request)})
     with pytest.raises(RuntimeError, match="no round in progress"):
         app(replay, contexts[0])  # Flower's runtime turns this into an error reply
 
@@ -119,20 +121,15 @@ def test_a_stage_out_of_order_ends_the_round_for_that_client(tmp_path):
     num_params = sum(w.size for w in weights)
     settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
     plan = plan_round(settings, [0, 1, 2], 4, num_params, CLIP)
-    train_config = ConfigRecord({"server-round": 4, "clip-norm": CLIP, **plan.train_config()})
     context = context_for(1)
-    msg = Message(
-        content=RecordDict({"arrays": ArrayRecord(weights), "config": train_config}),
-        dst_node_id=1,
-        message_type="train",
-    )
-    assert not app(msg, context).has_error()
+    round_settings = {**plan.train_config(), "clip-norm": CLIP}
+    reply = app(query("advertise_keys", {INPUT_KEY: ConfigRecord(round_settings)}), context)
+    assert not reply.has_error() and SECAGG_STATE_KEY in context.state.config_records
     early = {"round-id": 4, "client-id": 1, "survivor-ids": [0, 1, 2], "dropped-ids": []}
     with pytest.raises(SecAggProtocolError, match="out of order"):
-        app(query("unmask", early), context)
-    # The keys and the update are gone: nothing more can be asked of this client this round.
+        app(query("unmask", {RECORD_KEY: ConfigRecord(early)}), context)
+    # The keys are gone: nothing more can be asked of this client this round.
     assert SECAGG_STATE_KEY not in context.state.config_records
-    assert SECAGG_UPDATE_KEY not in context.state.array_records
 
 
 def test_train_config_with_partial_secure_aggregation_keys_is_refused():

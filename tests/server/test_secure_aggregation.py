@@ -55,24 +55,24 @@ class Round:
         self.updates = updates_for(self.ids, clip)
         self.weights = weights or {u: 1.0 for u in self.ids}
         self.drop = {stage: set(v) for stage, v in (drop or {}).items()}
-        self.gone = set(self.drop.get("advertise_keys", ()))
-        self.states, advertised = {}, {}
-        for u in self.ids:
-            self.states[u], keys = begin(u, request, NUM_PARAMS)
-            if u not in self.gone:
-                advertised[u] = keys
+        self.request = request
+        self.gone: set[int] = set()
+        self.states = {}
         self.pending = {
             u: PendingInput(upd, within, request.spec, dither_seed=100 + u)
             for u, (upd, within) in self.updates.items()
         }
         self.inputs = {}
-        self.result = run_secure_sum(self.plan, advertised, self.exchange)
+        self.result = run_secure_sum(self.plan, self.exchange)
 
     def exchange(self, stage, messages):
         self.gone |= self.drop.get(stage, set())
         replies = {}
         for u, message in messages.items():
             if u in self.gone:
+                continue
+            if stage == "advertise_keys":
+                self.states[u], replies[u] = begin(u, self.request, NUM_PARAMS)
                 continue
             self.states[u], reply, _ = answer(
                 stage, self.states[u], message, self.pending[u], self.weights[u]
@@ -159,19 +159,21 @@ def test_malformed_or_misaddressed_replies_count_as_dropouts():
     ids = list(range(6))
     plan = plan_round(settings(threshold=0.6), ids, 9, NUM_PARAMS, 1.0)
     request = SecAggRequest.from_train_config(plan.train_config(), 1.0)
-    states, advertised = {}, {}
-    for u in ids:
-        states[u], advertised[u] = begin(u, request, NUM_PARAMS)
-    advertised[5] = {**advertised[5], "mask-public-key": "not bytes"}  # malformed
-    advertised[4] = advertised[3]  # claims to be client 3
+    states = {}
     updates = updates_for(ids, 1.0)
 
     def exchange(stage, messages):
         out = {}
+        if stage == "advertise_keys":
+            for u in messages:
+                states[u], out[u] = begin(u, request, NUM_PARAMS)
+            out[5] = {**out[5], "mask-public-key": "not bytes"}  # malformed
+            out[4] = out[3]  # claims to be client 3
+            return out
         for u, m in messages.items():
             pending = PendingInput(*updates[u], request.spec, 1)
             states[u], out[u], _ = answer(stage, states[u], m, pending, 1.0)
         return out
 
-    result = run_secure_sum(plan, advertised, exchange)
+    result = run_secure_sum(plan, exchange)
     assert result.survivor_ids == (0, 1, 2, 3) and result.dropped_ids == (4, 5)

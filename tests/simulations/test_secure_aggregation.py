@@ -65,7 +65,7 @@ def test_secure_client_level_round_matches_the_plaintext_round_within_the_bound(
 def test_dropouts_are_recovered_above_the_threshold_and_fail_cleanly_below(tmp_path):
     config = RunConfig(
         clients=5,
-        rounds=3,
+        rounds=4,
         local_epochs=1,
         secure_aggregation=True,
         secagg_threshold=0.6,  # t = 3 of 5
@@ -74,28 +74,36 @@ def test_dropouts_are_recovered_above_the_threshold_and_fail_cleanly_below(tmp_p
     run_flower_simulation(
         config,
         client_mods=[
-            Dropout.at("query.secagg_masked_input", [2], rounds=[1]),
+            Dropout.at("train", [2], rounds=[1]),  # crashes while training / masking
             Dropout.at("query.secagg_share_keys", [0, 1, 3], rounds=[2]),
+            Dropout.at("query.secagg_unmask", [0, 1, 3], rounds=[3]),
         ],
     )
     data = results_of(tmp_path / "run")
-    first, second, third = data["rounds"]
+    first, second, third, fourth = data["rounds"]
     assert first["secure_aggregation"]["status"] == "ok"
     assert first["secure_aggregation"]["survivors"] == [0, 1, 3, 4]
     assert first["secure_aggregation"]["dropped"] == [2]
     assert first["clients_trained"] == 4
-    # Round 2: only 2 of 5 answered share_keys, below t = 3. No sum, no model change.
+    # Round 2: only 2 of 5 shared keys, below t = 3: skipped before anyone trained.
     failed = second["secure_aggregation"]
     assert failed["status"] == "failed" and "share_keys" in failed["reason"]
     assert "threshold 3" in failed["reason"]
     assert second["clients_trained"] == 0
     assert second["accuracy"] == first["accuracy"] and second["loss"] == first["loss"]
-    # Every client trained in round 2, so its privacy was spent and is accounted for.
+    assert second["epsilon_by_client"] == first["epsilon_by_client"]  # nothing was released
+    # Round 3: everyone trained and sent a masked update, then 3 left before unmasking: no sum,
+    # no model change, but the privacy the clients spent training is on the books.
+    failed = third["secure_aggregation"]
+    assert failed["status"] == "failed" and "unmask" in failed["reason"]
+    assert third["loss"] == second["loss"]
+    assert sorted(third["epsilon_by_client"]) == list(map(str, range(5)))
     assert all(
-        second["epsilon_by_client"][k] > first["epsilon_by_client"][k] for k in map(str, range(5))
+        eps > second["epsilon_by_client"].get(k, 0.0)
+        for k, eps in third["epsilon_by_client"].items()
     )
     # The run goes on.
-    assert third["secure_aggregation"]["status"] == "ok" and third["loss"] != second["loss"]
-    assert data["secure_aggregation"]["rounds_failed"] == [2]
+    assert fourth["secure_aggregation"]["status"] == "ok" and fourth["loss"] != third["loss"]
+    assert data["secure_aggregation"]["rounds_failed"] == [2, 3]
     assert data["secure_aggregation"]["min_survivors"] == 4
     assert data["finished"] is True
