@@ -1,23 +1,81 @@
 """The data a node trains and evaluates on.
 
-In a simulation every virtual node derives its own shard from the shared data set and its
-`partition-id`; the split is deterministic for a seed, so each node finds the same shard in any
-process. A slice of each shard is held out for the node's local evaluation and never trained on.
+A node finds its examples in one of two ways, chosen by its node config:
+
+- **Its own local file** (a real federation): `data-file` names a CSV, NPZ or IDX file on the
+  node, which is read there and never leaves it. The examples must fit the model the server
+  builds from the run config's data set, so they are checked against it: image files against
+  the shape and classes that data set loads as, CSV files against the *reference* table the
+  run config names (the run config's `data-file` for dataset `csv`, `adult.data` in `data-dir`
+  for `adult`). Every node encodes its CSV with the schema fitted by the same code on that
+  reference file as the server, never with one fitted on its own rows, so the feature layout,
+  categories, standardisation and classes agree across all nodes and the server.
+- **A shard of the run's data set** (a simulation): every virtual node derives its shard from
+  the shared data set and its `partition-id`; the split is deterministic for a seed, so each
+  node finds the same shard in any process.
+
+Either way, a slice of the node's examples is held out for its local evaluation and never
+trained on. Errors are one line naming the file and the fix, and never quote data values.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import re
+import zipfile
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from task.config import ConfigError, RunConfig
-from task.datasets import ArrayDataset, TrainTest, load_dataset
+from task.datasets import (
+    ADULT_COLUMNS,
+    ADULT_FILE,
+    IMAGE_SPECS,
+    ArrayDataset,
+    CsvTable,
+    DataError,
+    TabularSchema,
+    TrainTest,
+    check_table_for_schema,
+    encode_with_schema,
+    load_dataset,
+    read_csv_table,
+    read_idx_images,
+    read_idx_labels,
+)
 from task.partition import partition_indices
 
+__all__ = [
+    "DATA_FORMATS",
+    "LOCAL_VALIDATION_FRACTION",
+    "LocalDataSpec",
+    "LocalExamples",
+    "NodeData",
+    "client_shards",
+    "load_federated_data",
+    "load_local_examples",
+    "load_node_data",
+    "local_data_spec",
+    "node_client_id",
+    "split_shard",
+]
+
+logger = logging.getLogger(__name__)
+
 LOCAL_VALIDATION_FRACTION = 0.1
+
+DATA_FORMATS: tuple[str, ...] = ("csv", "npz", "idx")
+"""Formats a node's `data-file` may have (node config `data-format`, else from its name)."""
+
+_TABULAR = ("csv", "adult")
+_NPZ_HINT = "save it with numpy.savez(path, x=features, y=labels)"
+_IDX_IMAGES_HINT = "data-file must name an IDX image file (idx3-ubyte, plain or .gz)"
+_IDX_LABELS_HINT = "label-file must name an IDX label file (idx1-ubyte, plain or .gz)"
 
 
 @dataclass(frozen=True)
@@ -27,6 +85,37 @@ class NodeData:
     client_id: int
     train: ArrayDataset
     validation: ArrayDataset
+
+
+@dataclass(frozen=True)
+class LocalDataSpec:
+    """Where a node's own examples are and how to read them, from its node config.
+
+    `label_file` is the IDX label file (format `idx` only); `label_column` is the CSV column to
+    predict when it is named differently on this node than in the reference file (`csv` only).
+    """
+
+    path: Path
+    data_format: str
+    label_file: Path | None = None
+    label_column: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalExamples:
+    """A node's own examples, encoded for the run's model, and what encoding them noticed.
+
+    `unknown_categories` counts, per categorical CSV column, the cells whose category the
+    reference file does not have (they encode as all zeros). Only counts are kept, never values.
+    """
+
+    examples: ArrayDataset
+    unknown_categories: Mapping[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Simulation: a shard of the run's data set
+# --------------------------------------------------------------------------------------------
 
 
 def load_federated_data(config: RunConfig) -> TrainTest:
@@ -82,6 +171,28 @@ def split_shard(shard: np.ndarray, client_id: int, seed: int) -> tuple[np.ndarra
 
 
 def load_node_data(config: RunConfig, node_config: Mapping[str, object]) -> NodeData:
+    """The node's examples: its own `data-file` when the node config names one, else its shard.
+
+    Without `data-file` the shard is found from Flower's `partition-id` / `num-partitions`
+    node config (a simulation). With it, the file is read on this node and checked against
+    the run's data set (a real federation); the node's client id is `client-id`, else
+    `partition-id`. Either way the same fraction is held out for local validation.
+    """
+    if _text_value(node_config, "data-file") is None:
+        return _partition_node_data(config, node_config)
+    client_id = node_client_id(node_config)
+    examples = load_local_examples(config, node_config).examples
+    train_idx, validation_idx = split_shard(
+        np.arange(len(examples), dtype=np.int64), client_id, config.seed
+    )
+    return NodeData(
+        client_id=client_id,
+        train=examples.subset(train_idx),
+        validation=examples.subset(validation_idx),
+    )
+
+
+def _partition_node_data(config: RunConfig, node_config: Mapping[str, object]) -> NodeData:
     """The shard of this node, found from Flower's `partition-id` / `num-partitions` node config."""
     try:
         client_id = int(node_config["partition-id"])  # type: ignore[call-overload]
@@ -89,7 +200,8 @@ def load_node_data(config: RunConfig, node_config: Mapping[str, object]) -> Node
     except (KeyError, TypeError, ValueError):
         raise ConfigError(
             "this node has no 'partition-id' and 'num-partitions' in its node config; "
-            'start it with --node-config "partition-id=K num-partitions=N"'
+            'start it with --node-config "partition-id=K num-partitions=N" (simulation) or '
+            "--node-config \"client-id=K data-file='/path/to/local.csv'\" (its own data)"
         ) from None
     if num_partitions != config.clients:
         raise ConfigError(
@@ -106,3 +218,376 @@ def load_node_data(config: RunConfig, node_config: Mapping[str, object]) -> Node
         train=data.train.subset(train_idx),
         validation=data.train.subset(validation_idx),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A real federation: the node's own file, read from its node config
+# --------------------------------------------------------------------------------------------
+
+
+def _text_value(node_config: Mapping[str, object], key: str) -> str | None:
+    """A node-config value as stripped text; absent or "" means unset (Flower cannot say None)."""
+    value = node_config.get(key)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def node_client_id(node_config: Mapping[str, object]) -> int:
+    """The node's client id: node config `client-id`, else `partition-id`; an integer >= 0.
+
+    The id names the node's privacy ledger and its seeds, and the server samples clients by it,
+    so each node of a federation needs its own.
+    """
+    for key in ("client-id", "partition-id"):
+        raw = node_config.get(key)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        value: int | None = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, float) and raw.is_integer():
+            value = int(raw)
+        elif isinstance(raw, str) and re.fullmatch(r"\d+", raw.strip()):
+            value = int(raw.strip())
+        if value is None or value < 0:
+            raise ConfigError(
+                f"node config {key} must be an integer >= 0, got {raw!r}; give each node its "
+                "own, e.g. --node-config \"client-id=3 data-file='...'\""
+            )
+        return value
+    raise ConfigError(
+        "this node has a data-file but no client-id in its node config; add client-id=K "
+        "(an integer >= 0, different on every node) to its --node-config"
+    )
+
+
+def _infer_format(path: Path) -> str | None:
+    """The format implied by a file name: .csv, .npz, or an IDX name (.gz, .idx*, *ubyte*)."""
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith(".gz") or re.search(r"\.idx\d?$", name) or "ubyte" in name:
+        return "idx"
+    return None
+
+
+def local_data_spec(config: RunConfig, node_config: Mapping[str, object]) -> LocalDataSpec:
+    """Read and check the node-config keys that describe the node's own data file.
+
+    Only the node config is checked here (a `ConfigError`); the files are checked when read.
+    """
+    data_file = _text_value(node_config, "data-file")
+    if data_file is None:
+        raise ConfigError("this node has no data-file in its node config; add data-file='/path'")
+    path = Path(data_file).expanduser()
+    fmt = _text_value(node_config, "data-format")
+    if fmt is not None:
+        fmt = fmt.lower()
+        if fmt not in DATA_FORMATS:
+            raise ConfigError(
+                f"node config data-format {fmt!r} is not one of {', '.join(DATA_FORMATS)}; "
+                "fix data-format or leave it out to infer it from the data-file name"
+            )
+    else:
+        fmt = _infer_format(path)
+        if fmt is None:
+            raise ConfigError(
+                f"cannot tell the format of data file {path} from its name; add "
+                "data-format='csv' (or 'npz' or 'idx') to the node config"
+            )
+    label_file = _text_value(node_config, "label-file")
+    label_column = _text_value(node_config, "label-column")
+    if fmt == "idx" and label_file is None:
+        raise ConfigError(
+            f"data file {path} is IDX images, which need their labels: add "
+            "label-file='/path/labels-idx1-ubyte.gz' to the node config"
+        )
+    if fmt != "idx" and label_file is not None:
+        raise ConfigError(
+            f"node config label-file applies only to data-format idx, but data file {path} is "
+            f"{fmt}; drop label-file"
+        )
+    if fmt != "csv" and label_column is not None:
+        raise ConfigError(
+            f"node config label-column applies only to data-format csv, but data file {path} is "
+            f"{fmt}; drop label-column"
+        )
+    if fmt == "csv" and config.dataset not in _TABULAR:
+        raise ConfigError(
+            f"data file {path} is CSV but the run trains on the image data set "
+            f"'{config.dataset}'; give this node an npz or idx file"
+        )
+    if fmt == "idx" and config.dataset in _TABULAR:
+        raise ConfigError(
+            f"data file {path} is IDX images but the run trains on the tabular data set "
+            f"'{config.dataset}'; give this node a csv or npz file"
+        )
+    return LocalDataSpec(
+        path=path,
+        data_format=fmt,
+        label_file=None if label_file is None else Path(label_file).expanduser(),
+        label_column=label_column,
+    )
+
+
+def _file_key(path: Path, role: str) -> tuple[Path, int, int]:
+    """(resolved path, mtime_ns, size) of an existing file: a cache key that notices changes."""
+    if not path.exists():
+        raise DataError(
+            f"{role} {path} does not exist on this node; fix {role} in this node's --node-config "
+            "(an absolute path is safest)"
+        )
+    if not path.is_file():
+        raise DataError(f"{role} {path} is not a regular file; point {role} at a file")
+    stat = path.stat()
+    return path.resolve(), stat.st_mtime_ns, stat.st_size
+
+
+def load_local_examples(config: RunConfig, node_config: Mapping[str, object]) -> LocalExamples:
+    """Read the node's own `data-file`, checked and encoded for the model of the run config.
+
+    Cached per process (keyed by the files' modification times), so that the several messages
+    one process may serve read the file once. The cached arrays are read-only.
+    """
+    spec = local_data_spec(config, node_config)
+    data_key = _file_key(spec.path, "data-file")
+    label_key = None if spec.label_file is None else _file_key(spec.label_file, "label-file")
+    return _load_local_cached(config, spec, data_key, label_key)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_local_cached(
+    config: RunConfig,
+    spec: LocalDataSpec,
+    data_key: tuple[Path, int, int],
+    label_key: tuple[Path, int, int] | None,
+) -> LocalExamples:
+    """Dispatch on the format; the keys only make a replaced file miss the cache."""
+    del data_key, label_key
+    if spec.data_format == "csv":
+        local = _load_local_csv(config, spec)
+    elif spec.data_format == "npz":
+        local = _load_local_npz(config, spec)
+    else:
+        local = _load_local_idx(config, spec)
+    local.examples.features.setflags(write=False)
+    local.examples.labels.setflags(write=False)
+    logger.info(
+        "node data file %s: %d examples, feature shape %s, %d classes",
+        spec.path,
+        len(local.examples),
+        local.examples.feature_shape,
+        local.examples.num_classes,
+    )
+    return local
+
+
+def _reference(config: RunConfig) -> TrainTest:
+    """The run's data set as the server loads it: the source of the schema and of the shapes."""
+    try:
+        return load_federated_data(config)
+    except (DataError, ConfigError) as exc:
+        raise DataError(
+            f"this node cannot load the run's reference data ({exc}); every node needs the "
+            "reference file that the run config names, at the same path"
+        ) from exc
+
+
+def _reference_name(config: RunConfig) -> str:
+    """The reference file of a tabular run, as the user named it in the run config."""
+    if config.data_file:
+        return str(Path(config.data_file).expanduser())
+    return str(Path(config.data_dir or ".").expanduser() / ADULT_FILE)
+
+
+def _expected_examples(config: RunConfig) -> tuple[tuple[int, ...], int]:
+    """(feature shape, number of classes) of the examples the run's model is built for."""
+    if config.dataset in IMAGE_SPECS:
+        return IMAGE_SPECS[config.dataset]
+    reference = _reference(config)
+    return reference.train.feature_shape, reference.num_classes
+
+
+def _require_examples(path: Path, count: int) -> None:
+    """An empty file would train nothing and divide by zero in the sampling rate."""
+    if count == 0:
+        raise DataError(f"data file {path} holds no examples; give this node a file with data")
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int, dataset: str) -> None:
+    """Labels must be classes of the run's model; say how many are not, never which values."""
+    outside = int(np.count_nonzero((labels < 0) | (labels >= num_classes)))
+    if outside:
+        raise DataError(
+            f"data file {path} has {outside} label(s) outside 0..{num_classes - 1}, the classes "
+            f"of the run's data set '{dataset}'; fix or drop those examples"
+        )
+
+
+def _fit_shape(
+    path: Path, features: np.ndarray, expected: tuple[int, ...], dataset: str
+) -> np.ndarray:
+    """Return features of shape (n, *expected); an image (h, w) gains its channel axis (1, h, w)."""
+    shape = tuple(int(s) for s in features.shape[1:])
+    if shape == expected:
+        return features
+    if len(expected) == 3 and expected[0] == 1 and shape == expected[1:]:
+        return features.reshape(features.shape[0], *expected)
+    raise DataError(
+        f"data file {path} has examples of shape {shape} but the run's data set '{dataset}' "
+        f"needs {expected}; convert the file to that shape"
+    )
+
+
+def _load_local_csv(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
+    """Encode the node's CSV with the schema the server fits on the run's reference file."""
+    reference = _reference(config)
+    schema = reference.schema
+    if schema is None:  # pragma: no cover - tabular data sets always carry a schema
+        raise ConfigError(f"the run's data set '{config.dataset}' has no tabular schema")
+    adult = config.dataset == "adult"
+    table = _read_adult_like(spec.path) if adult else read_csv_table(spec.path)
+    table = _match_columns(table, schema, spec, _reference_name(config))
+    unknown = check_table_for_schema(table, schema)
+    for column, count in unknown.items():
+        logger.warning(
+            "data file %s: %d value(s) in column '%s' are categories the reference file does "
+            "not have; they encode as all zeros",
+            spec.path,
+            count,
+            column,
+        )
+    return LocalExamples(encode_with_schema(table, schema), dict(unknown))
+
+
+def _read_adult_like(path: Path) -> CsvTable:
+    """Read a node's UCI Adult file like the reference: header row optional, Adult's columns."""
+    table = read_csv_table(path, column_names=ADULT_COLUMNS)
+    if table.rows[0] == table.header:
+        table = CsvTable(table.source, table.header, table.rows[1:], table.line_numbers[1:])
+        _require_examples(path, len(table))
+    return table
+
+
+def _match_columns(
+    table: CsvTable, schema: TabularSchema, spec: LocalDataSpec, reference: str
+) -> CsvTable:
+    """Check the node's columns are the reference's; return the table with its label renamed.
+
+    Column order may differ (encoding matches by name). The reference's partition column is not
+    a feature and may be absent. A node may name its label column differently (`label-column`);
+    it is renamed to the reference's name so that the schema finds it.
+    """
+    label = spec.label_column or schema.label_column
+    header = table.header
+    if label not in header:
+        raise DataError(
+            f"data file {spec.path} has no label column '{label}'; name the label column with "
+            "label-column='NAME' in the node config"
+        )
+    if label != schema.label_column and schema.label_column in header:
+        raise ConfigError(
+            f"data file {spec.path} has the reference label column '{schema.label_column}' but "
+            f"node config label-column names '{label}'; drop label-column from the node config"
+        )
+    present = [name for name in header if name not in (label, schema.partition_column)]
+    features = [column.name for column in schema.columns]
+    missing = [name for name in features if name not in present]
+    if missing:
+        raise DataError(
+            f"data file {spec.path} lacks column '{missing[0]}' of the reference file "
+            f"{reference} ({len(missing)} missing); give it exactly the reference file's columns"
+        )
+    extra = [name for name in present if name not in features]
+    if extra:
+        raise DataError(
+            f"data file {spec.path} has column '{extra[0]}' that the reference file {reference} "
+            f"lacks ({len(extra)} extra); give it exactly the reference file's columns"
+        )
+    if label == schema.label_column:
+        return table
+    renamed = tuple(schema.label_column if name == label else name for name in header)
+    return CsvTable(table.source, renamed, table.rows, table.line_numbers)
+
+
+def _load_local_npz(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
+    """Read arrays `x` (features) and `y` (integer labels) and check them against the run."""
+    path = spec.path
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"npz file {path} cannot be read ({type(exc).__name__}); {_NPZ_HINT}"
+        ) from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"data file {path} is a single .npy array, not an npz archive; {_NPZ_HINT}")
+    with archive:
+        for name in ("x", "y"):
+            if name not in archive.files:
+                held = ", ".join(archive.files) or "no arrays"
+                raise DataError(
+                    f"npz file {path} has no array '{name}' (it holds {held}); {_NPZ_HINT}"
+                )
+        try:
+            x = archive["x"]
+            y = archive["y"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise DataError(
+                f"npz file {path} is corrupt or holds non-numeric arrays "
+                f"({type(exc).__name__}); {_NPZ_HINT}"
+            ) from exc
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DataError(
+            f"npz file {path}: x has dtype {x.dtype}, not real numbers; save x as float32"
+        )
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise DataError(
+            f"npz file {path}: y has dtype {y.dtype} and shape {y.shape}, not a 1-d array of "
+            "integer class labels; save y as integers, one per example"
+        )
+    if x.ndim < 2 or x.shape[0] != y.shape[0]:
+        raise DataError(
+            f"npz file {path}: x has shape {x.shape} but y has {y.shape[0]} labels; x needs one "
+            "row of features per label, shape (n, ...)"
+        )
+    _require_examples(path, int(y.shape[0]))
+    x = x.astype(np.float32, copy=False)
+    non_finite = int(np.count_nonzero(~np.isfinite(x)))
+    if non_finite:
+        raise DataError(
+            f"npz file {path}: x holds {non_finite} NaN or infinite value(s); fix or drop those "
+            "examples"
+        )
+    expected, num_classes = _expected_examples(config)
+    x = _fit_shape(path, x, expected, config.dataset)
+    if config.dataset in IMAGE_SPECS:
+        outside = int(np.count_nonzero((x < 0.0) | (x > 1.0)))
+        if outside:
+            raise DataError(
+                f"npz file {path}: {outside} pixel value(s) lie outside [0, 1], the range the "
+                f"run's data set '{config.dataset}' is scaled to; scale x (e.g. uint8 / 255)"
+            )
+    _check_labels(path, y, num_classes, config.dataset)
+    return LocalExamples(ArrayDataset(x, y.astype(np.int64), num_classes))
+
+
+def _load_local_idx(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
+    """Read an IDX image file and its IDX label file, scaled as the MNIST loader scales them."""
+    assert spec.label_file is not None  # local_data_spec requires it for idx
+    images = read_idx_images(spec.path, title="IDX image", fix=_IDX_IMAGES_HINT)
+    labels = read_idx_labels(spec.label_file, title="IDX label", fix=_IDX_LABELS_HINT)
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"IDX files disagree: {spec.path} has {images.shape[0]} images but "
+            f"{spec.label_file} has {labels.shape[0]} labels; pair each image file with its "
+            "own label file"
+        )
+    _require_examples(spec.path, int(labels.shape[0]))
+    expected, num_classes = _expected_examples(config)
+    images = _fit_shape(spec.path, images, expected, config.dataset)
+    _check_labels(spec.label_file, labels, num_classes, config.dataset)
+    return LocalExamples(ArrayDataset(images, labels, num_classes))

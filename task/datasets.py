@@ -9,7 +9,9 @@ that says what is wrong and what to do about it.
 Tabular data (a CSV file, or UCI Adult) is encoded through a :class:`TabularSchema`: column
 kinds, numeric means/stds and one-hot category lists. A schema can be saved as plain JSON and
 agreed in advance, so that every deployment node encodes its own local CSV identically
-(:func:`read_csv_table`, :func:`encode_with_schema`).
+(:func:`read_csv_table`, :func:`check_table_for_schema`, :func:`encode_with_schema`). Image
+nodes check their own files against :data:`IMAGE_SPECS` and read IDX files with
+:func:`read_idx_images` / :func:`read_idx_labels`.
 
 Loaded arrays are cached in-process (many virtual clients in one process load the same files)
 and are therefore read-only; :meth:`ArrayDataset.subset` returns writable copies.
@@ -30,8 +32,10 @@ import numpy as np
 
 __all__ = [
     "ADULT_COLUMNS",
+    "ADULT_FILE",
     "DATASETS",
     "IDX_FILES",
+    "IMAGE_SPECS",
     "MISSING_VALUES",
     "SCHEMA_VERSION",
     "ArrayDataset",
@@ -40,10 +44,13 @@ __all__ = [
     "FeatureColumn",
     "TabularSchema",
     "TrainTest",
+    "check_table_for_schema",
     "encode_with_schema",
     "fit_tabular_schema",
     "load_dataset",
     "read_csv_table",
+    "read_idx_images",
+    "read_idx_labels",
 ]
 
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "csv")
@@ -91,6 +98,17 @@ _IMAGE_SIDE = 28
 _MNIST_CLASSES = 10
 _DIGITS_CLASSES = 10
 _KINDS = ("image", "tabular")
+
+IMAGE_SPECS: Mapping[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((1, 8, 8), _DIGITS_CLASSES),
+    "mnist": ((1, _IMAGE_SIDE, _IMAGE_SIDE), _MNIST_CLASSES),
+    "fashion-mnist": ((1, _IMAGE_SIDE, _IMAGE_SIDE), _MNIST_CLASSES),
+}
+"""(feature shape of one example, number of classes) that each image data set loads as.
+
+A deployment node that brings its own image file checks it against this without loading the
+reference data set (which it may not have); tests keep it equal to what :func:`load_dataset` yields.
+"""
 _NUMERIC = "numeric"
 _CATEGORICAL = "categorical"
 
@@ -296,32 +314,47 @@ def _load_digits(seed: int, test_fraction: float) -> TrainTest:
 # --------------------------------------------------------------------------------------------
 
 
-def _idx_corrupt(title: str, path: Path, problem: str) -> DataError:
-    """Build the error for an unreadable IDX file."""
-    return DataError(
-        f"{title} file {path} is corrupt ({problem}); re-download the canonical IDX .gz files"
-    )
+_CANONICAL_IDX_FIX = "re-download the canonical IDX .gz files"
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_idx(path: Path, title: str, magic: int) -> tuple[tuple[int, ...], bytes]:
-    """Decompress an IDX .gz file and return (dims, payload bytes) after checking its header."""
+def _idx_corrupt(title: str, path: Path, problem: str, fix: str = _CANONICAL_IDX_FIX) -> DataError:
+    """Build the error for an unreadable IDX file; ``fix`` says what the user should do."""
+    return DataError(f"{title} file {path} is corrupt ({problem}); {fix}")
+
+
+def _read_idx(
+    path: Path, title: str, magic: int, fix: str = _CANONICAL_IDX_FIX
+) -> tuple[tuple[int, ...], bytes]:
+    """Read an IDX file (gzip-compressed or plain) and return (dims, payload) after checks.
+
+    Compression is recognised by the gzip magic bytes rather than the file name, so a plain
+    ``*-ubyte`` file and a ``*-ubyte.gz`` file both load. Every problem is a :class:`DataError`
+    naming ``path``; ``fix`` is the advice appended to it.
+    """
     try:
-        with gzip.open(path, "rb") as handle:
-            raw = handle.read()
+        with path.open("rb") as handle:
+            compressed = handle.read(2) == _GZIP_MAGIC
+        if compressed:
+            with gzip.open(path, "rb") as handle:
+                raw = handle.read()
+        else:
+            raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
-            f"{title} file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-            "re-download the canonical IDX .gz files"
+            f"{title} file {path} is corrupt or truncated ({type(exc).__name__}: {exc}); {fix}"
         ) from exc
     if len(raw) < 4:
-        raise _idx_corrupt(title, path, f"only {len(raw)} bytes after decompression")
+        raise _idx_corrupt(title, path, f"only {len(raw)} bytes after decompression", fix)
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
-        raise _idx_corrupt(title, path, f"bad magic number 0x{found:08x}, expected 0x{magic:08x}")
+        raise _idx_corrupt(
+            title, path, f"bad magic number 0x{found:08x}, expected 0x{magic:08x}", fix
+        )
     ndim = magic & 0xFF
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
-        raise _idx_corrupt(title, path, "header cut short")
+        raise _idx_corrupt(title, path, "header cut short", fix)
     dims = struct.unpack(f">{ndim}I", raw[4:header_size])
     payload = raw[header_size:]
     expected = math.prod(dims)
@@ -330,8 +363,29 @@ def _read_idx(path: Path, title: str, magic: int) -> tuple[tuple[int, ...], byte
             title,
             path,
             f"{len(payload)} data bytes but the header dimensions {dims} need {expected}",
+            fix,
         )
     return dims, payload
+
+
+def read_idx_images(path: str | Path, *, title: str = "IDX images", fix: str) -> np.ndarray:
+    """Read one IDX image file (any n x height x width) as float32 (n, 1, height, width) in [0, 1].
+
+    Pixels are scaled exactly as the MNIST loader scales them (divided by 255), so examples read
+    here are interchangeable with :func:`load_dataset`'s. ``fix`` is the advice errors end with.
+    """
+    file = Path(path).expanduser()
+    dims, payload = _read_idx(file, title, _IMAGE_MAGIC, fix)
+    images = np.frombuffer(payload, dtype=np.uint8).astype(np.float32)
+    images /= np.float32(255.0)
+    return images.reshape(dims[0], 1, dims[1], dims[2])
+
+
+def read_idx_labels(path: str | Path, *, title: str = "IDX labels", fix: str) -> np.ndarray:
+    """Read one IDX label file as int64 (n,); the caller checks the range against its classes."""
+    file = Path(path).expanduser()
+    _, payload = _read_idx(file, title, _LABEL_MAGIC, fix)
+    return np.frombuffer(payload, dtype=np.uint8).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=8)
@@ -849,6 +903,64 @@ def encode_with_schema(table: CsvTable, schema: TabularSchema) -> ArrayDataset:
             )
         labels[position] = code
     return ArrayDataset(features, labels, schema.num_classes)
+
+
+def check_table_for_schema(table: CsvTable, schema: TabularSchema) -> dict[str, int]:
+    """Check that ``table`` can be encoded with ``schema``, without putting cell values in errors.
+
+    Meant for a node's private file before :func:`encode_with_schema`: a numeric column holding
+    NaN/inf or text, and a label that is not one of the schema's classes, are errors that give
+    the column, a count and the first line (the unknown label is named, since classes are
+    schema information the server shares). Returns, per categorical column, how many cells hold
+    a category the schema does not know (they encode as all zeros); columns with none are left
+    out.
+    """
+    unknown: dict[str, int] = {}
+    for column in schema.columns:
+        index = table.column_index(column.name, "schema column")
+        if column.kind == _NUMERIC:
+            non_finite: list[int] = []
+            non_numeric: list[int] = []
+            for row, line in zip(table.rows, table.line_numbers, strict=True):
+                cell = row[index]
+                if _is_missing(cell) or _parse_float(cell) is not None:
+                    continue
+                try:
+                    float(cell)
+                except ValueError:
+                    non_numeric.append(line)
+                else:
+                    non_finite.append(line)
+            for lines, what in ((non_finite, "NaN or infinite"), (non_numeric, "not numbers")):
+                if lines:
+                    raise DataError(
+                        f"{table.source}: column '{column.name}' is numeric in the schema but "
+                        f"{len(lines)} cell(s) are {what} (first on line {lines[0]}); fix or "
+                        "blank those cells"
+                    )
+        else:
+            known = set(column.categories)
+            count = sum(
+                1 for row in table.rows if not _is_missing(row[index]) and row[index] not in known
+            )
+            if count:
+                unknown[column.name] = count
+    label_index = table.column_index(schema.label_column, "label column")
+    classes = set(schema.classes)
+    strangers = [
+        (label, line)
+        for label, line in zip(_label_strings(table, label_index), table.line_numbers, strict=True)
+        if label not in classes
+    ]
+    if strangers:
+        # The value itself is not named: a client's error text travels to the server's log.
+        _, line = strangers[0]
+        raise DataError(
+            f"{table.source}: the label on line {line} ({len(strangers)} row(s) in all) is not "
+            f"one of the reference classes ({', '.join(schema.classes)}); fix those labels "
+            "or drop those rows"
+        )
+    return unknown
 
 
 def _group_values(table: CsvTable, partition_column: str) -> np.ndarray:
