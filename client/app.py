@@ -8,6 +8,7 @@ cumulative over every round it took part in, and is mirrored, write-ahead, to
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -38,14 +39,24 @@ LEDGER_DIR = "ledgers"
 SECAGG_STATE_KEY = "privet-secagg"
 
 
-def ledger_path(config: RunConfig, client_id: int) -> Path:
-    """Where a client's example-level ledger is saved in a run's output."""
+def ledger_path(
+    config: RunConfig, client_id: int, node_config: Mapping[str, object] | None = None
+) -> Path:
+    """Where a client's example-level ledger is saved: the node's `ledger-dir`, else the run's.
+
+    In a deployment each node should name a folder of its own (`--node-config
+    "ledger-dir='/var/lib/privet'"`): the ledger is the node's record of what it released, kept
+    on the node across restarts.
+    """
+    folder = (node_config or {}).get("ledger-dir")
+    if isinstance(folder, str) and folder:
+        return Path(folder) / f"client-{client_id}.json"
     return Path(config.output) / LEDGER_DIR / f"client-{client_id}.json"
 
 
 def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyLedger:
     """The node's ledger: from its file, else its per-node state, else new (first round)."""
-    path = ledger_path(config, data.client_id)
+    path = ledger_path(config, data.client_id, context.node_config)
     if path.exists():
         # The file is written ahead of every release, so it is never behind the node's state;
         # after a restart of the node (or a resumed run) it is the only record: never reset it.

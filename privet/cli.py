@@ -208,6 +208,11 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--seed", type=int, help="seed for data split, init, sampling and noise (default: 0)"
     )
+    run.add_argument(
+        "--round-timeout",
+        type=float,
+        help="seconds to wait for the nodes and for each round's replies (default: 3600)",
+    )
     run.add_argument("--device", choices=DEVICE_NAMES, help="where clients train (default: auto)")
     run.add_argument("--output", help="results folder (default: privet-output/run-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --output")

@@ -41,7 +41,6 @@ from task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
-ROUND_TIMEOUT_S = 3600.0
 LEDGER_DIR = "ledgers"
 
 
@@ -111,7 +110,7 @@ def run_federated_training(
         results.resumed_after.append(checkpoint.round)
         first_round, initial_weights = checkpoint.round + 1, checkpoint.weights
         logger.warning("resuming after round %d from %s", checkpoint.round, output_dir)
-    strategy.discover_clients(grid, config.clients, ROUND_TIMEOUT_S)
+    strategy.discover_clients(grid, config.clients, config.round_timeout)
 
     def client_level_summary() -> dict[str, Any] | None:
         if client_level is None or server_ledger is None or aggregator is None:
@@ -179,7 +178,7 @@ def run_federated_training(
         ),
         num_rounds=config.rounds,
         first_round=first_round,
-        timeout=ROUND_TIMEOUT_S,
+        timeout=config.round_timeout,
         train_config=ConfigRecord(),
         evaluate_config=ConfigRecord(),
         evaluate_fn=evaluate_global,

@@ -105,15 +105,28 @@ class PrivetFedAvg(FedAvg):
     # -- discovery and sampling -------------------------------------------------------------
 
     def discover_clients(self, grid: Grid, expected: int, timeout: float) -> None:
-        """Ask every node which client (data shard) it is, so sampling can be reproducible."""
+        """Ask every node which client (data shard) it is, so sampling can be reproducible.
+
+        Waits up to ``timeout`` seconds for ``expected`` nodes, then goes on with the nodes that
+        came (a node that is down when a run starts or resumes must not stall the federation).
+        """
         deadline = time.monotonic() + timeout
-        while len(list(grid.get_node_ids())) < expected:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"only {len(list(grid.get_node_ids()))} of {expected} nodes came"
-                )
+        while len(list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
             time.sleep(0.2)
         node_ids = sorted(grid.get_node_ids())
+        needed = 2 if self.secagg is not None else 1
+        if len(node_ids) < needed:
+            raise TimeoutError(
+                f"only {len(node_ids)} of {expected} nodes came within {timeout:g} s; start the "
+                "nodes (flower-supernode) or raise round-timeout"
+            )
+        if len(node_ids) < expected:
+            logger.warning(
+                "%d of %d nodes came within %g s; going on with them",
+                len(node_ids),
+                expected,
+                timeout,
+            )
         messages = [
             Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
             for node in node_ids
@@ -136,7 +149,12 @@ class PrivetFedAvg(FedAvg):
         """Poisson-sample the clients that have not declined, and send them the global model."""
         self._current = arrays
         outcome = self.outcomes.setdefault(server_round, RoundOutcome())
-        active = [c for c in self.client_of_node.values() if c not in self.declined_at]
+        online = set(grid.get_node_ids())  # nodes the SuperLink has lost are not sampled
+        active = [
+            c
+            for node, c in sorted(self.client_of_node.items(), key=lambda item: item[1])
+            if c not in self.declined_at and node in online
+        ]
         outcome.sampled = poisson_sample(active, self.client_sample_rate, self.sampling_rng)
         config["server-round"] = server_round
         if self.aggregator is not None:

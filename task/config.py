@@ -77,6 +77,8 @@ class RunConfig:
     secagg_clip_norm: float | None = None
     # Continue the run in `output` from its last checkpoint instead of starting afresh.
     resume: bool = False
+    # Seconds the server waits for the nodes to come, and for each round's training replies.
+    round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:
@@ -259,6 +261,7 @@ def _validate_secure_aggregation(config: RunConfig) -> None:
             f"secagg-levels must be between 2 and {MAX_SECAGG_LEVELS}, got {config.secagg_levels}"
         )
     _positive("secagg-timeout", config.secagg_timeout)
+    _positive("round-timeout", config.round_timeout)
     if config.secagg_clip_norm is not None:
         _positive("secagg-clip-norm", config.secagg_clip_norm)
         if config.client_level_dp:

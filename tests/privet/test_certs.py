@@ -4,10 +4,8 @@ SuperLink with TLS + node authentication lets in a registered SuperNode and no o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import socket
 import ssl
 import stat
@@ -36,6 +34,7 @@ from privet.certs import (
     public_key_fingerprint,
     run_certs,
 )
+from tests.federation import free_port, stop
 
 BIN = Path(sys.executable).parent
 
@@ -469,43 +468,6 @@ def test_privet_certs_makes_a_deployment(tmp_path, capsys):
 
 
 # -- a real SuperLink and SuperNodes ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    """PIDs whose parent is `pid` (Linux /proc; elsewhere none): Flower detaches its SuperExecs."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.parent.name))
-    return found
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session=True, its group, and its detached children."""
-    descendants = children(process.pid)
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    deadline = time.monotonic() + 5  # detached children exit once they see their parent gone
-    for pid in descendants:
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_flower_superlink_accepts_the_files_and_authenticates_nodes(tmp_path):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,27 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO_ROOT
+from tests.federation import copy_app, free_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def copy_app(destination: Path) -> Path:
-    """A copy of the app folder, because `flwr run` may rewrite pyproject.toml."""
-    app = destination / "app"
-    app.mkdir()
-    shutil.copy(REPO_ROOT / "pyproject.toml", app)
-    for package in ("client", "server", "task", "privacy"):
-        shutil.copytree(
-            REPO_ROOT / package, app / package, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    return app
 
 
 def test_flwr_run_trains_and_writes_results(tmp_path):
