@@ -149,7 +149,8 @@ class PrivetFedAvg(FedAvg):
         """Poisson-sample the clients that have not declined, and send them the global model."""
         self._current = arrays
         outcome = self.outcomes.setdefault(server_round, RoundOutcome())
-        online = set(grid.get_node_ids())  # nodes the SuperLink has lost are not sampled
+        # Nodes the SuperLink has lost are not sampled (a grid-less caller samples them all).
+        online = set(grid.get_node_ids()) if grid is not None else set(self.client_of_node)
         active = [
             c
             for node, c in sorted(self.client_of_node.items(), key=lambda item: item[1])
