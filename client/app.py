@@ -22,17 +22,9 @@ from client.secure_aggregation import (
     answer,
     begin,
 )
-from client.training_round import (
-    ClientDecline,
-    round_seed,
-    run_local_evaluation,
-    run_training_round,
-    torch_threads_for_client,
-)
 from privacy import ClientPrivacy, PrivacyLedger
 from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
 from task.config import ConfigError, RunConfig
-from task.models import build_model
 
 STATE_KEY = "privet-ledger"
 LEDGER_DIR = "ledgers"
@@ -109,7 +101,7 @@ def _secagg_state(context: Context, stage: str) -> dict[str, object]:
 
 
 def advertise_secagg(
-    msg: Message, context: Context, client_id: int, num_params: int, num_examples: int
+    msg: Message, context: Context, client_id: int, num_params: int | None, num_examples: int
 ) -> Message:
     """Stage 0: fresh keys for this round; the reply also says how many examples will train."""
     forget_secagg(context)
@@ -127,14 +119,6 @@ def advertise_secagg(
         }
     )
     return Message(content=content, reply_to=msg)
-
-
-def model_size(config: RunConfig, data: NodeData) -> int:
-    """Number of values in the model's weights (what the secure sum carries)."""
-    model = build_model(
-        config.model, data.train.feature_shape, data.train.num_classes, seed=config.seed
-    )
-    return sum(int(value.numel()) for value in model.state_dict().values())
 
 
 def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
@@ -195,6 +179,15 @@ def make_client_app(
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        # Imported here: in a deployment every message starts a fresh ClientApp process, and
+        # the key-exchange queries must not pay for importing torch and Opacus.
+        from client.training_round import (
+            ClientDecline,
+            round_seed,
+            run_training_round,
+            torch_threads_for_client,
+        )
+
         torch_threads_for_client()
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
@@ -217,7 +210,7 @@ def make_client_app(
                 context,
                 outcome.update,
                 bool(outcome.within_clip),
-                round_seed(config.seed, server_round, data.client_id) + 1,
+                round_seed(config, server_round, data.client_id, purpose=1),
             )
             values["quantization-clipped"] = clipped
             content = RecordDict({"metrics": MetricRecord(values), RECORD_KEY: masked})
@@ -233,9 +226,7 @@ def make_client_app(
     def secagg_advertise_keys(msg: Message, context: Context) -> Message:
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        return advertise_secagg(
-            msg, context, data.client_id, model_size(config, data), len(data.train)
-        )
+        return advertise_secagg(msg, context, data.client_id, None, len(data.train))
 
     @app.query(STAGE_ACTIONS["share_keys"])
     def secagg_share_keys(msg: Message, context: Context) -> Message:
@@ -247,6 +238,8 @@ def make_client_app(
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
+        from client.training_round import run_local_evaluation, torch_threads_for_client
+
         torch_threads_for_client()
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)

@@ -100,11 +100,15 @@ class SecAggRequest:
 def begin(
     client_id: int,
     request: SecAggRequest,
-    num_params: int,
+    num_params: int | None,
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> tuple[ClientState, WireMessage]:
-    """Stage 0: a fresh client for this round; returns its state and its advertised keys."""
-    if request.config.vector_length != num_params + 1:
+    """Stage 0: a fresh client for this round; returns its state and its advertised keys.
+
+    ``num_params`` (when known) is checked against the server's vector length now; otherwise
+    the masked-input stage checks the update's length.
+    """
+    if num_params is not None and request.config.vector_length != num_params + 1:
         raise SecAggProtocolError(
             f"server expects {request.config.vector_length - 1} update values, the model has "
             f"{num_params}"

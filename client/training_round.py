@@ -42,9 +42,13 @@ class ClientDecline:
     reason: str
 
 
-def round_seed(seed: int, server_round: int, client_id: int) -> int:
-    """A per-client, per-round seed: reproducible, and different for every (round, client)."""
-    return int(np.random.SeedSequence([seed, server_round, client_id]).generate_state(1)[0])
+def round_seed(config: RunConfig, server_round: int, client_id: int, purpose: int = 0) -> int:
+    """A per-client, per-round seed for DP noise, sampling or dither.
+
+    Derived from the run's seed when the run is reproducible (different for every round, client
+    and purpose), else fresh from the operating system.
+    """
+    return config.random_seed(server_round, client_id, purpose)
 
 
 def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
@@ -120,7 +124,7 @@ def run_training_round(
         max_grad_norm=config.max_grad_norm,
         learning_rate=config.lr,
         local_epochs=config.local_epochs,
-        seed=round_seed(config.seed, server_round, data.client_id),
+        seed=round_seed(config, server_round, data.client_id),
         device=resolve_device(config.device),
     )
     ledger.record(server_round, result.events)

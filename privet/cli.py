@@ -209,6 +209,13 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
         "--seed", type=int, help="seed for data split, init, sampling and noise (default: 0)"
     )
     run.add_argument(
+        "--reproducible",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="seed DP noise, sampling and dither from --seed (default for simulations: on; "
+        "--no-reproducible draws them from the operating system's randomness)",
+    )
+    run.add_argument(
         "--round-timeout",
         type=float,
         help="seconds to wait for the nodes and for each round's replies (default: 3600)",
@@ -266,6 +273,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     flags = {key: getattr(args, key) for key in SIMULATE_KEYS}
     if flags["output"] is None and "output" not in file_values:
         flags["output"] = _default_output()
+    if flags["reproducible"] is None and "reproducible" not in file_values:
+        flags["reproducible"] = True  # a simulation is reproducible unless told otherwise
     config = build_config(file_values, flags)
     output = Path(config.output)
     if output.exists() and not output.is_dir():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +46,14 @@ LEDGER_DIR = "ledgers"
 
 
 def server_rng(config: RunConfig, purpose: int) -> np.random.Generator:
-    """The server's randomness for client sampling and client-level noise (seeded: simulation)."""
-    return np.random.default_rng([config.seed, purpose, 0x5EED])
+    """The server's randomness for client sampling and client-level noise.
+
+    Seeded from the run's seed when it is reproducible (simulations), else from the operating
+    system's randomness.
+    """
+    if config.reproducible:
+        return np.random.default_rng([config.seed, purpose, 0x5EED])
+    return np.random.default_rng(int.from_bytes(os.urandom(32), "little"))
 
 
 def prepare_output(output_dir: Path) -> None:

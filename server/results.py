@@ -169,8 +169,11 @@ class RunResults:
                     max((client.epsilon for client in self.clients), default=0.0)
                 ),
                 "noise_source": (
-                    f"torch generator seeded from seed={self.config.seed} (simulation: "
-                    "reproducible, not cryptographically secure)"
+                    f"generators seeded from seed={self.config.seed} (reproducible simulation; "
+                    "not for deployments)"
+                    if self.config.reproducible
+                    else "generators seeded from os.urandom for every round (torch and numpy "
+                    "generators; not a CSPRNG: Opacus' secure_mode needs torchcsprng)"
                 ),
             },
             "initial": {"accuracy": self.initial_accuracy, "loss": self.initial_loss},

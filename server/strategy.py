@@ -46,6 +46,24 @@ WEIGHT_KEY = "num-examples"
 QUERY_TIMEOUT_S = 600.0
 
 
+def update_problem(arrays: ArrayRecord | None, shapes: list[tuple[int, ...]]) -> str | None:
+    """Why a client's update cannot be aggregated (wrong layout, NaN or inf), or None."""
+    if arrays is None:
+        return "the reply has no update"
+    try:
+        parts = arrays.to_numpy_ndarrays()
+    except Exception as error:  # noqa: BLE001 (any undecodable payload is rejected)
+        return f"the update cannot be decoded ({type(error).__name__})"
+    got = [tuple(part.shape) for part in parts]
+    if got != [tuple(shape) for shape in shapes]:
+        return f"its arrays have shapes {got[:4]}, the model needs {[tuple(s) for s in shapes][:4]}"
+    if not all(np.issubdtype(part.dtype, np.floating) for part in parts):
+        return "the update is not floating point"
+    if not all(bool(np.all(np.isfinite(part))) for part in parts):
+        return "the update contains NaN or infinite values"
+    return None
+
+
 def client_privacy_of(metrics: MetricRecord) -> ClientPrivacy:
     """Parse a client's train reply metrics into a privacy report (raises on missing keys)."""
     return ClientPrivacy.from_metrics(metrics)
@@ -220,7 +238,10 @@ class PrivetFedAvg(FedAvg):
         """Record privacy reports and declines, then aggregate updates into the next model."""
         assert self._current is not None
         outcome = self.outcomes.setdefault(server_round, RoundOutcome())
+        current = self._current.to_numpy_ndarrays()
+        shapes = [w.shape for w in current]
         updates: list[ClientUpdate] = []
+        trained_only: list[int] = []  # trained (privacy spent) but their update was rejected
         reports: list[ClientPrivacy] = []
         for reply in replies:
             if reply.has_error():
@@ -235,23 +256,33 @@ class PrivetFedAvg(FedAvg):
                 outcome.declined.append(report.client_id)
                 continue
             within = bool(metrics["within-clip"]) if "within-clip" in metrics else None
+            arrays = reply.content.array_records.get("arrays")
+            problem = update_problem(arrays, shapes)
+            if problem is not None:
+                logger.warning(
+                    "rejected the update of client %d in round %d: %s",
+                    report.client_id,
+                    server_round,
+                    problem,
+                )
+                outcome.rejected.append(report.client_id)
+                trained_only.append(report.client_id)
+                continue
+            assert arrays is not None
             updates.append(
                 ClientUpdate(
-                    report.client_id,
-                    reply.content["arrays"].to_numpy_ndarrays(),
-                    report.num_examples,
-                    within,
+                    report.client_id, arrays.to_numpy_ndarrays(), report.num_examples, within
                 )
             )
-        self.privacy.record(server_round, reports, trained=[u.client_id for u in updates])
+        trained = sorted([u.client_id for u in updates] + trained_only)
+        self.privacy.record(server_round, reports, trained=trained)
         outcome.trained = sorted(u.client_id for u in updates)
-        current = self._current.to_numpy_ndarrays()
         if self.aggregator is not None and self.client_level is not None:
             assert self.server_ledger is not None
             # Write-ahead: the release is in the ledger before the noised model exists.
             self.server_ledger.record(server_round, [self.client_level.round_event()])
-            aggregate = self.aggregator.aggregate(updates, [w.shape for w in current])
-            outcome.rejected = aggregate.rejected
+            aggregate = self.aggregator.aggregate(updates, shapes)
+            outcome.rejected = sorted(outcome.rejected + aggregate.rejected)
             outcome.trained = aggregate.aggregated
             outcome.noised_within_fraction = aggregate.noised_within_fraction
             outcome.epsilon_client_level = self.server_ledger.epsilon(self.accountant)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "csv")
 MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn")
@@ -79,6 +82,9 @@ class RunConfig:
     resume: bool = False
     # Seconds the server waits for the nodes to come, and for each round's training replies.
     round_timeout: float = 3600.0
+    # Seed DP noise, sampling and quantization dither from `seed` (simulations: reproducible);
+    # off, they are seeded from the operating system's randomness on every use (deployments).
+    reproducible: bool = False
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:
@@ -99,6 +105,13 @@ class RunConfig:
     def client_sample_rate(self) -> float:
         """Poisson sampling rate of clients: expected clients per round / population."""
         return self.expected_clients_per_round / self.clients
+
+    def random_seed(self, *purpose: int) -> int:
+        """A 63-bit seed: derived from `seed` and `purpose` when reproducible, else os.urandom."""
+        if self.reproducible:
+            words = np.random.SeedSequence([self.seed, *purpose]).generate_state(2, np.uint64)
+            return int(words[0]) >> 1
+        return int.from_bytes(os.urandom(8), "little") >> 1
 
     @property
     def update_clip_norm(self) -> float:

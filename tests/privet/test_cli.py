@@ -162,7 +162,7 @@ def test_missing_config_file(capsys, tmp_path):
     assert "does not exist" in line
 
 
-def run_cli(output: Path) -> subprocess.CompletedProcess:
+def run_cli(output: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
             PRIVET,
@@ -175,6 +175,7 @@ def run_cli(output: Path) -> subprocess.CompletedProcess:
             "3",
             "--output",
             str(output),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -195,3 +196,12 @@ def test_simulate_end_to_end_is_reproducible_for_a_seed(tmp_path):
     model_a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
     model_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
     assert all(torch.equal(model_a[key], model_b[key]) for key in model_a)
+    assert "reproducible simulation" in a["privacy"]["noise_source"]
+    # Without --reproducible the noise comes from the OS: same seed, same data, another model.
+    fresh = run_cli(tmp_path / "c", "--no-reproducible")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    c = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert "os.urandom" in c["privacy"]["noise_source"]
+    assert c["clients"] == a["clients"]  # the same privacy spent
+    model_c = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
+    assert not all(torch.equal(model_a[key], model_c[key]) for key in model_a)

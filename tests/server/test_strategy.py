@@ -194,3 +194,28 @@ def test_reply_without_privacy_metrics_is_rejected():
     )
     with pytest.raises(ClientReportError, match="epsilon"):
         strategy.aggregate_train(1, [bad])
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ([np.zeros((4, 3), np.float32), np.zeros(4, np.float32)], "shapes"),
+        ([np.zeros((3, 4), np.float32)], "shapes"),
+        ([np.full((3, 4), np.nan, np.float32), np.zeros(4, np.float32)], "NaN or infinite"),
+        ([np.zeros((3, 4), np.float32), np.array([0, np.inf, 0, 0], np.float32)], "NaN"),
+    ],
+)
+def test_malformed_updates_are_rejected_logged_and_never_aggregated(bad, reason, caplog):
+    good = {k: client_update(k) for k in range(2)}
+    strategy = strategy_for(range(3))
+    arrays, metrics = strategy.aggregate_train(
+        1, [reply(0, good[0], 10, 1.0), reply(1, good[1], 30, 1.0), reply(2, bad, 20, 2.0)]
+    )
+    expected = [(good[0][i] * 10 + good[1][i] * 30) / 40 for i in range(2)]
+    for got, want in zip(arrays.to_numpy_ndarrays(), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    outcome = strategy.outcomes[1]
+    assert outcome.rejected == [2] and outcome.trained == [0, 1]
+    assert metrics["clients-trained"] == 2
+    assert strategy.privacy.epsilon_max() == 2.0  # its training still counts for privacy
+    assert reason in caplog.text and "client 2" in caplog.text

@@ -23,7 +23,7 @@ FLAGS = {
     "rounds": 3,
     "local_epochs": 1,
     "seed": 5,
-}
+}  # `privet simulate` is reproducible by default; the in-process run says so explicitly
 
 
 def cli_flags(output: Path) -> list[str]:
@@ -62,7 +62,7 @@ def kill_after_first_round(output: Path) -> None:
 
 def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path, capsys):
     straight = tmp_path / "straight"
-    run_flower_simulation(RunConfig(**FLAGS, output=str(straight)))
+    run_flower_simulation(RunConfig(**FLAGS, reproducible=True, output=str(straight)))
     resumed = tmp_path / "resumed"
     kill_after_first_round(resumed)
     killed_at = checkpoint_round(resumed)
