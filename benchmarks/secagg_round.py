@@ -316,9 +316,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--data-dir", default="../shared/data/mnist", help="MNIST folder for the training rows"
     )
     parser.add_argument("--skip-training", action="store_true", help="no DP-training rows")
+    parser.add_argument(
+        "--models", default="mlp,mlp-large,cnn", help="models of the DP-training rows"
+    )
+    parser.add_argument("--skip-grid", action="store_true", help="only the DP-training rows")
     args = parser.parse_args(argv)
     if not args.skip_training:
-        training_rows(args.data_dir, args.rounds)
+        training_rows(args.data_dir, args.rounds, args.models.split(","))
+    if args.skip_grid:
+        return
     grid = GRID if args.clients is None else [(args.clients, args.params or 100_000)]
     print("Round time, fixed-vector clients (no training); ratios vs Privet plaintext")
     for clients, params in grid:
@@ -360,10 +366,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"  {'':<32} Privet SecAgg+ is {speedup:.2f}x faster than this")
 
 
-def training_rows(data_dir: str, rounds: int) -> None:
+def training_rows(data_dir: str, rounds: int, models: Sequence[str]) -> None:
     """Round time of the real product (DP-SGD on MNIST, 10 clients) with and without SecAgg+."""
     print("Rounds with Opacus DP-SGD (MNIST, 10 IID clients, 1 local epoch, batch 256):")
-    for model in ("mlp", "cnn"):
+    for model in models:
         times = {}
         for secure in (False, True):
             config = RunConfig(

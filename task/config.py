@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "csv")
-MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "cnn")
+MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "mlp-large", "cnn")
 PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")

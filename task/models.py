@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MODELS: tuple[str, ...] = ("logreg", "mlp", "cnn")
+MODELS: tuple[str, ...] = ("logreg", "mlp", "mlp-large", "cnn")
 
 
 class ModelError(ValueError):
@@ -26,13 +26,24 @@ def _logreg(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 def _mlp(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     hidden = 256 if _flat_size(feature_shape) > 256 else 64
+    return _two_hidden(feature_shape, num_classes, hidden, hidden // 2)
+
+
+def _mlp_large(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A wide MLP (about 1.07M parameters on MNIST): for larger-update workloads."""
+    return _two_hidden(feature_shape, num_classes, 1024, 256)
+
+
+def _two_hidden(
+    feature_shape: tuple[int, ...], num_classes: int, first: int, second: int
+) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(_flat_size(feature_shape), hidden),
+        nn.Linear(_flat_size(feature_shape), first),
         nn.ReLU(),
-        nn.Linear(hidden, hidden // 2),
+        nn.Linear(first, second),
         nn.ReLU(),
-        nn.Linear(hidden // 2, num_classes),
+        nn.Linear(second, num_classes),
     )
 
 
@@ -65,6 +76,7 @@ def _cnn(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 _BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "logreg": _logreg,
     "mlp": _mlp,
+    "mlp-large": _mlp_large,
     "cnn": _cnn,
 }
 

@@ -106,6 +106,9 @@ def test_clipping_bounds_each_step():
 
 def test_ghost_clipping_is_used_where_opacus_supports_the_layers():
     assert supports_ghost_clipping(build_model("mlp", (1, 8, 8), 10))
+    large = build_model("mlp-large", (1, 28, 28), 10)
+    assert supports_ghost_clipping(large)
+    assert sum(p.numel() for p in large.parameters()) == 784 * 1024 + 1024 + 1024 * 256 + 256 + 2570
     assert supports_ghost_clipping(build_model("cnn", (1, 8, 8), 10))
 
     class Odd(nn.Module):
