@@ -249,11 +249,8 @@ class PrivetFedAvg(FedAvg):
                 logger.warning("a client failed in round %d: %s", server_round, reply.error.reason)
                 continue
             metrics = reply.content["metrics"]
-            report = client_privacy_of(metrics)
-            reports.append(report)
-            if int(metrics.get("declined", 0)):
-                self.declined_at[report.client_id] = server_round
-                outcome.declined.append(report.client_id)
+            report = self._take_report(server_round, metrics, outcome, reports)
+            if report is None:
                 continue
             within = bool(metrics["within-clip"]) if "within-clip" in metrics else None
             arrays = reply.content.array_records.get("arrays")
@@ -373,11 +370,7 @@ class PrivetFedAvg(FedAvg):
                     continue
                 if stage == "masked_input":
                     metrics = reply.content["metrics"]
-                    report = client_privacy_of(metrics)
-                    reports.append(report)
-                    if int(metrics.get("declined", 0)):
-                        self.declined_at[report.client_id] = server_round
-                        outcome.declined.append(report.client_id)
+                    if self._take_report(server_round, metrics, outcome, reports) is None:
                         continue
                     trained.append(cid)
                     clipped += int(metrics.get("quantization-clipped", 0))
@@ -425,6 +418,22 @@ class PrivetFedAvg(FedAvg):
             mean = [part / total_weight for part in secure.weighted_update_sum]
         outcome.trained = survivors
         return ArrayRecord(apply_update(current, mean)), self._round_metrics(outcome)
+
+    def _take_report(
+        self,
+        server_round: int,
+        metrics: MetricRecord,
+        outcome: RoundOutcome,
+        reports: list[ClientPrivacy],
+    ) -> ClientPrivacy | None:
+        """Keep a TRAIN reply's privacy report; None if the client declined (it is recorded)."""
+        report = client_privacy_of(metrics)
+        reports.append(report)
+        if int(metrics.get("declined", 0)):
+            self.declined_at[report.client_id] = server_round
+            outcome.declined.append(report.client_id)
+            return None
+        return report
 
     def _round_metrics(self, outcome: RoundOutcome) -> MetricRecord:
         return MetricRecord(

@@ -35,6 +35,7 @@ from privet.certs import (
     run_certs,
 )
 from tests.federation import free_port, stop
+from tests.privet.test_cli import one_line_error
 
 BIN = Path(sys.executable).parent
 
@@ -418,19 +419,6 @@ def test_usage_errors_are_one_line(capsys, argv, message):
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("privet: error: ") and message in lines[0]
-
-
-def one_line_error(capsys, argv) -> str:
-    """`privet ARGV` in-process: exit status 2 and exactly one `privet: error:` line."""
-    with pytest.raises(SystemExit) as exited:
-        raise SystemExit(cli.main(argv))
-    assert exited.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("privet: error: ")
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
 
 
 def test_privet_certs_errors_are_one_line_with_status_2(tmp_path, capsys, monkeypatch):
