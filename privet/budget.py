@@ -34,6 +34,7 @@ from privacy import (
     rdp_epsilon_classic,
     update_noise_for_adaptive_clipping,
 )
+from privet.arguments import positive_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,16 +52,6 @@ class BudgetError(ValueError):
 
 
 # -- the command line ---------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _positive_float(text: str) -> float:
@@ -99,24 +90,24 @@ def add_budget_parser(commands: argparse._SubParsersAction) -> None:
         help="example: DP-SGD on one data set; client: DP-FedAvg over clients (default: example)",
     )
     plan = parser.add_argument_group("example-level plan (DP-SGD)")
-    plan.add_argument("--examples", type=_positive_int, help="training examples N")
-    plan.add_argument("--batch-size", type=_positive_int, help="expected batch size B")
-    plan.add_argument("--epochs", type=_positive_int, help="epochs (steps = epochs·⌈N/B⌉)")
+    plan.add_argument("--examples", type=positive_int, help="training examples N")
+    plan.add_argument("--batch-size", type=positive_int, help="expected batch size B")
+    plan.add_argument("--epochs", type=positive_int, help="epochs (steps = epochs·⌈N/B⌉)")
     plan.add_argument(
-        "--local-epochs", type=_positive_int, help="local epochs per round, with --rounds"
+        "--local-epochs", type=positive_int, help="local epochs per round, with --rounds"
     )
-    plan.add_argument("--steps", type=_positive_int, help="DP-SGD steps, with --sample-rate")
+    plan.add_argument("--steps", type=positive_int, help="DP-SGD steps, with --sample-rate")
     plan.add_argument(
         "--sample-rate",
         type=_positive_float,
         help="Poisson sampling rate q, with --steps (example) or --rounds (client)",
     )
     fed = parser.add_argument_group("client-level plan (DP-FedAvg)")
-    fed.add_argument("--clients", type=_positive_int, help="client population N")
+    fed.add_argument("--clients", type=positive_int, help="client population N")
     fed.add_argument(
-        "--clients-per-round", type=_positive_int, help="expected clients per round K (q = K/N)"
+        "--clients-per-round", type=positive_int, help="expected clients per round K (q = K/N)"
     )
-    fed.add_argument("--rounds", type=_positive_int, help="federated rounds")
+    fed.add_argument("--rounds", type=positive_int, help="federated rounds")
     fed.add_argument(
         "--count-noise-std",
         type=_positive_float,
@@ -138,7 +129,7 @@ def add_budget_parser(commands: argparse._SubParsersAction) -> None:
     )
     out.add_argument(
         "--points",
-        type=_positive_int,
+        type=positive_int,
         help=f"points per curve (default: {DEFAULT_POINTS})",
     )
     out.add_argument("--verify", metavar="RUN_DIR", help="replay a finished run's ledgers")

@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from privet.arguments import positive_int
+
 __all__ = [
     "CA_CERT_FILE",
     "CA_KEY_FILE",
@@ -551,16 +553,6 @@ def make_node_keys(
 # -- the command line ---------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_certs_parser(commands: argparse._SubParsersAction) -> None:
     """Add the `certs` subcommand and its `ca`, `server`, `node` subcommands.
 
@@ -589,7 +581,7 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
     ca.add_argument("--name", default=DEFAULT_CA_NAME, help=f"CA name (default: {DEFAULT_CA_NAME})")
     ca.add_argument(
         "--days",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_CA_DAYS,
         help=f"validity in days (default: {DEFAULT_CA_DAYS})",
     )
@@ -618,7 +610,7 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
     )
     server.add_argument(
         "--days",
-        type=_positive_int,
+        type=positive_int,
         help=f"validity in days (default: {DEFAULT_SERVER_DAYS}, cut to the CA's expiry)",
     )
     server.add_argument("--overwrite", action="store_true", help="replace files already in --out")

@@ -161,6 +161,17 @@ class PrivetFedAvg(FedAvg):
     def _node_of_client(self) -> dict[int, int]:
         return {client: node for node, client in self.client_of_node.items()}
 
+    def _message(
+        self, client: int, content: RecordDict, message_type: str, server_round: int
+    ) -> Message:
+        """A message to a client's node, tagged with the round (its group id)."""
+        return Message(
+            content=content,
+            dst_node_id=self._node_of_client()[client],
+            message_type=message_type,
+            group_id=str(server_round),
+        )
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -184,15 +195,9 @@ class PrivetFedAvg(FedAvg):
             # `run_secure_round`.
             self._plan_secure_round(server_round, arrays, config, outcome)
             return []
-        nodes = self._node_of_client()
         record = RecordDict({"arrays": arrays, "config": config})
         return [
-            Message(
-                content=record,
-                dst_node_id=nodes[client],
-                message_type=MessageType.TRAIN,
-                group_id=str(server_round),
-            )
+            self._message(client, record, MessageType.TRAIN, server_round)
             for client in outcome.sampled
         ]
 
@@ -327,7 +332,6 @@ class PrivetFedAvg(FedAvg):
         clipped = 0
 
         def message(cid: int, stage: str, wire: WireMessage) -> Message:
-            nodes = self._node_of_client()
             if stage == "masked_input":
                 largest = max(counts.values())
                 weight = 1.0 if self.aggregator is not None else counts[cid] / largest
@@ -347,12 +351,7 @@ class PrivetFedAvg(FedAvg):
                     else {RECORD_KEY: ConfigRecord(wire)}
                 )
                 kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}"
-            return Message(
-                content=content,
-                dst_node_id=nodes[cid],
-                message_type=kind,
-                group_id=str(server_round),
-            )
+            return self._message(cid, content, kind, server_round)
 
         def exchange(stage: str, messages: dict[int, WireMessage]) -> dict[int, dict[str, object]]:
             nonlocal clipped
@@ -448,16 +447,10 @@ class PrivetFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Local evaluation on the clients that trained this round (held-out examples only)."""
-        nodes = self._node_of_client()
         outcome = self.outcomes.get(server_round, RoundOutcome())
         record = RecordDict({"arrays": arrays, "config": config})
         return [
-            Message(
-                content=record,
-                dst_node_id=nodes[client],
-                message_type=MessageType.EVALUATE,
-                group_id=str(server_round),
-            )
+            self._message(client, record, MessageType.EVALUATE, server_round)
             for client in outcome.trained
         ]
 
