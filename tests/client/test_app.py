@@ -155,3 +155,26 @@ def test_node_count_must_match_the_run_config(tmp_path):
         make_client_app(config)(
             train_message(ServerEvaluator(config).initial_weights(), 1), node_context(0)
         )
+
+
+def test_a_restarted_node_continues_its_ledger_from_its_ledger_dir(tmp_path):
+    config = RunConfig(output=str(tmp_path / "out"), rounds=3, noise_multiplier=1.0)
+    weights = ServerEvaluator(config).initial_weights()
+    app = make_client_app(config)
+    folder = tmp_path / "node-ledger"
+
+    def node(partition_id):  # a fresh Context: the node process restarted
+        context = node_context(partition_id)
+        context.node_config["ledger-dir"] = str(folder)
+        return context
+
+    first = app(train_message(weights, 1), node(1)).content["metrics"]["epsilon"]
+    second = app(train_message(weights, 2), node(1)).content["metrics"]["epsilon"]
+    assert second > first  # continued from the file, not from zero
+    assert PrivacyLedger.load(folder / "client-1.json").rounds() == [1, 2]
+    assert not (tmp_path / "out" / "ledgers").exists()  # the node's own folder was used
+    # Another client's ledger in that folder is refused, never overwritten.
+    (folder / "client-2.json").write_text((folder / "client-1.json").read_text())
+    with pytest.raises(ConfigError, match="is the ledger of client-1"):
+        app(train_message(weights, 1), node(2))
+    assert PrivacyLedger.load(folder / "client-2.json").owner == "client-1"

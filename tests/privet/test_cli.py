@@ -73,6 +73,8 @@ def one_line_error(capsys, argv) -> str:
         (["--secure-aggregation", "--secagg-degree", "3"], "secagg-degree must be an even"),
         (["--secagg-levels", "1"], "secagg-levels must be between 2"),
         (["--secagg-timeout", "0"], "secagg-timeout must be positive"),
+        (["--round-timeout", "-5"], "round-timeout must be positive"),
+        (["--secagg-clip-norm", "0"], "secagg-clip-norm must be positive"),
         (["--secure-aggregation", "--clients-per-round", "1"], "at least 2 clients per round"),
         (
             ["--client-noise-multiplier", "1", "--secagg-clip-norm", "2"],
