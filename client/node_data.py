@@ -150,16 +150,46 @@ def _load_cached(
 
 
 def client_shards(config: RunConfig) -> list[np.ndarray]:
-    """Training-set indices of every client, in client order."""
-    data = load_federated_data(config)
-    return partition_indices(
-        data.train.labels,
-        config.clients,
-        config.partition,
-        alpha=config.alpha,
-        groups=data.groups,
-        seed=config.seed,
+    """Training-set indices of every client, in client order (read-only arrays).
+
+    Computed once per process for a data set and split: a simulation asks for one node's shard
+    on every message, and partitioning 60,000 labels across 1,000 clients each time would cost
+    more than a small client's training.
+    """
+    return list(
+        _shards_cached(
+            config.dataset,
+            config.data_dir,
+            config.data_file,
+            config.label_column,
+            config.partition_column,
+            config.seed,
+            config.clients,
+            config.partition,
+            config.alpha,
+        )
     )
+
+
+@functools.lru_cache(maxsize=4)
+def _shards_cached(
+    dataset: str,
+    data_dir: str | None,
+    data_file: str | None,
+    label_column: str | None,
+    partition_column: str | None,
+    seed: int,
+    clients: int,
+    partition: str,
+    alpha: float,
+) -> tuple[np.ndarray, ...]:
+    data = _load_cached(dataset, data_dir, data_file, label_column, partition_column, seed)
+    shards = partition_indices(
+        data.train.labels, clients, partition, alpha=alpha, groups=data.groups, seed=seed
+    )
+    for shard in shards:
+        shard.flags.writeable = False
+    return tuple(shards)
 
 
 def split_shard(shard: np.ndarray, client_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     from privet.certs import add_certs_parser
 
     add_certs_parser(commands)
+    from privet.report_command import add_report_parser
+
+    add_report_parser(commands)
     return parser
 
 
@@ -352,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from privet.budget import run_budget
 
             return run_budget(args)
+        if args.command == "report":
+            from privet.report_command import run_report
+
+            return run_report(args)
     except _user_errors() as error:
         print(f"privet: error: {error}", file=sys.stderr)
         return EXIT_USAGE
