@@ -15,6 +15,7 @@ from privet import __version__
 from privet.config_sources import build_config, read_config_file
 from task.config import (
     ACCOUNTANT_NAMES,
+    CLIENT_SAMPLING_NAMES,
     DATASET_NAMES,
     DEVICE_NAMES,
     MODEL_NAMES,
@@ -43,6 +44,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from privacy import AccountingError, CalibrationError, LedgerError
     from privet.budget import BudgetError
     from privet.certs import CertError
+    from simulations.sweep import SweepError
     from task.config import ConfigError
     from task.datasets import DataError
     from task.models import ModelError
@@ -58,6 +60,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         LedgerError,
         BudgetError,
         CertError,
+        SweepError,
     )
 
 
@@ -71,6 +74,15 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
             "client at δ = 1e-5."
         ),
     )
+    run = add_settings_arguments(parser)
+    add_engine_argument(run, default_text="flower")
+    run.add_argument("--output", help="results folder (default: privet-output/run-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="replace results already in --output")
+    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The flags of every run setting (shared by `simulate` and `sweep`); returns the run group."""
     defaults = RunConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASET_NAMES, help="data set (default: digits)")
@@ -129,6 +141,12 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
         "--clients-per-round",
         type=int,
         help="expected clients per round; Poisson-samples each client at rate this/clients",
+    )
+    client_dp.add_argument(
+        "--client-sampling",
+        choices=CLIENT_SAMPLING_NAMES,
+        help="poisson (default): each client with probability clients-per-round/clients; "
+        "fixed: exactly clients-per-round clients (example-level DP only)",
     )
     client_noise = client_dp.add_mutually_exclusive_group()
     client_noise.add_argument(
@@ -221,10 +239,19 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
         help="seconds to wait for the nodes and for each round's replies (default: 3600)",
     )
     run.add_argument("--device", choices=DEVICE_NAMES, help="where clients train (default: auto)")
-    run.add_argument("--output", help="results folder (default: privet-output/run-<time>)")
-    run.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     run.add_argument("--config", help="TOML file with any of the settings above (flags win)")
-    run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    return run
+
+
+def add_engine_argument(group: argparse._ArgumentGroup, default_text: str) -> None:
+    """The --engine flag: Flower's simulation runtime (Ray) or Privet's in-process engine."""
+    group.add_argument(
+        "--engine",
+        choices=("flower", "in-process"),
+        help="flower: Flower's simulation runtime (Ray, one process per client slot); "
+        "in-process: the same apps in this process, no Ray — faster and far lighter for many "
+        f"clients on one machine (default: {default_text})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,13 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"privet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_simulate_parser(commands)
+    from privet.sweep_command import add_sweep_parser
+
+    add_sweep_parser(commands)
     resume = commands.add_parser(
         "resume",
-        help="continue an interrupted simulation from its last checkpoint",
+        help="continue an interrupted simulation or sweep from its last checkpoint",
         description="Continue a `privet simulate` run from OUTPUT/checkpoint.json with the same "
-        "configuration; privacy ledgers continue where they were.",
+        "configuration (privacy ledgers continue where they were), or a `privet sweep` from "
+        "OUTPUT/sweep.json (finished runs are kept, interrupted ones continue).",
     )
-    resume.add_argument("output", help="the interrupted run's output folder")
+    resume.add_argument("output", help="the interrupted run's or sweep's output folder")
+    resume.add_argument(
+        "--engine",
+        choices=("flower", "in-process"),
+        help="engine to continue on (default: the one the run used; in-process for a sweep)",
+    )
+    from privet.sweep_command import add_jobs_argument
+
+    add_jobs_argument(resume.add_argument_group("sweep"))
     resume.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     from privet.budget import add_budget_parser
 
@@ -259,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
 SIMULATE_KEYS = tuple(
     key.replace("-", "_") for key in RunConfig.key_names() if key != "resume"
 )  # `privet resume` continues a run; `simulate` always starts one
+DEFAULT_SIMULATE_ENGINE = "flower"
 
 
 def _default_output() -> str:
@@ -293,7 +333,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _simulate(args: argparse.Namespace) -> int:
     from privet.console import SimulationConsole
-    from simulations.flower_engine import run_flower_simulation
+    from simulations.engines import run_simulation_with
     from simulations.plan import plan_simulation
 
     config = config_from_args(args)
@@ -304,11 +344,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
         clear_output(Path(config.output))
     console.show_plan(plan)
-    from client.device import resolve_device
-
-    use_gpu = resolve_device(config.device).type == "cuda"
+    engine = args.engine or DEFAULT_SIMULATE_ENGINE
     with console.progress(config.rounds) as on_round:
-        results = run_flower_simulation(config, on_round, use_gpu=use_gpu, verbose=args.verbose)
+        results = run_simulation_with(engine, config, on_round, verbose=args.verbose)
     console.show_results(results)
     return 0 if results.finished else 1
 
@@ -316,22 +354,27 @@ def _simulate(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from privet.console import SimulationConsole
     from server.checkpoint import load_checkpoint
-    from simulations.flower_engine import run_flower_simulation
+    from simulations.engines import recorded_engine, run_simulation_with
 
-    checkpoint = load_checkpoint(Path(args.output))
+    output = Path(args.output)
+    from simulations.sweep import SWEEP_FILE
+
+    if (output / SWEEP_FILE).exists():
+        from privet.sweep_command import resume_sweep
+
+        return resume_sweep(output, args.engine, args.jobs)
+    checkpoint = load_checkpoint(output)
     values = {k: v for k, v in checkpoint.config.items() if v is not None}
     config = RunConfig.from_mapping({**values, "resume": True})
     if checkpoint.round >= config.rounds:
         raise CliError(f"{args.output} finished all {config.rounds} rounds; nothing to resume")
+    engine = args.engine or recorded_engine(output) or DEFAULT_SIMULATE_ENGINE
     console = SimulationConsole()
     console.console.print(
-        f"Resuming {args.output} after round {checkpoint.round} of {config.rounds}"
+        f"Resuming {args.output} after round {checkpoint.round} of {config.rounds} ({engine})"
     )
-    from client.device import resolve_device
-
-    use_gpu = resolve_device(config.device).type == "cuda"
     with console.progress(config.rounds) as on_round:
-        results = run_flower_simulation(config, on_round, use_gpu=use_gpu, verbose=args.verbose)
+        results = run_simulation_with(engine, config, on_round, verbose=args.verbose)
     console.show_results(results)
     return 0 if results.finished else 1
 
@@ -355,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from privet.budget import run_budget
 
             return run_budget(args)
+        if args.command == "sweep":
+            from privet.sweep_command import run_sweep_command
+
+            return run_sweep_command(args)
         if args.command == "report":
             from privet.report_command import run_report
 

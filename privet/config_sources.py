@@ -7,11 +7,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from task.config import ConfigError, RunConfig
+from task.config import ConfigError, RunConfig, merge_settings
 
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Keys of a TOML file: top-level keys, or the `[privet]` table if the file has one."""
+    settings, _ = read_config_tables(path, ())
+    return settings
+
+
+def read_config_tables(
+    path: str, allowed_tables: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The settings of a TOML file, and the extra tables it may have (e.g. a sweep's `[vary]`).
+
+    Settings are the top-level keys, or the `[privet]` table's; any other table must be one of
+    `allowed_tables`.
+    """
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"config file {path} does not exist; check the --config path")
@@ -22,26 +34,21 @@ def read_config_file(path: str) -> dict[str, Any]:
     table = data.get("privet", data)
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [privet] must be a table of settings")
-    nested = [key for key, value in table.items() if isinstance(value, dict)]
+    extra = {
+        key: value
+        for source in (data, table)
+        for key, value in source.items()
+        if isinstance(value, dict) and key in allowed_tables
+    }
+    nested = [
+        key for key, value in table.items() if isinstance(value, dict) and key not in allowed_tables
+    ]
     if nested:
         raise ConfigError(f"config file {path}: unexpected table(s) {', '.join(nested)}")
-    return table
-
-
-NOISE_KEYS = ("noise-multiplier", "target-epsilon")
+    settings = {key: value for key, value in table.items() if not isinstance(value, dict)}
+    return settings, extra
 
 
 def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> RunConfig:
-    """Flags override the file; both go through the same validation as Flower's run config.
-
-    The noise is set by one of two keys, so a flag for either replaces both from the file.
-    """
-    merged = {key.replace("_", "-"): value for key, value in file_values.items()}
-    flags = {
-        key.replace("_", "-"): value for key, value in flag_values.items() if value is not None
-    }
-    if any(key in flags for key in NOISE_KEYS):
-        for key in NOISE_KEYS:
-            merged.pop(key, None)
-    merged.update(flags)
-    return RunConfig.from_mapping(merged)
+    """Flags override the file; both go through the same validation as Flower's run config."""
+    return RunConfig.from_mapping(merge_settings(file_values, flag_values))

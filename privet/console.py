@@ -13,6 +13,8 @@ from rich.table import Table
 from server.results import RESULTS_FILE, RoundRecord, RunResults
 from simulations.plan import SimulationPlan
 
+MAX_CLIENT_ROWS = 20
+
 
 def _eps(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:.3f}"
@@ -53,6 +55,14 @@ class SimulationConsole:
             )
         )
         level = plan.client_level
+        if level is None and config.clients_per_round is not None:
+            how = (
+                f"exactly {config.clients_per_round}"
+                if config.client_sampling == "fixed"
+                else f"each with probability {config.client_sample_rate:.3g} "
+                f"(about {config.clients_per_round})"
+            )
+            self.console.print(f"Clients per round: {how} of {config.clients}")
         if level is not None:
             self.console.print(
                 f"Client-level DP-FedAvg: clip norm {config.client_clip_norm:g}"
@@ -109,7 +119,17 @@ class SimulationConsole:
         clients = Table(title=f"Privacy spent per client (δ = {results.config.delta:g}, RDP)")
         for column in ("client", "examples", "ε", "σ", "q", "steps"):
             clients.add_column(column, justify="right")
-        for client in results.clients:
+        shown = results.clients
+        if len(shown) > MAX_CLIENT_ROWS:
+            # Many clients: the first few and the one(s) at the federation's ε (the maximum).
+            top = max(client.epsilon for client in shown)
+            head = shown[: MAX_CLIENT_ROWS // 2]
+            shown = head + [c for c in shown if c.epsilon == top and c not in head][:1]
+            clients.caption = (
+                f"{len(shown)} of {len(results.clients)} clients shown, including one at the "
+                f"maximum ε; all are in results.json"
+            )
+        for client in shown:
             clients.add_row(
                 str(client.client_id),
                 str(client.num_examples),

@@ -102,6 +102,8 @@ def run_federated_training(
         privacy,
         client_sample_rate=config.client_sample_rate,
         sampling_rng=server_rng(config, 1),
+        client_sampling=config.client_sampling,
+        clients_per_round=config.clients_per_round,
         client_level=client_level,
         aggregator=aggregator,
         server_ledger=server_ledger,

@@ -31,7 +31,7 @@ from server.aggregation import (
 from server.checkpoint import generator_state, restore_generator
 from server.client_dp import ClientLevelPlan
 from server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
-from server.sampling import poisson_sample
+from server.sampling import sample_clients
 from server.secure_aggregation import (
     SecAggRoundPlan,
     SecAggSettings,
@@ -93,6 +93,8 @@ class PrivetFedAvg(FedAvg):
         *,
         client_sample_rate: float,
         sampling_rng: np.random.Generator,
+        client_sampling: str = "poisson",
+        clients_per_round: int | None = None,
         client_level: ClientLevelPlan | None = None,
         aggregator: ClientLevelAggregator | None = None,
         server_ledger: PrivacyLedger | None = None,
@@ -104,6 +106,8 @@ class PrivetFedAvg(FedAvg):
         super().__init__(weighted_by_key=WEIGHT_KEY, min_available_nodes=1)
         self.privacy = privacy
         self.client_sample_rate = client_sample_rate
+        self.client_sampling = client_sampling
+        self.clients_per_round = clients_per_round
         self.sampling_rng = sampling_rng
         self.client_level = client_level
         self.aggregator = aggregator
@@ -175,7 +179,7 @@ class PrivetFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Poisson-sample the clients that have not declined, and send them the global model."""
+        """Sample the clients that have not declined, and send them the global model."""
         self._current = arrays
         outcome = self.outcomes.setdefault(server_round, RoundOutcome())
         # Nodes the SuperLink has lost are not sampled (a grid-less caller samples them all).
@@ -185,7 +189,13 @@ class PrivetFedAvg(FedAvg):
             for node, c in sorted(self.client_of_node.items(), key=lambda item: item[1])
             if c not in self.declined_at and node in online
         ]
-        outcome.sampled = poisson_sample(active, self.client_sample_rate, self.sampling_rng)
+        outcome.sampled = sample_clients(
+            active,
+            self.client_sampling,
+            self.client_sample_rate,
+            self.clients_per_round if self.clients_per_round is not None else len(active),
+            self.sampling_rng,
+        )
         config["server-round"] = server_round
         if self.aggregator is not None:
             config["clip-norm"] = self.aggregator.clip_norm

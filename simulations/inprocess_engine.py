@@ -136,9 +136,7 @@ class InProcessGrid(Grid):
         metadata.__dict__["_message_id"] = uuid4().hex
         # The node gets its own copy, as it would over the wire: neither side can change what
         # the other holds (Flower's records keep arrays as immutable bytes, so this is cheap).
-        received = Message(
-            metadata=copy.copy(metadata), content=copy.deepcopy(message.content)
-        )
+        received = Message(metadata=copy.copy(metadata), content=copy.deepcopy(message.content))
         context = self._contexts[node]
         try:
             reply = self._client_app(received, context)

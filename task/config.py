@@ -22,6 +22,7 @@ MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "mlp-large", "cnn")
 PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")
+CLIENT_SAMPLING_NAMES: tuple[str, ...] = ("poisson", "fixed")
 DATASETS_NEEDING_DIR: tuple[str, ...] = ("mnist", "fashion-mnist", "adult")
 DEFAULT_TARGET_EPSILON = 8.0
 DEFAULT_SECAGG_THRESHOLD = 2 / 3
@@ -63,6 +64,9 @@ class RunConfig:
     epsilon_budget: float | None = None
     # Client-level DP (DP-FedAvg): on when a client noise multiplier or target is given.
     clients_per_round: int | None = None
+    # How the clients of a round are drawn: Poisson at rate clients-per-round / clients, or
+    # exactly clients-per-round of them ("fixed"; example-level DP only).
+    client_sampling: str = "poisson"
     client_noise_multiplier: float | None = None
     client_target_epsilon: float | None = None
     client_clip_norm: float = 1.0
@@ -147,6 +151,16 @@ class RunConfig:
             kwargs[name] = _coerce(raw_key, raw_value, fields[name].type)
         return cls(**kwargs)
 
+    @classmethod
+    def coerce_value(cls, key: str, value: Any) -> Any:
+        """One value converted to the type of configuration key `key` (either spelling)."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            valid = ", ".join(cls.key_names())
+            raise ConfigError(f"unknown configuration key {key!r}; valid keys: {valid}")
+        return _coerce(key, value, fields[name].type)
+
     def to_mapping(self) -> dict[str, Any]:
         """Kebab-case keys and plain values (None written as ""), as Flower's run config wants."""
         return {
@@ -159,6 +173,26 @@ class RunConfig:
     def to_json_dict(self) -> dict[str, Any]:
         """Snake-case keys and JSON values (None kept), for results.json."""
         return dataclasses.asdict(self)
+
+
+NOISE_KEYS = ("noise-multiplier", "target-epsilon")
+CLIENT_NOISE_KEYS = ("client-noise-multiplier", "client-target-epsilon")
+
+
+def merge_settings(lower: Mapping[str, Any], upper: Mapping[str, Any]) -> dict[str, Any]:
+    """`upper`'s settings over `lower`'s, in kebab-case; None in `upper` means "not given".
+
+    Each noise level is set by one of two keys (a noise multiplier or a target ε), so giving
+    either in `upper` replaces both from `lower`.
+    """
+    merged = {key.replace("_", "-"): value for key, value in lower.items()}
+    given = {key.replace("_", "-"): value for key, value in upper.items() if value is not None}
+    for pair in (NOISE_KEYS, CLIENT_NOISE_KEYS):
+        if any(key in given for key in pair):
+            for key in pair:
+                merged.pop(key, None)
+    merged.update(given)
+    return merged
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -292,6 +326,13 @@ def _validate_secure_aggregation(config: RunConfig) -> None:
 
 def _validate_client_level(config: RunConfig) -> None:
     """Checks of DP-FedAvg settings: sampling, clipping, adaptive clipping, budgets."""
+    _one_of("client-sampling", config.client_sampling, CLIENT_SAMPLING_NAMES)
+    if config.client_sampling == "fixed" and config.client_level_dp:
+        raise ConfigError(
+            "client-sampling 'fixed' cannot be used with client-level DP: its accounting "
+            "amplifies by Poisson sampling, and a fixed-size sample has neither that guarantee "
+            "nor the same neighbouring relation; use --client-sampling poisson"
+        )
     if config.clients_per_round is not None and not 1 <= config.clients_per_round <= config.clients:
         raise ConfigError(
             f"clients-per-round must be between 1 and clients ({config.clients}), "

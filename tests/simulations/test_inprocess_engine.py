@@ -1,0 +1,197 @@
+"""The in-process engine: the same apps as Flower's runtime, the same results, many clients."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+from opacus.accountants.analysis import rdp
+
+from simulations.faults import Dropout
+from simulations.flower_engine import run_flower_simulation
+from simulations.inprocess_engine import InProcessGrid, run_in_process, server_task_identity
+from task.config import RunConfig
+
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+# Client-level DP with Poisson client sampling, adaptive clipping and secure aggregation: every
+# source of randomness and every message stage the server and clients have.
+SETTINGS = {
+    "clients": 6,
+    "clients_per_round": 4,
+    "rounds": 3,
+    "local_epochs": 1,
+    "client_noise_multiplier": 0.8,
+    "clip_count_stddev": 1.0,
+    "adaptive_clipping": True,
+    "delta": 1e-3,
+    "secure_aggregation": True,
+    "reproducible": True,
+    "seed": 3,
+}
+
+
+@functools.lru_cache(maxsize=64)  # many clients share a (q, σ, steps): compute each once
+def opacus_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
+    eps, _ = rdp.get_privacy_spent(
+        orders=ORDERS,
+        rdp=rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS),
+        delta=delta,
+    )
+    return eps
+
+
+def ledger_events(output: Path) -> dict[str, list]:
+    """Every ledger's entries without their timestamps."""
+    ledgers = {}
+    for path in sorted((output / "ledgers").glob("*.json")):
+        entries = json.loads(path.read_text())["entries"]
+        ledgers[path.name] = [(e["round"], e["event"]) for e in entries]
+    return ledgers
+
+
+def test_both_engines_give_identical_results_for_the_same_seed(tmp_path):
+    flower_out, local_out = tmp_path / "flower", tmp_path / "local"
+    flower = run_flower_simulation(RunConfig(**SETTINGS, output=str(flower_out)))
+    local = run_in_process(RunConfig(**SETTINGS, output=str(local_out)))
+    assert flower.engine == "flower-simulation" and local.engine == "in-process"
+    assert len(local.rounds) == SETTINGS["rounds"]
+    for a, b in zip(flower.rounds, local.rounds, strict=True):
+        assert (b.accuracy, b.loss, b.epsilon_max) == (a.accuracy, a.loss, a.epsilon_max)
+        assert b.epsilon_by_client == a.epsilon_by_client
+        assert b.sampled == a.sampled and b.clients_trained == a.clients_trained
+        assert b.epsilon_client_level == a.epsilon_client_level
+        assert b.clip_norm == a.clip_norm
+        assert b.noised_within_fraction == a.noised_within_fraction
+        assert (b.secure_aggregation or {}).get("status") == "ok"
+        for key in ("survivors", "bits", "threshold"):
+            assert b.secure_aggregation[key] == a.secure_aggregation[key]
+    assert local.clients == flower.clients
+    assert ledger_events(local_out) == ledger_events(flower_out)
+    rounds = SETTINGS["rounds"]
+    with (
+        np.load(flower_out / f"checkpoint-model-{rounds}.npz") as a,
+        np.load(local_out / f"checkpoint-model-{rounds}.npz") as b,
+    ):
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+    written = json.loads((local_out / "results.json").read_text())
+    assert written["engine"] == "in-process" and written["finished"] is True
+
+
+def test_a_thousand_clients_with_a_hundred_per_round_on_mnist(tmp_path, mnist_dir):
+    """The issue's scale, in one process: each client's ε is Opacus' for the steps it ran."""
+    config = RunConfig(
+        dataset="mnist",
+        data_dir=str(mnist_dir),
+        model="mlp",
+        clients=1000,
+        clients_per_round=100,
+        rounds=3,
+        local_epochs=1,
+        batch_size=32,
+        target_epsilon=8.0,
+        reproducible=True,
+        output=str(tmp_path / "big"),
+    )
+    results = run_in_process(config)
+    assert [r.round for r in results.rounds] == [1, 2, 3]
+    for record in results.rounds:
+        # Poisson sampling at q = 0.1: 100 expected, far outside [50, 150] is a broken sampler.
+        assert 50 <= len(record.sampled) <= 150
+        assert record.clients_trained == len(record.sampled)
+    participated = {c: sum(c in r.sampled for r in results.rounds) for c in range(1000)}
+    assert results.rounds[-1].accuracy > 0.2  # learning happened (chance is 0.1)
+    assert len(results.clients) == sum(1 for n in participated.values() if n)
+    for client in results.clients:
+        batches = math.ceil(client.num_examples / config.batch_size)
+        steps = participated[client.client_id] * batches
+        assert client.steps == steps
+        expected = opacus_epsilon(1 / batches, client.noise_multiplier, steps, config.delta)
+        assert client.epsilon == pytest.approx(expected, rel=1e-6)
+    assert results.rounds[-1].epsilon_max == max(c.epsilon for c in results.clients)
+
+
+def test_fixed_size_sampling_trains_exactly_k_clients_every_round(tmp_path):
+    config = RunConfig(
+        clients=20,
+        clients_per_round=5,
+        client_sampling="fixed",
+        rounds=3,
+        local_epochs=1,
+        delta=1e-4,
+        reproducible=True,
+        output=str(tmp_path / "fixed"),
+    )
+    results = run_in_process(config)
+    samples = [r.sampled for r in results.rounds]
+    assert all(len(sample) == 5 and len(set(sample)) == 5 for sample in samples)
+    assert len({tuple(sample) for sample in samples}) > 1  # a new draw each round
+    participated = {c: sum(c in sample for sample in samples) for c in range(20)}
+    for client in results.clients:
+        batches = math.ceil(client.num_examples / config.batch_size)
+        steps = participated[client.client_id] * batches
+        expected = opacus_epsilon(1 / batches, client.noise_multiplier, steps, config.delta)
+        assert client.epsilon == pytest.approx(expected, rel=1e-6)
+    written = json.loads((tmp_path / "fixed" / "results.json").read_text())
+    assert written["config"]["client_sampling"] == "fixed"
+
+
+def test_a_failing_client_is_an_error_reply_and_the_round_goes_on(tmp_path):
+    config = RunConfig(clients=3, rounds=2, local_epochs=1, reproducible=True, output=str(tmp_path))
+    results = run_in_process(config, client_mods=[Dropout.at("train", [1], rounds=[1])])
+    first, second = results.rounds
+    assert first.failed == 1 and first.clients_trained == 2
+    assert second.failed == 0 and second.clients_trained == 3
+    ledger = json.loads((tmp_path / "ledgers" / "client-1.json").read_text())
+    assert [entry["round"] for entry in ledger["entries"]] == [2]  # nothing charged in round 1
+    assert first.epsilon_by_client.get(1, 0.0) < second.epsilon_by_client[1]
+
+
+def counting_app() -> ClientApp:
+    """A ClientApp that counts its messages in the node's state and tampers with its input."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        seen = int(context.state.config_records.get("seen", ConfigRecord({"n": 0}))["n"]) + 1
+        context.state.config_records["seen"] = ConfigRecord({"n": seen})
+        msg.content.config_records["payload"]["value"] = "changed by the client"
+        reply = RecordDict({"out": ConfigRecord({"seen": seen, "node": context.node_id})})
+        return Message(content=reply, reply_to=msg)
+
+    return app
+
+
+def test_each_node_keeps_its_own_state_and_cannot_touch_the_servers_message():
+    grid = InProcessGrid(counting_app(), num_nodes=3)
+    nodes = sorted(grid.get_node_ids())
+    assert len(nodes) == 3
+    with server_task_identity(1):
+        content = RecordDict({"payload": ConfigRecord({"value": "from the server"})})
+        for _ in range(2):
+            messages = [Message(content, node, MessageType.QUERY) for node in nodes[:2]]
+            replies = list(grid.send_and_receive(messages))
+        assert content.config_records["payload"]["value"] == "from the server"
+        seen = {r.metadata.src_node_id: r.content.config_records["out"]["seen"] for r in replies}
+        assert seen == {nodes[0]: 2, nodes[1]: 2}  # state persisted across rounds, per node
+        third = list(grid.send_and_receive([Message(content, nodes[2], MessageType.QUERY)]))
+        assert third[0].content.config_records["out"]["seen"] == 1
+        assert all(r.metadata.reply_to_message_id for r in replies)
+        with pytest.raises(ValueError, match="unknown node"):
+            list(grid.send_and_receive([Message(content, 7, MessageType.QUERY)]))
+
+
+def test_an_unknown_message_type_is_an_error_reply_not_a_crash():
+    grid = InProcessGrid(counting_app(), num_nodes=1)
+    (node,) = grid.get_node_ids()
+    with server_task_identity(1):
+        (reply,) = grid.send_and_receive([Message(RecordDict(), node, MessageType.TRAIN)])
+    assert reply.has_error()
+    assert "No train function registered" in reply.error.reason

@@ -1,0 +1,255 @@
+"""Sweeps as plain code: the grid, the folder, the table, failures and resuming."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import simulations.engines
+from simulations.inprocess_engine import run_in_process
+from simulations.sweep import (
+    SweepError,
+    SweepSpec,
+    Variation,
+    check_output,
+    load_spec,
+    run_status,
+    run_sweep,
+)
+from task.config import RunConfig
+
+BASE = {"clients": 3, "rounds": 2, "local-epochs": 1}
+
+
+def small_spec() -> SweepSpec:
+    return SweepSpec(
+        dict(BASE),
+        (Variation.parse("target-epsilon=2,8"), Variation.parse("seed=0,1")),
+    )
+
+
+def read_table(output: Path) -> list[dict[str, str]]:
+    with (output / "sweep.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- the grid ---------------------------------------------------------------------------------
+
+
+def test_variations_parse_and_convert_values_to_each_keys_type():
+    eps = Variation.parse("target-epsilon=1,3,8")
+    assert eps.keys == ("target-epsilon",) and eps.options == ((1.0,), (3.0,), (8.0,))
+    linked = Variation.parse("partition/alpha=iid/0.5, dirichlet/0.1")
+    assert linked.keys == ("partition", "alpha")
+    assert linked.options == (("iid", 0.5), ("dirichlet", 0.1))
+    secure = Variation.parse("secure_aggregation=false,true")
+    assert secure.keys == ("secure-aggregation",) and secure.options == ((False,), (True,))
+    from_toml = Variation.build("partition/alpha", [["iid", 0.5], ["dirichlet", 1]])
+    assert from_toml.options == (("iid", 0.5), ("dirichlet", 1.0))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("target-epsilon", "is not KEY=VALUE"),
+        ("=1,2", "is not KEY=VALUE"),
+        ("seed=a,b", "seed must be an integer, got 'a'"),
+        ("learning-rate=0.1", "unknown configuration key 'learning-rate'"),
+        ("partition/alpha=iid,dirichlet/0.1", "each value needs 2 parts"),
+        ("output=a,b", "the sweep sets output for each run itself"),
+        ("seed=1,1", "lists a value twice"),
+    ],
+)
+def test_bad_variations_are_one_line_errors(text, message):
+    with pytest.raises(SweepError, match=message) as raised:
+        Variation.parse(text)
+    assert "\n" not in str(raised.value)
+
+
+def test_the_runs_are_the_product_of_the_variations_in_order():
+    spec = SweepSpec(
+        {"rounds": 2},
+        (
+            Variation.parse("target-epsilon=1,8"),
+            Variation.parse("partition/alpha=iid/0.5,dirichlet/0.1"),
+            Variation.parse("seed=0,1"),
+        ),
+    )
+    runs = spec.runs()
+    assert [run.name for run in runs] == [f"run-{i:03d}" for i in range(8)]
+    assert runs[0].values == {"target-epsilon": 1.0, "partition": "iid", "alpha": 0.5, "seed": 0}
+    assert runs[3].values == {
+        "target-epsilon": 1.0,
+        "partition": "dirichlet",
+        "alpha": 0.1,
+        "seed": 1,
+    }
+    assert runs[7].values["target-epsilon"] == 8.0
+    assert spec.varied_keys == ["target-epsilon", "partition", "alpha", "seed"]
+    with pytest.raises(SweepError, match="names seed twice"):
+        SweepSpec({}, (Variation.parse("seed=0,1"), Variation.parse("seed=2")))
+
+
+def test_a_varied_noise_key_replaces_the_other_noise_key_of_the_base(tmp_path):
+    spec = SweepSpec(
+        {"target-epsilon": 8.0, "client-target-epsilon": 5.0, "clients": 20, "delta": 1e-3},
+        (
+            Variation.parse("noise-multiplier=0.5,1.5"),
+            Variation.parse("client-noise-multiplier=1.0"),
+        ),
+    )
+    config = spec.config_of(spec.runs()[1], tmp_path)
+    assert config.noise_multiplier == 1.5 and config.target_epsilon is None
+    assert config.client_noise_multiplier == 1.0 and config.client_target_epsilon is None
+    assert config.output == str(tmp_path / "runs" / "run-001")
+    assert config.reproducible is True  # sweeps are simulations: reproducible by default
+
+
+def test_an_invalid_combination_names_its_run(tmp_path):
+    spec = SweepSpec(
+        {"clients": 4},
+        (Variation.parse("clients-per-round=2,9"),),
+    )
+    with pytest.raises(SweepError, match=r"run-001 \(clients-per-round=9\): clients-per-round"):
+        check_output(spec, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_folder_must_hold_this_sweep_or_nothing(tmp_path):
+    spec = small_spec()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(SweepError, match="is not empty and holds no sweep"):
+        run_sweep(spec, tmp_path / "busy", "in-process")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")
+    with pytest.raises(SweepError, match="holds a single run, not a sweep"):
+        check_output(spec, tmp_path / "run")
+    other = SweepSpec(dict(BASE), (Variation.parse("seed=5"),))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "sweep.json").write_text(json.dumps(other.to_json()))
+    with pytest.raises(SweepError, match="holds a different sweep"):
+        check_output(spec, tmp_path / "other")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "sweep.json").write_text("{not json")
+    with pytest.raises(SweepError, match="is not a readable sweep file"):
+        load_spec(tmp_path / "broken")
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The small sweep, run without interruption."""
+    output = tmp_path_factory.mktemp("straight")
+    outcomes = run_sweep(small_spec(), output, "in-process")
+    return output, outcomes
+
+
+def test_a_sweep_runs_every_combination_and_tables_them(straight):
+    output, outcomes = straight
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert load_spec(output).to_json() == small_spec().to_json()
+    rows = read_table(output)
+    assert [row["run"] for row in rows] == ["run-000", "run-001", "run-002", "run-003"]
+    assert [(row["target-epsilon"], row["seed"]) for row in rows] == [
+        ("2.0", "0"),
+        ("2.0", "1"),
+        ("8.0", "0"),
+        ("8.0", "1"),
+    ]
+    for row in rows:
+        results = json.loads((output / row["results"]).read_text())
+        assert row["status"] == "done" and results["finished"] is True
+        assert float(row["epsilon_max"]) == results["privacy"]["epsilon_max"]
+        assert float(row["final_accuracy"]) == results["rounds"][-1]["accuracy"]
+        assert float(row["epsilon_max"]) <= float(row["target-epsilon"])
+        assert int(row["rounds_completed"]) == 2 and row["engine"] == "in-process"
+        assert results["config"]["seed"] == int(row["seed"])
+    # Each run is exactly the simulation its settings describe.
+    alone = run_in_process(
+        RunConfig.from_mapping(
+            {
+                **BASE,
+                "target-epsilon": 8.0,
+                "seed": 1,
+                "reproducible": True,
+                "output": str(output.parent / "alone"),
+            }
+        )
+    )
+    assert alone.rounds[-1].accuracy == float(rows[3]["final_accuracy"])
+
+
+def test_an_interrupted_sweep_continues_to_the_same_results(straight, tmp_path):
+    output = tmp_path / "sweep"
+    seen = []
+
+    def interrupt(progress):
+        seen.append((progress.run, progress.round))
+        if (progress.run, progress.round) == ("run-001", 1):
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C after that round
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(small_spec(), output, "in-process", on_round=interrupt)
+    assert run_status(output / "runs" / "run-000") == "done"
+    assert run_status(output / "runs" / "run-001") == "interrupted"
+    assert run_status(output / "runs" / "run-002") == "pending"
+    again = []
+    run_sweep(small_spec(), output, "in-process", on_round=lambda p: again.append((p.run, p.round)))
+    assert ("run-000", 1) not in again  # finished runs are not run again
+    assert again[0] == ("run-001", 2)  # the interrupted run continues after its last round
+    reference = read_table(straight[0])
+    for row, ref in zip(read_table(output), reference, strict=True):
+        for key in ("status", "final_accuracy", "final_loss", "epsilon_max", "rounds_completed"):
+            assert row[key] == ref[key], (row["run"], key)
+    resumed = json.loads((output / "runs" / "run-001" / "results.json").read_text())
+    assert resumed["resumed_after_rounds"] == [1]
+    for name in ("run-001", "run-003"):
+        with (
+            np.load(output / "runs" / name / "checkpoint-model-2.npz") as a,
+            np.load(straight[0] / "runs" / name / "checkpoint-model-2.npz") as b,
+        ):
+            assert all(np.array_equal(a[key], b[key]) for key in a.files)
+
+
+def test_a_failed_run_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    real = simulations.engines.run_simulation_with
+
+    def flaky(engine, config, on_round=None, **kwargs):
+        if config.output.endswith("run-000"):
+            raise RuntimeError("the disk is full\nsecond line")
+        return real(engine, config, on_round, **kwargs)
+
+    monkeypatch.setattr(simulations.engines, "run_simulation_with", flaky)
+    spec = SweepSpec(dict(BASE), (Variation.parse("seed=0,1"),))
+    outcomes = run_sweep(spec, tmp_path, "in-process")
+    assert [(o.run, o.status) for o in outcomes] == [("run-000", "failed"), ("run-001", "done")]
+    assert outcomes[0].error == "RuntimeError: the disk is full second line"
+    rows = read_table(tmp_path)
+    assert rows[0]["status"] == "failed" and rows[0]["error"] == outcomes[0].error
+    assert rows[1]["status"] == "done"
+    monkeypatch.setattr(simulations.engines, "run_simulation_with", real)
+    outcomes = run_sweep(spec, tmp_path, "in-process")
+    assert [(o.run, o.status) for o in outcomes] == [("run-000", "done")]
+    assert not (tmp_path / "runs" / "run-000" / "error.txt").exists()
+    assert [row["status"] for row in read_table(tmp_path)] == ["done", "done"]
+
+
+def test_parallel_workers_give_the_same_table_as_one_at_a_time(straight, tmp_path):
+    output = tmp_path / "parallel"
+    rounds = []
+    outcomes = run_sweep(small_spec(), output, "in-process", jobs=2, on_round=rounds.append)
+    assert sorted(o.run for o in outcomes) == ["run-000", "run-001", "run-002", "run-003"]
+    assert {(p.run, p.round) for p in rounds} == {
+        (f"run-00{i}", r) for i in range(4) for r in (1, 2)
+    }
+    for row, ref in zip(read_table(output), read_table(straight[0]), strict=True):
+        for key in ("final_accuracy", "final_loss", "epsilon_max", "noise_multiplier_max"):
+            assert row[key] == ref[key], (row["run"], key)
