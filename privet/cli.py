@@ -44,6 +44,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from privacy import AccountingError, CalibrationError, LedgerError
     from privet.budget import BudgetError
     from privet.certs import CertError
+    from simulations.report import ReportError
     from simulations.sweep import SweepError
     from task.config import ConfigError
     from task.datasets import DataError
@@ -61,6 +62,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         BudgetError,
         CertError,
         SweepError,
+        ReportError,
     )
 
 

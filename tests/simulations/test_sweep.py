@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from opacus.accountants.analysis import rdp
 
 import simulations.engines
 from simulations.inprocess_engine import run_in_process
@@ -23,6 +24,17 @@ from simulations.sweep import (
 from task.config import RunConfig
 
 BASE = {"clients": 3, "rounds": 2, "local-epochs": 1}
+ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def opacus_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
+    """Opacus' own RDP analysis, independent of Privet's accountants."""
+    eps, _ = rdp.get_privacy_spent(
+        orders=ORDERS,
+        rdp=rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS),
+        delta=delta,
+    )
+    return eps
 
 
 def small_spec() -> SweepSpec:
@@ -168,6 +180,11 @@ def test_a_sweep_runs_every_combination_and_tables_them(straight):
         results = json.loads((output / row["results"]).read_text())
         assert row["status"] == "done" and results["finished"] is True
         assert float(row["epsilon_max"]) == results["privacy"]["epsilon_max"]
+        independent = max(
+            opacus_epsilon(c["sample_rate"], c["noise_multiplier"], c["steps"], c["delta"])
+            for c in results["clients"]
+        )
+        assert float(row["epsilon_max"]) == pytest.approx(independent, rel=1e-6)
         assert float(row["final_accuracy"]) == results["rounds"][-1]["accuracy"]
         assert float(row["epsilon_max"]) <= float(row["target-epsilon"])
         assert int(row["rounds_completed"]) == 2 and row["engine"] == "in-process"
