@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from collections.abc import Callable
 
@@ -84,13 +86,25 @@ _BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
 def build_model(
     name: str, feature_shape: tuple[int, ...], num_classes: int, seed: int = 0
 ) -> nn.Module:
-    """A freshly initialised model; the same `seed` gives the same initial weights everywhere."""
+    """A freshly initialised model; the same `seed` gives the same initial weights everywhere.
+
+    Each call returns a model of its own (a copy of one built once per process): a simulation
+    builds one per client message, and seeding and initialising a model costs more than copying.
+    """
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return copy.deepcopy(_initialised(name, tuple(feature_shape), num_classes, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _initialised(
+    name: str, feature_shape: tuple[int, ...], num_classes: int, seed: int
+) -> nn.Module:
+    """The seeded model `build_model` copies (never handed out itself)."""
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        return _BUILDERS[name](tuple(feature_shape), num_classes)
+        return _BUILDERS[name](feature_shape, num_classes)
     finally:
         torch.random.set_rng_state(generator_state)
 

@@ -7,22 +7,11 @@ import math
 
 import dp_accounting
 import pytest
-from opacus.accountants.analysis import rdp
 
 from privet.cli import main
 from simulations.flower_engine import run_flower_simulation
 from task.config import RunConfig
-
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-
-
-def opacus_epsilon(q, sigma, steps, delta):
-    eps, _ = rdp.get_privacy_spent(
-        orders=ORDERS,
-        rdp=rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS),
-        delta=delta,
-    )
-    return eps
+from tests.reference_accounting import ORDERS, opacus_epsilon
 
 
 def test_clients_decline_exactly_when_predicted_and_the_run_ends_cleanly(tmp_path, capsys):

@@ -8,25 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from opacus.accountants.analysis import rdp
 from opacus.accountants.utils import get_noise_multiplier
 
 from simulations.flower_engine import run_flower_simulation
 from simulations.plan import plan_simulation
 from task.config import RunConfig
+from tests.reference_accounting import opacus_epsilon
 
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 TARGET = 6.0
-
-
-def opacus_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
-    """Opacus' RDP analysis functions, called directly."""
-    eps, _ = rdp.get_privacy_spent(
-        orders=ORDERS,
-        rdp=rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS),
-        delta=delta,
-    )
-    return eps
 
 
 @pytest.fixture(scope="module")

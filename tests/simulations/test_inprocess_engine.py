@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -11,14 +10,12 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
-from opacus.accountants.analysis import rdp
 
 from simulations.faults import Dropout
 from simulations.flower_engine import run_flower_simulation
 from simulations.inprocess_engine import InProcessGrid, run_in_process, server_task_identity
 from task.config import RunConfig
-
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+from tests.reference_accounting import opacus_epsilon
 
 # Client-level DP with Poisson client sampling, adaptive clipping and secure aggregation: every
 # source of randomness and every message stage the server and clients have.
@@ -35,16 +32,6 @@ SETTINGS = {
     "reproducible": True,
     "seed": 3,
 }
-
-
-@functools.lru_cache(maxsize=64)  # many clients share a (q, σ, steps): compute each once
-def opacus_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
-    eps, _ = rdp.get_privacy_spent(
-        orders=ORDERS,
-        rdp=rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS),
-        delta=delta,
-    )
-    return eps
 
 
 def ledger_events(output: Path) -> dict[str, list]:

@@ -8,7 +8,6 @@ from the run's ledgers with Opacus' RDP analysis functions — never with Privet
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import json
 import math
@@ -17,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from PIL import Image
 
 from simulations import plots
@@ -32,9 +30,8 @@ from simulations.report import (
     write_report,
 )
 from task.config import RunConfig
+from tests.reference_accounting import opacus_epsilon
 
-# Privet's RDP orders, written out here rather than imported from the code under test.
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 IMG = re.compile(r"<img\b[^>]*>")
 SRC = re.compile(r'src="([^"]*)"')
 EPS_SPAN = re.compile(r'<span class="eps" data-eps="([^"]+)">([^<]+)</span>')
@@ -148,16 +145,6 @@ def reports(runs, sweep) -> dict[str, str]:
 
 
 # -- independent privacy numbers ---------------------------------------------------------------
-
-
-@functools.cache
-def opacus_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
-    """ε of `steps` Poisson-subsampled Gaussian steps, by Opacus' RDP analysis functions."""
-    if steps == 0:
-        return 0.0
-    rdp = compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS)
-    epsilon, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
-    return float(epsilon)
 
 
 def expected_epsilons(run_dir: Path, prefix: str = "") -> dict[str, float]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from opacus.accountants.analysis import rdp
 
 import simulations.engines
 from simulations.inprocess_engine import run_in_process
@@ -22,19 +21,9 @@ from simulations.sweep import (
     run_sweep,
 )
 from task.config import RunConfig
+from tests.reference_accounting import opacus_epsilon
 
 BASE = {"clients": 3, "rounds": 2, "local-epochs": 1}
-ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
-
-
-def opacus_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
-    """Opacus' own RDP analysis, independent of Privet's accountants."""
-    eps, _ = rdp.get_privacy_spent(
-        orders=ORDERS,
-        rdp=rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=ORDERS),
-        delta=delta,
-    )
-    return eps
 
 
 def small_spec() -> SweepSpec:
