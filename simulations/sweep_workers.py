@@ -1,40 +1,51 @@
 """Several runs of a sweep at once, each in a worker process of its own.
 
 A run trains its clients one after another in one thread, so on a machine with several cores a
-sweep is fastest with one run per core. Workers are forked where the platform allows it (they
-start at once, with torch, Opacus and the data already imported; torch's thread pools are safe
-across fork, as its DataLoader workers rely on) and spawned elsewhere. They report each finished
-round through a queue for the progress display, and return how their run ended.
+sweep is fastest with one run per core. Each run gets a fresh worker process, forked where the
+platform allows it (it starts at once, with torch, Opacus and the data already imported; torch's
+thread pools are safe across fork, as its DataLoader workers rely on) and spawned elsewhere.
+Workers report each finished round and their outcome through one queue.
+
+Stopping is the parent's job: workers ignore SIGINT, and when the sweep is interrupted (Ctrl-C
+reaches the whole process group) the parent terminates every running worker by its PID before
+it returns. A worker that is killed loses at most the round in progress: every file a run writes
+is replaced atomically, and its ledger is written before the update it records leaves.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
-from simulations.sweep import ProgressCallback, RoundProgress, RunOutcome, execute_run
+from privacy import atomic_write_text
+from simulations.sweep import (
+    ERROR_FILE,
+    ProgressCallback,
+    RoundProgress,
+    RunOutcome,
+    execute_run,
+)
 
-_progress_queue: Any = None
 POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 5.0
 
 
-def _init_worker(progress: Any) -> None:
-    """Remember the queue this worker reports rounds to."""
-    global _progress_queue  # noqa: PLW0603 (per-process state set once by the pool)
-    _progress_queue = progress
+def _context() -> BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _report(progress: RoundProgress) -> None:
-    if _progress_queue is not None:
-        _progress_queue.put(progress)
-
-
-def _run_one(settings: Mapping[str, Any], name: str, engine: str) -> RunOutcome:
-    """A worker's job: one run, its rounds reported to the parent."""
-    return execute_run(settings, name, engine, _report)
+def _worker(settings: Mapping[str, Any], name: str, engine: str, reports: Any) -> None:
+    """A worker's life: one run, its rounds and its outcome reported to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    outcome = execute_run(settings, name, engine, reports.put)
+    reports.put(outcome)
 
 
 def run_in_workers(
@@ -45,35 +56,80 @@ def run_in_workers(
     on_outcome: Callable[[RunOutcome], None],
 ) -> None:
     """Run every (settings, name) with at most `jobs` worker processes, reporting as they go."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Manager() as manager:
-        progress = manager.Queue()
-        with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(progress,)
-        ) as pool:
-            pending: set[Future[RunOutcome]] = {
-                pool.submit(_run_one, settings, name, engine) for settings, name in jobs_list
-            }
+    context = _context()
+    reports = context.Queue()
+    todo = list(jobs_list)
+    active: dict[str, tuple[BaseProcess, Mapping[str, Any]]] = {}
+    try:
+        while todo or active:
+            while todo and len(active) < jobs:
+                settings, name = todo.pop(0)
+                process = context.Process(  # type: ignore[attr-defined]
+                    target=_worker, args=(settings, name, engine, reports), daemon=True
+                )
+                process.start()
+                active[name] = (process, settings)
             try:
-                while pending:
-                    done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-                    _drain(progress, on_round)
-                    for future in done:
-                        on_outcome(future.result())
-                _drain(progress, on_round)
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+                item = reports.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                _collect_dead(active, reports, on_round, on_outcome)
+                continue
+            _handle(item, active, on_round, on_outcome)
+    finally:
+        _stop(active)
 
 
-def _drain(progress: Any, on_round: ProgressCallback | None) -> None:
-    """Hand every queued round report to the display."""
-    while True:
-        try:
-            item = progress.get_nowait()
-        except queue.Empty:
-            return
+def _handle(
+    item: Any,
+    active: dict[str, tuple[BaseProcess, Mapping[str, Any]]],
+    on_round: ProgressCallback | None,
+    on_outcome: Callable[[RunOutcome], None],
+) -> None:
+    """Pass a worker's report on; an outcome also ends that worker."""
+    if isinstance(item, RoundProgress):
         if on_round is not None:
             on_round(item)
+        return
+    finished = active.pop(item.run, None)
+    if finished is not None:
+        finished[0].join()
+    on_outcome(item)
+
+
+def _collect_dead(
+    active: dict[str, tuple[BaseProcess, Mapping[str, Any]]],
+    reports: Any,
+    on_round: ProgressCallback | None,
+    on_outcome: Callable[[RunOutcome], None],
+) -> None:
+    """A worker that died without reporting (killed, out of memory) is a failed run."""
+    for name, (process, settings) in list(active.items()):
+        if process.is_alive():
+            continue
+        # Its last reports may still be in the queue: hand them on first.
+        while True:
+            try:
+                _handle(reports.get_nowait(), active, on_round, on_outcome)
+            except queue.Empty:
+                break
+        if name not in active:
+            continue
+        del active[name]
+        reason = (
+            f"the worker process running {name} ended with exit code {process.exitcode} "
+            "before finishing (killed, or out of memory?)"
+        )
+        atomic_write_text(Path(str(settings["output"])) / ERROR_FILE, reason + "\n")
+        on_outcome(RunOutcome(name, "failed", reason))
+
+
+def _stop(active: dict[str, tuple[BaseProcess, Mapping[str, Any]]]) -> None:
+    """Terminate every worker still running (by its PID), then make sure each has ended."""
+    for process, _ in active.values():
+        if process.is_alive():
+            process.terminate()
+    for process, _ in active.values():
+        process.join(STOP_GRACE_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join()

@@ -259,3 +259,50 @@ def test_parallel_workers_give_the_same_table_as_one_at_a_time(straight, tmp_pat
     for row, ref in zip(read_table(output), read_table(straight[0]), strict=True):
         for key in ("final_accuracy", "final_loss", "epsilon_max", "noise_multiplier_max"):
             assert row[key] == ref[key], (row["run"], key)
+
+
+def test_a_worker_that_dies_is_a_failed_run_and_the_others_finish(tmp_path, monkeypatch):
+    import os
+
+    import simulations.sweep_workers as workers
+
+    real = workers.execute_run
+
+    def dies_on_first(settings, name, engine, on_round=None):
+        if name == "run-000":
+            os._exit(9)  # as if the kernel killed the worker (out of memory)
+        return real(settings, name, engine, on_round)
+
+    monkeypatch.setattr(workers, "execute_run", dies_on_first)  # forked workers inherit it
+    spec = SweepSpec(dict(BASE), (Variation.parse("seed=0,1"),))
+    outcomes = run_sweep(spec, tmp_path, "in-process", jobs=2)
+    assert sorted((o.run, o.status) for o in outcomes) == [
+        ("run-000", "failed"),
+        ("run-001", "done"),
+    ]
+    failed = next(o for o in outcomes if o.run == "run-000")
+    assert "exit code 9" in failed.error
+    assert "exit code 9" in (tmp_path / "runs" / "run-000" / "error.txt").read_text()
+    assert [row["status"] for row in read_table(tmp_path)] == ["failed", "done"]
+
+
+def test_an_interrupted_parallel_sweep_stops_every_worker(tmp_path):
+    import multiprocessing
+
+    spec = SweepSpec({**BASE, "rounds": 50}, (Variation.parse("seed=0,1,2"),))
+
+    def interrupt(progress):
+        if progress.round == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path, "in-process", jobs=2, on_round=interrupt)
+    assert multiprocessing.active_children() == []  # no worker outlives the sweep
+    statuses = [run_status(tmp_path / "runs" / name) for name in ("run-000", "run-001", "run-002")]
+    assert statuses[2] == "pending" and "done" not in statuses
+    rounds = [
+        json.loads((tmp_path / "runs" / name / "checkpoint.json").read_text())["round"]
+        for name in ("run-000", "run-001")
+        if (tmp_path / "runs" / name / "checkpoint.json").exists()
+    ]
+    assert rounds and max(rounds) < 50
