@@ -1,10 +1,12 @@
 """Several runs of a sweep at once, each in a worker process of its own.
 
 A run trains its clients one after another in one thread, so on a machine with several cores a
-sweep is fastest with one run per core. Each run gets a fresh worker process, forked where the
-platform allows it (it starts at once, with torch, Opacus and the data already imported; torch's
-thread pools are safe across fork, as its DataLoader workers rely on) and spawned elsewhere.
-Workers report each finished round and their outcome through one queue.
+sweep is fastest with one run per core. Each run gets a fresh worker process. Where the platform
+has it, workers are forked from a fork server that has imported torch, Opacus and Flower but has
+run no torch operation: forking the sweep's own process instead can deadlock, because it has
+used torch's OpenMP thread pool (planning the runs) and GNU OpenMP does not survive a fork. The
+fork server starts once per sweep; each worker then starts in a fraction of a second. Elsewhere
+workers are spawned. Workers report each finished round and their outcome through one queue.
 
 Stopping is the parent's job: workers ignore SIGINT, and when the sweep is interrupted (Ctrl-C
 reaches the whole process group) the parent terminates every running worker by its PID before
@@ -33,12 +35,20 @@ from simulations.sweep import (
 )
 
 POLL_SECONDS = 0.2
+WORKER_PREFIX = "privet-sweep-"  # a worker's process name: the prefix and its run's name
 STOP_GRACE_SECONDS = 5.0
 
 
+# What the fork server imports before forking workers (imports only: no torch operation runs).
+PRELOAD = ["simulations.sweep_workers", "simulations.inprocess_engine", "client.training_round"]
+
+
 def _context() -> BaseContext:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def _worker(settings: Mapping[str, Any], name: str, engine: str, reports: Any) -> None:
@@ -65,7 +75,10 @@ def run_in_workers(
             while todo and len(active) < jobs:
                 settings, name = todo.pop(0)
                 process = context.Process(  # type: ignore[attr-defined]
-                    target=_worker, args=(settings, name, engine, reports), daemon=True
+                    target=_worker,
+                    args=(settings, name, engine, reports),
+                    name=f"{WORKER_PREFIX}{name}",
+                    daemon=True,
                 )
                 process.start()
                 active[name] = (process, settings)

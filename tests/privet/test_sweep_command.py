@@ -159,3 +159,43 @@ def test_a_killed_sweep_resumes_to_the_results_of_each_run_alone(tmp_path):
         results = json.loads((output / row["results"]).read_text())
         assert [r["round"] for r in results["rounds"]] == [1, 2, 3, 4]
         assert main(["budget", "--verify", str(output / "runs" / row["run"])]) == 0
+
+
+def test_parallel_workers_start_cleanly_after_the_sweep_has_used_torch(tmp_path, mnist_dir):
+    """Planning MNIST runs uses torch's OpenMP threads in the sweep's own process; a worker
+    forked from that process would hang in its first parallel operation (GNU OpenMP does not
+    survive fork), so workers must come from a clean fork server."""
+    output = tmp_path / "sweep"
+    command = [
+        PRIVET,
+        "sweep",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(mnist_dir),
+        "--model",
+        "mlp",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+        "--local-epochs",
+        "1",
+        "--batch-size",
+        "512",
+        "--vary",
+        "seed=0,1",
+        "--jobs",
+        "2",
+        "--output",
+        str(output),
+    ]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        assert process.wait(timeout=300) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the hung sweep and its workers, by PID
+            process.wait()
+    with (output / "sweep.csv").open() as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["done", "done"]

@@ -261,29 +261,33 @@ def test_parallel_workers_give_the_same_table_as_one_at_a_time(straight, tmp_pat
             assert row[key] == ref[key], (row["run"], key)
 
 
-def test_a_worker_that_dies_is_a_failed_run_and_the_others_finish(tmp_path, monkeypatch):
+def test_a_worker_that_dies_is_a_failed_run_and_the_others_finish(tmp_path):
+    import multiprocessing
     import os
+    import signal
 
-    import simulations.sweep_workers as workers
+    def kill_first_worker(progress):
+        if progress.run == "run-000" and progress.round == 1:
+            # As if the kernel killed the worker (out of memory), found by its PID.
+            (worker,) = [
+                p for p in multiprocessing.active_children() if p.name == "privet-sweep-run-000"
+            ]
+            os.kill(worker.pid, signal.SIGKILL)
 
-    real = workers.execute_run
-
-    def dies_on_first(settings, name, engine, on_round=None):
-        if name == "run-000":
-            os._exit(9)  # as if the kernel killed the worker (out of memory)
-        return real(settings, name, engine, on_round)
-
-    monkeypatch.setattr(workers, "execute_run", dies_on_first)  # forked workers inherit it
-    spec = SweepSpec(dict(BASE), (Variation.parse("seed=0,1"),))
-    outcomes = run_sweep(spec, tmp_path, "in-process", jobs=2)
+    spec = SweepSpec({**BASE, "rounds": 20}, (Variation.parse("seed=0,1"),))
+    outcomes = run_sweep(spec, tmp_path, "in-process", jobs=2, on_round=kill_first_worker)
     assert sorted((o.run, o.status) for o in outcomes) == [
         ("run-000", "failed"),
         ("run-001", "done"),
     ]
     failed = next(o for o in outcomes if o.run == "run-000")
-    assert "exit code 9" in failed.error
-    assert "exit code 9" in (tmp_path / "runs" / "run-000" / "error.txt").read_text()
+    assert "exit code -9" in failed.error
+    assert "exit code -9" in (tmp_path / "runs" / "run-000" / "error.txt").read_text()
     assert [row["status"] for row in read_table(tmp_path)] == ["failed", "done"]
+    # Running the sweep again retries the failed run from scratch.
+    assert [(o.run, o.status) for o in run_sweep(spec, tmp_path, "in-process", jobs=2)] == [
+        ("run-000", "done")
+    ]
 
 
 def test_an_interrupted_parallel_sweep_stops_every_worker(tmp_path):
