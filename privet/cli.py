@@ -245,11 +245,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     return run
 
 
+# The engines of `simulations.engines` (named here so that parsing flags imports no torch).
+ENGINE_CHOICES: tuple[str, ...] = ("flower", "in-process")
+
+
 def add_engine_argument(group: argparse._ArgumentGroup, default_text: str) -> None:
     """The --engine flag: Flower's simulation runtime (Ray) or Privet's in-process engine."""
     group.add_argument(
         "--engine",
-        choices=("flower", "in-process"),
+        choices=ENGINE_CHOICES,
         help="flower: Flower's simulation runtime (Ray, one process per client slot); "
         "in-process: the same apps in this process, no Ray — faster and far lighter for many "
         f"clients on one machine (default: {default_text})",
@@ -278,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("output", help="the interrupted run's or sweep's output folder")
     resume.add_argument(
         "--engine",
-        choices=("flower", "in-process"),
+        choices=ENGINE_CHOICES,
         help="engine to continue on (default: the one the run used; in-process for a sweep)",
     )
     from privet.sweep_command import add_jobs_argument

@@ -325,10 +325,8 @@ def execute_run(
     status = run_status(run_dir)
     if status == "done":
         return RunOutcome(name, "done")
-    config = RunConfig.from_mapping(settings)
-    if status == "interrupted":
-        config = RunConfig.from_mapping({**settings, "resume": True})
-    elif run_dir.exists():
+    config = RunConfig.from_mapping({**settings, "resume": status == "interrupted"})
+    if status != "interrupted" and run_dir.exists():
         shutil.rmtree(run_dir)  # a failed or never-checkpointed attempt: start it again
     rounds = config.rounds
 
@@ -418,10 +416,8 @@ TABLE_COLUMNS = (
 
 
 def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)  # "inf" is how results.json writes infinity
-    return number
+    """A results.json number as a float ("inf" is how it writes infinity)."""
+    return None if value is None else float(value)
 
 
 def table_row(output: Path, run: SweepRun) -> dict[str, Any]:

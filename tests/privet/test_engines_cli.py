@@ -48,3 +48,11 @@ def test_a_sweep_can_run_on_flowers_runtime(tmp_path):
     assert main(["sweep", "--vary", "seed=0", *flags]) == 0
     results = json.loads((output / "runs" / "run-000" / "results.json").read_text())
     assert results["engine"] == "flower-simulation" and results["finished"] is True
+
+
+def test_engine_choice_is_checked(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", "--engine", "threads"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'threads'" in err[0]

@@ -54,6 +54,32 @@ def test_bad_sweeps_are_one_line_errors_that_write_nothing(capsys, tmp_path, fla
     assert not output.exists()
 
 
+def test_bad_jobs_and_a_bad_vary_table_are_one_line_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exited:
+        main(["sweep", "--vary", "seed=0", "--jobs", "0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "expected a positive integer, got '0'" in err[0]
+    config = tmp_path / "grid.toml"
+    config.write_text("rounds = 1\n[vary]\nseed = 3\n")
+    output = tmp_path / "sweep"
+    line = one_line_error(capsys, ["sweep", "--config", str(config), "--output", str(output)])
+    assert "[vary] seed must be a list of values" in line
+    config.write_text("rounds = 1\n[variations]\nseed = [3]\n")
+    line = one_line_error(capsys, ["sweep", "--config", str(config), "--output", str(output)])
+    assert "unexpected table(s) variations" in line
+    assert not output.exists()
+
+
+def test_resuming_a_damaged_sweep_is_a_one_line_error(capsys, tmp_path):
+    output = tmp_path / "sweep"
+    output.mkdir()
+    (output / "sweep.json").write_text('{"format": "privet-sweep", "version": 1')
+    line = one_line_error(capsys, ["resume", str(output)])
+    assert "sweep.json is not a readable sweep file" in line
+    assert (output / "sweep.json").read_text().endswith('"version": 1')  # left as it was
+
+
 def test_another_sweep_in_the_folder_is_refused_and_kept(capsys, tmp_path):
     output = tmp_path / "sweep"
     args = ["sweep", "--rounds", "1", "--clients", "2", "--output", str(output)]
