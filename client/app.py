@@ -21,8 +21,10 @@ from client.secure_aggregation import (
     SecAggRequest,
     answer,
     begin,
+    is_done,
 )
 from privacy import ClientPrivacy, PrivacyLedger
+from privacy.secagg.protocol import ClientState
 from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
 from task.config import ConfigError, RunConfig
 
@@ -121,30 +123,51 @@ def advertise_secagg(
     return Message(content=content, reply_to=msg)
 
 
+def _keep_secagg(context: Context, state: ClientState) -> None:
+    """Store the state for the next stage, or drop it if the round is over (answered or refused)."""
+    if is_done(state):
+        forget_secagg(context)
+    else:
+        context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(state)
+
+
 def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
-    """The share-keys or unmask stage on this node; any failure ends its part in the round."""
+    """The share-keys or unmask stage on this node; any failure ends its part in the round.
+
+    A refusal (the client's own checks, e.g. a threshold that is not a strict majority of its
+    neighbourhood) is a normal reply holding a `Refusal`, so the server can count it.
+    """
     state = _secagg_state(context, stage)
     try:
         new_state, reply, _ = answer(stage, state, dict(msg.content.config_records[RECORD_KEY]))
     except Exception:
         forget_secagg(context)
         raise
-    if stage == "unmask":
-        forget_secagg(context)
-    else:
-        context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(new_state)
+    _keep_secagg(context, new_state)
     return Message(content=RecordDict({RECORD_KEY: ConfigRecord(reply)}), reply_to=msg)
 
 
 def mask_update(
-    msg: Message, context: Context, update: list, within_clip: bool, dither_seed: int
+    msg: Message,
+    context: Context,
+    update: list,
+    within_clip: bool,
+    dither_seed: int,
+    client_level: bool = False,
 ) -> tuple[ConfigRecord, int]:
-    """Stage 2, right after training: the masked update (the plain one never leaves memory)."""
+    """Stage 2, right after training: the masked update (the plain one never leaves memory).
+
+    The record holds the `MaskedInput`, or a `Refusal` if the client's checks refused the share
+    delivery; then the node's secure-aggregation state is dropped. Under client-level DP
+    (`client_level`) the rounding keeps the update's norm within the clip norm the server's noise
+    is calibrated to (`privacy.secagg.quantization`, conditional rounding).
+    """
     state = _secagg_state(context, "masked_input")
     values = msg.content.config_records[INPUT_KEY]
     request = SecAggRequest.from_train_config(values, float(values["clip-norm"]))  # type: ignore[arg-type]
     assert request is not None
-    pending = PendingInput(update, within_clip, request.spec, dither_seed)
+    bound = float(request.spec.clip_norm) if client_level else None
+    pending = PendingInput(update, within_clip, request.spec, dither_seed, bound)
     try:
         new_state, reply, clipped = answer(
             "masked_input",
@@ -156,7 +179,7 @@ def mask_update(
     except Exception:
         forget_secagg(context)
         raise
-    context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(new_state)
+    _keep_secagg(context, new_state)
     return ConfigRecord(reply), clipped
 
 
@@ -211,6 +234,7 @@ def make_client_app(
                 outcome.update,
                 bool(outcome.within_clip),
                 round_seed(config, server_round, data.client_id, purpose=1),
+                client_level=config.client_level_dp,
             )
             values["quantization-clipped"] = clipped
             content = RecordDict({"metrics": MetricRecord(values), RECORD_KEY: masked})

@@ -12,7 +12,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from privacy import noise_for_target_epsilon
+from privacy import DEFAULT_ACCOUNTANT, noise_for_target_epsilon
 
 
 class PlanError(ValueError):
@@ -45,13 +45,17 @@ def plan_local_training(
     delta: float,
     noise_multiplier: float | None,
     target_epsilon: float | None,
+    accountant: str = DEFAULT_ACCOUNTANT,
 ) -> LocalPlan:
     """The sample rate, steps and σ of a client with `num_examples` examples.
 
     Exactly one of `noise_multiplier` and `target_epsilon` is given; with a target, σ is calibrated
-    for every planned round × local epoch, so the client ends at or below the target. The plan is
-    a pure function of its arguments and is remembered: calibrating costs tens of milliseconds,
-    and in a simulation every client asks for its plan every round.
+    for every planned round × local epoch by `accountant` (the run's `--accountant`, the one that
+    reports the client's ε), so the client ends at or below the target by that accountant: PLD
+    and PRV are tighter than RDP, so they meet the same target with less noise. The plan is a
+    pure function of its arguments (the accountant included) and is remembered: calibrating costs
+    tenths of a second (more with PLD or PRV), and in a simulation every client asks for its plan
+    every round.
     """
     if num_examples < 1:
         raise PlanError("a client has no training examples; use fewer clients")
@@ -70,7 +74,7 @@ def plan_local_training(
     steps_per_round = batches * local_epochs
     if target_epsilon is not None:
         sigma = noise_for_target_epsilon(
-            target_epsilon, delta, sample_rate, steps_per_round * rounds
+            target_epsilon, delta, sample_rate, steps_per_round * rounds, accountant
         )
     else:
         assert noise_multiplier is not None

@@ -12,10 +12,16 @@ data between the four messages of a round:
 Secrets come from ``os.urandom`` in every engine; only the stochastic-rounding dither (not a
 secret) is seeded, so a simulation stays reproducible. Once a round is over, or a stage failed,
 the state holds no secret.
+
+When the client's own checks refuse a request (a threshold that is not a strict majority of its
+neighbourhood, both secrets of one peer, too few neighbours or survivors), `answer` logs it and
+replies with a `Refusal` naming the round and stage instead of the stage's message, so the server
+can count refusals apart from crashes; the client's state is then ``"done"``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,15 +31,20 @@ import numpy as np
 from privacy.secagg import (
     KeysBroadcast,
     QuantizationSpec,
+    Refusal,
+    SecAggAbort,
     SecAggClient,
     SecAggConfig,
     SecAggProtocolError,
+    SecAggRefusal,
     SharesDelivery,
     UnmaskRequest,
 )
-from privacy.secagg.protocol import ClientState
+from privacy.secagg.protocol import DONE_STAGE, ClientState
 from privacy.secagg.update_vector import encode_update
 from privacy.secagg.wire import WireMessage, from_wire, to_wire
+
+logger = logging.getLogger(__name__)
 
 _REQUEST_KEYS = (
     "secagg-round",
@@ -126,6 +137,9 @@ class PendingInput:
     within_clip: bool
     spec: QuantizationSpec
     dither_seed: int
+    norm_bound: float | None = None
+    """Under client-level DP, the clip norm S the server's noise is calibrated to: the rounding
+    is then conditional, so the rounded update's norm stays within S (None: plain rounding)."""
 
 
 def answer(
@@ -137,26 +151,46 @@ def answer(
 ) -> tuple[ClientState, WireMessage, int]:
     """Answer one stage; returns (new state, reply, coordinates clipped by quantization).
 
-    If the stage raises, the caller must discard the state: the round is over for this client.
+    If the client refuses the request, the reply is a `Refusal` and the new state is ``"done"``
+    (see `is_done`). If the stage raises, the caller must discard the state: the round is over
+    for this client.
     """
     client = SecAggClient.from_state(state)
     clipped = 0
-    if stage == "share_keys":
-        reply = to_wire(client.share_keys(from_wire(KeysBroadcast, message)))
-    elif stage == "masked_input":
-        if pending is None or weight is None:
-            raise SecAggProtocolError("masked input requested but this client has no update")
-        encoded = encode_update(
-            pending.update,
-            weight,
-            pending.within_clip,
-            pending.spec,
-            np.random.default_rng(pending.dither_seed),
+    try:
+        if stage == "share_keys":
+            reply = to_wire(client.share_keys(from_wire(KeysBroadcast, message)))
+        elif stage == "masked_input":
+            if pending is None or weight is None:
+                raise SecAggProtocolError("masked input requested but this client has no update")
+            encoded = encode_update(
+                pending.update,
+                weight,
+                pending.within_clip,
+                pending.spec,
+                np.random.default_rng(pending.dither_seed),
+                pending.norm_bound,
+            )
+            clipped = encoded.clipped
+            reply = to_wire(client.masked_input(from_wire(SharesDelivery, message), encoded.values))
+        elif stage == "unmask":
+            reply = to_wire(client.unmask(from_wire(UnmaskRequest, message)))
+        else:
+            raise SecAggProtocolError(f"unknown secure-aggregation stage {stage[:40]!r}")
+    except (SecAggRefusal, SecAggAbort) as exc:
+        # The client's own safety checks said no: tell the server, keep no secret.
+        client.close()
+        logger.warning(
+            "client %d refuses secure-aggregation stage '%s' and leaves the round: %s",
+            client.client_id,
+            stage,
+            exc,
         )
-        clipped = encoded.clipped
-        reply = to_wire(client.masked_input(from_wire(SharesDelivery, message), encoded.values))
-    elif stage == "unmask":
-        reply = to_wire(client.unmask(from_wire(UnmaskRequest, message)))
-    else:
-        raise SecAggProtocolError(f"unknown secure-aggregation stage {stage[:40]!r}")
+        refusal = Refusal(client.client_id, client.config.round_id, stage, str(exc))
+        return client.to_state(), to_wire(refusal), 0
     return client.to_state(), reply, clipped
+
+
+def is_done(state: Mapping[str, object]) -> bool:
+    """Whether a state returned by `answer` ends the client's round (answered or refused)."""
+    return state.get("stage") == DONE_STAGE

@@ -52,7 +52,10 @@ def round_seed(config: RunConfig, server_round: int, client_id: int, purpose: in
 
 
 def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
-    """The client's DP-SGD schedule for the whole run, from the run configuration."""
+    """The client's DP-SGD schedule for the whole run, from the run configuration.
+
+    With a target ε, σ is calibrated by the run's accountant, the one its ε is reported by.
+    """
     return plan_local_training(
         num_examples=num_examples,
         batch_size=config.batch_size,
@@ -61,6 +64,7 @@ def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
         delta=config.delta,
         noise_multiplier=config.noise_multiplier,
         target_epsilon=config.target_epsilon,
+        accountant=config.accountant,
     )
 
 

@@ -10,6 +10,8 @@ from privacy.accountants import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
     DEFAULT_RDP_ORDERS,
+    EXTRA_RDP_ORDERS,
+    OPACUS_RDP_ORDERS,
     Accountant,
     AccountingError,
     PldAccountant,
@@ -26,6 +28,7 @@ from privacy.calibration import (
     noise_for_target_epsilon,
 )
 from privacy.events import (
+    CENTRED_COUNT_SENSITIVITY,
     ClientLevelRound,
     GaussianComposition,
     Level,
@@ -42,10 +45,13 @@ from privacy.storage import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "ACCOUNTANTS",
+    "CENTRED_COUNT_SENSITIVITY",
     "DEFAULT_ACCOUNTANT",
     "DEFAULT_RDP_ORDERS",
+    "EXTRA_RDP_ORDERS",
     "LEDGER_SCHEMA_VERSION",
     "MAX_NOISE_MULTIPLIER",
+    "OPACUS_RDP_ORDERS",
     "Accountant",
     "AccountingError",
     "CalibrationError",

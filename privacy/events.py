@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
@@ -44,6 +44,16 @@ def _check_noise(name: str, value: object) -> float:
     number = float(value)
     if not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+    return number
+
+
+def _check_sensitivity(name: str, value: object) -> float:
+    """A query's L2 sensitivity: a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     return number
 
 
@@ -130,10 +140,14 @@ class ClientLevelRound:
     Each round, clients are Poisson-sampled at rate `sample_rate`, every sampled client's update is
     clipped to L2 norm S and Gaussian noise of std `noise_multiplier`·S is added to the sum.
 
-    With adaptive clipping (Andrew et al., NeurIPS 2021), each round also releases the number of
-    sampled clients whose update norm was ≤ S, noised with std σ_b (in counts). After centring
-    (b_i − 1/2) that query has sensitivity 1/2, so its noise multiplier is 2·σ_b:
-    `count_noise_multiplier` is that multiplier, **2·σ_b, not σ_b** (None: no count is released).
+    With adaptive clipping (Andrew et al., NeurIPS 2021), each round also releases a noised count
+    of the sampled clients whose update norm was ≤ S. The event records that query as the
+    mechanism ran it: `count_noise_std` (σ_b, in counts) and `count_sensitivity` (the most one
+    client's presence can move the released count). Privet releases the centred count Σ(b_i − ½)
+    plus half the *expected* count, whose sensitivity is ½ (`CENTRED_COUNT_SENSITIVITY`); ledgers
+    written before that fix released the raw count Σ b_i (sensitivity 1) and are re-charged as
+    such when read (`privacy.ledger`). The count's noise multiplier is their ratio. Both are None
+    when no count is released.
 
     Client level: neighbouring data sets differ by adding or removing one whole client.
     """
@@ -141,7 +155,8 @@ class ClientLevelRound:
     noise_multiplier: float
     sample_rate: float
     rounds: int = 1
-    count_noise_multiplier: float | None = None
+    count_noise_std: float | None = field(default=None, kw_only=True)
+    count_sensitivity: float | None = field(default=None, kw_only=True)
 
     level: ClassVar[Level] = "client"
 
@@ -151,11 +166,20 @@ class ClientLevelRound:
         )
         object.__setattr__(self, "sample_rate", _check_rate("sample rate", self.sample_rate))
         object.__setattr__(self, "rounds", _check_count("round count", self.rounds))
-        if self.count_noise_multiplier is not None:
+        if (self.count_noise_std is None) != (self.count_sensitivity is None):
+            raise ValueError(
+                "a released count needs both its noise std and its sensitivity, got "
+                f"count_noise_std={self.count_noise_std!r}, "
+                f"count_sensitivity={self.count_sensitivity!r}"
+            )
+        if self.count_noise_std is not None:
+            object.__setattr__(
+                self, "count_noise_std", _check_noise("count noise std", self.count_noise_std)
+            )
             object.__setattr__(
                 self,
-                "count_noise_multiplier",
-                _check_noise("count noise multiplier", self.count_noise_multiplier),
+                "count_sensitivity",
+                _check_sensitivity("count sensitivity", self.count_sensitivity),
             )
 
     @property
@@ -163,28 +187,38 @@ class ClientLevelRound:
         """How many times the mechanism ran (the round count)."""
         return self.rounds
 
+    @property
+    def count_noise_multiplier(self) -> float | None:
+        """The count query's noise-to-sensitivity ratio σ_b / Δ_b (None: no count released)."""
+        if self.count_noise_std is None or self.count_sensitivity is None:
+            return None
+        return self.count_noise_std / self.count_sensitivity
+
     def with_count(self, count: int) -> ClientLevelRound:
         """The same round repeated `count` times."""
         return ClientLevelRound(
-            self.noise_multiplier, self.sample_rate, count, self.count_noise_multiplier
+            self.noise_multiplier,
+            self.sample_rate,
+            count,
+            count_noise_std=self.count_noise_std,
+            count_sensitivity=self.count_sensitivity,
         )
 
     def effective_noise_multiplier(self) -> float:
-        """The single Gaussian the round is equivalent to: z_eff = (z⁻² + (2σ_b)⁻²)^(−1/2).
+        """The single Gaussian the round is equivalent to: z_eff = (z⁻² + (σ_b/Δ_b)⁻²)^(−1/2).
 
         Two Gaussian queries on the same sampled clients, with L2 sensitivities 1 (update sum,
-        in units of S) and 1/2 (centred count), are one query of a vector whose noise is scaled per
+        in units of S) and Δ_b (count), are one query of a vector whose noise is scaled per
         coordinate; rescaling each coordinate by its noise gives one Gaussian mechanism whose
         squared sensitivity is the sum of the squared per-query ratios (Andrew et al. 2021, Sec. 3;
         also Mironov et al. 2019, arXiv:1812.06210, Sec. 3, as used by dp-accounting).
         """
-        if self.count_noise_multiplier is None:
+        count_multiplier = self.count_noise_multiplier
+        if count_multiplier is None:
             return self.noise_multiplier
-        if self.noise_multiplier == 0 or self.count_noise_multiplier == 0:
+        if self.noise_multiplier == 0 or count_multiplier == 0:
             return 0.0
-        return float(
-            (self.noise_multiplier ** (-2) + self.count_noise_multiplier ** (-2)) ** (-0.5)
-        )
+        return float((self.noise_multiplier ** (-2) + count_multiplier ** (-2)) ** (-0.5))
 
     def gaussian_compositions(self) -> tuple[GaussianComposition, ...]:
         """The event as Poisson-subsampled Gaussian compositions: one, at z_eff."""
@@ -198,7 +232,8 @@ class ClientLevelRound:
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate,
             "rounds": self.rounds,
-            "count_noise_multiplier": self.count_noise_multiplier,
+            "count_noise_std": self.count_noise_std,
+            "count_sensitivity": self.count_sensitivity,
         }
 
 
@@ -209,32 +244,49 @@ POISSON_GAUSSIAN_STEPS = "poisson_gaussian_steps"
 CLIENT_LEVEL_ROUND = "client_level_round"
 _EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     POISSON_GAUSSIAN_STEPS: ("noise_multiplier", "sample_rate", "steps"),
-    CLIENT_LEVEL_ROUND: ("noise_multiplier", "sample_rate", "rounds", "count_noise_multiplier"),
+    CLIENT_LEVEL_ROUND: (
+        "noise_multiplier",
+        "sample_rate",
+        "rounds",
+        "count_noise_std",
+        "count_sensitivity",
+    ),
 }
 
 
+CENTRED_COUNT_SENSITIVITY = 0.5
+"""L2 sensitivity of the centred count Σ_i (b_i − ½), b_i ∈ {0, 1}: adding or removing one client
+moves it by exactly ½ (Andrew et al., NeurIPS 2021, Sec. 3; TF Privacy's quantile estimator).
+The raw count Σ_i b_i moves by 1."""
+
+
 def update_noise_for_adaptive_clipping(
-    total_noise_multiplier: float, count_noise_std: float
+    total_noise_multiplier: float,
+    count_noise_std: float,
+    count_sensitivity: float = CENTRED_COUNT_SENSITIVITY,
 ) -> float:
     """The noise multiplier z_Δ for the update sum so that update sum plus count cost z in total.
 
-    z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al., NeurIPS 2021, Sec. 3): the inverse of
-    `ClientLevelRound.effective_noise_multiplier`. `count_noise_std` is σ_b, in counts.
+    z_Δ = (z⁻² − (σ_b/Δ_b)⁻²)^(−1/2) (Andrew et al., NeurIPS 2021, Sec. 3): the inverse of
+    `ClientLevelRound.effective_noise_multiplier`. `count_noise_std` is σ_b, in counts;
+    `count_sensitivity` Δ_b is that of the count the mechanism releases (½ when centred).
     """
     z = _check_noise("total noise multiplier", total_noise_multiplier)
     sigma_b = _check_noise("count noise std", count_noise_std)
+    sensitivity = _check_sensitivity("count sensitivity", count_sensitivity)
     if z == 0 or sigma_b == 0:
         raise ValueError(
             f"adaptive clipping needs a positive total noise multiplier and count noise std, "
             f"got {z:g} and {sigma_b:g}"
         )
-    if 2 * sigma_b <= z:
+    count_multiplier = sigma_b / sensitivity
+    if count_multiplier <= z:
         raise ValueError(
-            f"the count query's noise multiplier 2·σ_b = {2 * sigma_b:g} is not above the total "
-            f"noise multiplier {z:g}, so the count alone would use the whole budget; "
-            f"use a count noise std above {z / 2:g}"
+            f"the count query's noise multiplier σ_b/Δ_b = {count_multiplier:g} is not above the "
+            f"total noise multiplier {z:g}, so the count alone would use the whole budget; "
+            f"use a count noise std above {z * sensitivity:g}"
         )
-    return float((z ** (-2) - (2 * sigma_b) ** (-2)) ** (-0.5))
+    return float((z ** (-2) - count_multiplier ** (-2)) ** (-0.5))
 
 
 def event_from_dict(data: Mapping[str, Any]) -> PrivacyEvent:
@@ -262,7 +314,8 @@ def event_from_dict(data: Mapping[str, Any]) -> PrivacyEvent:
             data["noise_multiplier"],
             data["sample_rate"],
             data["rounds"],
-            data["count_noise_multiplier"],
+            count_noise_std=data["count_noise_std"],
+            count_sensitivity=data["count_sensitivity"],
         )
     except ValueError as error:
         raise ValueError(f"privacy event {kind!r}: {error}") from None

@@ -12,11 +12,18 @@ release that never left (over-reporting, never under-reporting).
 
 File format (JSON, strict: no NaN or Infinity tokens; ∞ is written as the string "inf")::
 
-    {"schema_version": 1, "owner": "client-0", "level": "example", "delta": 1e-05,
+    {"schema_version": 2, "owner": "client-0", "level": "example", "delta": 1e-05,
      "epsilon_rdp": 1.23,                      # informational only; never read back
      "entries": [{"round": 1, "recorded_at": 1764067512.5,
                   "event": {"type": "poisson_gaussian_steps", "noise_multiplier": 1.1,
                             "sample_rate": 0.01, "steps": 100}}, ...]}
+
+Schema history. Version 2 records adaptive clipping's count query as the mechanism ran it
+(``count_noise_std`` and ``count_sensitivity``). Version 1 recorded a ``count_noise_multiplier`` of
+2·σ_b, which assumed the centred count (sensitivity ½), while the code that wrote version 1
+released the raw count (sensitivity 1). A version-1 ledger is therefore read back as what really
+ran, σ_b = multiplier/2 at sensitivity 1, which raises its ε; `PrivacyLedger.corrections` says so,
+and the next write stores version 2.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from privacy.events import (
 )
 from privacy.storage import atomic_write_text
 
-LEDGER_SCHEMA_VERSION = 1
+LEDGER_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 _LEDGER_KEYS = {"schema_version", "owner", "level", "delta", "entries", "epsilon_rdp"}
 _ENTRY_KEYS = {"round", "event", "recorded_at"}
 
@@ -99,6 +107,27 @@ class LedgerEntry:
         return cls(_check_round(data["round"]), event, float(recorded_at))
 
 
+def _entry_from_schema_1(item: object) -> tuple[object, bool]:
+    """A version-1 entry in version-2 form, and whether its charge went up.
+
+    Version 1's client-level event had ``count_noise_multiplier`` = 2·σ_b where the code released
+    Σ b_i + N(0, σ_b²), a query of sensitivity 1: it becomes σ_b at sensitivity 1.
+    """
+    if not isinstance(item, Mapping) or not isinstance(item.get("event"), Mapping):
+        return item, False
+    event = dict(item["event"])
+    if event.get("type") != "client_level_round" or "count_noise_multiplier" not in event:
+        return item, False
+    multiplier = event.pop("count_noise_multiplier")
+    if multiplier is None:
+        event.update(count_noise_std=None, count_sensitivity=None)
+        return {**item, "event": event}, False
+    if isinstance(multiplier, bool) or not isinstance(multiplier, Real):
+        raise LedgerError(f"count_noise_multiplier must be a number, got {multiplier!r}")
+    event.update(count_noise_std=float(multiplier) / 2, count_sensitivity=1.0)
+    return {**item, "event": event}, True
+
+
 class PrivacyLedger:
     """The releases of one owner at one level (example or client), and the ε they add up to."""
 
@@ -127,6 +156,8 @@ class PrivacyLedger:
             self._check_event(entry.event)
             self._entries.append(entry)
         self._epsilon_cache: dict[tuple[str, int], float] = {}
+        self.corrections: list[str] = []
+        """What reading an older schema changed about the recorded releases (empty: nothing)."""
 
     def __repr__(self) -> str:
         return (
@@ -248,10 +279,11 @@ class PrivacyLedger:
         if not isinstance(data, Mapping):
             raise LedgerError(f"a ledger must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != LEDGER_SCHEMA_VERSION or isinstance(version, bool):
+        if version not in READABLE_SCHEMA_VERSIONS or isinstance(version, bool):
             raise LedgerError(
-                f"schema version {version!r} is not {LEDGER_SCHEMA_VERSION}, the version this "
-                "Privet reads; open it with the Privet version that wrote it"
+                f"schema version {version!r} is not one this Privet reads "
+                f"({', '.join(map(str, READABLE_SCHEMA_VERSIONS))}); open it with the Privet "
+                "version that wrote it"
             )
         required = _LEDGER_KEYS - {"epsilon_rdp"}
         missing = sorted(required - set(data))
@@ -264,13 +296,23 @@ class PrivacyLedger:
         if not isinstance(entries_data, list):
             raise LedgerError(f"'entries' must be a list, got {type(entries_data).__name__}")
         ledger = cls(data["owner"], data["level"], data["delta"])
+        recharged = 0
         for index, item in enumerate(entries_data):
             try:
+                if version == 1:
+                    item, changed = _entry_from_schema_1(item)
+                    recharged += changed
                 entry = LedgerEntry.from_dict(item)
                 ledger._check_event(entry.event)
             except LedgerError as error:
                 raise LedgerError(f"entry {index}: {error}") from None
             ledger._entries.append(entry)
+        if recharged:
+            ledger.corrections.append(
+                f"{recharged} adaptive-clipping round(s) written by an older Privet were charged "
+                "as a centred count (sensitivity 1/2) but released the raw count (sensitivity "
+                "1); they are re-charged at sensitivity 1"
+            )
         return ledger
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:

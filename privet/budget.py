@@ -35,6 +35,7 @@ from privacy import (
     update_noise_for_adaptive_clipping,
 )
 from privet.arguments import positive_int
+from server.aggregation import COUNT_SENSITIVITY
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -356,10 +357,12 @@ def _noise_line(args: argparse.Namespace, plan: BudgetPlan, z: float) -> str | N
     """For adaptive clipping: how the total z splits between update sum and count."""
     if plan.level != "client" or args.count_noise_std is None:
         return None
-    z_update = update_noise_for_adaptive_clipping(z, args.count_noise_std)
+    z_update = update_noise_for_adaptive_clipping(z, args.count_noise_std, COUNT_SENSITIVITY)
+    multiplier = args.count_noise_std / COUNT_SENSITIVITY
     return (
         f"adaptive clipping: total z = {z:.6g} is update noise z_Δ = {z_update:.6g} plus count "
-        f"noise σ_b = {args.count_noise_std:g} (multiplier 2σ_b = {2 * args.count_noise_std:g})"
+        f"noise σ_b = {args.count_noise_std:g} on the centred count (sensitivity "
+        f"{COUNT_SENSITIVITY:g}, multiplier {multiplier:g})"
     )
 
 
@@ -579,6 +582,14 @@ def _replay(
         return Verdict(label, reported, None, f"refuted: cannot replay ({error})")
     if reported is None:
         return Verdict(label, None, replayed, "refuted: releases recorded but no ε reported")
+    if ledger.corrections and replayed > reported and not _same(reported, replayed):
+        return Verdict(
+            label,
+            reported,
+            replayed,
+            f"refuted: the run under-reported ε; the correct ε is {replayed:.6g} "
+            f"({'; '.join(ledger.corrections)})",
+        )
     status = "confirmed" if _same(reported, replayed) else "refuted: ε differs"
     return Verdict(label, reported, replayed, status)
 

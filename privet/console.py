@@ -116,7 +116,10 @@ class SimulationConsole:
                 _eps(record.epsilon_max),
             )
         self.console.print(rounds)
-        clients = Table(title=f"Privacy spent per client (δ = {results.config.delta:g}, RDP)")
+        clients = Table(
+            title=f"Privacy spent per client (δ = {results.config.delta:g}, "
+            f"{results.config.accountant.upper()})"
+        )
         for column in ("client", "examples", "ε", "σ", "q", "steps"):
             clients.add_column(column, justify="right")
         shown = results.clients

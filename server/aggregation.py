@@ -7,6 +7,10 @@ Plain NumPy, no Flower. Clients send *updates* (local weights minus global weigh
   by the *expected* number of clients per round, so one client can move the result by at most
   S / expected. With adaptive clipping (Andrew et al., NeurIPS 2021) S follows a target quantile of
   the update norms, estimated from a noised count of clients whose update was within S.
+
+What each release can reveal about one client is fixed here, where the release is made, and the
+accounting reads it from here (`COUNT_SENSITIVITY`, `ClientLevelAggregator.update_sensitivity`);
+tests/test_sensitivity.py measures both from this code with neighbouring inputs.
 """
 
 from __future__ import annotations
@@ -18,10 +22,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from privacy.events import CENTRED_COUNT_SENSITIVITY
+
 logger = logging.getLogger(__name__)
 
-# Float slack when checking a client's clipped norm against S.
+# Float slack when checking a client's clipped norm against S: an update up to this much above S
+# (float32 round-off of the client's own clipping) is projected back onto the ball of radius S, so
+# it is never summed above S; anything larger is rejected.
 CLIP_TOLERANCE = 1e-5
+
+COUNT_SENSITIVITY = CENTRED_COUNT_SENSITIVITY
+"""The sensitivity of adaptive clipping's released count: `release_sum` releases the centred
+count Σ(b_i − ½) plus a public constant, which one client moves by exactly ½."""
 
 
 @dataclass(frozen=True)
@@ -112,10 +124,20 @@ class ClientLevelAggregator:
                 accepted.append(item)
         total = [np.zeros(shape, dtype=np.float64) for shape in shapes]
         for item in accepted:
-            for acc, part in zip(total, item.update, strict=True):
-                acc += part.astype(np.float64)
+            for acc, part in zip(total, project_to_ball(item.update, clip), strict=True):
+                acc += part
         within = sum(1 for item in accepted if item.within_clip)
         return self.release_sum(total, [item.client_id for item in accepted], within, rejected)
+
+    @property
+    def update_sensitivity(self) -> float:
+        """The most one client can move the update sum this round: the clip norm S."""
+        return self.clip_norm
+
+    @property
+    def count_sensitivity(self) -> float | None:
+        """The most one client can move the released count (None: no count is released)."""
+        return None if self.adaptive is None else COUNT_SENSITIVITY
 
     def release_sum(
         self,
@@ -126,9 +148,20 @@ class ClientLevelAggregator:
     ) -> RoundAggregate:
         """Noise a sum of clipped updates, divide by the expected count, adapt the clip norm.
 
-        Under secure aggregation the server has only this sum (and the count of updates within
-        S), never the single updates, so it cannot check norms: the clients clip.
+        `total` sums the updates of the clients in `aggregated`, each of L2 norm ≤ S, and
+        `within_clip` counts those whose update was within S before clipping. Under secure
+        aggregation the server has only this sum and count, never the single updates, so it
+        cannot check norms: the clients clip (and round within S, `privacy.secagg.quantization`).
+
+        The count is released centred, as Andrew et al. (NeurIPS 2021, Sec. 3) analyse it:
+        Σ(b_i − ½) + N(0, σ_b²), then ½ of the *expected* number of clients (a public constant)
+        is added back. Adding or removing one client moves that by ½ (`COUNT_SENSITIVITY`); the
+        raw count Σ b_i + N(0, σ_b²) would move by 1 and cost more than the ledger charges.
         """
+        if not 0 <= within_clip <= len(aggregated):
+            raise ValueError(
+                f"{within_clip} updates within the clip norm out of {len(aggregated)} summed"
+            )
         clip = self.clip_norm
         sigma = self.update_noise_multiplier * clip
         mean = [
@@ -138,8 +171,9 @@ class ClientLevelAggregator:
         ]
         within_fraction = None
         if self.adaptive is not None:
-            noised = within_clip + self._rng.normal(0.0, self.adaptive.count_stddev)
-            within_fraction = noised / self.expected_clients
+            centred = within_clip - 0.5 * len(aggregated)
+            noised = centred + self._rng.normal(0.0, self.adaptive.count_stddev)
+            within_fraction = (noised + 0.5 * self.expected_clients) / self.expected_clients
             self.clip_norm = clip * math.exp(
                 -self.adaptive.learning_rate * (within_fraction - self.adaptive.target_quantile)
             )
@@ -151,6 +185,16 @@ class ClientLevelAggregator:
             clip_norm_next=self.clip_norm,
             noised_within_fraction=within_fraction,
         )
+
+
+def project_to_ball(update: Sequence[np.ndarray], radius: float) -> list[np.ndarray]:
+    """The update in float64, scaled down onto the L2 ball of `radius` if it lies outside."""
+    parts = [np.asarray(part, dtype=np.float64) for part in update]
+    norm = l2_norm(parts)
+    if norm <= radius:
+        return parts
+    scale = radius / norm
+    return [part * scale for part in parts]
 
 
 def apply_update(weights: Sequence[np.ndarray], update: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -36,7 +36,7 @@ from server.results import (
     write_model,
     write_results,
 )
-from server.secure_aggregation import SecAggSettings
+from server.secure_aggregation import SecAggSettings, conditional_rounding_ratio
 from server.strategy import PrivetFedAvg
 from task.config import ConfigError, RunConfig
 
@@ -77,13 +77,15 @@ def run_federated_training(
 ) -> RunResults:
     """Run private FedAvg and write results.json, the ledgers and the model to `config.output`."""
     output_dir = Path(config.output)
+    evaluator = ServerEvaluator(config)
+    num_params = sum(int(np.asarray(w).size) for w in evaluator.initial_weights())
+    conditional_rounding_ratio(config, num_params)  # a grid too coarse is refused before work
     checkpoint = None
     if config.resume:
         checkpoint = load_checkpoint(output_dir)
         check_same_run(checkpoint, config)
     else:
         prepare_output(output_dir)
-    evaluator = ServerEvaluator(config)
     privacy = FederationPrivacy()
     results = RunResults(config=config, engine=engine)
     client_level = plan_client_level(config)
@@ -94,6 +96,13 @@ def run_federated_training(
         if checkpoint is not None and ledger_file.exists():
             server_ledger = PrivacyLedger.load(ledger_file)  # never reset by a restart
             server_ledger.path = ledger_file
+            for correction in server_ledger.corrections:
+                logger.warning(
+                    "%s: %s; the client-level epsilon so far is %.6g",
+                    ledger_file,
+                    correction,
+                    server_ledger.epsilon(config.accountant),
+                )
         else:
             server_ledger = PrivacyLedger(
                 owner="server", level="client", delta=config.delta, path=ledger_file
@@ -131,7 +140,7 @@ def run_federated_training(
             "update_noise_multiplier": client_level.update_noise_multiplier,
             "sample_rate": client_level.sample_rate,
             "expected_clients_per_round": client_level.expected_clients,
-            "adaptive_clipping": client_level.adaptive is not None,
+            "adaptive_clipping": client_level.adaptive_summary(),
             "clip_norm_final": aggregator.clip_norm,
             "rounds": len(server_ledger.rounds()),
         }

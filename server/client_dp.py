@@ -11,7 +11,7 @@ from privacy import (
     client_noise_for_target_epsilon,
     update_noise_for_adaptive_clipping,
 )
-from server.aggregation import AdaptiveClipping, ClientLevelAggregator
+from server.aggregation import COUNT_SENSITIVITY, AdaptiveClipping, ClientLevelAggregator
 from task.config import ConfigError, RunConfig
 
 
@@ -25,16 +25,33 @@ class ClientLevelPlan:
     expected_clients: float
     adaptive: AdaptiveClipping | None
 
+    @property
+    def count_sensitivity(self) -> float | None:
+        """The sensitivity of the count `ClientLevelAggregator.release_sum` releases, if any."""
+        return None if self.adaptive is None else COUNT_SENSITIVITY
+
     def round_event(self) -> ClientLevelRound:
         """The privacy event of one DP-FedAvg round (update sum plus, if adaptive, the count)."""
         return ClientLevelRound(
             noise_multiplier=self.update_noise_multiplier,
             sample_rate=self.sample_rate,
             rounds=1,
-            count_noise_multiplier=(
-                None if self.adaptive is None else 2.0 * self.adaptive.count_stddev
-            ),
+            count_noise_std=None if self.adaptive is None else self.adaptive.count_stddev,
+            count_sensitivity=self.count_sensitivity,
         )
+
+    def adaptive_summary(self) -> dict[str, float] | None:
+        """Adaptive clipping's count query as results.json records it (None when off)."""
+        if self.adaptive is None:
+            return None
+        assert self.count_sensitivity is not None
+        return {
+            "count_stddev": self.adaptive.count_stddev,
+            "count_sensitivity": self.count_sensitivity,
+            "count_noise_multiplier": self.adaptive.count_stddev / self.count_sensitivity,
+            "target_quantile": self.adaptive.target_quantile,
+            "learning_rate": self.adaptive.learning_rate,
+        }
 
 
 def plan_client_level(config: RunConfig) -> ClientLevelPlan | None:
@@ -56,7 +73,7 @@ def plan_client_level(config: RunConfig) -> ClientLevelPlan | None:
             config.target_quantile, config.clip_learning_rate, config.count_stddev
         )
         try:
-            z_update = update_noise_for_adaptive_clipping(z, config.count_stddev)
+            z_update = update_noise_for_adaptive_clipping(z, config.count_stddev, COUNT_SENSITIVITY)
         except ValueError as error:
             raise ConfigError(
                 f"adaptive clipping cannot fit in the noise budget: {error}; raise "

@@ -169,8 +169,9 @@ class RunResults:
                     max((client.epsilon for client in self.clients), default=0.0)
                 ),
                 "noise_source": (
-                    f"generators seeded from seed={self.config.seed} (reproducible simulation; "
-                    "not for deployments)"
+                    f"generators seeded from seed={self.config.seed} (reproducible simulation: "
+                    "the guarantee holds only against someone who does not know the seed; "
+                    "--no-reproducible, the deployment default, gives the real one)"
                     if self.config.reproducible
                     else "generators seeded from os.urandom for every round (torch and numpy "
                     "generators; not a CSPRNG: Opacus' secure_mode needs torchcsprng)"

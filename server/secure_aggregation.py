@@ -11,13 +11,20 @@ example count relative to the largest in the round, or 1 under client-level DP, 
 unweighted), followed by one coordinate that is the grid's top (1) or bottom (0) according to
 whether the unscaled update was within S. The server thus learns Σ w_k·Δ_k and how many updates
 were within the clip bound, and nothing about any single client.
+
+Each round gets a fresh random 64-bit round id (`plan_round`), to which every client reply is
+bound, so a reply from an earlier round or another run is dropped, never summed. A client that
+refuses a stage (its own checks, e.g. of the threshold) is dropped and counted. A round whose
+surviving clients are not connected in the graph is skipped (`SecAggSplit`); `split_warning` names
+the settings that make that possible at run start.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +33,7 @@ from privacy.secagg import (
     AdvertiseKeys,
     MaskedInput,
     QuantizationSpec,
+    Refusal,
     SecAggConfig,
     SecAggProtocolError,
     SecAggResult,
@@ -35,9 +43,11 @@ from privacy.secagg import (
     build_graph,
     default_degree,
 )
+from privacy.secagg.crypto import RandomSource
+from privacy.secagg.quantization import QuantizationError, conditional_rounding_radius
 from privacy.secagg.update_vector import decode_update_sum
-from privacy.secagg.wire import WireMessage, from_wire, to_wire
-from task.config import RunConfig
+from privacy.secagg.wire import WireMessage, read_reply, to_wire
+from task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +55,16 @@ COMPLETE_GRAPH_UP_TO = 32
 """Up to this many clients per round every client is every other's neighbour (Bonawitz et al.);
 above it, the sparse SecAgg+ graph keeps each client's work logarithmic in the cohort."""
 
-Exchange = Callable[[str, Mapping[int, WireMessage]], Mapping[int, Mapping[str, object]]]
+Replies = Mapping[int, Mapping[str, object]] | Iterable[tuple[int, Mapping[str, object]]]
+"""The replies of one stage: client id → reply, or (client id, reply) pairs, which can show that a
+client replied more than once."""
+Exchange = Callable[[str, Mapping[int, WireMessage]], Replies]
 """Sends one stage's messages (client id → message) and returns the replies that arrived in time.
 
 Stage names are those of `privacy.secagg.STAGES`; the "advertise_keys" messages are empty (the
 round's settings travel beside them) and the "masked_input" stage is the TRAIN message, whose
-reply carries the masked update. Clients that fail or time out are absent from the result."""
+reply carries the masked update. Clients that fail or time out are absent from the result. A reply
+is the stage's protocol message or the client's `Refusal`, as plain data."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +78,16 @@ class SecAggSettings:
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SecAggSettings | None:
-        """The settings, or None when secure aggregation is off."""
+        """The settings, or None when secure aggregation is off.
+
+        Called once as a run starts (by every engine and the deployed ServerApp), so this is
+        where settings that can split the survivors get their warning (`split_warning`).
+        """
         if not config.secure_aggregation:
             return None
+        warning = split_warning(config)
+        if warning is not None:
+            logger.warning(warning)
         return cls(
             threshold=config.secagg_threshold,
             degree=config.secagg_degree,
@@ -92,6 +113,71 @@ def threshold_for(neighbourhood: int, threshold: float) -> int:
             f"threshold {t} exceeds the {neighbourhood} clients of a neighbourhood this round"
         )
     return max(majority, t)
+
+
+def split_warning(config: RunConfig) -> str | None:
+    """A one-line warning when dropouts can split the survivors without tripping the threshold.
+
+    The rule, for the graph a round of the expected size gets: with k neighbours on a random
+    Harary ring (k/2 each side) and t live holders needed per closed neighbourhood of k + 1,
+    survivors are disconnected exactly when at least two runs of ≥ k/2 consecutive clients drop.
+    A survivor next to such a run keeps at most k/2 + 1 live holders, so if t ≥ k/2 + 2 the
+    threshold check already skips that round and no split gets further. With the bare majority
+    t = k/2 + 1 and at least 2k + 2 clients, k dropouts at two places split the survivors while
+    every neighbourhood keeps t live holders; the connectivity check then skips the round (model
+    unchanged), so these settings get a warning. A complete graph never splits.
+    """
+    if not config.secure_aggregation:
+        return None
+    n = config.expected_clients_per_round
+    degree = config.secagg_degree
+    if degree is None and n > COMPLETE_GRAPH_UP_TO:
+        degree = default_degree(n)
+    if degree is None or degree >= n - 1:
+        return None
+    try:
+        t = threshold_for(degree + 1, config.secagg_threshold)
+    except SecAggProtocolError:
+        return None  # each round is refused at planning, with its own message
+    half = degree // 2
+    if t > half + 1 or n < 2 * degree + 2:
+        return None
+    return (
+        f"secure aggregation with {degree} neighbours per client and threshold {t} of "
+        f"{degree + 1} (secagg-degree {config.secagg_degree or 'auto'}, secagg-threshold "
+        f"{config.secagg_threshold:g}, about {n} clients per round): as few as {degree} dropouts "
+        f"({half} adjacent on the ring at each of two places) split the survivors, and such a "
+        f"round is skipped with the model unchanged; use a larger --secagg-degree (or leave it "
+        f"unset), or raise --secagg-threshold to a count of at least {half + 2}"
+    )
+
+
+def conditional_rounding_ratio(config: RunConfig, num_params: int) -> float | None:
+    """Under client-level DP with secure aggregation, r/S of conditional rounding, else None.
+
+    Clients scale their clipped update into radius r before rounding so the rounded update stays
+    within S (`privacy.secagg.quantization.conditional_rounding_radius`); r/S depends only on the
+    grid and the model size, so it is checked once, before any work: a grid too coarse for the
+    model is a ConfigError, and one that shrinks updates by more than 1% gets a warning.
+    """
+    if not (config.secure_aggregation and config.client_level_dp):
+        return None
+    try:
+        ratio = conditional_rounding_radius(1.0, num_params, 2.0 / (config.secagg_levels - 1))
+    except QuantizationError as error:
+        raise ConfigError(
+            f"secure aggregation with client-level DP: {error} (secagg-levels "
+            f"{config.secagg_levels}, {num_params} parameters)"
+        ) from None
+    if ratio < 0.99:
+        logger.warning(
+            "secure aggregation with client-level DP: to keep the rounded update within the clip "
+            "norm, clients shrink it to %.4g of the clip norm before rounding; raise "
+            "--secagg-levels (now %d) to shrink it less",
+            ratio,
+            config.secagg_levels,
+        )
+    return ratio
 
 
 @dataclass(frozen=True)
@@ -123,14 +209,16 @@ class SecAggRoundPlan:
 def plan_round(
     settings: SecAggSettings,
     client_ids: Sequence[int],
-    round_id: int,
     num_params: int,
     clip_norm: float,
+    random_bytes: RandomSource = os.urandom,
 ) -> SecAggRoundPlan:
-    """Graph, threshold and quantization for the sampled clients of one round.
+    """Graph, threshold, quantization and a fresh round id for the sampled clients of one round.
 
     The vector has ``num_params`` update coordinates plus the within-clip coordinate; the bit
-    width is the smallest for which the sum of all sampled clients cannot overflow.
+    width is the smallest for which the sum of all sampled clients cannot overflow. The round id
+    is 64 random bits from ``random_bytes`` (``os.urandom``): it binds every key, ciphertext and
+    client reply to this round of this run (the server round number is only the message group).
     """
     n = len(client_ids)
     if n < 2:
@@ -140,11 +228,11 @@ def plan_round(
     degree = settings.degree
     if degree is None and n > COMPLETE_GRAPH_UP_TO:
         degree = default_degree(n)
-    graph = build_graph(client_ids, degree)
+    graph = build_graph(client_ids, degree, random_bytes)
     closed = len(next(iter(graph.values()))) + 1
     spec = QuantizationSpec(clip_norm=clip_norm, num_clients=n, levels=settings.levels)
     config = SecAggConfig(
-        round_id=round_id,
+        round_id=int.from_bytes(random_bytes(8), "big"),
         threshold=threshold_for(closed, settings.threshold),
         bits=int(spec.bits),  # type: ignore[arg-type]
         vector_length=num_params + 1,
@@ -152,22 +240,34 @@ def plan_round(
     return SecAggRoundPlan(config, spec, graph, SecAggServer(config, graph))
 
 
-def _parse(cls: type, replies: Mapping[int, Mapping[str, object]], stage: str) -> list:
-    """Replies that parse and come from the client they were addressed to; others dropped."""
+def _parse(cls: type, replies: Replies, stage: str, server: SecAggServer) -> list:
+    """The stage's messages that parse and come from the client they were addressed to.
+
+    A client that replied more than once, sent a malformed reply or one naming another client is
+    dropped from the round (``server.reject``, logged); a `Refusal` is passed to
+    ``server.refuse``. The server's stage method then drops stale replies.
+    """
+    pairs = sorted(
+        replies.items() if isinstance(replies, Mapping) else replies, key=lambda pair: pair[0]
+    )
+    counts: dict[int, int] = {}
+    for client_id, _ in pairs:
+        counts[client_id] = counts.get(client_id, 0) + 1
     parsed = []
-    for client_id, data in sorted(replies.items()):
+    for client_id, data in pairs:
+        if counts[client_id] > 1:
+            server.reject(client_id, stage, "replied more than once in this stage")
+            continue
         try:
-            message = from_wire(cls, data)
+            message = read_reply(cls, data)
         except SecAggProtocolError as exc:
-            logger.warning("client %d dropped at '%s': malformed reply: %s", client_id, stage, exc)
+            server.reject(client_id, stage, f"malformed reply: {exc}")
             continue
         if message.client_id != client_id:
-            logger.warning(
-                "client %d dropped at '%s': reply names client %d",
-                client_id,
-                stage,
-                message.client_id,
-            )
+            server.reject(client_id, stage, f"reply names client {message.client_id}")
+            continue
+        if isinstance(message, Refusal):
+            server.refuse(message)
             continue
         parsed.append(message)
     return parsed
@@ -176,18 +276,20 @@ def _parse(cls: type, replies: Mapping[int, Mapping[str, object]], stage: str) -
 def run_secure_sum(plan: SecAggRoundPlan, exchange: Exchange) -> SecAggResult:
     """The four stages of one round's secure sum, over the clients of ``plan``'s graph.
 
-    Raises `SecAggAbort` when too few clients survive a stage (no sum is released) and another
-    `SecAggError` when the protocol cannot go on; the round must then be skipped.
+    Raises `SecAggAbort` when too few clients survive a stage or the survivors are split
+    (no sum is released) and another `SecAggError` when the protocol cannot go on; the round
+    must then be skipped. Clients dropped for bad replies or refusals are in
+    ``plan.server.rejected`` and ``plan.server.refusals`` either way.
     """
     server = plan.server
     advertised = exchange("advertise_keys", {u: {} for u in sorted(plan.graph)})
-    broadcasts = server.receive_keys(_parse(AdvertiseKeys, advertised, "advertise_keys"))
+    broadcasts = server.receive_keys(_parse(AdvertiseKeys, advertised, "advertise_keys", server))
     replies = exchange("share_keys", {u: to_wire(m) for u, m in broadcasts.items()})
-    deliveries = server.route_shares(_parse(ShareKeys, replies, "share_keys"))
+    deliveries = server.route_shares(_parse(ShareKeys, replies, "share_keys", server))
     replies = exchange("masked_input", {u: to_wire(m) for u, m in deliveries.items()})
-    requests = server.collect_masked(_parse(MaskedInput, replies, "masked_input"))
+    requests = server.collect_masked(_parse(MaskedInput, replies, "masked_input", server))
     replies = exchange("unmask", {u: to_wire(m) for u, m in requests.items()})
-    return server.unmask(_parse(UnmaskShares, replies, "unmask"))
+    return server.unmask(_parse(UnmaskShares, replies, "unmask", server))
 
 
 @dataclass(frozen=True)

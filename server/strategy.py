@@ -219,7 +219,7 @@ class PrivetFedAvg(FedAvg):
         clip = self.aggregator.clip_norm if self.aggregator is not None else self.update_clip_norm
         num_params = sum(int(a.size) for a in arrays.to_numpy_ndarrays())
         try:
-            plan = plan_round(self.secagg, outcome.sampled, server_round, num_params, clip)
+            plan = plan_round(self.secagg, outcome.sampled, num_params, clip)
         except SecAggError as exc:
             self._secagg_plan = None
             self._fail_secure_round(server_round, outcome, str(exc))
@@ -234,8 +234,22 @@ class PrivetFedAvg(FedAvg):
             "neighbours": plan.neighbours,
             "bits": plan.config.bits,
             "levels": plan.spec.levels,
+            # Under client-level DP the clients round conditionally, so the norm of each rounded
+            # update, and the sensitivity of the sum, is at most the clip norm (norm_bound).
+            "rounding": "conditional" if self.aggregator is not None else "stochastic",
+            "norm_bound": clip if self.aggregator is not None else None,
+            "refusals": 0,
+            "refused": [],
+            "rejected_replies": [],
         }
         return True
+
+    @staticmethod
+    def _record_protocol_drops(summary: dict[str, object], plan: SecAggRoundPlan) -> None:
+        """Count the clients that refused a stage, and those dropped for a bad reply."""
+        summary["refusals"] = len(plan.server.refusals)
+        summary["refused"] = sorted(plan.server.refusals)
+        summary["rejected_replies"] = sorted(plan.server.rejected)
 
     def _fail_secure_round(self, server_round: int, outcome: RoundOutcome, reason: str) -> None:
         """Record a round whose secure sum could not be formed: the model stays as it was."""
@@ -323,8 +337,11 @@ class PrivetFedAvg(FedAvg):
         """One round under secure aggregation: keys, shares, TRAIN + masked input, unmask.
 
         The clients that trained have spent privacy whether or not the sum can be formed, so
-        their reports are always recorded. If too few clients survive a stage, or the protocol
-        fails, the round is skipped: the model stays as it was and the reason is recorded.
+        their reports are always recorded. If too few clients survive a stage, the survivors are
+        split in the masking graph, or the protocol fails, the round is skipped: the model stays
+        as it was and the reason is recorded. Clients that refuse a stage, or send a stale or
+        duplicate reply, are dropped and counted in the round's summary (``refusals``,
+        ``refused``, ``rejected_replies``).
         """
         list(self.configure_train(server_round, arrays, config, grid))  # sample and plan
         outcome = self.outcomes[server_round]
@@ -363,12 +380,16 @@ class PrivetFedAvg(FedAvg):
                 kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}"
             return self._message(cid, content, kind, server_round)
 
-        def exchange(stage: str, messages: dict[int, WireMessage]) -> dict[int, dict[str, object]]:
+        def exchange(
+            stage: str, messages: dict[int, WireMessage]
+        ) -> list[tuple[int, dict[str, object]]]:
             nonlocal clipped
             assert self.secagg is not None
             timeout = train_timeout if stage == "masked_input" else self.secagg.stage_timeout
             sent = [message(cid, stage, wire) for cid, wire in messages.items()]
-            answers: dict[int, dict[str, object]] = {}
+            # Pairs, not a dict: a client that replies twice must reach the protocol as such.
+            answers: list[tuple[int, dict[str, object]]] = []
+            replied: set[int] = set()
             for reply in grid.send_and_receive(sent, timeout=timeout):
                 cid = self.client_of_node.get(reply.metadata.src_node_id)
                 if cid is None or reply.has_error():
@@ -377,6 +398,10 @@ class PrivetFedAvg(FedAvg):
                     if stage == "masked_input":
                         outcome.failed += 1
                     continue
+                if cid in replied:  # only its first report counts; the protocol drops it
+                    answers.append((cid, {}))
+                    continue
+                replied.add(cid)
                 if stage == "masked_input":
                     metrics = reply.content["metrics"]
                     if self._take_report(server_round, metrics, outcome, reports) is None:
@@ -388,7 +413,7 @@ class PrivetFedAvg(FedAvg):
                 if RECORD_KEY not in reply.content:
                     logger.warning("client %d dropped at '%s': no protocol reply", cid, stage)
                     continue
-                answers[cid] = dict(reply.content.config_records[RECORD_KEY])
+                answers.append((cid, dict(reply.content.config_records[RECORD_KEY])))
             return answers
 
         try:
@@ -396,9 +421,11 @@ class PrivetFedAvg(FedAvg):
             secure = decode_secure_sum(plan, result, [w.shape for w in current])
         except (SecAggError, QuantizationError) as exc:
             self.privacy.record(server_round, reports, trained=sorted(trained))
+            self._record_protocol_drops(summary, plan)
             self._fail_secure_round(server_round, outcome, str(exc))
             return ArrayRecord(current), self._round_metrics(outcome)
         self.privacy.record(server_round, reports, trained=sorted(trained))
+        self._record_protocol_drops(summary, plan)
         survivors = list(secure.survivors)
         summary.update(
             {

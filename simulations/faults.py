@@ -21,8 +21,9 @@ class InjectedDropoutError(RuntimeError):
 class Dropout:
     """Make ``clients`` fail on messages of ``message_type`` in ``rounds`` (every round if None).
 
-    ``message_type`` is Flower's, e.g. ``"train"`` or ``"query.secagg_masked_input"``; the round
-    is the message's group id, which Privet's server sets to the round number.
+    ``message_type`` is Flower's, e.g. ``"train"`` or ``"query.secagg_share_keys"`` (the masked
+    input travels in the TRAIN reply); the round is the message's group id, which Privet's
+    server sets to the round number.
     """
 
     message_type: str

@@ -14,6 +14,7 @@ from client.node_data import client_shards, load_federated_data, split_shard
 from client.training_round import client_plan
 from privacy import PoissonGaussianSteps, epsilon_for
 from server.client_dp import ClientLevelPlan, plan_client_level
+from server.secure_aggregation import conditional_rounding_ratio
 from task.config import RunConfig
 from task.models import build_model
 
@@ -49,7 +50,8 @@ class SimulationPlan:
 def plan_simulation(config: RunConfig) -> SimulationPlan:
     """Load and split the data and plan every client; raises a one-line error if anything fails."""
     data = load_federated_data(config)
-    build_model(config.model, data.train.feature_shape, data.train.num_classes, config.seed)
+    model = build_model(config.model, data.train.feature_shape, data.train.num_classes, config.seed)
+    conditional_rounding_ratio(config, sum(p.numel() for p in model.state_dict().values()))
     clients = []
     for client_id, shard in enumerate(client_shards(config)):
         train_idx, validation_idx = split_shard(shard, client_id, config.seed)

@@ -72,7 +72,7 @@ CLIENT_TABLE_OPEN_MAX = 20  # the client table starts unfolded up to this many c
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 ACCOUNTANT_NAMES = {
-    "rdp": "RDP accountant (Rényi DP, Opacus' analysis)",
+    "rdp": "RDP accountant (Rényi DP: Opacus' analysis, orders up to 16384)",
     "prv": "PRV accountant (Opacus)",
     "pld": "PLD accountant (Google dp-accounting)",
 }
@@ -238,6 +238,8 @@ class ClientLevelData:
     adaptive_clipping: bool
     clip_norm_final: float | None
     rounds: int
+    count_stddev: float | None = None
+    count_sensitivity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,9 @@ def _client_data(fields: _Fields, delta: float) -> ClientData:
 
 
 def _client_level_data(fields: _Fields, delta: float) -> ClientLevelData:
+    # results.json before Privet recorded the count query said only true or false here.
+    adaptive = fields.data.get("adaptive_clipping")
+    count = None if isinstance(adaptive, bool) else fields.child("adaptive_clipping")
     return ClientLevelData(
         epsilon=fields.number("epsilon"),
         delta=fields.optional_number("delta") or delta,
@@ -334,9 +339,21 @@ def _client_level_data(fields: _Fields, delta: float) -> ClientLevelData:
         update_noise_multiplier=fields.optional_number("update_noise_multiplier"),
         sample_rate=fields.number("sample_rate"),
         expected_clients=fields.optional_number("expected_clients_per_round"),
-        adaptive_clipping=fields.flag("adaptive_clipping"),
+        adaptive_clipping=bool(adaptive),
         clip_norm_final=fields.optional_number("clip_norm_final"),
         rounds=fields.integer("rounds", default=0),
+        count_stddev=None if count is None else count.number("count_stddev"),
+        count_sensitivity=None if count is None else count.number("count_sensitivity"),
+    )
+
+
+def _count_query(cl: ClientLevelData) -> str:
+    """The count query's noise and sensitivity, when results.json records them."""
+    if cl.count_stddev is None or cl.count_sensitivity is None:
+        return ""
+    return (
+        f" (std σ_b = {_num(cl.count_stddev)} at sensitivity {_num(cl.count_sensitivity)}, "
+        f"multiplier {_num(cl.count_stddev / cl.count_sensitivity)})"
     )
 
 
@@ -995,7 +1012,7 @@ class _RunSections:
             if cl.adaptive_clipping and cl.update_noise_multiplier is not None:
                 text += (
                     f" in total: z_Δ = {_num(cl.update_noise_multiplier)} on the update sum, "
-                    "the rest on the noised count adaptive clipping uses"
+                    "the rest on the noised count adaptive clipping uses" + _count_query(cl)
                 )
             if cl.clip_norm_final is not None:
                 text += f"; final clip norm S = {_num(cl.clip_norm_final)}"
@@ -1159,7 +1176,7 @@ class _RunSections:
         if cl.adaptive_clipping and cl.update_noise_multiplier is not None:
             noise += (
                 f", shared between the update sum (z_Δ = {_num(cl.update_noise_multiplier)}) "
-                "and the noised count adaptive clipping uses"
+                "and the noised count adaptive clipping uses" + _count_query(cl)
             )
         secure = (
             " Secure aggregation does not change this: the server unmasks the sum, then adds "
@@ -1252,8 +1269,10 @@ class _RunSections:
             seed = run.config.get("seed")
             items.append(
                 f"The noise came from generators seeded from seed = {seed}: a reproducible "
-                "simulation, not for deployments — whoever knows the seed can recompute the "
-                "noise."
+                "simulation. Every ε above then holds only against someone who does not know "
+                "the seed — whoever knows it can recompute and subtract the noise. The real "
+                "guarantee needs --no-reproducible (the default of every deployment), which "
+                "draws the noise from the operating system's randomness."
             )
         elif run.noise_source:
             items.append(f"Noise source: {run.noise_source}.")

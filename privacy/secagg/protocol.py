@@ -24,7 +24,24 @@ Stages (the server's method that consumes the clients' replies is in brackets):
 Every server method takes the replies that arrived (before the adapter's timeout); absent clients
 are dropouts. If a neighbourhood has fewer than t live holders where shares are needed, the server
 raises `SecAggAbort` naming the stage; it never returns a partial sum. Messages hold only ints,
-bytes and tuples of them, so an adapter can copy them into Flower records.
+bytes, strs and tuples of them, so an adapter can copy them into Flower records.
+
+Three checks keep a server from learning more than the sum of a connected set of clients:
+
+- The client checks the threshold itself. At share keys it knows its closed neighbourhood (the
+  broadcast's neighbours and itself) and refuses, with `SecAggRefusal` and before any share is
+  made, a round whose t is not a strict majority of it (or is below 2). With 2t > |closed| no two
+  disjoint sets of t holders exist, so a server that tells different holders different stories
+  cannot rebuild both b_u and s_u; a server that shows a client fewer neighbours only shrinks the
+  set the shares go to. With t = 1 a server could rebuild b_u from the client's own share.
+- The server checks that the clients whose masked inputs it sums are connected in the masking
+  graph (`SecAggServer.collect_masked`). Masks cancel within each connected group, so unmasking a
+  split set of survivors would reveal each group's sum; the round aborts with `SecAggSplit`.
+- Every client → server message carries the round id and its stage. The round id is fresh and
+  random each round (`server.secure_aggregation.plan_round`), so a reply from another round or run
+  never matches. A stale, misaddressed or duplicate reply, or a client's `Refusal`, drops only that
+  client (with a logged reason, see `SecAggServer.rejected` and `SecAggServer.refusals`); the round
+  goes on if enough others survive.
 
 A Flower ClientApp starts afresh for every message, so a client can leave and re-enter as plain
 data between its calls: `SecAggClient.to_state` gives a flat dict of ints, strs, bytes and lists of
@@ -34,6 +51,7 @@ The state records the stage, so a client restored after `unmask` still refuses a
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -67,6 +85,9 @@ from privacy.secagg.crypto import (
 STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
 _MAX_ID = 2**64 - 2  # Shamir x-coordinate is id + 1, packed as an unsigned 64-bit int
 _BUNDLE = struct.Struct(">QQ")
+_REASON_CHARS = 200  # a client's refusal reason is its own text: logged, but kept short
+
+logger = logging.getLogger(__name__)
 
 STATE_SCHEMA = 1
 """Version of the plain-data client state written by `SecAggClient.to_state`."""
@@ -104,6 +125,26 @@ class SecAggAbort(SecAggError):  # noqa: N818 (the name the design uses)
         self.needed = needed
 
 
+class SecAggSplit(SecAggAbort):
+    """The surviving clients are not connected in the masking graph; no sum is released.
+
+    Pairwise masks cancel within each connected group of survivors, so unmasking their sum would
+    also reveal the sum of every group. ``alive`` is the largest group, ``needed`` all survivors.
+    """
+
+    def __init__(self, stage: str, sizes: Sequence[int]) -> None:
+        """Record the stage and the sizes of the groups, largest first."""
+        self.sizes = tuple(sorted(sizes, reverse=True))
+        survivors = sum(self.sizes)
+        super().__init__(
+            stage,
+            f"the {survivors} surviving clients are not connected in the masking graph (groups "
+            f"of {', '.join(map(str, self.sizes))}); unmasking would reveal each group's sum",
+            self.sizes[0],
+            survivors,
+        )
+
+
 class SecAggProtocolError(SecAggError):
     """A message out of order, for the wrong round or client, or malformed."""
 
@@ -121,10 +162,13 @@ class SecAggConfig:
     """What server and clients agree on before a round.
 
     Attributes:
-        round_id: binds every ciphertext and derived key to this round (fresh keys each round).
+        round_id: binds every ciphertext, derived key and client reply to this round (fresh keys
+            each round). The server draws it at random for every round, so that it also tells
+            runs apart.
         threshold: t, the shares needed to rebuild a secret, per closed neighbourhood. Must be more
             than half of every closed neighbourhood, so that the server cannot obtain both secrets
-            of a client by telling different holders different stories.
+            of a client by telling different holders different stories; each client checks this
+            itself, against the neighbours it is told, before it makes any share.
         bits: ring size 2^bits of the inputs (from `QuantizationSpec.bits`).
         vector_length: number of coordinates of every input.
 
@@ -214,9 +258,15 @@ def build_graph(
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Client → server, stage 0: the client's two X25519 public keys (32 bytes each)."""
+    """Client → server, stage 0: the client's two X25519 public keys (32 bytes each).
+
+    Like every client → server message it names the round id and the stage it answers, so that
+    the server can drop a stale or misdirected reply instead of mixing it into this round.
+    """
 
     client_id: int
+    round_id: int
+    stage: str
     cipher_public_key: bytes
     mask_public_key: bytes
 
@@ -237,6 +287,8 @@ class ShareKeys:
     """Client → server, stage 1: one AEAD ciphertext of shares per neighbour."""
 
     client_id: int
+    round_id: int
+    stage: str
     receiver_ids: tuple[int, ...]
     ciphertexts: tuple[bytes, ...]
 
@@ -256,6 +308,8 @@ class MaskedInput:
     """Client → server, stage 2: the masked vector, `word_bytes(bits)` bytes per value (LE)."""
 
     client_id: int
+    round_id: int
+    stage: str
     masked: bytes
 
 
@@ -274,10 +328,27 @@ class UnmaskShares:
     """Client → server, stage 3: self-mask shares of survivors, key shares of dropped peers."""
 
     client_id: int
+    round_id: int
+    stage: str
     survivor_ids: tuple[int, ...]
     self_mask_shares: tuple[bytes, ...]
     dropped_ids: tuple[int, ...]
     key_shares: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Client → server, any stage: the client will not answer this stage or the rest of the round.
+
+    Sent in place of the stage's reply when the client's own checks refuse the server's request
+    (a weak threshold, both secrets of one peer, too few neighbours), so that the server can tell
+    a refusal from a crash and count it. ``reason`` is one line for the logs; it holds no secret.
+    """
+
+    client_id: int
+    round_id: int
+    stage: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -357,12 +428,47 @@ class SecAggClient:
                 f"client {client_id} in round {round_id}"
             )
 
+    def _refuse_weak_threshold(self, closed: int) -> None:
+        """Refuse a threshold that is not a strict majority of the closed neighbourhood, or is 1.
+
+        ``closed`` counts the client and the neighbours the server listed. If 2t ≤ closed, two
+        disjoint sets of t holders exist: a server telling one set that this client survived and
+        the other that it dropped would rebuild both its self-mask seed and its mask key, hence
+        its input. With t = 1 the client's own share of its seed rebuilds it. The client checks
+        this itself (not trusting the server's plan) before it makes any share.
+        """
+        t = self.config.threshold
+        if t < 2 or 2 * t <= closed:
+            raise SecAggRefusal(
+                f"client {self.client_id} refuses: threshold {t} is not a strict majority of its "
+                f"closed neighbourhood of {closed} (or is below 2)"
+            )
+
+    def close(self) -> None:
+        """End this client's round (after a refusal or failure): forget every secret.
+
+        Its state is then ``"done"`` and it answers no further request.
+        """
+        self._stage = len(STAGES)
+        for name in ("_c_key", "_s_key", "_self_seed"):
+            self.__dict__.pop(name, None)
+        self._self_shares.clear()
+        self._key_shares.clear()
+        self._share_keys.clear()
+        self._mask_public.clear()
+
     def advertise_keys(self) -> AdvertiseKeys:
         """Stage 0: make the c and s key pairs and publish their public halves."""
         self._advance(0, "advertise_keys")
         self._c_key = generate_private_key(self._random)
         self._s_key = generate_private_key(self._random)
-        return AdvertiseKeys(self.client_id, public_bytes(self._c_key), public_bytes(self._s_key))
+        return AdvertiseKeys(
+            self.client_id,
+            self.config.round_id,
+            STAGES[0],
+            public_bytes(self._c_key),
+            public_bytes(self._s_key),
+        )
 
     def share_keys(self, message: KeysBroadcast) -> ShareKeys:
         """Stage 1: Shamir-share b_u and the s private key to the neighbours, encrypted per pair."""
@@ -374,6 +480,7 @@ class SecAggClient:
         if len(set(ids)) != len(ids) or self.client_id in ids:
             raise SecAggProtocolError("key broadcast lists a neighbour twice or the client itself")
         t = self.config.threshold
+        self._refuse_weak_threshold(len(ids) + 1)
         if len(ids) + 1 < t:
             raise SecAggAbort(
                 "share_keys",
@@ -411,7 +518,7 @@ class SecAggClient:
                     self._random,
                 )
             )
-        return ShareKeys(self.client_id, ids, tuple(ciphertexts))
+        return ShareKeys(self.client_id, self.config.round_id, STAGES[1], ids, tuple(ciphertexts))
 
     def masked_input(self, message: SharesDelivery, values: np.ndarray) -> MaskedInput:
         """Stage 2: decrypt the shares received, then mask ``values`` (ints in [0, 2^bits))."""
@@ -463,7 +570,7 @@ class SecAggClient:
                 y -= p
         y &= dtype.type((1 << cfg.bits) - 1)
         self._masked_with = frozenset(senders)
-        return MaskedInput(self.client_id, encode_vector(y, cfg.bits))
+        return MaskedInput(self.client_id, cfg.round_id, STAGES[2], encode_vector(y, cfg.bits))
 
     def unmask(self, message: UnmaskRequest) -> UnmaskShares:
         """Stage 3: reveal b shares of survivors and key shares of dropped peers, never both."""
@@ -496,6 +603,8 @@ class SecAggClient:
             )
         return UnmaskShares(
             self.client_id,
+            self.config.round_id,
+            STAGES[3],
             survivors,
             tuple(self._self_shares[v] for v in survivors),
             dropped,
@@ -697,16 +806,45 @@ def _describe(value: object) -> str:
 _M = TypeVar("_M", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskShares)
 
 
+def _components(nodes: frozenset[int], graph: Graph) -> list[frozenset[int]]:
+    """The connected components of the subgraph of ``graph`` induced on ``nodes``."""
+    left = set(nodes)
+    parts = []
+    while left:
+        start = min(left)
+        seen, todo = {start}, [start]
+        while todo:
+            for v in graph[todo.pop()] & nodes:
+                if v not in seen:
+                    seen.add(v)
+                    todo.append(v)
+        left -= seen
+        parts.append(frozenset(seen))
+    return parts
+
+
+def _one_line(text: str) -> str:
+    """A client-supplied text as one short line, safe to log."""
+    return " ".join(str(text).split())[:_REASON_CHARS]
+
+
 class SecAggServer:
     """The server's side of one round: four methods, each taking the replies that arrived.
 
     The server learns the sum of the inputs of the clients that sent a masked input, provided every
-    needed secret has t live holders; otherwise it raises `SecAggAbort`.
+    needed secret has t live holders and those clients are connected in the graph; otherwise it
+    raises `SecAggAbort`. A reply for another round or stage, or a second reply from one client in
+    a stage, drops that client from the round (`rejected`); a `Refusal` drops it too (`refusals`).
     """
 
     def __init__(self, config: SecAggConfig, graph: Graph) -> None:
         """Check the graph (symmetric, no self-loops) and that t fits every neighbourhood."""
         self.config = config
+        if config.threshold < 2:
+            raise SecAggProtocolError(
+                f"threshold {config.threshold} is below 2: a client's own share would rebuild its "
+                "self mask"
+            )
         self.graph: dict[int, frozenset[int]] = {u: frozenset(vs) for u, vs in graph.items()}
         for u, vs in self.graph.items():
             if u in vs or any(v not in self.graph or u not in self.graph[v] for v in vs):
@@ -722,29 +860,104 @@ class SecAggServer:
         self._alive: list[frozenset[int]] = [frozenset(self.graph)]
         self._masked: dict[int, np.ndarray] = {}
         self._requests: dict[int, UnmaskRequest] = {}
+        self.rejected: dict[int, str] = {}
+        """Clients dropped for a bad reply (stale, misaddressed, duplicate, malformed): why."""
+        self.refusals: dict[int, str] = {}
+        """Clients that refused a stage (`Refusal`): the stage."""
 
     def _advance(self, expected: int) -> None:
         if self._stage != expected:
             raise SecAggProtocolError(f"server stage '{STAGES[expected]}' called out of order")
         self._stage = expected + 1
 
+    def _next_stage(self) -> str:
+        """The stage whose replies the server takes next."""
+        return STAGES[min(self._stage, len(STAGES) - 1)]
+
+    def reject(self, client_id: int, stage: str, reason: str) -> None:
+        """Drop ``client_id`` from the round for a bad reply in ``stage``; log why.
+
+        Its replies are ignored from now on, so it counts as a dropout of ``stage``. Adapters
+        call this for replies they cannot parse; the stage methods call it for stale and
+        duplicate replies.
+        """
+        if client_id in self.rejected or client_id in self.refusals:
+            return
+        self.rejected[client_id] = f"{stage}: {reason}"
+        logger.warning(
+            "secure aggregation: client %d dropped at '%s': %s", client_id, stage, reason
+        )
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Take a client's `Refusal` of the current stage: drop it from the round and count it.
+
+        A refusal for another round or stage is stale: the client is dropped as for any stale
+        reply, but not counted as refusing.
+        """
+        stage = self._next_stage()
+        cid = refusal.client_id
+        if cid not in self._alive[-1] or cid in self.rejected or cid in self.refusals:
+            return
+        if refusal.round_id != self.config.round_id or refusal.stage != stage:
+            self.reject(
+                cid, stage, self._foreign(refusal.round_id, refusal.stage, stage, "refusal")
+            )
+            return
+        self.refusals[cid] = stage
+        logger.warning(
+            "secure aggregation: client %d refused stage '%s': %s",
+            cid,
+            stage,
+            _one_line(refusal.reason),
+        )
+
+    def _foreign(self, round_id: int, stage: str, expected: str, what: str) -> str:
+        """Why a reply bound to another round, or to another stage than ``expected``, is dropped."""
+        if round_id != self.config.round_id:
+            return f"stale {what}: bound to another round (round id {round_id})"
+        return f"{what} for stage {_one_line(stage)[:40]!r} in stage '{expected}'"
+
     def _index(self, replies: Iterable[_M], stage: int) -> dict[int, _M]:
+        """Index the stage's replies by client; drop stale, duplicate and out-of-round ones."""
+        name = STAGES[stage]
         by_id: dict[int, _M] = {}
+        twice: set[int] = set()
         previous = self._alive[-1]
         for reply in replies:
             cid = reply.client_id
-            if cid in by_id:
-                raise SecAggProtocolError(f"two '{STAGES[stage]}' replies from client {cid}")
+            if cid in self.rejected or cid in self.refusals:
+                continue
             if cid not in previous:
-                raise SecAggProtocolError(
-                    f"'{STAGES[stage]}' reply from client {cid}, which is not in this stage"
+                logger.warning(
+                    "secure aggregation: ignored a '%s' reply from client %d, which is not in "
+                    "this stage",
+                    name,
+                    cid,
                 )
+                continue
+            if reply.round_id != self.config.round_id or reply.stage != name:
+                self.reject(cid, name, self._foreign(reply.round_id, reply.stage, name, "reply"))
+                by_id.pop(cid, None)
+                continue
+            if cid in by_id or cid in twice:
+                twice.add(cid)
+                by_id.pop(cid, None)
+                continue
             by_id[cid] = reply
+        for cid in sorted(twice):
+            self.reject(cid, name, "replied more than once in this stage")
         return by_id
 
     def _abort(self, stage: str, message: str, alive: int, needed: int) -> SecAggAbort:
         self._stage = len(STAGES) + 1  # no further calls
         return SecAggAbort(stage, message, alive, needed)
+
+    def _require_connected(self, stage: str, survivors: frozenset[int]) -> None:
+        """The clients to be summed must form one connected group in the masking graph."""
+        parts = _components(survivors, self.graph)
+        if len(parts) > 1:
+            self._stage = len(STAGES) + 1  # no further calls
+            raise SecAggSplit(stage, [len(part) for part in parts])
 
     def _require_holders(self, stage: str, owners: Iterable[int], holders: frozenset[int]) -> None:
         """Every owner's secrets need t live holders in its closed neighbourhood."""
@@ -788,11 +1001,12 @@ class SecAggServer:
         self._advance(1)
         got = self._index(replies, 1)
         u1 = self._alive[-1]
-        for u, reply in got.items():
+        for u, reply in sorted(got.items()):
             if len(reply.receiver_ids) != len(reply.ciphertexts) or set(reply.receiver_ids) != (
                 self.graph[u] & u1
             ):
-                raise SecAggProtocolError(f"client {u} did not encrypt shares to its neighbours")
+                self.reject(u, STAGES[1], "did not encrypt shares to its neighbours")
+                del got[u]
         u2 = frozenset(got)
         self._require_holders(STAGES[1], u2, u2)
         self._alive.append(u2)
@@ -809,18 +1023,26 @@ class SecAggServer:
         }
 
     def collect_masked(self, replies: Iterable[MaskedInput]) -> dict[int, UnmaskRequest]:
-        """Stage 2 → 3: keep the masked inputs; ask each survivor for the shares to unmask."""
+        """Stage 2 → 3: keep the masked inputs; ask each survivor for the shares to unmask.
+
+        Before any request goes out, the survivors must pass the threshold checks and be
+        connected in the graph (else `SecAggAbort` / `SecAggSplit`). A masked vector of the
+        wrong size or range drops its sender.
+        """
         self._advance(2)
-        got = self._index(replies, 2)
+        masked: dict[int, np.ndarray] = {}
+        for u, reply in sorted(self._index(replies, 2).items()):
+            try:
+                masked[u] = decode_vector(reply.masked, self.config.vector_length, self.config.bits)
+            except SecAggProtocolError as exc:
+                self.reject(u, STAGES[2], str(exc))
         u2 = self._alive[-1]
-        u3 = frozenset(got)
+        u3 = frozenset(masked)
         dropped = u2 - u3
         self._require_holders(STAGES[2], u3, u3)
         self._require_dropped_holders(STAGES[2], dropped, u3)
-        for u, reply in got.items():
-            self._masked[u] = decode_vector(
-                reply.masked, self.config.vector_length, self.config.bits
-            )
+        self._require_connected(STAGES[2], u3)
+        self._masked = masked
         self._alive.append(u3)
         self._requests = {
             u: UnmaskRequest(

@@ -14,6 +14,15 @@ taken mod 2^b therefore equals the true integer sum, and ``dequantize_sum`` subt
 ``C`` once per summed client. A coordinate outside [−C, C] (a client that did not clip, or float
 round-off) is clipped to the interval and counted in ``QuantizedUpdate.clipped``; nothing is
 silent.
+
+Rounding and the norm bound. Stochastic rounding moves each coordinate by less than one step, so
+it can take a vector of norm C to norm C + step·√d: if the server's noise is calibrated to C
+(client-level DP), that would be a larger sensitivity than the accountant assumes. With a
+``norm_bound``, `quantize` uses conditional randomized rounding (Kairouz, Liu & Steinke 2021,
+§4.1): the vector is first scaled into the ball of radius `conditional_rounding_radius` (slightly
+below the bound), then rounded again and again until the *rounded* vector's norm is within the
+bound. The bound is then a hard guarantee checked on the released values themselves, whatever the
+rounding did; the radius only makes a redraw rare (probability ≤ `ROUNDING_FAILURE` each).
 """
 
 from __future__ import annotations
@@ -29,6 +38,12 @@ import numpy as np
 # adding two reduced values never wraps the uint64 itself before the mask is applied.
 MAX_BITS = 62
 DEFAULT_LEVELS = 2**16
+
+ROUNDING_FAILURE = 1e-6
+"""β of conditional randomized rounding: the chance that one rounding of a vector inside the
+radius exceeds the norm bound and is drawn again (Kairouz, Liu & Steinke 2021, §4.1)."""
+MAX_ROUNDING_TRIES = 64
+"""Redraws before giving up: each fails with probability ≤ β, so 64 in a row mean a bug."""
 
 
 class QuantizationError(ValueError):
@@ -120,6 +135,43 @@ class QuantizedUpdate:
     clipped: int
 
 
+def conditional_rounding_radius(
+    norm_bound: float, dimension: int, step: float, failure: float = ROUNDING_FAILURE
+) -> float:
+    """The radius r ≤ ``norm_bound`` to clip to before rounding so the rounded norm stays within.
+
+    For ‖x‖ ≤ r, randomized rounding to a grid of spacing γ in d dimensions gives, with
+    probability at least 1 − β (Kairouz, Liu & Steinke 2021, "The Distributed Discrete Gaussian
+    Mechanism", §4.1):
+
+        ‖x̃‖² ≤ min(r² + dγ²/4 + √(2 ln(1/β))·γ·(r + γ√d/2),  (r + γ√d)²),
+
+    the second term holding always (every coordinate moves by less than γ). The radius returned is
+    the largest r for which one of the two is at most ``norm_bound``². Raises QuantizationError
+    when the grid is so coarse that rounding alone exceeds the bound.
+    """
+    if not (math.isfinite(norm_bound) and norm_bound > 0):
+        raise QuantizationError(f"norm bound must be positive and finite, got {norm_bound}")
+    if dimension < 1 or not (math.isfinite(step) and step > 0) or not 0 < failure < 1:
+        raise QuantizationError("dimension, step and failure probability must be positive")
+    a = math.sqrt(2.0 * math.log(1.0 / failure))
+    root_d = math.sqrt(dimension)
+    # r² + aγ·r + (dγ²/4 + aγ²√d/2 − B²) ≤ 0
+    constant = dimension * step**2 / 4 + a * step**2 * root_d / 2 - norm_bound**2
+    discriminant = (a * step) ** 2 - 4 * constant
+    probable = (-a * step + math.sqrt(discriminant)) / 2 if discriminant >= 0 else -math.inf
+    certain = norm_bound - step * root_d
+    radius = min(norm_bound, max(probable, certain))
+    if not radius > 0:
+        # dγ²/4 < B² is needed: γ < 2B/√d, i.e. levels − 1 > √d·(grid range)/B.
+        raise QuantizationError(
+            f"rounding {dimension} coordinates on a grid of step {step:.3g} cannot keep the "
+            f"update's norm within {norm_bound:.6g}; use more levels (at least "
+            f"{math.ceil(2 * root_d) + 2} for a grid on [-S, S])"
+        )
+    return radius
+
+
 def _flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
     if len(arrays) == 0:
         raise QuantizationError("update has no arrays; nothing to quantize")
@@ -132,11 +184,16 @@ def quantize(
     arrays: Sequence[np.ndarray],
     spec: QuantizationSpec,
     rng: np.random.Generator | None = None,
+    norm_bound: float | None = None,
 ) -> QuantizedUpdate:
     """Map a clipped update to grid indices by unbiased stochastic rounding.
 
     ``rng`` drives only the rounding dither (not a secret); by default it is seeded from the
     operating system. Non-finite values are an error: they cannot be clipped meaningfully.
+
+    With ``norm_bound`` B the rounding is conditional (see the module docstring): the values the
+    indices stand for, −C + q·step, are guaranteed to have L2 norm ≤ B, so B is the sensitivity
+    of a sum of such vectors. The update is scaled into `conditional_rounding_radius` first.
     """
     flat, shapes = _flatten(arrays)
     if not np.all(np.isfinite(flat)):
@@ -145,6 +202,11 @@ def quantize(
     clipped = int(np.count_nonzero(np.abs(flat) > c))
     if rng is None:
         rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    if norm_bound is not None:
+        radius = conditional_rounding_radius(norm_bound, flat.size, spec.step)
+        norm = float(np.sqrt(np.dot(flat, flat)))
+        if norm > radius:
+            flat *= radius / norm
     # Position on the grid in units of the step, clipped to the grid (this also clips values
     # outside [−C, C] and float round-off at the ends); computed in place on the flat copy.
     pos = flat
@@ -153,9 +215,21 @@ def quantize(
     np.clip(pos, 0.0, float(spec.levels - 1), out=pos)
     low = np.floor(pos)
     pos -= low  # the fractional part: round up with exactly this probability
-    q = low.astype(np.uint64)
-    q += rng.random(pos.shape) < pos
-    return QuantizedUpdate(values=q, shapes=shapes, clipped=clipped)
+    base = low.astype(np.uint64)
+    for _ in range(MAX_ROUNDING_TRIES):
+        q = base + (rng.random(pos.shape) < pos)
+        if norm_bound is None or rounded_norm(q, spec) <= norm_bound:
+            return QuantizedUpdate(values=q, shapes=shapes, clipped=clipped)
+    raise QuantizationError(
+        f"conditional rounding exceeded the norm bound {norm_bound:.6g} {MAX_ROUNDING_TRIES} "
+        "times in a row; the update was not clipped to the bound"
+    )
+
+
+def rounded_norm(values: np.ndarray, spec: QuantizationSpec) -> float:
+    """L2 norm of the vector that grid indices stand for, −C + q·step (what the sum adds up)."""
+    real = np.asarray(values, dtype=np.float64) * spec.step - float(spec.clip_norm)
+    return float(np.sqrt(np.dot(real, real)))
 
 
 def sum_mod(vectors: Sequence[np.ndarray], spec: QuantizationSpec) -> np.ndarray:

@@ -30,12 +30,18 @@ def encode_update(
     within_clip: bool,
     spec: QuantizationSpec,
     rng: np.random.Generator | None = None,
+    norm_bound: float | None = None,
 ) -> QuantizedUpdate:
-    """The client's secure-sum input: quantize(w · update) then the within-clip coordinate."""
+    """The client's secure-sum input: quantize(w · update) then the within-clip coordinate.
+
+    ``norm_bound`` (client-level DP: the clip norm S the server's noise is calibrated to) makes
+    the rounding conditional, so the rounded update's norm, and hence the sensitivity of the sum
+    the server unmasks, is at most the bound (`privacy.secagg.quantization.quantize`).
+    """
     if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 < weight <= 1):
         raise QuantizationError(f"aggregation weight must be in (0, 1], got {weight!r}")
     scaled = [np.asarray(part, dtype=np.float64) * float(weight) for part in update]
-    quantized = quantize(scaled, spec, rng)
+    quantized = quantize(scaled, spec, rng, norm_bound)
     flag = np.array([spec.levels - 1 if within_clip else 0], dtype=np.uint64)
     return QuantizedUpdate(
         values=np.concatenate([quantized.values, flag]),

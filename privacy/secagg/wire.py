@@ -1,9 +1,12 @@
 """Protocol messages as flat plain data, and back, checked strictly.
 
-A message crosses the network as a flat mapping of ints, bytes and lists of them (what a Flower
-ConfigRecord holds), keyed by the dataclass's field names in kebab case. Reading one back checks
-every key and type, so a malformed or hostile message becomes a one-line `SecAggProtocolError`
-naming the key, never a crash deep inside the protocol.
+A message crosses the network as a flat mapping of ints, bytes, strs and lists of them (what a
+Flower ConfigRecord holds), keyed by the dataclass's field names in kebab case. Reading one back
+checks every key and type, so a malformed or hostile message becomes a one-line
+`SecAggProtocolError` naming the key, never a crash deep inside the protocol.
+
+A client's reply to a stage is either that stage's message or a `Refusal` (`read_reply` tells
+which); both name the round id and the stage, so a stale or misdirected reply is recognised.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from privacy.secagg.protocol import (
     AdvertiseKeys,
     KeysBroadcast,
     MaskedInput,
+    Refusal,
     SecAggProtocolError,
     ShareKeys,
     SharesDelivery,
@@ -37,7 +41,7 @@ INPUT_KEY = "secagg-input"
 """Content key of the round's settings (threshold, bits, clip norm, ...; and the client's
 aggregation weight with the TRAIN message)."""
 
-WireValue = int | bytes | list[int] | list[bytes]
+WireValue = int | bytes | str | list[int] | list[bytes]
 WireMessage = dict[str, WireValue]
 
 Message = TypeVar(
@@ -49,9 +53,17 @@ Message = TypeVar(
     MaskedInput,
     UnmaskRequest,
     UnmaskShares,
+    Refusal,
 )
 
-_KINDS = {"int": int, "bytes": bytes, "tuple[int, ...]": int, "tuple[bytes, ...]": bytes}
+_KINDS = {
+    "int": int,
+    "bytes": bytes,
+    "str": str,
+    "tuple[int, ...]": int,
+    "tuple[bytes, ...]": bytes,
+}
+_REFUSAL_KEYS = frozenset(f.name.replace("_", "-") for f in dataclasses.fields(Refusal))
 
 
 def _key(name: str) -> str:
@@ -65,7 +77,8 @@ def to_wire(
     | SharesDelivery
     | MaskedInput
     | UnmaskRequest
-    | UnmaskShares,
+    | UnmaskShares
+    | Refusal,
 ) -> WireMessage:
     """The message as a flat mapping (tuples become lists)."""
     out: WireMessage = {}
@@ -106,3 +119,15 @@ def _is(value: object, kind: type) -> bool:
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
+
+
+def is_refusal(data: Mapping[str, object]) -> bool:
+    """Whether a client's reply is a `Refusal` (its keys are exactly a refusal's)."""
+    return set(map(str, data)) == _REFUSAL_KEYS
+
+
+def read_reply(cls: type[Message], data: Mapping[str, object]) -> Message | Refusal:
+    """A client's reply to the stage whose message type is ``cls``: that message or a `Refusal`."""
+    if is_refusal(data):
+        return from_wire(Refusal, data)
+    return from_wire(cls, data)

@@ -1,9 +1,13 @@
+import dataclasses
 import math
 
 import pytest
 
 from client.local_plan import PlanError, plan_local_training
+from client.training_round import client_plan
 from privacy import PoissonGaussianSteps, epsilon_for
+from task.config import RunConfig
+from tests.reference_accounting import dp_accounting_pld_epsilon
 
 
 def plan(**overrides):
@@ -36,6 +40,37 @@ def test_target_epsilon_calibrates_noise_for_all_planned_rounds():
     assert epsilon_for([planned], 1e-5) <= 4.0
     # Calibrating for one round only would have given less noise: the plan covers the whole run.
     assert result.noise_multiplier > plan(rounds=1).noise_multiplier
+
+
+@pytest.mark.parametrize(("accountant", "target"), [("pld", 1.0), ("prv", 1.0), ("pld", 0.1)])
+def test_target_epsilon_is_calibrated_with_the_chosen_accountant(accountant, target):
+    """σ meets the target by the run's accountant (which reports the ε), not by RDP.
+
+    PLD and PRV are tighter than RDP, so the same target needs less noise; calibrated with RDP,
+    the client would end well below its target by the accountant it reports (ε = 0.1 was even
+    refused as unreachable: RDP on Opacus' orders cannot get below ε ≈ 0.103 at δ = 1e-5).
+    """
+    result = plan(target_epsilon=target, accountant=accountant)
+    sigma, q, steps = result.noise_multiplier, result.sample_rate, result.planned_steps
+    assert epsilon_for([PoissonGaussianSteps(sigma, q, steps)], 1e-5, accountant) <= target
+    near = PoissonGaussianSteps(sigma * (1 - 1e-3), q, steps)
+    assert epsilon_for([near], 1e-5, accountant) > target
+    assert sigma < plan(target_epsilon=target, accountant="rdp").noise_multiplier
+    # Independent check: Google dp-accounting's PLD, finely discretized.
+    reference = dp_accounting_pld_epsilon(q, sigma, steps, 1e-5)
+    assert reference <= target * 1.001
+    assert reference == pytest.approx(target, rel=0.03)
+
+
+def test_client_plan_calibrates_with_the_run_accountant():
+    """A run configured with --accountant pld plans its clients' noise with PLD."""
+    config = RunConfig(target_epsilon=1.0, accountant="pld", rounds=3, batch_size=64)
+    local = client_plan(config, 1000)
+    assert local == plan(target_epsilon=1.0, accountant="pld")
+    rdp_local = client_plan(dataclasses.replace(config, accountant="rdp"), 1000)
+    assert local.noise_multiplier < rdp_local.noise_multiplier
+    planned = PoissonGaussianSteps(local.noise_multiplier, local.sample_rate, local.planned_steps)
+    assert epsilon_for([planned], config.delta, "pld") <= 1.0
 
 
 def test_fixed_noise_multiplier_is_used_as_given():

@@ -11,8 +11,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import SECAGG_STATE_KEY, make_client_app
 from client.secure_aggregation import SecAggRequest
-from privacy.secagg import SecAggProtocolError
-from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
+from privacy.secagg import KeysBroadcast, MaskedInput, Refusal, SecAggProtocolError, ShareKeys
+from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, read_reply, to_wire
 from server.evaluation import ServerEvaluator
 from server.secure_aggregation import SecAggSettings, decode_secure_sum, plan_round, run_secure_sum
 from task.config import RunConfig
@@ -42,15 +42,21 @@ def query(stage, content):
     )
 
 
-def secure_round(tmp_path):
+def secure_round(tmp_path, tamper=None, **overrides):
+    """One round of three ClientApps; ``tamper(stage, client, wire)`` plays a lying server."""
     config = RunConfig(
-        clients=3, rounds=1, local_epochs=1, output=str(tmp_path), secure_aggregation=True
+        clients=3,
+        rounds=1,
+        local_epochs=1,
+        output=str(tmp_path),
+        secure_aggregation=True,
+        **overrides,
     )
     app = make_client_app(config)
     weights = ServerEvaluator(config).initial_weights()
     num_params = sum(w.size for w in weights)
     settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
-    plan = plan_round(settings, [0, 1, 2], 1, num_params, CLIP)
+    plan = plan_round(settings, [0, 1, 2], num_params, CLIP)
     round_settings = {**plan.train_config(), "clip-norm": CLIP}
     train_config = ConfigRecord({"server-round": 1, "clip-norm": CLIP, **plan.train_config()})
     contexts = {u: context_for(u) for u in range(3)}
@@ -59,6 +65,7 @@ def secure_round(tmp_path):
     def exchange(stage, messages):
         out = {}
         for u, wire in messages.items():
+            wire = tamper(stage, u, wire) if tamper is not None else wire
             if stage == "advertise_keys":
                 msg = query(stage, {INPUT_KEY: ConfigRecord(round_settings)})
             elif stage == "masked_input":
@@ -108,7 +115,12 @@ def test_a_full_round_through_the_client_app_leaves_no_update_or_secret_behind(t
 
 def test_a_replayed_stage_is_refused_and_ends_the_clients_round(tmp_path):
     config, app, plan, result, contexts, seen, weights = secure_round(tmp_path)
-    request = {"round-id": 1, "client-id": 0, "survivor-ids": [0, 1, 2], "dropped-ids": []}
+    request = {
+        "round-id": plan.config.round_id,
+        "client-id": 0,
+        "survivor-ids": [0, 1, 2],
+        "dropped-ids": [],
+    }
     replay = query("unmask", {RECORD_KEY: ConfigRecord(request)})
     with pytest.raises(RuntimeError, match="no round in progress"):
         app(replay, contexts[0])  # Flower's runtime turns this into an error reply
@@ -120,12 +132,17 @@ def test_a_stage_out_of_order_ends_the_round_for_that_client(tmp_path):
     weights = ServerEvaluator(config).initial_weights()
     num_params = sum(w.size for w in weights)
     settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
-    plan = plan_round(settings, [0, 1, 2], 4, num_params, CLIP)
+    plan = plan_round(settings, [0, 1, 2], num_params, CLIP)
     context = context_for(1)
     round_settings = {**plan.train_config(), "clip-norm": CLIP}
     reply = app(query("advertise_keys", {INPUT_KEY: ConfigRecord(round_settings)}), context)
     assert not reply.has_error() and SECAGG_STATE_KEY in context.state.config_records
-    early = {"round-id": 4, "client-id": 1, "survivor-ids": [0, 1, 2], "dropped-ids": []}
+    early = {
+        "round-id": plan.config.round_id,
+        "client-id": 1,
+        "survivor-ids": [0, 1, 2],
+        "dropped-ids": [],
+    }
     with pytest.raises(SecAggProtocolError, match="out of order"):
         app(query("unmask", {RECORD_KEY: ConfigRecord(early)}), context)
     # The keys are gone: nothing more can be asked of this client this round.
@@ -149,3 +166,79 @@ def test_train_config_with_partial_secure_aggregation_keys_is_refused():
     with pytest.raises(SecAggProtocolError, match="must be an int"):
         SecAggRequest.from_train_config({**full, "secagg-bits": 18.0}, 1.0)
     assert SecAggRequest.from_train_config({"server-round": 1}, None) is None
+
+
+def test_a_weak_threshold_is_refused_with_a_normal_reply_and_no_state_is_left(tmp_path):
+    config = RunConfig(clients=3, rounds=1, local_epochs=1, output=str(tmp_path))
+    app = make_client_app(config)
+    num_params = sum(w.size for w in ServerEvaluator(config).initial_weights())
+    settings = SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5)
+    plan = plan_round(settings, [0, 1, 2], num_params, CLIP)
+    # A lying server: threshold 1 (its own share would rebuild the client's self mask).
+    weak = {**plan.train_config(), "secagg-threshold": 1, "clip-norm": CLIP}
+    context = context_for(0)
+    assert not app(query("advertise_keys", {INPUT_KEY: ConfigRecord(weak)}), context).has_error()
+    keys = (bytes([1]) * 32, bytes([2]) * 32)
+    broadcast = KeysBroadcast(
+        plan.config.round_id, 0, (1, 2), keys, (bytes([3]) * 32, bytes([4]) * 32)
+    )
+    reply = app(query("share_keys", {RECORD_KEY: ConfigRecord(to_wire(broadcast))}), context)
+    assert not reply.has_error()  # a refusal is an answer the server can count, not a crash
+    refusal = read_reply(ShareKeys, dict(reply.content.config_records[RECORD_KEY]))
+    assert isinstance(refusal, Refusal)
+    assert (refusal.client_id, refusal.round_id, refusal.stage) == (
+        0,
+        plan.config.round_id,
+        "share_keys",
+    )
+    assert "threshold 1 is not a strict majority of its closed neighbourhood of 3" in refusal.reason
+    assert SECAGG_STATE_KEY not in context.state.config_records  # no key left behind
+
+
+def test_a_client_told_all_its_neighbours_dropped_refuses_to_mask_but_reports_its_privacy(
+    tmp_path,
+):
+    def empty_delivery(stage, client, wire):
+        if stage == "masked_input" and client == 0:
+            return {**wire, "sender-ids": [], "ciphertexts": []}
+        return wire
+
+    config, app, plan, result, contexts, seen, weights = secure_round(tmp_path, empty_delivery)
+    reply = seen[("masked_input", 0)]
+    assert reply.content["metrics"]["epsilon"] > 0  # it trained: its privacy spend is reported
+    assert "arrays" not in reply.content
+    refusal = read_reply(MaskedInput, dict(reply.content.config_records[RECORD_KEY]))
+    assert isinstance(refusal, Refusal) and refusal.stage == "masked_input"
+    assert "1 live neighbourhood members, needs 2" in refusal.reason
+    assert plan.server.refusals == {0: "masked_input"}
+    assert result.survivor_ids == (1, 2) and result.dropped_ids == (0,)
+    assert SECAGG_STATE_KEY not in contexts[0].state.config_records
+
+
+@pytest.mark.parametrize("client_level", [False, True])
+def test_under_client_level_dp_the_client_app_rounds_within_the_clip_norm(
+    tmp_path, monkeypatch, client_level
+):
+    """The noise is calibrated to S only under client-level DP; there the rounded update that
+    enters the sum must have norm ≤ S (conditional rounding), elsewhere rounding stays unbiased."""
+    import client.secure_aggregation as client_secagg
+    from privacy.secagg.quantization import rounded_norm
+
+    real = client_secagg.encode_update
+    calls = []
+
+    def spy(update, weight, within_clip, spec, rng=None, norm_bound=None):
+        encoded = real(update, weight, within_clip, spec, rng, norm_bound)
+        calls.append((norm_bound, rounded_norm(encoded.values[:-1], spec), spec.clip_norm))
+        return encoded
+
+    monkeypatch.setattr(client_secagg, "encode_update", spy)
+    overrides = {"client_noise_multiplier": 1.0, "client_clip_norm": CLIP} if client_level else {}
+    secure_round(tmp_path, **overrides)
+    assert len(calls) == 3
+    for norm_bound, norm, clip in calls:
+        assert clip == CLIP
+        if client_level:
+            assert norm_bound == CLIP and norm <= CLIP
+        else:
+            assert norm_bound is None

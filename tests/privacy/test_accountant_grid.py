@@ -2,7 +2,8 @@
 
 References are computed here, from Google's dp-accounting, without Privet's code:
 - rdp: dp-accounting's RdpAccountant on the same (integer) orders, and numerical integration for
-  the fractional orders of Opacus' defaults, where dp-accounting 0.6 is inaccurate;
+  the fractional orders of Opacus' defaults, where dp-accounting 0.6 is inaccurate; for small ε,
+  whose optimal order is above Opacus' 63, on Privet's larger integer orders too (up to 16384);
 - pld: dp-accounting's privacy loss distribution at a 2× finer discretization than Privet uses;
 - prv: Opacus' PRV accountant (through Privet) must land within a few percent of that PLD.
 
@@ -17,16 +18,26 @@ import logging
 import math
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from scipy import integrate
 
 from privacy import (
+    CENTRED_COUNT_SENSITIVITY,
+    EXTRA_RDP_ORDERS,
+    OPACUS_RDP_ORDERS,
     ClientLevelRound,
     GaussianComposition,
     PoissonGaussianSteps,
     RdpAccountant,
     epsilon_for,
+)
+from tests.reference_accounting import (
+    PRIVET_INTEGER_ORDERS,
+    PRIVET_ORDERS,
+    dp_accounting_pld_epsilon,
+    dp_accounting_rdp,
 )
 
 # Opacus' default RDP orders (opacus/accountants/rdp.py DEFAULT_ALPHAS), independently written.
@@ -104,12 +115,30 @@ CLIENT_GRID = [
 ]
 
 
+# (q, σ, steps, δ) whose optimal RDP order is above Opacus' 63: ε from 0.004 to 0.17, which
+# Opacus' orders alone overstate (and, below ε ≈ 0.103 at δ = 1e-5, cannot reach at any σ).
+SMALL_EPSILON_GRID = [
+    (1 / 9, 30.0, 18, 1e-5),  # `privet simulate`'s default plan at ε ≈ 0.05
+    (0.01, 20.0, 1000, 1e-5),
+    (0.01, 90.0, 1000, 1e-5),
+    (1 / 9, 300.0, 18, 1e-5),
+    (1.0, 50.0, 1, 1e-5),
+    (0.002, 3.0, 5000, 1e-5),
+    (0.3, 40.0, 20, 1e-3),
+    (1.0, 200.0, 10, 1e-6),
+]
+
+
 def example_event(q, sigma, steps, delta):
     return PoissonGaussianSteps(sigma, q, steps)
 
 
 def client_event(q, z, sigma_b, rounds, delta):
-    return ClientLevelRound(z, q, rounds, None if sigma_b is None else 2 * sigma_b)
+    if sigma_b is None:
+        return ClientLevelRound(z, q, rounds)
+    return ClientLevelRound(
+        z, q, rounds, count_noise_std=sigma_b, count_sensitivity=CENTRED_COUNT_SENSITIVITY
+    )
 
 
 def inner_gaussians(z, sigma_b):
@@ -223,7 +252,9 @@ def test_client_level_pld_and_prv_match_a_finer_pld(setting):
 )
 def test_adaptive_clipping_reduction_matches_separate_composition(z, sigma_b, rounds, delta):
     """Without sampling, dp-accounting composes the two Gaussian queries as separate PLDs/RDPs."""
-    event = ClientLevelRound(z, 1.0, rounds, 2 * sigma_b)
+    event = ClientLevelRound(
+        z, 1.0, rounds, count_noise_std=sigma_b, count_sensitivity=CENTRED_COUNT_SENSITIVITY
+    )
     separate = dp_accounting.SelfComposedDpEvent(
         dp_accounting.ComposedDpEvent(
             [dp_accounting.GaussianDpEvent(z), dp_accounting.GaussianDpEvent(2 * sigma_b)]
@@ -291,3 +322,55 @@ def _rdp_by_integration(q, sigma, order):
 def test_fractional_order_rdp_matches_numerical_integration(q, sigma, order):
     ours = RdpAccountant([order]).rdp([GaussianComposition(sigma, q, 1)])[0]
     assert ours == pytest.approx(_rdp_by_integration(q, sigma, order), rel=1e-6)
+
+
+def test_reference_orders_are_privets():
+    """The references below use orders written out in tests/reference_accounting.py."""
+    assert tuple(float(order) for order in ORDERS) == OPACUS_RDP_ORDERS
+    assert tuple(float(order) for order in PRIVET_ORDERS) == OPACUS_RDP_ORDERS + EXTRA_RDP_ORDERS
+
+
+@pytest.mark.parametrize("setting", SMALL_EPSILON_GRID, ids=_ids(SMALL_EPSILON_GRID))
+def test_small_epsilon_rdp_matches_dp_accounting_on_privet_orders(setting):
+    """Small ε: Privet's default RDP ε is dp-accounting's on Privet's integer orders.
+
+    Both evaluate the same exact finite sum at every integer order, so the RDP of each order
+    agrees to float rounding and ε to the grid's tolerance; PLD stays below (RDP is an upper
+    bound), and Opacus' orders alone give a larger ε (the optimum is above 63).
+    """
+    q, sigma, steps, delta = setting
+    event = example_event(*setting)
+    reference, reference_values = dp_accounting_rdp(q, sigma, steps, delta, PRIVET_INTEGER_ORDERS)
+    ours = epsilon_for([event], delta)
+    assert ours == pytest.approx(reference, rel=1e-3)
+    values = RdpAccountant(PRIVET_INTEGER_ORDERS).rdp([GaussianComposition(sigma, q, steps)])
+    assert values == pytest.approx(np.asarray(reference_values), rel=1e-6)
+    assert dp_accounting_pld_epsilon(q, sigma, steps, delta) < ours
+    assert ours < RdpAccountant(OPACUS_RDP_ORDERS).epsilon([event], delta)
+
+
+@pytest.mark.parametrize("setting", SMALL_EPSILON_GRID, ids=_ids(SMALL_EPSILON_GRID))
+def test_small_epsilon_pld_and_prv_match_a_finer_pld(setting):
+    """Small ε: the PLD grid is sized from an RDP estimate that is not stuck near 0.1.
+
+    PldAccountant promises 0.2 % of a 2× finer dp-accounting PLD; an interval sized from
+    Opacus' orders alone (ε_RDP ≥ 0.103) misses that by 0.3 % at ε ≈ 0.01.
+    """
+    q, sigma, steps, delta = setting
+    reference = dp_accounting_pld_epsilon(q, sigma, steps, delta)
+    event = example_event(*setting)
+    assert epsilon_for([event], delta, "pld") == pytest.approx(reference, rel=2e-3)
+    prv = epsilon_for([event], delta, "prv")
+    # Opacus' PRV bound is its estimate + eps_error, the estimate within eps_error of the truth,
+    # and Privet's eps_error has an absolute floor of 1e-3 (privacy.accountants.PrvAccountant).
+    assert reference * 0.995 <= prv <= reference * 1.03 + 2e-3
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.3, 0.7), (1.0, 2.0), (0.01, 100.0)])
+def test_rdp_at_larger_orders_matches_dp_accounting(q, sigma):
+    """One step at every order above 63, including those above ≈ 1030 where Opacus' sum is NaN."""
+    orders = tuple(PRIVET_ORDERS[len(ORDERS) :])
+    _, reference = dp_accounting_rdp(q, sigma, 1, 1e-5, orders)
+    ours = RdpAccountant(orders).rdp([GaussianComposition(sigma, q, 1)])
+    assert np.all(np.isfinite(ours))
+    assert ours == pytest.approx(np.asarray(reference), rel=1e-6)

@@ -1,13 +1,20 @@
 import math
+import warnings
 
 import dp_accounting
+import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
 from privacy import (
+    DEFAULT_RDP_ORDERS,
+    OPACUS_RDP_ORDERS,
     CalibrationError,
+    GaussianComposition,
     PoissonGaussianSteps,
+    RdpAccountant,
     compose,
     epsilon_for,
     noise_for_target_epsilon,
@@ -107,3 +114,69 @@ def test_calibration_rejects_meaningless_targets(target):
 def test_calibration_reports_unreachable_target():
     with pytest.raises(CalibrationError, match="unreachable"):
         noise_for_target_epsilon(1e-9, 1e-5, 0.5, 1000)
+
+
+def test_privet_orders_start_with_opacus_defaults_and_reach_small_epsilon():
+    assert list(OPACUS_RDP_ORDERS) == RDPAccountant.DEFAULT_ALPHAS
+    assert DEFAULT_RDP_ORDERS[: len(OPACUS_RDP_ORDERS)] == OPACUS_RDP_ORDERS
+    extra = DEFAULT_RDP_ORDERS[len(OPACUS_RDP_ORDERS) :]
+    assert all(float(order).is_integer() for order in extra)
+    assert list(extra) == sorted(set(extra)) and extra[0] == 64 and extra[-1] >= 10_000
+
+
+def _opacus(history, delta):
+    """Opacus' own RDPAccountant on its default orders: (ε, optimal order)."""
+    accountant = RDPAccountant()
+    accountant.history = [(sigma, q, steps) for sigma, q, steps in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return accountant.get_privacy_spent(delta=delta)
+
+
+def _random_histories(count, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        yield (
+            [
+                GaussianComposition(
+                    float(rng.uniform(0.5, 40)),
+                    float(10 ** rng.uniform(-3, 0)),
+                    int(10 ** rng.uniform(0, 4)),
+                )
+                for _ in range(int(rng.integers(1, 3)))
+            ],
+            float(rng.choice([1e-3, 1e-5, 1e-6])),
+        )
+
+
+def test_epsilon_is_opacus_bit_for_bit_unless_the_optimum_is_above_63():
+    """More orders only tighten ε, and leave it untouched when Opacus' optimum is inside 1.1–63."""
+    inside = above = 0
+    for history, delta in _random_histories(80):
+        events = [PoissonGaussianSteps(*item) for item in history]
+        expected, order = _opacus(history, delta)
+        ours = epsilon_for(events, delta)
+        assert RdpAccountant(OPACUS_RDP_ORDERS).epsilon(events, delta) == expected
+        if order < 63:
+            inside += 1
+            assert ours == expected
+        else:  # Opacus' optimum at its edge: a larger order may do better
+            assert ours <= expected
+            above += ours < expected
+    assert inside > 10 and above > 10  # the histories cover both cases
+
+
+def test_orders_above_63_are_skipped_only_when_they_cannot_lower_epsilon():
+    """ε equals Opacus' conversion over all of Privet's orders, whether or not they were computed.
+
+    The histories straddle ε ≈ 0.2 at δ = 1e-5, where the optimal order crosses 63.
+    """
+    for history, delta in _random_histories(80, seed=1):
+        full = RdpAccountant().rdp(history)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            expected, _ = opacus_rdp.get_privacy_spent(
+                orders=list(DEFAULT_RDP_ORDERS), rdp=full, delta=delta
+            )
+        events = [PoissonGaussianSteps(*item) for item in history]
+        assert epsilon_for(events, delta) == expected

@@ -5,6 +5,7 @@ import pytest
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
 from privacy import (
+    CENTRED_COUNT_SENSITIVITY,
     CalibrationError,
     ClientLevelRound,
     PoissonGaussianSteps,
@@ -12,6 +13,11 @@ from privacy import (
     epsilon_for,
     noise_for_target_epsilon,
     update_noise_for_adaptive_clipping,
+)
+from tests.reference_accounting import (
+    dp_accounting_pld_epsilon,
+    dp_accounting_rdp_epsilon,
+    opacus_epsilon,
 )
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -62,7 +68,11 @@ def test_client_level_calibration_splits_for_adaptive_clipping():
     target, q, rounds, sigma_b = 4.0, 0.05, 300, 1.0
     z = client_noise_for_target_epsilon(target, 1e-5, q, rounds)
     z_update = update_noise_for_adaptive_clipping(z, sigma_b)
-    rounds_run = [ClientLevelRound(z_update, q, 1, 2 * sigma_b)] * rounds
+    rounds_run = [
+        ClientLevelRound(
+            z_update, q, 1, count_noise_std=sigma_b, count_sensitivity=CENTRED_COUNT_SENSITIVITY
+        )
+    ] * rounds
     assert epsilon_for(rounds_run, 1e-5) <= target * (1 + 1e-9)
     two_queries = dp_accounting.ComposedDpEvent(
         [dp_accounting.GaussianDpEvent(z_update), dp_accounting.GaussianDpEvent(2 * sigma_b)]
@@ -75,6 +85,37 @@ def test_client_level_calibration_with_pld_agrees_with_dp_accounting():
     reference = dp_pld(0.1, z, 100, 1e-5)
     assert reference <= 3.0 * 1.001
     assert reference == pytest.approx(3.0, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("target", "q", "steps"), [(0.1, 1 / 9, 18), (0.05, 1 / 9, 18), (0.05, 0.01, 1000)]
+)
+def test_small_example_level_targets_are_reachable_with_rdp(target, q, steps):
+    """ε ≤ 0.1 at δ = 1e-5 is reachable by RDP: its optimal order is above Opacus' 63.
+
+    With Opacus' orders alone no σ gets below ε ≈ 0.103, so these targets were refused as
+    unreachable. (q = 1/9, 18 steps is `privet simulate`'s default plan for one round.)
+    """
+    sigma = noise_for_target_epsilon(target, 1e-5, q, steps)
+    ours = epsilon_for([PoissonGaussianSteps(sigma, q, steps)], 1e-5)
+    assert ours <= target
+    # Within the bisection tolerance (1e-4 in σ) of the smallest σ that meets the target.
+    assert epsilon_for([PoissonGaussianSteps(sigma - 1e-4, q, steps)], 1e-5) > target
+    # Independent: dp-accounting's RDP on Privet's integer orders is the same number, its PLD
+    # (nearly exact) is below it, and Opacus' orders alone overstate it above the target.
+    assert dp_accounting_rdp_epsilon(q, sigma, steps, 1e-5) == pytest.approx(ours, rel=1e-6)
+    assert dp_accounting_pld_epsilon(q, sigma, steps, 1e-5) < ours
+    with pytest.warns(UserWarning, match="largest alpha"):  # Opacus: "expand the range"
+        assert opacus_epsilon(q, sigma, steps, 1e-5) > target
+
+
+def test_small_client_level_target_is_reachable_with_rdp():
+    z = client_noise_for_target_epsilon(0.05, 1e-5, 0.1, 50)
+    ours = epsilon_for([ClientLevelRound(z, 0.1, 50)], 1e-5)
+    assert ours <= 0.05
+    assert dp_accounting_rdp_epsilon(0.1, z, 50, 1e-5) == pytest.approx(ours, rel=1e-6)
+    with pytest.warns(UserWarning, match="largest alpha"):
+        assert opacus_epsilon(0.1, z, 50, 1e-5) > 0.05
 
 
 @pytest.mark.parametrize("level", ["example", "client"])

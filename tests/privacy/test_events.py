@@ -42,8 +42,8 @@ def one_line(error: pytest.ExceptionInfo) -> str:
     [
         PoissonGaussianSteps(1.25, 0.0625, 42),
         ClientLevelRound(0.9, 0.1, 3),
-        ClientLevelRound(1.1, 0.05, 1, 10.0),
-        ClientLevelRound(0.0, 1.0, 0, 0.0),
+        ClientLevelRound(1.1, 0.05, 1, count_noise_std=5.0, count_sensitivity=0.5),
+        ClientLevelRound(0.0, 1.0, 0, count_noise_std=0.0, count_sensitivity=1.0),
     ],
 )
 def test_events_round_trip_through_dicts(event):
@@ -112,14 +112,16 @@ def test_events_are_immutable_and_normalised():
             "noise_multiplier": 1.0,
             "sample_rate": 0.1,
             "rounds": 1,
-            "count_noise_multiplier": math.inf,
+            "count_noise_std": math.inf,
+            "count_sensitivity": 0.5,
         },
         {
             "type": "client_level_round",
             "noise_multiplier": 1.0,
             "sample_rate": 0.1,
             "rounds": 1,
-            "count_noise_multiplier": "x",
+            "count_noise_std": 1.0,
+            "count_sensitivity": "x",
         },
     ],
 )
@@ -131,17 +133,22 @@ def test_malformed_event_dicts_are_one_line_value_errors(data):
 
 def test_effective_noise_multiplier_combines_the_two_queries():
     # Andrew et al. 2021, Sec. 3: z_eff = (z⁻² + (2σ_b)⁻²)^(−1/2).
-    event = ClientLevelRound(1.0, 0.1, 1, 2 * 0.5)
+    event = ClientLevelRound(1.0, 0.1, 1, count_noise_std=0.5, count_sensitivity=0.5)
     assert event.effective_noise_multiplier() == pytest.approx(1 / math.sqrt(2), rel=1e-12)
     assert ClientLevelRound(1.3, 0.1).effective_noise_multiplier() == 1.3
-    assert ClientLevelRound(1.3, 0.1, 1, 0.0).effective_noise_multiplier() == 0.0
+    assert (
+        ClientLevelRound(
+            1.3, 0.1, 1, count_noise_std=0.0, count_sensitivity=0.5
+        ).effective_noise_multiplier()
+        == 0.0
+    )
 
 
 @pytest.mark.parametrize(("z", "sigma_b"), [(1.0, 5.0), (0.8, 0.5), (3.0, 20.0), (1.1, 0.56)])
 def test_update_noise_for_adaptive_clipping_inverts_the_combination(z, sigma_b):
     z_update = update_noise_for_adaptive_clipping(z, sigma_b)
     assert z_update > z
-    event = ClientLevelRound(z_update, 0.1, 1, 2 * sigma_b)
+    event = ClientLevelRound(z_update, 0.1, 1, count_noise_std=sigma_b, count_sensitivity=0.5)
     assert event.effective_noise_multiplier() == pytest.approx(z, rel=1e-12)
 
 
@@ -154,12 +161,15 @@ def test_adaptive_clipping_that_exhausts_the_budget_is_refused(z, sigma_b):
 
 def test_compose_merges_consecutive_equal_events_of_either_kind():
     history = [
-        ClientLevelRound(1.0, 0.1, 1, 4.0),
-        ClientLevelRound(1.0, 0.1, 1, 4.0),
+        ClientLevelRound(1.0, 0.1, 1, count_noise_std=2.0, count_sensitivity=0.5),
+        ClientLevelRound(1.0, 0.1, 1, count_noise_std=2.0, count_sensitivity=0.5),
         ClientLevelRound(1.0, 0.1, 0),
         ClientLevelRound(1.0, 0.1, 1),
     ]
-    assert compose(history) == [ClientLevelRound(1.0, 0.1, 2, 4.0), ClientLevelRound(1.0, 0.1, 1)]
+    assert compose(history) == [
+        ClientLevelRound(1.0, 0.1, 2, count_noise_std=2.0, count_sensitivity=0.5),
+        ClientLevelRound(1.0, 0.1, 1),
+    ]
 
 
 def test_gaussian_compositions_merge_equal_mechanisms_anywhere():
@@ -189,7 +199,11 @@ def test_every_accountant_agrees_on_the_trivial_cases(name):
     assert epsilon_for([], 1e-5, name) == 0.0
     assert epsilon_for([PoissonGaussianSteps(1.0, 0.1, 0)], 1e-5, name) == 0.0
     assert math.isinf(epsilon_for([PoissonGaussianSteps(0.0, 0.1, 1)], 1e-5, name))
-    assert math.isinf(epsilon_for([ClientLevelRound(1.0, 0.1, 1, 0.0)], 1e-5, name))
+    assert math.isinf(
+        epsilon_for(
+            [ClientLevelRound(1.0, 0.1, 1, count_noise_std=0.0, count_sensitivity=0.5)], 1e-5, name
+        )
+    )
 
 
 @pytest.mark.parametrize("delta", [0.0, 1.0, -1e-5, math.nan])
@@ -232,3 +246,37 @@ def test_tf_privacy_tutorial_default_conversion_matches_dp_accounting():
     default = epsilon_for([TF_EVENT], 1e-5)
     assert default == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)
     assert default == pytest.approx(2.60, abs=0.01)
+
+
+def test_a_released_count_records_its_noise_and_its_sensitivity():
+    event = ClientLevelRound(1.0, 0.1, 1, count_noise_std=3.0, count_sensitivity=1.0)
+    assert event.count_noise_multiplier == 3.0
+    assert (
+        ClientLevelRound(
+            1.0, 0.1, 1, count_noise_std=3.0, count_sensitivity=0.5
+        ).count_noise_multiplier
+        == 6.0
+    )
+    assert ClientLevelRound(1.0, 0.1).count_noise_multiplier is None
+    for bad in (
+        {"count_noise_std": 3.0},
+        {"count_sensitivity": 0.5},
+        {"count_noise_std": 3.0, "count_sensitivity": 0.0},
+        {"count_noise_std": 3.0, "count_sensitivity": math.inf},
+    ):
+        with pytest.raises(ValueError) as error:
+            ClientLevelRound(1.0, 0.1, 1, **bad)
+        one_line(error)
+    with pytest.raises(TypeError):  # the count's parameters are never positional
+        ClientLevelRound(1.0, 0.1, 1, 4.0)  # type: ignore[misc]
+
+
+def test_update_noise_split_uses_the_count_sensitivity():
+    # At sensitivity 1 the same σ_b buys half the multiplier, so the update sum needs more noise.
+    centred = update_noise_for_adaptive_clipping(1.0, 2.0)
+    raw = update_noise_for_adaptive_clipping(1.0, 2.0, count_sensitivity=1.0)
+    assert centred == pytest.approx((1 - 4.0**-2) ** -0.5, rel=1e-12)
+    assert raw == pytest.approx((1 - 2.0**-2) ** -0.5, rel=1e-12)
+    with pytest.raises(ValueError) as error:
+        update_noise_for_adaptive_clipping(1.0, 0.9, count_sensitivity=1.0)
+    one_line(error)

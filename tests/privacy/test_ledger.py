@@ -79,7 +79,10 @@ def test_replayed_epsilon_equals_opacus_and_dp_accounting():
 def test_client_level_ledger_replays_adaptive_rounds_as_two_queries():
     ledger = PrivacyLedger("server", "client", 1e-6)
     for server_round in range(1, 31):
-        ledger.record(server_round, [ClientLevelRound(1.2, 0.05, 1, 2 * 2.0)])
+        ledger.record(
+            server_round,
+            [ClientLevelRound(1.2, 0.05, 1, count_noise_std=2.0, count_sensitivity=0.5)],
+        )
     assert ledger.steps() == 0 and ledger.rounds() == list(range(1, 31))
     accountant = dp_accounting.rdp.RdpAccountant(ORDERS)
     round_event = dp_accounting.PoissonSampledDpEvent(
@@ -174,7 +177,7 @@ def _bad_entry(**changes):
 
 MALFORMED = {
     "not an object": [1, 2],
-    "schema 2": {**_valid(), "schema_version": 2},
+    "schema 99": {**_valid(), "schema_version": 99},
     "no schema": {key: value for key, value in _valid().items() if key != "schema_version"},
     "no owner": {key: value for key, value in _valid().items() if key != "owner"},
     "unexpected field": {**_valid(), "note": "hi"},
@@ -331,3 +334,78 @@ def test_budget_check_treats_an_unbounded_plan_as_over_budget(monkeypatch):
 
     monkeypatch.setattr(ledger_module, "epsilon_for", cannot)
     assert ledger.epsilon_if_bounded([event], "prv") == float("inf")
+
+
+def schema_1_server_ledger(path: Path, count_multiplier: float | None, rounds: int = 30) -> None:
+    """A server ledger exactly as Privet wrote it before the count's sensitivity was recorded."""
+    entries = [
+        {
+            "round": r,
+            "recorded_at": 1764067512.5 + r,
+            "event": {
+                "type": "client_level_round",
+                "noise_multiplier": 1.2,
+                "sample_rate": 0.05,
+                "rounds": 1,
+                "count_noise_multiplier": count_multiplier,
+            },
+        }
+        for r in range(1, rounds + 1)
+    ]
+    data = {
+        "schema_version": 1,
+        "owner": "server",
+        "level": "client",
+        "delta": 1e-6,
+        "epsilon_rdp": 1.0,
+        "entries": entries,
+    }
+    path.write_text(json.dumps(data))
+
+
+def test_a_schema_1_adaptive_ledger_is_recharged_for_the_raw_count_it_released(tmp_path):
+    # The old code recorded 2·σ_b = 4 but released Σ b_i + N(0, σ_b² = 4): multiplier 2.
+    path = tmp_path / "server.json"
+    schema_1_server_ledger(path, 4.0)
+    ledger = PrivacyLedger.load(path)
+    assert len(ledger.corrections) == 1 and "re-charged" in ledger.corrections[0]
+    event = ledger.events()[0]
+    assert (event.count_noise_std, event.count_sensitivity) == (2.0, 1.0)
+    accountant = dp_accounting.rdp.RdpAccountant(ORDERS)
+    round_event = dp_accounting.PoissonSampledDpEvent(
+        0.05,
+        dp_accounting.ComposedDpEvent(
+            [dp_accounting.GaussianDpEvent(1.2), dp_accounting.GaussianDpEvent(2.0)]
+        ),
+    )
+    accountant.compose(dp_accounting.SelfComposedDpEvent(round_event, 30))
+    assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(1e-6), rel=1e-3)
+    # What the old code printed: the count charged at multiplier 4.
+    old = PrivacyLedger("server", "client", 1e-6)
+    for r in range(1, 31):
+        old.record(r, [ClientLevelRound(1.2, 0.05, 1, count_noise_std=2.0, count_sensitivity=0.5)])
+    assert ledger.epsilon() > 1.05 * old.epsilon()
+    # The next write stores schema 2 with the corrected events; reading it changes nothing more.
+    ledger.record(31, [ClientLevelRound(1.2, 0.05, 1, count_noise_std=2.0, count_sensitivity=0.5)])
+    again = PrivacyLedger.load(path)
+    assert strict_load(path)["schema_version"] == LEDGER_SCHEMA_VERSION == 2
+    assert again.corrections == [] and again.events() == ledger.events()
+
+
+def test_a_schema_1_ledger_without_a_count_is_read_unchanged(tmp_path):
+    path = tmp_path / "server.json"
+    schema_1_server_ledger(path, None, rounds=3)
+    ledger = PrivacyLedger.load(path)
+    assert ledger.corrections == []
+    assert ledger.events()[0] == ClientLevelRound(1.2, 0.05, 1)
+
+
+def test_an_unknown_schema_version_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "server.json"
+    schema_1_server_ledger(path, 4.0, rounds=1)
+    data = json.loads(path.read_text())
+    data["schema_version"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(LedgerError, match="schema version 3") as error:
+        PrivacyLedger.load(path)
+    assert "\n" not in str(error.value)

@@ -130,7 +130,8 @@ def test_client_level_target_with_adaptive_clipping(capsys):
     )
     assert status == 0
     z_update = float(re.search(r"z_Δ = ([0-9.]+)", out).group(1))
-    # The two queries (update sum at z_Δ, count at 2σ_b), composed by dp-accounting, meet ε = 4.
+    # The two queries (update sum at z_Δ, centred count at σ_b/½), composed by dp-accounting,
+    # meet ε = 4.
     two_queries = dp_accounting.ComposedDpEvent(
         [dp_accounting.GaussianDpEvent(z_update), dp_accounting.GaussianDpEvent(5.0)]
     )
@@ -225,7 +226,10 @@ def make_run(run_dir: Path, accountant: str = "rdp", client_level: bool = True) 
     if client_level:
         server = PrivacyLedger("server", "client", delta, run_dir / "ledgers" / "server.json")
         for server_round in range(1, 4):
-            server.record(server_round, [ClientLevelRound(1.3, 0.5, 1, 2 * 2.0)])
+            server.record(
+                server_round,
+                [ClientLevelRound(1.3, 0.5, 1, count_noise_std=2.0, count_sensitivity=0.5)],
+            )
         results["client_level"] = {"epsilon": server.epsilon(accountant), "rounds": 3}
     write_results(run_dir, results)
     return results
@@ -395,3 +399,31 @@ def test_through_the_privet_command(tmp_path, capsys):
     assert cli.main(["budget", "--verify", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("privet: error:")
+
+
+def test_verify_says_an_old_adaptive_run_under_reported_and_gives_the_correct_epsilon(
+    tmp_path, capsys
+):
+    """A run written before the count's sensitivity was recorded: its printed ε was too low."""
+    make_run(tmp_path, client_level=True)
+    server_file = tmp_path / "ledgers" / "server.json"
+    old = json.loads(server_file.read_text())
+    old["schema_version"] = 1
+    for entry in old["entries"]:  # what that Privet wrote: 2·σ_b, charged as a centred count
+        event = entry["event"]
+        event["count_noise_multiplier"] = 2 * event.pop("count_noise_std")
+        event.pop("count_sensitivity")
+    server_file.write_text(json.dumps(old))
+    reported = json.loads((tmp_path / "results.json").read_text())["client_level"]["epsilon"]
+    status, out = budget(["--verify", str(tmp_path)], capsys)
+    assert status == 1
+    line = next(line for line in out.splitlines() if line.startswith("server"))
+    assert "under-reported" in line
+    # The correct ε: update sum z = 1.3 and the raw count at σ_b / 1 = 2, composed by dp-accounting.
+    two_queries = dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(1.3), dp_accounting.GaussianDpEvent(2.0)]
+    )
+    correct = dp_rdp(0.5, two_queries, 3, 1e-5)
+    assert correct > 1.05 * reported
+    printed = float(re.search(r"the correct ε is ([0-9.]+)", line).group(1))
+    assert printed == pytest.approx(correct, rel=1e-3)

@@ -76,6 +76,11 @@ def one_line_error(capsys, argv) -> str:
         (["--round-timeout", "-5"], "round-timeout must be positive"),
         (["--secagg-clip-norm", "0"], "secagg-clip-norm must be positive"),
         (["--secure-aggregation", "--clients-per-round", "1"], "at least 2 clients per round"),
+        (  # conditional rounding cannot keep an MLP's update within S on 16 grid points
+            ["--secure-aggregation", "--client-noise-multiplier", "1", "--secagg-levels", "16"]
+            + ["--model", "mlp"],
+            "use more levels",
+        ),
         (
             ["--client-noise-multiplier", "1", "--secagg-clip-norm", "2"],
             "drop --secagg-clip-norm",
@@ -199,6 +204,7 @@ def test_simulate_end_to_end_is_reproducible_for_a_seed(tmp_path):
     model_b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
     assert all(torch.equal(model_a[key], model_b[key]) for key in model_a)
     assert "reproducible simulation" in a["privacy"]["noise_source"]
+    assert "does not know the seed" in a["privacy"]["noise_source"]
     # Without --reproducible the noise comes from the OS: same seed, same data, another model.
     fresh = run_cli(tmp_path / "c", "--no-reproducible")
     assert fresh.returncode == 0, fresh.stderr[-3000:]

@@ -34,6 +34,10 @@ def test_adaptive_clipping_takes_its_share_of_the_noise():
     plan = plan_client_level(config)
     sigma_b = 20 / 20  # Andrew et al.'s default: expected clients / 20
     assert plan.adaptive.count_stddev == sigma_b
+    assert plan.round_event().count_noise_std == sigma_b
+    assert (
+        plan.round_event().count_sensitivity == 0.5
+    )  # the centred count (tests/test_sensitivity.py)
     assert plan.round_event().count_noise_multiplier == 2 * sigma_b
     assert plan.update_noise_multiplier > 1.0
     assert plan.round_event().effective_noise_multiplier() == pytest.approx(1.0, rel=1e-12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import dp_accounting
 import pytest
@@ -79,12 +80,45 @@ def test_client_level_epsilon_with_poisson_sampling_matches_dp_accounting(tmp_pa
     z = 1.2
     assert level["noise_multiplier"] == z
     if adaptive:
-        # The update sum gets less noise, so that together with the count query (multiplier
-        # 2·σ_b) the round is exactly a Gaussian with multiplier z (Andrew et al. 2021).
+        # The update sum gets less noise, so that together with the count query (σ_b = 1 on the
+        # centred count, sensitivity ½: multiplier 2) the round is exactly a Gaussian with
+        # multiplier z (Andrew et al. 2021).
         z_update = level["update_noise_multiplier"]
+        count = level["adaptive_clipping"]
+        assert (count["count_stddev"], count["count_sensitivity"]) == (1.0, 0.5)
         assert (z_update**-2 + 2.0**-2) ** -0.5 == pytest.approx(z, rel=1e-9)
         assert len({r["clip_norm"] for r in data["rounds"]}) == 3  # S moved every round
     expected = dp_accounting_client_level(0.5, z, 3, config.delta)
     assert level["epsilon"] == pytest.approx(expected, rel=1e-3)
     assert data["rounds"][-1]["epsilon_client_level"] == level["epsilon"]
     assert main(["budget", "--verify", str(tmp_path / "run")]) == 0
+
+
+def test_the_audited_adaptive_clipping_command_prints_the_epsilon_of_what_ran(tmp_path, capsys):
+    """Issue 11's reproduction: the printed client-level ε is that of the two Gaussians as
+    results.json records them (update sum at z_Δ; count at σ_b over its measured sensitivity,
+    tests/test_sensitivity.py), composed by dp-accounting."""
+    output = tmp_path / "run"
+    argv = ["simulate", "--client-noise-multiplier", "1.0", "--clients", "20"]
+    argv += ["--clients-per-round", "5", "--delta", "1e-3", "--engine", "in-process"]
+    argv += ["--rounds", "3", "--adaptive-clipping", "--clip-count-stddev", "2"]
+    assert main([*argv, "--output", str(output)]) == 0
+    printed = float(re.search(r"Client-level ε = ([0-9.]+)", capsys.readouterr().out).group(1))
+    level = json.loads((output / "results.json").read_text())["client_level"]
+    count = level["adaptive_clipping"]
+    assert count["count_stddev"] == 2.0
+    ratio = count["count_stddev"] / count["count_sensitivity"]
+    accountant = dp_accounting.rdp.RdpAccountant(ORDERS)
+    round_event = dp_accounting.PoissonSampledDpEvent(
+        level["sample_rate"],
+        dp_accounting.ComposedDpEvent(
+            [
+                dp_accounting.GaussianDpEvent(level["update_noise_multiplier"]),
+                dp_accounting.GaussianDpEvent(ratio),
+            ]
+        ),
+    )
+    accountant.compose(dp_accounting.SelfComposedDpEvent(round_event, level["rounds"]))
+    assert level["rounds"] == 3
+    assert printed == pytest.approx(accountant.get_epsilon(1e-3), rel=0.01)
+    assert level["epsilon"] == pytest.approx(accountant.get_epsilon(1e-3), rel=1e-3)

@@ -171,10 +171,12 @@ def expected_epsilons(run_dir: Path, prefix: str = "") -> dict[str, float]:
         releases = sum(e["rounds"] for e in events)
         # the update noise and the count noise of adaptive clipping compose to one z
         z_parts = {
-            (e["noise_multiplier"], e["count_noise_multiplier"], e["sample_rate"]) for e in events
+            (e["noise_multiplier"], e["count_noise_std"], e["count_sensitivity"], e["sample_rate"])
+            for e in events
         }
         assert len(z_parts) == 1
-        z_update, z_count, q = z_parts.pop()
+        z_update, count_std, count_sensitivity, q = z_parts.pop()
+        z_count = None if count_std is None else count_std / count_sensitivity
         z = z_update if z_count is None else (z_update**-2 + z_count**-2) ** -0.5
         assert z == pytest.approx(results["client_level"]["noise_multiplier"], rel=1e-12)
         expected[f"{prefix}client-level"] = opacus_epsilon(q, z, releases, delta)
@@ -310,7 +312,10 @@ def test_not_covered_says_counts_local_metrics_and_seeded_noise(reports):
         not_covered
     )
     assert "released without noise" in not_covered
-    assert "seeded from seed = 0" in not_covered and "not for deployments" in not_covered
+    assert "seeded from seed = 0" in not_covered
+    # The guarantee of a seeded run holds only against someone who does not know the seed.
+    assert "only against someone who does not know the seed" in not_covered
+    assert "--no-reproducible" in not_covered
 
 
 def test_many_clients_band_plot_and_folded_table(runs, reports):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from privet.cli import main
@@ -86,4 +87,78 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path, capsys):
         assert client["epsilon"] >= before["epsilon"]
     assert b["client_level"]["epsilon"] == a["client_level"]["epsilon"]
     assert main(["budget", "--verify", str(resumed)]) == 0
+    assert "refuted" not in capsys.readouterr().out.lower()
+
+
+class CrashAfterRoundError(RuntimeError):
+    """Stands in for a server killed right after a round's checkpoint was written."""
+
+
+def _as_schema_1(ledger_file: Path) -> None:
+    """Rewrite a server ledger the way Privet wrote it before the count's sensitivity was kept:
+    schema 1, the count recorded as multiplier 2·σ_b (while that code released the raw count)."""
+    data = json.loads(ledger_file.read_text())
+    data["schema_version"] = 1
+    for entry in data["entries"]:
+        event = entry["event"]
+        std = event.pop("count_noise_std")
+        event.pop("count_sensitivity")
+        event["count_noise_multiplier"] = None if std is None else 2 * std
+    ledger_file.write_text(json.dumps(data))
+
+
+def test_resume_recharges_an_old_ledgers_adaptive_rounds_at_their_real_sensitivity(
+    tmp_path, capsys, caplog
+):
+    import dp_accounting
+
+    from simulations.inprocess_engine import run_in_process
+    from tests.reference_accounting import ORDERS
+
+    output = tmp_path / "run"
+    config = RunConfig(
+        clients=20,
+        clients_per_round=5,
+        client_noise_multiplier=1.0,
+        adaptive_clipping=True,
+        clip_count_stddev=2.0,
+        delta=1e-3,
+        rounds=3,
+        local_epochs=1,
+        seed=5,
+        reproducible=True,
+        output=str(output),
+    )
+
+    def crash(record) -> None:
+        raise CrashAfterRoundError(f"crashed after round {record.round}")
+
+    with pytest.raises(CrashAfterRoundError):
+        run_in_process(config, crash)
+    assert checkpoint_round(output) == 1
+    _as_schema_1(output / "ledgers" / "server.json")
+    assert main(["resume", str(output)]) == 0
+    assert "re-charged at sensitivity 1" in caplog.text
+    results = json.loads((output / "results.json").read_text())
+    level = results["client_level"]
+    z_update = level["update_noise_multiplier"]
+    sigma_b = level["adaptive_clipping"]["count_stddev"]
+    assert level["adaptive_clipping"]["count_sensitivity"] == 0.5
+
+    def round_event(count_sensitivity: float) -> dp_accounting.DpEvent:
+        return dp_accounting.PoissonSampledDpEvent(
+            0.25,
+            dp_accounting.ComposedDpEvent(
+                [
+                    dp_accounting.GaussianDpEvent(z_update),
+                    dp_accounting.GaussianDpEvent(sigma_b / count_sensitivity),
+                ]
+            ),
+        )
+
+    accountant = dp_accounting.rdp.RdpAccountant(ORDERS)
+    accountant.compose(round_event(1.0))  # round 1, by the old code: the raw count
+    accountant.compose(dp_accounting.SelfComposedDpEvent(round_event(0.5), 2))  # rounds 2, 3
+    assert level["epsilon"] == pytest.approx(accountant.get_epsilon(1e-3), rel=1e-3)
+    assert main(["budget", "--verify", str(output)]) == 0
     assert "refuted" not in capsys.readouterr().out.lower()

@@ -1,15 +1,29 @@
-"""Secure aggregation on Flower's simulation runtime: exactness, dropouts, clean failures."""
+"""Secure aggregation in simulations: exactness, dropouts, clean failures, refused attacks."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord
 
+from client.app import make_client_app
+from privacy.secagg.wire import INPUT_KEY, RECORD_KEY
+from server import secure_aggregation
+from server.app import run_federated_training
 from simulations.faults import Dropout
 from simulations.flower_engine import run_flower_simulation
+from simulations.inprocess_engine import (
+    ENGINE_NAME,
+    FIRST_NODE_ID,
+    RUN_ID,
+    InProcessGrid,
+    run_in_process,
+    server_task_identity,
+)
 from task.config import RunConfig
 
 
@@ -108,3 +122,120 @@ def test_dropouts_are_recovered_above_the_threshold_and_fail_cleanly_below(tmp_p
     assert data["secure_aggregation"]["rounds_failed"] == [2, 3]
     assert data["secure_aggregation"]["min_survivors"] == 4
     assert data["finished"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The same faults through the in-process engine (Privet's apps, no Ray): a lying server, a split
+# set of survivors, a replayed and a duplicated reply, each seen in results.json.
+
+
+def secure_config(tmp_path, **overrides):
+    values = dict(
+        clients=5, rounds=2, local_epochs=1, secure_aggregation=True, output=str(tmp_path / "run")
+    )
+    return RunConfig(**{**values, **overrides})
+
+
+def test_a_client_refusing_a_weak_threshold_is_counted_in_results_json(tmp_path, caplog):
+    def weak_threshold(msg, context, call_next):
+        """An attacking server: client 0 is told t = 2 of its closed neighbourhood of 5."""
+        if msg.metadata.message_type == "query.secagg_advertise_keys" and (
+            context.node_config["partition-id"] == 0 and msg.metadata.group_id == "1"
+        ):
+            msg.content.config_records[INPUT_KEY]["secagg-threshold"] = 2
+        return call_next(msg, context)
+
+    with caplog.at_level(logging.WARNING):
+        run_in_process(secure_config(tmp_path), client_mods=[weak_threshold])
+    first, second = results_of(tmp_path / "run")["rounds"]
+    summary = first["secure_aggregation"]
+    assert summary["status"] == "ok" and summary["threshold"] == 4
+    assert summary["refusals"] == 1 and summary["refused"] == [0]
+    assert summary["survivors"] == [1, 2, 3, 4] and summary["dropped"] == [0]
+    assert second["secure_aggregation"]["refusals"] == 0
+    assert "client 0 refuses secure-aggregation stage 'share_keys'" in caplog.text
+    assert "client 0 refused stage 'share_keys'" in caplog.text
+
+
+def ring_graph(client_ids, degree=None, random_bytes=None):
+    """The Harary graph with the clients on the ring in id order (instead of a random order)."""
+    ids = sorted(client_ids)
+    n, half = len(ids), (degree or 2) // 2
+    return {
+        u: frozenset(ids[(i + s) % n] for s in range(-half, half + 1) if s)
+        for i, u in enumerate(ids)
+    }
+
+
+def test_a_round_whose_survivors_split_is_skipped_and_the_settings_were_warned(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(secure_aggregation, "build_graph", ring_graph)
+    config = secure_config(tmp_path, clients=6, secagg_degree=2)
+    # Ring 0-1-2-3-4-5-0: losing 1 and 4 leaves {2, 3} and {5, 0}, every neighbourhood still
+    # holding t = 2 live share holders.
+    with caplog.at_level(logging.WARNING):
+        run_in_process(config, client_mods=[Dropout.at("train", [1, 4], rounds=[1])])
+    warnings = [r.getMessage() for r in caplog.records if "split the survivors" in r.getMessage()]
+    assert len(warnings) == 1 and "secagg-degree 2" in warnings[0]
+    data = results_of(tmp_path / "run")
+    first, second = data["rounds"]
+    failed = first["secure_aggregation"]
+    assert failed["status"] == "failed" and "masked_input" in failed["reason"]
+    assert "not connected in the masking graph (groups of 2, 2)" in failed["reason"]
+    assert first["clients_trained"] == 0
+    assert first["accuracy"] == data["initial"]["accuracy"]  # the model did not change
+    assert first["loss"] == data["initial"]["loss"]
+    assert second["secure_aggregation"]["status"] == "ok"
+    assert data["secure_aggregation"]["rounds_failed"] == [1]
+
+
+def test_a_replayed_masked_input_from_the_last_round_drops_that_client(tmp_path):
+    kept = {}
+
+    def replay(msg, context, call_next):
+        """Client 2's TRAIN reply of round 2 carries its masked input of round 1."""
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 2:
+            if msg.metadata.group_id == "1":
+                kept["masked"] = ConfigRecord(dict(reply.content.config_records[RECORD_KEY]))
+            else:
+                reply.content.config_records[RECORD_KEY] = kept["masked"]
+        return reply
+
+    run_in_process(secure_config(tmp_path, secagg_threshold=0.6), client_mods=[replay])
+    first, second = results_of(tmp_path / "run")["rounds"]
+    assert first["secure_aggregation"]["survivors"] == [0, 1, 2, 3, 4]
+    summary = second["secure_aggregation"]
+    assert summary["status"] == "ok" and summary["rejected_replies"] == [2]
+    assert summary["survivors"] == [0, 1, 3, 4] and summary["dropped"] == [2]
+    assert second["loss"] != first["loss"]  # the round went on without client 2
+
+
+class DuplicatingGrid(InProcessGrid):
+    """An in-process grid whose network delivers client 3's share-keys reply twice in round 1."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        again = [
+            reply
+            for message, reply in zip(messages, replies, strict=True)
+            if message.metadata.message_type == "query.secagg_share_keys"
+            and message.metadata.group_id == "1"
+            and message.metadata.dst_node_id == FIRST_NODE_ID + 3
+        ]
+        return replies + again
+
+
+def test_a_duplicated_reply_drops_that_client_and_the_round_completes(tmp_path, caplog):
+    config = secure_config(tmp_path, secagg_threshold=0.6)
+    grid = DuplicatingGrid(make_client_app(config), config.clients)
+    with caplog.at_level(logging.WARNING), server_task_identity(RUN_ID):
+        run_federated_training(grid, config, ENGINE_NAME)
+    first, second = results_of(tmp_path / "run")["rounds"]
+    summary = first["secure_aggregation"]
+    assert summary["status"] == "ok" and summary["rejected_replies"] == [3]
+    assert summary["survivors"] == [0, 1, 2, 4] and summary["dropped"] == [3]
+    assert "client 3 dropped at 'share_keys': replied more than once" in caplog.text
+    assert second["secure_aggregation"]["survivors"] == [0, 1, 2, 3, 4]

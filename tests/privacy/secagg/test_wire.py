@@ -8,22 +8,25 @@ from privacy.secagg import (
     AdvertiseKeys,
     KeysBroadcast,
     MaskedInput,
+    Refusal,
     SecAggProtocolError,
     ShareKeys,
     SharesDelivery,
     UnmaskRequest,
     UnmaskShares,
 )
-from privacy.secagg.wire import from_wire, to_wire
+from privacy.secagg.wire import from_wire, read_reply, to_wire
 
+ROUND = 2**64 - 1  # round ids are 64 random bits: the largest must survive Flower's records
 EXAMPLES = [
-    AdvertiseKeys(3, b"c" * 32, b"s" * 32),
-    KeysBroadcast(7, 3, (1, 2), (b"a" * 32, b"b" * 32), (b"x" * 32, b"y" * 32)),
-    ShareKeys(3, (1, 2), (b"ct1", b"ct2")),
+    AdvertiseKeys(3, ROUND, "advertise_keys", b"c" * 32, b"s" * 32),
+    KeysBroadcast(ROUND, 3, (1, 2), (b"a" * 32, b"b" * 32), (b"x" * 32, b"y" * 32)),
+    ShareKeys(3, ROUND, "share_keys", (1, 2), (b"ct1", b"ct2")),
     SharesDelivery(7, 3, (1,), (b"ct",)),
-    MaskedInput(3, b"\x00\x01" * 8),
+    MaskedInput(3, 2**63, "masked_input", b"\x00\x01" * 8),
     UnmaskRequest(7, 3, (1, 3), ()),
-    UnmaskShares(3, (1, 3), (b"s1", b"s3"), (), ()),
+    UnmaskShares(3, 0, "unmask", (1, 3), (b"s1", b"s3"), (), ()),
+    Refusal(3, ROUND, "share_keys", "client 3 refuses: threshold 2 of 4"),
 ]
 
 
@@ -44,5 +47,18 @@ def test_missing_extra_and_mistyped_keys_are_one_line_errors():
         from_wire(KeysBroadcast, {**wire, "client-id": True})
     with pytest.raises(SecAggProtocolError, match="'neighbour-ids' must be a list of int"):
         from_wire(KeysBroadcast, {**wire, "neighbour-ids": [1, b"2"]})
+    masked = to_wire(EXAMPLES[4])
     with pytest.raises(SecAggProtocolError, match="'masked' must be bytes"):
-        from_wire(MaskedInput, {"client-id": 1, "masked": "text"})
+        from_wire(MaskedInput, {**masked, "masked": "text"})
+    with pytest.raises(SecAggProtocolError, match="'stage' must be str"):
+        from_wire(MaskedInput, {**masked, "stage": b"masked_input"})
+    with pytest.raises(SecAggProtocolError, match="lacks the key 'round-id'"):
+        from_wire(MaskedInput, {k: v for k, v in masked.items() if k != "round-id"})
+
+
+def test_a_reply_is_the_stages_message_or_a_refusal():
+    refusal = EXAMPLES[-1]
+    assert read_reply(ShareKeys, to_wire(refusal)) == refusal
+    assert read_reply(ShareKeys, to_wire(EXAMPLES[2])) == EXAMPLES[2]
+    with pytest.raises(SecAggProtocolError, match="unexpected key"):
+        read_reply(ShareKeys, {**to_wire(refusal), "masked": b""})
