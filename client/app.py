@@ -2,7 +2,9 @@
 
 The client's example-level privacy ledger lives in its per-node state (`Context.state`), so ε is
 cumulative over every round it took part in, and is mirrored, write-ahead, to
-`OUTPUT/ledgers/client-<id>.json` before any update leaves the client.
+`OUTPUT/ledgers/client-<id>.json` (or the node's `ledger-dir`) before any update leaves the client.
+A training round holds the ledger's lock from reading it to its last record, so a second process
+training as the same client is refused instead of overwriting this one's releases.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from client.secure_aggregation import (
     is_done,
 )
 from privacy import ClientPrivacy, PrivacyLedger
+from privacy.ledger import ledger_lock, remove_stale_ledger_temporaries
 from privacy.secagg.protocol import ClientState
 from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
 from task.config import ConfigError, RunConfig
@@ -49,8 +52,17 @@ def ledger_path(
 
 
 def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyLedger:
-    """The node's ledger: from its file, else its per-node state, else new (first round)."""
+    """The node's ledger: from its file, else its per-node state, else new (first round).
+
+    Call it holding `ledger_lock(path)` (as `train` does). The file must extend the copy in the
+    node's state: a file that lost entries the node recorded is refused (ConfigError).
+    """
     path = ledger_path(config, data.client_id, context.node_config)
+    remove_stale_ledger_temporaries(path)  # of writes cut short; we hold the ledger's lock
+    kept = None
+    if STATE_KEY in context.state.config_records:
+        text = str(context.state.config_records[STATE_KEY]["json"])
+        kept = PrivacyLedger.from_json(json.loads(text))
     if path.exists():
         # The file is written ahead of every release, so it is never behind the node's state;
         # after a restart of the node (or a resumed run) it is the only record: never reset it.
@@ -61,13 +73,17 @@ def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyL
                 f"{path} is the ledger of {ledger.owner} at delta {ledger.delta:g}, not of {owner} "
                 f"at delta {config.delta:g}; give each client its own output folder"
             )
+        if kept is not None and not ledger.extends(len(kept.entries), kept.digest()):
+            raise ConfigError(
+                f"{path} lost or changed releases this node recorded ({len(kept.entries)} "
+                f"entries in the node's state, {len(ledger.entries)} in the file); restore the "
+                "ledger file — training on would under-report epsilon"
+            )
         ledger.path = path
         return ledger
-    if STATE_KEY in context.state.config_records:
-        text = str(context.state.config_records[STATE_KEY]["json"])
-        ledger = PrivacyLedger.from_json(json.loads(text))
-        ledger.path = path
-        return ledger
+    if kept is not None:
+        kept.path = path
+        return kept
     ledger = PrivacyLedger(
         owner=f"client-{data.client_id}", level="example", delta=config.delta, path=path
     )
@@ -219,9 +235,14 @@ def make_client_app(
         server_round = int(train_config["server-round"])  # type: ignore[arg-type]
         clip_norm = float(train_config["clip-norm"]) if "clip-norm" in train_config else None  # type: ignore[arg-type]
         secure = RECORD_KEY in msg.content.config_records
-        ledger = load_ledger(context, config, data)
-        outcome = run_training_round(config, data, global_weights, ledger, server_round, clip_norm)
-        store_ledger(context, ledger)
+        # One writer per ledger: held from reading the ledger to its last record (write-ahead),
+        # so a second process training as this client is refused, naming this one's PID.
+        with ledger_lock(ledger_path(config, data.client_id, context.node_config)).acquire():
+            ledger = load_ledger(context, config, data)
+            outcome = run_training_round(
+                config, data, global_weights, ledger, server_round, clip_norm
+            )
+            store_ledger(context, ledger)
         if isinstance(outcome, ClientDecline):
             forget_secagg(context)
             metrics = MetricRecord(status_metrics(outcome.status, declined=True))

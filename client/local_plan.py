@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 from privacy import DEFAULT_ACCOUNTANT, noise_for_target_epsilon
 
+# The most DP-SGD steps one client may plan over a whole run (rounds × local epochs × batches).
+# Ten million steps is days of training for every client even on a GPU (DP-SGD runs at tens to
+# hundreds of steps a second): a plan beyond it is a typo (`--local-epochs 1000000000` ran until
+# killed), refused before anything starts.
+MAX_PLANNED_STEPS = 10_000_000
+
 
 class PlanError(ValueError):
     """A local training plan that cannot give the privacy it promises."""
@@ -72,6 +78,13 @@ def plan_local_training(
     batches = math.ceil(num_examples / batch_size)
     sample_rate = 1.0 / batches
     steps_per_round = batches * local_epochs
+    if steps_per_round * rounds > MAX_PLANNED_STEPS:
+        raise PlanError(
+            f"a client with {num_examples} examples would run {steps_per_round * rounds:.3g} "
+            f"DP-SGD steps ({rounds} rounds × {local_epochs} local epochs × {batches} batches), "
+            f"more than the {MAX_PLANNED_STEPS:.0e} Privet plans for; lower --local-epochs or "
+            "--rounds, or raise --batch-size"
+        )
     if target_epsilon is not None:
         sigma = noise_for_target_epsilon(
             target_epsilon, delta, sample_rate, steps_per_round * rounds, accountant

@@ -15,7 +15,10 @@ A node finds its examples in one of two ways, chosen by its node config:
   node finds the same shard in any process.
 
 Either way, a slice of the node's examples is held out for its local evaluation and never
-trained on. Errors are one line naming the file and the fix, and never quote data values.
+trained on. Missing values in a CSV follow the run config's `missing` policy exactly as on the
+server (`task.datasets.apply_missing_policy`: a NaN, infinite or text cell in a numeric column is
+a missing value, never an error and never a new category); the node logs the counts. Errors are
+one line naming the file and the fix, and never quote data values.
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ from task.datasets import (
     ArrayDataset,
     CsvTable,
     DataError,
+    MissingValues,
     TabularSchema,
     TrainTest,
+    apply_missing_policy,
     check_table_for_schema,
     encode_with_schema,
     load_dataset,
+    not_a_file_reason,
     read_csv_table,
     read_idx_images,
     read_idx_labels,
@@ -106,11 +112,14 @@ class LocalExamples:
     """A node's own examples, encoded for the run's model, and what encoding them noticed.
 
     `unknown_categories` counts, per categorical CSV column, the cells whose category the
-    reference file does not have (they encode as all zeros). Only counts are kept, never values.
+    reference file does not have (they encode as all zeros); `missing` counts the CSV's missing
+    feature values and says what the run's policy did with them. Only counts are kept, never
+    values.
     """
 
     examples: ArrayDataset
     unknown_categories: Mapping[str, int] = field(default_factory=dict)
+    missing: MissingValues | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +136,7 @@ def load_federated_data(config: RunConfig) -> TrainTest:
         config.label_column,
         config.partition_column,
         config.seed,
+        config.missing,
     )
 
 
@@ -138,6 +148,7 @@ def _load_cached(
     label_column: str | None,
     partition_column: str | None,
     seed: int,
+    missing: str,
 ) -> TrainTest:
     return load_dataset(
         dataset,
@@ -146,6 +157,7 @@ def _load_cached(
         label_column=label_column,
         partition_column=partition_column,
         seed=seed,
+        missing=missing,
     )
 
 
@@ -167,6 +179,7 @@ def client_shards(config: RunConfig) -> list[np.ndarray]:
             config.clients,
             config.partition,
             config.alpha,
+            config.missing,
         )
     )
 
@@ -182,8 +195,9 @@ def _shards_cached(
     clients: int,
     partition: str,
     alpha: float,
+    missing: str,
 ) -> tuple[np.ndarray, ...]:
-    data = _load_cached(dataset, data_dir, data_file, label_column, partition_column, seed)
+    data = _load_cached(dataset, data_dir, data_file, label_column, partition_column, seed, missing)
     shards = partition_indices(
         data.train.labels, clients, partition, alpha=alpha, groups=data.groups, seed=seed
     )
@@ -366,13 +380,14 @@ def local_data_spec(config: RunConfig, node_config: Mapping[str, object]) -> Loc
 
 def _file_key(path: Path, role: str) -> tuple[Path, int, int]:
     """(resolved path, mtime_ns, size) of an existing file: a cache key that notices changes."""
-    if not path.exists():
+    problem = not_a_file_reason(path)
+    if problem == "does not exist":
         raise DataError(
             f"{role} {path} does not exist on this node; fix {role} in this node's --node-config "
             "(an absolute path is safest)"
         )
-    if not path.is_file():
-        raise DataError(f"{role} {path} is not a regular file; point {role} at a file")
+    if problem is not None:
+        raise DataError(f"{role} {path} {problem}; point {role} at a data file")
     stat = path.stat()
     return path.resolve(), stat.st_mtime_ns, stat.st_size
 
@@ -491,7 +506,15 @@ def _load_local_csv(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
             count,
             column,
         )
-    return LocalExamples(encode_with_schema(table, schema), dict(unknown))
+    table, missing = apply_missing_policy(table, schema, config.missing)
+    if missing.affected_rows:
+        logger.warning("%s", missing.describe(f"data file {spec.path}"))
+    if not table.rows:
+        raise DataError(
+            f"{missing.describe(f'data file {spec.path}')}, which leaves no examples; fill in "
+            "the missing values or run with --missing impute"
+        )
+    return LocalExamples(encode_with_schema(table, schema), dict(unknown), missing)
 
 
 def _read_adult_like(path: Path) -> CsvTable:

@@ -70,6 +70,17 @@ DEFAULT_ACCOUNTANT = "rdp"
 # PRVAccountant._get_domain); past this many points it needs gigabytes, takes minutes or returns ∞.
 MAX_PRV_GRID_POINTS = 4_000_000
 
+# dp-accounting's PLD accountant discretizes each step's privacy loss on a grid of (loss range /
+# interval) points, which grows as 1/σ² (and as 1/interval for a tiny ε), building it at about
+# 7 µs a point; composing then spreads the grid over the history's whole privacy loss, about
+# ε_RDP / interval points, at roughly 100 bytes a point. Past these limits one ε takes minutes
+# and gigabytes (σ = 0.01 on the default plan: still running after 400 s at 15 GB), so
+# `PldAccountant` refuses first, as `PrvAccountant` does.
+MAX_PLD_STEP_POINTS = 1_000_000
+MAX_PLD_GRID_POINTS = 20_000_000
+# The tail mass below which dp-accounting truncates a composed distribution (its default).
+_PLD_TAIL_MASS = 1e-15
+
 
 class AccountingError(ValueError):
     """An accountant cannot compute ε for these events (a numerical limit, not a privacy fact)."""
@@ -349,6 +360,28 @@ def _rdp_estimate(history: Sequence[GaussianComposition], delta: float) -> float
     return _ESTIMATOR._epsilon(history, delta)
 
 
+@functools.lru_cache(maxsize=1024)
+def _pld_step_width(sigma: float, q: float) -> float:
+    """The privacy-loss range dp-accounting discretizes for one step, both adjacencies summed.
+
+    dp-accounting truncates the Gaussian's tails (mass 1e-50 by default) and discretizes the
+    privacy loss between the two truncation points; this is that range, computed without
+    building the distribution.
+    """
+    from dp_accounting.pld import privacy_loss_mechanism as mechanism
+
+    width = 0.0
+    for adjacency in (mechanism.AdjacencyType.REMOVE, mechanism.AdjacencyType.ADD):
+        loss = mechanism.GaussianPrivacyLoss(
+            sigma, sensitivity=1.0, sampling_prob=q, adjacency_type=adjacency
+        )
+        tail = loss.privacy_loss_tail()
+        upper = loss.privacy_loss(tail.lower_x_truncation)
+        lower = loss.privacy_loss(tail.upper_x_truncation)
+        width += abs(upper - lower)
+    return width
+
+
 class PldAccountant:
     """Google dp-accounting's PLD accountant (`dp_accounting.pld.PLDAccountant`), pessimistic.
 
@@ -379,11 +412,39 @@ class PldAccountant:
             return self.value_discretization_interval
         return min(1e-3, max(1e-6, 2e-4 * _rdp_estimate(history, delta)))
 
+    def grid_points(
+        self, history: Sequence[GaussianComposition], delta: float
+    ) -> tuple[float, float]:
+        """Estimated grid sizes: all steps' distributions built, and the composed distribution.
+
+        The first is exact (the loss range dp-accounting truncates each step's distribution to,
+        over the interval, for both adjacencies); the second is the RDP estimate of the
+        composed privacy loss at the truncated tail mass, over the interval (within a few times
+        of dp-accounting's own size on the test grid, above it for the large ε that matter).
+        """
+        interval = self.interval_for(history, delta)
+        step = sum(_pld_step_width(sigma, q) for sigma, q, _ in history) / interval
+        composed = _rdp_estimate(history, _PLD_TAIL_MASS) / interval
+        return step, max(step, composed)
+
     def epsilon(self, events: Iterable[PrivacyEvent], delta: float) -> float:
-        """ε from the composed privacy loss distribution (dp-accounting, pessimistic estimate)."""
+        """ε from the composed privacy loss distribution (dp-accounting, pessimistic estimate).
+
+        A history whose grids would exceed `MAX_PLD_STEP_POINTS` or `MAX_PLD_GRID_POINTS` (a
+        noise multiplier of a few hundredths, or ε in the thousands) raises AccountingError.
+        """
         history, trivial = _history(events, delta)
         if trivial is not None:
             return trivial
+        step, composed = self.grid_points(history, delta)
+        if step > MAX_PLD_STEP_POINTS or composed > MAX_PLD_GRID_POINTS:
+            sigmas = ", ".join(sorted({f"{sigma:g}" for sigma, _, _ in history}))
+            raise AccountingError(
+                f"the PLD accountant would need {max(step, composed):.3g} grid points for this "
+                f"history (noise multiplier {sigmas}; at most {MAX_PLD_STEP_POINTS:.0e} per step "
+                f"and {MAX_PLD_GRID_POINTS:.0e} composed): its noise is too small or its ε far "
+                "too large for it; use the rdp accountant"
+            )
         import dp_accounting
 
         accountant = dp_accounting.pld.PLDAccountant(

@@ -18,6 +18,17 @@ File format (JSON, strict: no NaN or Infinity tokens; ∞ is written as the stri
                   "event": {"type": "poisson_gaussian_steps", "noise_multiplier": 1.1,
                             "sample_rate": 0.01, "steps": 100}}, ...]}
 
+One writer: a ledger file has one writer at a time. `ledger_lock(path)` is the lock a writer
+holds from reading the ledger to its last record (a second writer is refused, naming the first
+one's PID), and `record`/`save` refuse to overwrite a file that changed on disk since this object
+read or wrote it, or that exists but was never read: two writers can never lose each other's
+releases, and a ledger is never replaced by a fresh one.
+
+Binding: `digest(count)` is a SHA-256 over the owner, level, δ and the first `count` entries in a
+canonical form; the server's checkpoint records (count, digest) for each ledger of the run, and a
+ledger must *extend* that prefix (it may have grown since, by a write-ahead entry of a round that
+was cut short, but never lose or change an entry).
+
 Schema history. Version 2 records adaptive clipping's count query as the mechanism ran it
 (``count_noise_std`` and ``count_sensitivity``). Version 1 recorded a ``count_noise_multiplier`` of
 2·σ_b, which assumed the centred count (sensitivity ½), while the code that wrote version 1
@@ -28,6 +39,7 @@ and the next write stores version 2.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -48,12 +60,24 @@ from privacy.events import (
     event_from_dict,
     event_level,
 )
-from privacy.storage import atomic_write_text
+from privacy.storage import (
+    FileLock,
+    LockError,
+    atomic_write_text,
+    lock_file_for,
+    make_private_folder,
+    remove_stale_temporaries,
+)
 
 LEDGER_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 _LEDGER_KEYS = {"schema_version", "owner", "level", "delta", "entries", "epsilon_rdp"}
 _ENTRY_KEYS = {"round", "event", "recorded_at"}
+LEDGER_DIR = "ledgers"
+"""The folder of a run that holds its ledgers (the server's, and its clients' in a simulation)."""
+WRITE_LOCK_WAIT_S = 10.0
+"""How long one write waits for the ledger's lock (held only for a write, or by this writer)."""
+_DIGEST_TAG = b"privet-ledger-digest-v1\n"
 
 
 class LedgerError(ValueError):
@@ -63,6 +87,38 @@ class LedgerError(ValueError):
 def _json_number(value: float) -> float | str:
     """JSON has no infinity: write it as the string "inf" rather than an invalid token."""
     return "inf" if math.isinf(value) else value
+
+
+def _canonical(value: object) -> bytes:
+    """One byte string per JSON value: sorted keys, no spaces, floats as Python writes them."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def ledger_lock(path: str | os.PathLike[str]) -> FileLock:
+    """The lock a ledger's writer holds (not yet acquired): `.<name>.lock` beside the ledger."""
+    return FileLock(lock_file_for(path), f"privacy ledger {path}")
+
+
+def remove_stale_ledger_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files of interrupted writes of the ledger `path`.
+
+    The caller must hold `ledger_lock(path)`: then no write of that ledger is in flight.
+    """
+    target = Path(path)
+    return remove_stale_temporaries(target.parent, lambda name: name == target.name)
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What changes whenever a file is replaced or rewritten."""
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _disk_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """`_identity` of the file at `path` (None: there is no file)."""
+    try:
+        return _identity(os.stat(path))
+    except FileNotFoundError:
+        return None
 
 
 def _check_round(value: object) -> int:
@@ -156,6 +212,8 @@ class PrivacyLedger:
             self._check_event(entry.event)
             self._entries.append(entry)
         self._epsilon_cache: dict[tuple[str, int], float] = {}
+        self._on_disk: tuple[Path, tuple[int, int, int, int]] | None = None
+        """The file this object last read or wrote, as it was then (see `_write`)."""
         self.corrections: list[str] = []
         """What reading an older schema changed about the recorded releases (empty: nothing)."""
 
@@ -200,7 +258,7 @@ class PrivacyLedger:
             return
         entries = self._entries + added
         if self.path is not None:
-            atomic_write_text(self.path, self._dumps(entries))
+            self._write(self.path, entries)
         self._entries = entries
 
     # -- queries --------------------------------------------------------------------------------
@@ -208,6 +266,29 @@ class PrivacyLedger:
     def events(self) -> list[PrivacyEvent]:
         """Every recorded event, in order."""
         return [entry.event for entry in self._entries]
+
+    def prefix_digests(self) -> list[str]:
+        """`digest(k)` for every k from 0 to the number of entries, in one pass."""
+        header = {"owner": self.owner, "level": self.level, "delta": self.delta}
+        running = hashlib.sha256(_DIGEST_TAG + _canonical(header) + b"\n")
+        digests = [running.hexdigest()]
+        for entry in self._entries:
+            running.update(_canonical(entry.to_dict()) + b"\n")
+            digests.append(running.hexdigest())
+        return digests
+
+    def digest(self, count: int | None = None) -> str:
+        """SHA-256 of the owner, level, δ and the first `count` entries (default: all)."""
+        count = len(self._entries) if count is None else count
+        if not 0 <= count <= len(self._entries):
+            raise LedgerError(
+                f"ledger {self.owner!r} has {len(self._entries)} entries, not {count}"
+            )
+        return self.prefix_digests()[count]
+
+    def extends(self, count: int, digest: str) -> bool:
+        """True when this ledger's first `count` entries are the ones `digest` was taken of."""
+        return count <= len(self._entries) and self.digest(count) == digest
 
     def steps(self) -> int:
         """Total DP-SGD steps recorded (example level; 0 for a client-level ledger)."""
@@ -316,12 +397,50 @@ class PrivacyLedger:
         return ledger
 
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write the ledger atomically to `path` (default: its own path); return where."""
+        """Write the ledger atomically to `path` (default: its own path); return where.
+
+        Like `record`, it refuses to overwrite a ledger file it did not read (see `_write`).
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise LedgerError(f"ledger {self.owner!r} has no path; pass one to save()")
-        atomic_write_text(target, self._dumps(self._entries))
+        self._write(target, self._entries)
         return target
+
+    def _write(self, target: Path, entries: list[LedgerEntry]) -> None:
+        """Write `entries` to `target` under its lock, if the file is what this object last saw.
+
+        A file that is not the one this object last read or wrote (another process replaced it,
+        or it existed before and was never read) is never overwritten: one of two writers would
+        lose the other's releases, or a ledger would start again from nothing.
+        """
+        target = Path(os.path.abspath(target))
+        make_private_folder(target.parent)
+        lock = ledger_lock(target)
+        try:
+            lock.acquire(wait=WRITE_LOCK_WAIT_S)
+        except LockError as error:
+            raise LedgerError(str(error)) from None
+        try:
+            found = _disk_identity(target)
+            known = self._on_disk[1] if self._on_disk and self._on_disk[0] == target else None
+            if found is not None and found != known:
+                if known is None:
+                    raise LedgerError(
+                        f"privacy ledger {target} already exists and this process did not read "
+                        "it; refusing to overwrite it (its releases would be lost) — load it to "
+                        "continue it, or write to a new folder"
+                    )
+                raise LedgerError(
+                    f"privacy ledger {target} was changed by another process since this one read "
+                    "it; refusing to overwrite it (one of two writers would lose releases) — stop "
+                    "the other writer, then resume the run"
+                )
+            atomic_write_text(target, self._dumps(entries))
+            identity = _disk_identity(target)
+            self._on_disk = None if identity is None else (target, identity)
+        finally:
+            lock.release()
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
@@ -332,7 +451,9 @@ class PrivacyLedger:
             raise ValueError(f"the non-JSON number {constant}")
 
         try:
-            text = source.read_text(encoding="utf-8")
+            with source.open("rb") as handle:  # the identity of exactly the file that is read
+                identity = _identity(os.fstat(handle.fileno()))
+                text = handle.read().decode("utf-8")
         except FileNotFoundError:
             raise LedgerError(
                 f"privacy ledger {source} does not exist; check the path (ledgers are in the "
@@ -357,4 +478,5 @@ class PrivacyLedger:
         except LedgerError as error:
             raise LedgerError(f"privacy ledger {source}: {error}") from None
         ledger.path = source
+        ledger._on_disk = (Path(os.path.abspath(source)), identity)
         return ledger

@@ -27,6 +27,8 @@ _WIRE_KEYS: dict[str, str] = {
     "rounds_participated": "rounds-participated",
 }
 _INTEGER_FIELDS = ("client_id", "num_examples", "steps", "rounds_participated")
+# Counts above 2^53 are not even exact as metric floats: no real report has them.
+_LARGEST_COUNT = 2**53
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,15 @@ class ClientPrivacy:
             raise ClientReportError(
                 f"client {self.client_id} reported delta={self.delta}, q={self.sample_rate}"
             )
+        if math.isnan(self.noise_multiplier) or self.noise_multiplier < 0:
+            raise ClientReportError(
+                f"client {self.client_id} reported noise multiplier {self.noise_multiplier}"
+            )
+        for name in _INTEGER_FIELDS:
+            if not 0 <= getattr(self, name) <= _LARGEST_COUNT:
+                raise ClientReportError(
+                    f"client {self.client_id} reported {_WIRE_KEYS[name]} {getattr(self, name)}"
+                )
 
     def to_metrics(self) -> dict[str, int | float]:
         """The report as metric values for a Flower reply."""
@@ -63,7 +74,13 @@ class ClientPrivacy:
                 raise ClientReportError(f"a client reply has no '{wire}' metric")
             raw = metrics[wire]
             if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise ClientReportError(f"a client reply's '{wire}' is not a number: {raw!r}")
+                raise ClientReportError(
+                    f"a client reply's '{wire}' is not a number: {_short(repr(raw))}"
+                )
+            if name in _INTEGER_FIELDS and not (
+                isinstance(raw, int) or (math.isfinite(raw) and raw == int(raw))
+            ):
+                raise ClientReportError(f"a client reply's '{wire}' is not a whole number: {raw!r}")
             values[name] = int(raw) if name in _INTEGER_FIELDS else float(raw)
         return cls(**values)  # type: ignore[arg-type]
 
@@ -72,3 +89,8 @@ class ClientPrivacy:
         data = asdict(self)
         data["id"] = data.pop("client_id")
         return data
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """A client-supplied value as a short text for a one-line error."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from privacy import (
     rdp_epsilon_classic,
     update_noise_for_adaptive_clipping,
 )
-from privet.arguments import positive_int
+from privet.arguments import output_file_problem, positive_int
 from server.aggregation import COUNT_SENSITIVITY
 
 if TYPE_CHECKING:
@@ -485,6 +487,26 @@ def make_figure(curves: Sequence[Curve], plan: BudgetPlan, delta: float) -> Figu
     return figure
 
 
+def _save_png(figure: Figure, path: Path) -> None:
+    """Write the PNG whole or not at all (a temporary file beside it, then a rename)."""
+    temporary: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.stem[:40]}-", suffix=".png", delete=False
+        ) as handle:
+            temporary = Path(handle.name)
+            figure.savefig(handle, format="png", dpi=120)
+        os.replace(temporary, path)
+    except OSError as error:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        raise BudgetError(
+            f"cannot write --plot {path} ({error.strerror or type(error).__name__}); choose "
+            "another file"
+        ) from None
+
+
 def _plot_mode(args: argparse.Namespace, plan: BudgetPlan) -> int:
     if args.target_epsilon is not None:
         raise BudgetError(
@@ -498,6 +520,9 @@ def _plot_mode(args: argparse.Namespace, plan: BudgetPlan) -> int:
     path = Path(args.plot)
     if path.suffix.lower() != ".png":
         raise BudgetError(f"--plot writes a PNG; name the file *.png, got {args.plot}")
+    problem = output_file_problem(path)
+    if problem is not None:  # before any work, so nothing is printed for a plot never written
+        raise BudgetError(f"--plot {args.plot} {problem}; choose another file")
     accountants = _accountants(args.accountant, default="all")
     curves, notes = compute_curves(plan, sigmas, accountants, args.delta, args.points)
     print(f"Plan ({plan.level} level): {plan.description}.")
@@ -511,8 +536,7 @@ def _plot_mode(args: argparse.Namespace, plan: BudgetPlan) -> int:
     for note in notes:
         print(f"note: {note}")
     figure = make_figure(curves, plan, args.delta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=120)
+    _save_png(figure, path)
     print(f"Plot: {path}")
     return 0
 
@@ -636,9 +660,15 @@ def verify_run(run_dir: Path) -> int:
 
     Prints a table (ledger, reported ε, replayed ε, status); returns 0 when every reported ε is
     confirmed, 1 when any is refuted or a ledger is missing or unreported. BudgetError (exit 2)
-    when `run_dir` is not a readable run.
+    when `run_dir` is not a readable run, or when a ledger does not extend what the run's
+    checkpoint recorded of it (missing, shortened or edited: its ε could be too low).
     """
+    from server.checkpoint import check_run_ledgers
+
     data = _read_results(run_dir)
+    note = check_run_ledgers(run_dir)
+    if note:
+        print(f"note: {note}")
     results = run_dir / "results.json"
     config = data["config"]
     accountant = config.get("accountant")

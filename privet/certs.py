@@ -15,6 +15,13 @@ package only (no openssl command):
   OpenSSH public key line (`ecdsa-sha2-nistp384 ...`) for `flwr supernode register`. Run it on the
   node: the private key never leaves that machine; only the public key goes to the SuperLink
   operator.
+- `privet certs publisher`: the coordinator's app-signing key (Ed25519, OpenSSH format) and the
+  `trusted-entities.yaml` every SuperNode loads with `flower-supernode --trusted-entities`, so a
+  node runs only apps that key signed.
+- `privet certs sign`: signs a FAB built by `flwr build` the way Flower 1.42's SuperNode verifies
+  it (Ed25519 over the 8-byte big-endian signing time followed by the FAB's SHA-256), and writes
+  the FAB and its signature record (`FAB.sig.json`) into a folder that `python -m privet.gateway
+  --apps` serves to the SuperLink.
 
 Every file is written atomically (a temporary file in the same folder, then `os.replace`), private
 keys are created with mode 0600 from the start, and existing files are kept unless `--overwrite`.
@@ -29,16 +36,21 @@ import base64
 import contextlib
 import datetime
 import hashlib
+import io
 import ipaddress
+import json
 import os
 import re
 import tempfile
+import time
+import tomllib
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -52,19 +64,27 @@ __all__ = [
     "DEFAULT_CA_NAME",
     "DEFAULT_NODE_NAME",
     "DEFAULT_SERVER_DAYS",
+    "MAX_DAYS",
     "SERVER_CERT_FILE",
     "SERVER_KEY_FILE",
     "CaFiles",
     "CertError",
     "NodeKeyFiles",
+    "PublisherFiles",
     "ServerFiles",
+    "SignedApp",
     "add_certs_parser",
+    "fab_metadata",
+    "load_signed_app",
     "make_ca",
     "make_node_keys",
+    "make_publisher_key",
     "make_server_cert",
     "parse_host",
     "public_key_fingerprint",
     "run_certs",
+    "sign_app",
+    "signed_message",
 ]
 
 CA_CERT_FILE = "ca.crt"
@@ -75,6 +95,7 @@ DEFAULT_CA_NAME = "Privet federation CA"
 DEFAULT_NODE_NAME = "node"
 DEFAULT_CA_DAYS = 3650
 DEFAULT_SERVER_DAYS = 825
+MAX_DAYS = 36_500  # 100 years: longer is a typo (99999999 days overflowed the date, a traceback)
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 FOLDER_MODE = 0o700
@@ -122,6 +143,11 @@ class NodeKeyFiles:
 def _check_days(days: int) -> int:
     if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
         raise CertError(f"--days must be a positive number of days, got {days!r}")
+    if days > MAX_DAYS:
+        raise CertError(
+            f"--days must be at most {MAX_DAYS} (100 years), got {days}; certificates are "
+            "meant to be renewed"
+        )
     return days
 
 
@@ -550,6 +576,249 @@ def make_node_keys(
     return files
 
 
+# -- app signing --------------------------------------------------------------------------------
+
+PUBLISHER_KEY_FILE = "publisher.key"
+PUBLISHER_PUBLIC_FILE = "publisher.pub"
+TRUSTED_ENTITIES_FILE = "trusted-entities.yaml"
+SIGNATURE_SUFFIX = ".sig.json"
+MAX_FAB_BYTES = 10 * 1024 * 1024  # Flower 1.42's FAB_MAX_SIZE: a larger FAB is refused anyway
+_APP_PART = re.compile(r"^[A-Za-z0-9_.-]+$")  # Flower's APP_ID_PATTERN, one side of the '/'
+_APP_VERSION = re.compile(r"^\d+\.\d+\.\d+$")  # Flower's APP_VERSION_PATTERN
+
+
+@dataclass(frozen=True)
+class PublisherFiles:
+    """Where `make_publisher_key` wrote the app-signing key, and the key's id."""
+
+    private_key: Path
+    public_key: Path
+    trusted_entities: Path
+    key_id: str
+
+
+@dataclass(frozen=True)
+class SignedApp:
+    """A FAB and its signature record, as `sign_app` writes them and the registry serves them."""
+
+    fab: Path
+    record: Path
+    app_id: str  # "@publisher/name", what `flwr run @publisher/name==version` asks for
+    version: str
+    sha256: str
+    public_key_id: str
+    signature: str  # base64url without padding, as Flower's verification records carry it
+    signed_at: int  # seconds since the epoch
+
+    def verification(self) -> dict[str, str | int]:
+        """The verification entry Flower's SuperLink attaches to a FAB from an app registry."""
+        return {
+            "public_key_id": self.public_key_id,
+            "signature": self.signature,
+            "signed_at": self.signed_at,
+        }
+
+
+def _key_id(public_key: ed25519.Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return f"privet-publisher-{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def _openssh_public(public_key: ed25519.Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+
+
+def make_publisher_key(out_dir: str | os.PathLike[str], overwrite: bool = False) -> PublisherFiles:
+    """Create the coordinator's app-signing key and the nodes' `trusted-entities.yaml`.
+
+    `publisher.key` is an unencrypted OpenSSH Ed25519 private key (mode 0600; it signs every app
+    the nodes will run, so it stays with the coordinator), `publisher.pub` its public key line,
+    and `trusted-entities.yaml` maps the key's id to that line, the file
+    `flower-supernode --trusted-entities` reads (Flower 1.42 accepts only Ed25519 keys there).
+    """
+    out = Path(out_dir)
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = _openssh_public(key.public_key()) + b" privet-publisher"
+    key_id = _key_id(key.public_key())
+    files = PublisherFiles(
+        private_key=out / PUBLISHER_KEY_FILE,
+        public_key=out / PUBLISHER_PUBLIC_FILE,
+        trusted_entities=out / TRUSTED_ENTITIES_FILE,
+        key_id=key_id,
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    entities = (
+        "# Apps signed by this Privet coordinator; flower-supernode --trusted-entities THIS_FILE\n"
+        f"{key_id}: '{public.decode()}'\n"
+    )
+    _write_files(
+        [
+            _Output(files.private_key, private, private=True),
+            _Output(files.public_key, public + b"\n", private=False),
+            _Output(files.trusted_entities, entities.encode(), private=False),
+        ],
+        overwrite,
+    )
+    return files
+
+
+def signed_message(fab: bytes, signed_at: int) -> bytes:
+    """What a publisher signs for a FAB: Flower 1.42's `create_message_to_sign`.
+
+    The signing time as 8 big-endian bytes, then the SHA-256 digest of the FAB's bytes.
+    """
+    return signed_at.to_bytes(8, "big") + hashlib.sha256(fab).digest()
+
+
+def fab_metadata(fab: bytes, name: str) -> tuple[str, str]:
+    """A FAB's app id (`@publisher/name`) and version, read from the pyproject.toml inside it."""
+    hint = f"{name} is not a Flower app bundle; build one with 'flwr build --app APP_FOLDER'"
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab)) as bundle:
+            pyproject = tomllib.loads(bundle.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raise CertError(hint) from None
+    try:
+        publisher = pyproject["tool"]["flwr"]["app"]["publisher"]
+        app_name = pyproject["project"]["name"]
+        version = pyproject["project"]["version"]
+    except (KeyError, TypeError):
+        raise CertError(hint + " (project.name, project.version or publisher missing)") from None
+    if not all(isinstance(v, str) and _APP_PART.match(v) for v in (publisher, app_name)) or not (
+        isinstance(version, str) and _APP_VERSION.match(version)
+    ):
+        raise CertError(
+            f"{name}: app id @{publisher}/{app_name} version {version} is not what Flower's "
+            "'flwr run @publisher/name==x.y.z' accepts"
+        )
+    return f"@{publisher}/{app_name}", version
+
+
+def _read_fab(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FAB_BYTES:
+            raise CertError(
+                f"{path} has {size} bytes; Flower accepts a FAB of at most {MAX_FAB_BYTES}"
+            )
+        return path.read_bytes()
+    except OSError as error:
+        raise CertError(f"cannot read {path}: {error.strerror}") from None
+
+
+def _load_publisher_key(publisher_dir: Path) -> ed25519.Ed25519PrivateKey:
+    path = publisher_dir / PUBLISHER_KEY_FILE
+    hint = f"make one with 'privet certs publisher --out {publisher_dir}'"
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CertError(f"cannot read {path}: {error.strerror} ({hint})") from None
+    try:
+        key = serialization.load_ssh_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CertError(f"{path} is not an unencrypted OpenSSH private key ({hint})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise CertError(f"{path} is not an Ed25519 key; Flower verifies apps only with Ed25519")
+    return key
+
+
+def sign_app(
+    fab_path: str | os.PathLike[str],
+    publisher_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    overwrite: bool = False,
+) -> SignedApp:
+    """Sign a FAB with the publisher key; write the FAB and `FAB.sig.json` into `out_dir`.
+
+    The signature is exactly what Flower 1.42's SuperNode checks when it was started with
+    `--trusted-entities`: Ed25519 over `signed_message(fab, signed_at)`. The record also names
+    the app id and version (read from the FAB), its SHA-256, the key id and the public key, so the
+    registry can check it before serving it.
+    """
+    source = Path(fab_path)
+    fab = _read_fab(source)
+    app_id, version = fab_metadata(fab, str(source))
+    key = _load_publisher_key(Path(publisher_dir))
+    signed_at = int(time.time())
+    signature = key.sign(signed_message(fab, signed_at))
+    out = Path(out_dir)
+    digest = hashlib.sha256(fab).hexdigest()
+    app = SignedApp(
+        fab=out / source.name,
+        record=out / f"{source.name}{SIGNATURE_SUFFIX}",
+        app_id=app_id,
+        version=version,
+        sha256=digest,
+        public_key_id=_key_id(key.public_key()),
+        signature=base64.urlsafe_b64encode(signature).rstrip(b"=").decode("ascii"),
+        signed_at=signed_at,
+    )
+    record = {
+        "app_id": app_id,
+        "app_version": version,
+        "fab_file": source.name,
+        "sha256": digest,
+        "public_key_id": app.public_key_id,
+        "public_key": _openssh_public(key.public_key()).decode("ascii"),
+        "signature": app.signature,
+        "signed_at": signed_at,
+    }
+    outputs = [_Output(app.record, (json.dumps(record, indent=2) + "\n").encode(), False)]
+    if source.resolve() != app.fab.resolve():
+        outputs.insert(0, _Output(app.fab, fab, private=False))
+    _write_files(outputs, overwrite)
+    return app
+
+
+def load_signed_app(record_path: str | os.PathLike[str]) -> tuple[SignedApp, bytes]:
+    """Read a `FAB.sig.json` record and its FAB, and check that the signature holds.
+
+    Raises CertError naming the file when the FAB is missing, differs from the signed one, or the
+    signature does not verify with the record's public key.
+    """
+    path = Path(record_path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        fab_file = path.parent / Path(str(record["fab_file"])).name
+        app = SignedApp(
+            fab=fab_file,
+            record=path,
+            app_id=str(record["app_id"]),
+            version=str(record["app_version"]),
+            sha256=str(record["sha256"]),
+            public_key_id=str(record["public_key_id"]),
+            signature=str(record["signature"]),
+            signed_at=int(record["signed_at"]),
+        )
+        public = serialization.load_ssh_public_key(str(record["public_key"]).encode("ascii"))
+        signature = base64.urlsafe_b64decode(app.signature + "=" * (-len(app.signature) % 4))
+    except OSError as error:
+        raise CertError(f"cannot read {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError, UnicodeError, UnsupportedAlgorithm):
+        raise CertError(
+            f"{path} is not a signature record written by 'privet certs sign'"
+        ) from None
+    fab = _read_fab(app.fab)
+    if hashlib.sha256(fab).hexdigest() != app.sha256 or fab_metadata(fab, str(app.fab)) != (
+        app.app_id,
+        app.version,
+    ):
+        raise CertError(f"{app.fab} is not the FAB {path} signed; sign it again")
+    if not isinstance(public, ed25519.Ed25519PublicKey) or _key_id(public) != app.public_key_id:
+        raise CertError(f"{path}: its public key does not match its key id; sign the FAB again")
+    try:
+        public.verify(signature, signed_message(fab, app.signed_at))
+    except InvalidSignature:
+        raise CertError(f"{path}: the signature does not verify; sign the FAB again") from None
+    return app, fab
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
@@ -566,7 +835,9 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
             "SuperLink's TLS certificate, and each SuperNode's authentication key pair."
         ),
     )
-    kinds = parser.add_subparsers(dest="certs_command", required=True, metavar="{ca,server,node}")
+    kinds = parser.add_subparsers(
+        dest="certs_command", required=True, metavar="{ca,server,node,publisher,sign}"
+    )
 
     ca = kinds.add_parser(
         "ca",
@@ -632,6 +903,34 @@ def add_certs_parser(commands: argparse._SubParsersAction) -> None:
     )
     node.add_argument("--overwrite", action="store_true", help="replace files already in --out")
 
+    publisher = kinds.add_parser(
+        "publisher",
+        help="the coordinator's app-signing key and the nodes' trusted-entities.yaml",
+        description=(
+            "Create publisher.key (Ed25519, mode 0600: it signs the apps the nodes will run; keep "
+            "it with the coordinator), publisher.pub and trusted-entities.yaml, which every node "
+            "loads with flower-supernode --trusted-entities."
+        ),
+    )
+    publisher.add_argument("--out", required=True, metavar="DIR", help="folder for the key")
+    publisher.add_argument(
+        "--overwrite", action="store_true", help="replace files already in --out"
+    )
+
+    sign = kinds.add_parser(
+        "sign",
+        help="sign a FAB (from flwr build) so that nodes with --trusted-entities run it",
+        description=(
+            "Sign a Flower app bundle built by 'flwr build' with the publisher key and write the "
+            "FAB and FAB.sig.json into --out, the folder 'python -m privet.gateway --apps' serves "
+            "to the SuperLink."
+        ),
+    )
+    sign.add_argument("fab", metavar="FAB", help="the .fab file written by flwr build")
+    sign.add_argument("--publisher", required=True, metavar="DIR", help="folder with publisher.key")
+    sign.add_argument("--out", required=True, metavar="DIR", help="folder of signed apps")
+    sign.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+
 
 def run_certs(args: argparse.Namespace) -> int:
     """Carry out a parsed `privet certs ...` command, print what was written and what comes next."""
@@ -649,7 +948,9 @@ def run_certs(args: argparse.Namespace) -> int:
         print(f"Certified hosts: {', '.join(files.hosts)}")
         print(
             f"Start the SuperLink with: flower-superlink --ssl-ca-certfile {files.ca_cert} "
-            f"--ssl-certfile {files.cert} --ssl-keyfile {files.key} --enable-supernode-auth"
+            f"--ssl-certfile {files.cert} --ssl-keyfile {files.key} --enable-supernode-auth "
+            "--host 127.0.0.1 --port 9093, and expose only its Fleet API: python -m "
+            f"privet.gateway --superlink 127.0.0.1:9093 --tls {files.cert.parent} --fleet HOST:9092"
         )
         print(
             "flwr CLI ($FLWR_HOME/config.toml, absolute path): [superlink.NAME] "
@@ -665,8 +966,30 @@ def run_certs(args: argparse.Namespace) -> int:
             f"flwr supernode register {keys.public_key.name}"
         )
         print(
-            f"Then start: flower-supernode --root-certificates ca.crt "
-            f"--auth-supernode-private-key {keys.private_key} --superlink HOST:PORT"
+            f"Then start: flower-supernode --root-certificates ca.crt --trusted-entities "
+            f"trusted-entities.yaml --auth-supernode-private-key {keys.private_key} "
+            "--superlink GATEWAY_HOST:PORT"
+        )
+        return 0
+    if args.certs_command == "publisher":
+        files = make_publisher_key(args.out, overwrite=args.overwrite)
+        print(
+            f"Wrote {files.private_key} (private, mode 0600: it signs the apps nodes run; keep it "
+            "with the coordinator)"
+        )
+        print(f"Wrote {files.public_key} and {files.trusted_entities} (key id {files.key_id})")
+        print(
+            f"Give {files.trusted_entities.name} to every node: flower-supernode "
+            f"--trusted-entities {files.trusted_entities.name} ..."
+        )
+        return 0
+    if args.certs_command == "sign":
+        app = sign_app(args.fab, args.publisher, args.out, overwrite=args.overwrite)
+        print(f"Signed {app.app_id}=={app.version} (sha256 {app.sha256}) as {app.public_key_id}")
+        print(f"Wrote {app.fab} and {app.record}")
+        print(
+            f"Serve them with: python -m privet.gateway ... --apps {app.record.parent}; then: "
+            f"flwr run {app.app_id}=={app.version} FEDERATION"
         )
         return 0
     raise CertError(f"unknown certs command {args.certs_command!r}")

@@ -7,20 +7,23 @@ import datetime
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from privet import __version__
+from privet.arguments import output_folder_problem
 from privet.config_sources import build_config, read_config_file
 from task.config import (
     ACCOUNTANT_NAMES,
     CLIENT_SAMPLING_NAMES,
     DATASET_NAMES,
     DEVICE_NAMES,
+    MISSING_POLICY_NAMES,
     MODEL_NAMES,
     PARTITION_NAMES,
     RunConfig,
+    check_no_ignored_settings,
 )
 
 EXIT_USAGE = 2
@@ -42,6 +45,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (not a bug): reported in one line, without a traceback."""
     from client.local_plan import PlanError
     from privacy import AccountingError, CalibrationError, LedgerError
+    from privacy.storage import LockError
     from privet.budget import BudgetError
     from privet.certs import CertError
     from simulations.report import ReportError
@@ -59,6 +63,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CalibrationError,
         AccountingError,
         LedgerError,
+        LockError,
         BudgetError,
         CertError,
         SweepError,
@@ -94,6 +99,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     data.add_argument("--data-file", help="CSV file for --dataset csv (header row required)")
     data.add_argument("--label-column", help="label column of a CSV file")
     data.add_argument("--partition-column", help="column whose values split a CSV across clients")
+    data.add_argument(
+        "--missing",
+        choices=MISSING_POLICY_NAMES,
+        help="tabular data: drop (default) or impute examples with a missing feature value "
+        "(blank, '?', NaN, infinite, or text in a numeric column); the counts are reported",
+    )
     data.add_argument(
         "--partition", choices=PARTITION_NAMES, help="how data is split (default: iid)"
     )
@@ -302,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SIMULATE_KEYS = tuple(
-    key.replace("-", "_") for key in RunConfig.key_names() if key != "resume"
-)  # `privet resume` continues a run; `simulate` always starts one
+    key.replace("-", "_") for key in RunConfig.key_names() if key not in ("resume", "node-clients")
+)  # `privet resume` continues a run; `simulate` always starts one; node-clients is for deployments
 DEFAULT_SIMULATE_ENGINE = "flower"
 
 
@@ -316,6 +327,12 @@ def _default_output() -> str:
     return str(candidate)
 
 
+def given_keys(file_values: Mapping[str, Any], flags: Mapping[str, Any]) -> set[str]:
+    """The settings the user gave (flags that are not None, every key of the config file)."""
+    given = {key for key, value in flags.items() if value is not None}
+    return {str(key).replace("_", "-") for key in (*file_values, *given)}
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The validated run configuration of `privet simulate`'s flags and optional --config file."""
     file_values = read_config_file(args.config) if args.config else {}
@@ -325,9 +342,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if flags["reproducible"] is None and "reproducible" not in file_values:
         flags["reproducible"] = True  # a simulation is reproducible unless told otherwise
     config = build_config(file_values, flags)
+    check_no_ignored_settings(config, given_keys(file_values, flags))
     output = Path(config.output)
-    if output.exists() and not output.is_dir():
-        raise CliError(f"--output {config.output} is a file, not a folder")
+    problem = output_folder_problem(output)
+    if problem is not None:
+        raise CliError(f"--output {config.output} {problem}; choose another --output")
     for name in ("results.json", "ledgers", "checkpoint.json"):
         if (output / name).exists() and not args.overwrite:
             raise CliError(
@@ -371,7 +390,8 @@ def _resume(args: argparse.Namespace) -> int:
         return resume_sweep(output, args.engine, args.jobs)
     checkpoint = load_checkpoint(output)
     values = {k: v for k, v in checkpoint.config.items() if v is not None}
-    config = RunConfig.from_mapping({**values, "resume": True})
+    # The run is continued where it is now (a copied or moved folder), never where it started.
+    config = RunConfig.from_mapping({**values, "output": str(output), "resume": True})
     if checkpoint.round >= config.rounds:
         raise CliError(f"{args.output} finished all {config.rounds} rounds; nothing to resume")
     engine = args.engine or recorded_engine(output) or DEFAULT_SIMULATE_ENGINE

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from task.config import ConfigError, RunConfig, merge_settings
+from task.config import ConfigError, RunConfig, duplicate_key_message, merge_settings
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -45,8 +45,20 @@ def read_config_tables(
     ]
     if nested:
         raise ConfigError(f"config file {path}: unexpected table(s) {', '.join(nested)}")
+    for keys in (table, *extra.values()):
+        _check_spellings(keys, f"config file {path}")
     settings = {key: value for key, value in table.items() if not isinstance(value, dict)}
     return settings, extra
+
+
+def _check_spellings(keys: Mapping[str, Any], where: str) -> None:
+    """Refuse a key written twice, as `local-epochs` and `local_epochs` (TOML allows both)."""
+    seen: dict[str, str] = {}
+    for key in keys:
+        name = str(key).replace("_", "-")
+        if name in seen:
+            raise ConfigError(duplicate_key_message(seen[name], str(key), where))
+        seen[name] = str(key)
 
 
 def build_config(file_values: Mapping[str, Any], flag_values: Mapping[str, Any]) -> RunConfig:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,7 +24,9 @@ def _eps(value: float) -> str:
 def _secagg_note(record: RoundRecord) -> str:
     """A short note when the round's secure sum failed, so a skipped round is never silent."""
     outcome = record.secure_aggregation or {}
-    return ", secure sum failed: round skipped" if outcome.get("status") == "failed" else ""
+    if outcome.get("status") == "failed":
+        return ", secure sum failed: round skipped"
+    return ", no client update reached the model" if record.no_update is not None else ""
 
 
 class SimulationConsole:
@@ -78,6 +81,10 @@ class SimulationConsole:
                 f"updates clipped to {config.update_clip_norm:g} and quantized to "
                 f"{config.secagg_levels} levels, {config.secagg_timeout:g} s per stage"
             )
+        if plan.missing is not None and plan.missing.affected_rows:
+            source = config.data_file or config.data_dir or config.dataset
+            line = escape(plan.missing.describe(source))
+            self.console.print(f"[yellow]Missing values: {line}[/yellow]")
 
     @contextmanager
     def progress(self, total_rounds: int) -> Iterator[Callable[[RoundRecord], None]]:
@@ -149,8 +156,12 @@ class SimulationConsole:
             )
         for client, at in sorted(results.declines.items()):
             self.console.print(f"Client {client} declined from round {at} on (budget).")
-        if results.stop_reason:
+        for warning in results.warnings():
+            self.console.print(f"[yellow]Warning: {escape(warning)}.[/yellow]")
+        if results.stop_reason and results.stop_reason not in (results.failure_reason or ""):
             self.console.print(f"[yellow]Stopped early: {results.stop_reason}.[/yellow]")
-        if not results.finished:
+        if results.failure_reason:
+            self.console.print(f"[red]The run failed: {escape(results.failure_reason)}.[/red]")
+        elif not results.finished:
             self.console.print("[red]The run did not finish.[/red]")
         self.console.print(f"Results: {results.config.output}/{RESULTS_FILE}")

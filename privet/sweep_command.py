@@ -25,7 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from privet.arguments import positive_int
+from privet.arguments import output_folder_problem, positive_int
 from privet.config_sources import read_config_tables
 from simulations.sweep import (
     RUNS_DIR,
@@ -43,7 +43,13 @@ from simulations.sweep import (
     run_status,
     run_sweep,
 )
-from task.config import RunConfig, merge_settings
+from task.config import (
+    CLIENT_NOISE_KEYS,
+    NOISE_KEYS,
+    RunConfig,
+    ignored_settings,
+    merge_settings,
+)
 
 DEFAULT_ENGINE = "in-process"
 MAX_DEFAULT_JOBS = 4  # each in-process run holds its data and model: ~1 GB at most for MNIST
@@ -108,7 +114,7 @@ def _default_output() -> Path:
 
 def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
     """The sweep the flags and --config file describe, and its folder."""
-    from privet.cli import SIMULATE_KEYS
+    from privet.cli import SIMULATE_KEYS, given_keys
 
     file_settings: dict[str, Any] = {}
     file_vary: dict[str, Any] = {}
@@ -118,21 +124,92 @@ def spec_from_args(args: argparse.Namespace) -> tuple[SweepSpec, Path]:
     flags = {key: getattr(args, key, None) for key in SIMULATE_KEYS}
     base = merge_settings(file_settings, flags)
     output = Path(str(base.pop("output", None) or _default_output()))
+    problem = output_folder_problem(output)
+    if problem is not None:
+        raise SweepError(f"--output {output} {problem}; choose another --output")
     variations: dict[str, Variation] = {}
     for label, values in file_vary.items():
         if not isinstance(values, list):
             raise SweepError(f"config file {args.config}: [vary] {label} must be a list of values")
         variation = Variation.build(label, values)
         variations[variation.label] = variation
+    from_flags: set[str] = set()
     for text in args.vary or []:
         variation = Variation.parse(text)
+        if variation.label in from_flags:
+            raise SweepError(
+                f"--vary {variation.label} is given twice; list all its values in one --vary "
+                f"{variation.label}=V1,V2,..."
+            )
+        from_flags.add(variation.label)
         variations[variation.label] = variation  # a flag replaces the file's list for that key
     if not variations:
         raise SweepError(
             "nothing to sweep: give at least one --vary KEY=V1,V2,... (or a [vary] table in "
             "the --config file)"
         )
-    return SweepSpec(base, tuple(variations.values())), output
+    flag_keys = {key.replace("_", "-") for key, value in flags.items() if value is not None}
+    _settle_fixed_and_varied(base, variations, from_flags, flag_keys, args.config)
+    spec = SweepSpec(base, tuple(variations.values()))
+    _check_no_setting_ignored_by_every_run(spec, output, given_keys(base, {}))
+    return spec, output
+
+
+def _linked_keys(key: str) -> tuple[str, ...]:
+    """A key and the keys that set the same thing (a noise multiplier and its target ε)."""
+    for pair in (NOISE_KEYS, CLIENT_NOISE_KEYS):
+        if key in pair:
+            return pair
+    return (key,)
+
+
+def _settle_fixed_and_varied(
+    base: dict[str, Any],
+    variations: dict[str, Variation],
+    from_flags: set[str],
+    flag_keys: set[str],
+    config_file: str | None,
+) -> None:
+    """Refuse a setting that is both fixed and varied, unless a flag varies a file's setting.
+
+    `--noise-multiplier 1 --vary target-epsilon=1,3` used to run the target ε while sweep.json
+    still recorded σ = 1. A --vary flag over a --config file's fixed value follows "flags win
+    over the file": that value leaves the base settings, so sweep.json records what ran.
+    """
+    for variation in variations.values():
+        for key in variation.keys:
+            for fixed in _linked_keys(key):
+                if fixed not in base:
+                    continue
+                if fixed in flag_keys or variation.label not in from_flags:
+                    where = f"--{fixed}" if fixed in flag_keys else f"{fixed} in {config_file}"
+                    what = "the same noise" if fixed != key else "it"
+                    raise SweepError(
+                        f"{where} is fixed while --vary {variation.label} varies {what}; "
+                        "give one or the other"
+                    )
+                del base[fixed]  # the flag's variation replaces the file's value
+
+
+def _check_no_setting_ignored_by_every_run(spec: SweepSpec, output: Path, given: set[str]) -> None:
+    """A setting given or varied that no run of the grid would use is an error, as in simulate."""
+    varied = set(spec.varied_keys)
+    candidates = given | varied
+    ignored_everywhere: dict[str, tuple[str, str]] | None = None
+    for run in spec.runs():
+        ignored = ignored_settings(spec.config_of(run, output), candidates)
+        if ignored_everywhere is None:
+            ignored_everywhere = ignored
+        else:
+            ignored_everywhere = {k: v for k, v in ignored_everywhere.items() if k in ignored}
+        if not ignored_everywhere:
+            return
+    if ignored_everywhere:
+        key, (needs, fix) = next(iter(ignored_everywhere.items()))
+        how = f"--vary {key}" if key in varied else f"--{key}"
+        raise SweepError(
+            f"{how} has no effect in any run: it needs {needs}; {fix} (or vary it), or drop {how}"
+        )
 
 
 def check_plans(spec: SweepSpec, output: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,13 @@ from flwr.serverapp import Grid, ServerApp
 from privacy import PrivacyLedger
 from server.checkpoint import (
     CHECKPOINT_FILE,
+    CheckpointError,
     ServerCheckpoint,
     check_same_run,
     load_checkpoint,
+    lock_run_folder,
     save_checkpoint,
+    set_aside_run,
 )
 from server.client_dp import make_aggregator, plan_client_level
 from server.evaluation import ServerEvaluator
@@ -43,6 +45,10 @@ from task.config import ConfigError, RunConfig
 logger = logging.getLogger(__name__)
 
 LEDGER_DIR = "ledgers"
+
+
+class RunFailedError(RuntimeError):
+    """A run that ended without training, or stopped on a failure (see results.json)."""
 
 
 def server_rng(config: RunConfig, purpose: int) -> np.random.Generator:
@@ -75,7 +81,21 @@ def run_federated_training(
     engine: str,
     on_round: RoundCallback | None = None,
 ) -> RunResults:
-    """Run private FedAvg and write results.json, the ledgers and the model to `config.output`."""
+    """Run private FedAvg and write results.json, the ledgers and the model to `config.output`.
+
+    The run holds its folder's lock throughout (`server.checkpoint.lock_run_folder`): a second
+    writer is refused, naming this process.
+    """
+    with lock_run_folder(Path(config.output)):
+        return _run_federated_training(grid, config, engine, on_round)
+
+
+def _run_federated_training(
+    grid: Grid,
+    config: RunConfig,
+    engine: str,
+    on_round: RoundCallback | None = None,
+) -> RunResults:
     output_dir = Path(config.output)
     evaluator = ServerEvaluator(config)
     num_params = sum(int(np.asarray(w).size) for w in evaluator.initial_weights())
@@ -87,7 +107,7 @@ def run_federated_training(
     else:
         prepare_output(output_dir)
     privacy = FederationPrivacy()
-    results = RunResults(config=config, engine=engine)
+    results = RunResults(config=config, engine=engine, missing_values=evaluator.missing)
     client_level = plan_client_level(config)
     aggregator = server_ledger = None
     if client_level is not None:
@@ -123,12 +143,20 @@ def run_federated_training(
     )
     first_round, initial_weights = 1, None
     if checkpoint is not None:
-        strategy.restore_state(checkpoint.strategy)
-        results.restore_state(checkpoint.results)
+        try:
+            strategy.restore_state(checkpoint.strategy)
+            results.restore_state(checkpoint.results)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise CheckpointError(
+                f"{output_dir / CHECKPOINT_FILE} holds a state this run cannot restore "
+                f"({type(error).__name__}: {error}); restore it from a backup or start a new run"
+            ) from None
         results.resumed_after.append(checkpoint.round)
         first_round, initial_weights = checkpoint.round + 1, checkpoint.weights
         logger.warning("resuming after round %d from %s", checkpoint.round, output_dir)
-    strategy.discover_clients(grid, config.clients, config.round_timeout)
+    strategy.discover_clients(
+        grid, config.clients, config.round_timeout, node_clients=config.node_client_map
+    )
 
     def client_level_summary() -> dict[str, Any] | None:
         if client_level is None or server_ledger is None or aggregator is None:
@@ -167,10 +195,15 @@ def run_federated_training(
             clip_norm=outcome.clip_norm,
             noised_within_fraction=outcome.noised_within_fraction,
             secure_aggregation=outcome.secure_aggregation,
+            bad_replies=outcome.bad_replies,
+            excluded=outcome.excluded,
+            no_update=outcome.no_update,
         )
         results.rounds.append(record)
         results.clients = privacy.clients()
         results.declines = dict(strategy.declined_at)
+        results.excluded = dict(strategy.excluded)
+        results.epsilon_unknown = privacy.unknown()
         results.client_level = client_level_summary()
         weights = arrays.to_numpy_ndarrays()
         write_model(output_dir, evaluator.model, weights)
@@ -204,8 +237,14 @@ def run_federated_training(
     results.clients = privacy.clients()
     results.declines = dict(strategy.declined_at)
     results.client_level = client_level_summary()
+    results.excluded = dict(strategy.excluded)
+    results.epsilon_unknown = privacy.unknown()
     results.stop_reason = strategy.stop_reason
-    results.finished = True
+    # Failure is never success: a run that stopped on a failure, or trained nothing, is
+    # finished: false with a one-line failure_reason (and `privet simulate` exits non-zero).
+    results.conclude(strategy.failure_reason)
+    if results.failure_reason is not None:
+        logger.error("the run failed: %s", results.failure_reason)
     write_model(output_dir, evaluator.model, outcome.arrays.to_numpy_ndarrays())
     write_results(output_dir, results)
     return results
@@ -230,6 +269,9 @@ def make_server_app(
         results = run_federated_training(grid, config, engine, on_round)
         if on_finish is not None:
             on_finish(results)
+        elif not results.finished:
+            # A deployed run (`flwr run`) that failed must not end as a successful Flower run.
+            raise RunFailedError(results.failure_reason or "the run did not finish")
 
     return app
 
@@ -237,10 +279,10 @@ def make_server_app(
 app = make_server_app(engine="flwr-run")
 
 
-def clear_output(output_dir: Path) -> None:
-    """Remove a previous run's results, model and ledgers (the CLI's --overwrite)."""
-    for name in (RESULTS_FILE, "model.pt", CHECKPOINT_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-    for old in output_dir.glob("checkpoint-model-*.npz"):
-        old.unlink(missing_ok=True)
-    shutil.rmtree(output_dir / LEDGER_DIR, ignore_errors=True)
+def clear_output(output_dir: Path) -> Path | None:
+    """Make room for a new run (the CLI's --overwrite): nothing is deleted, ledgers included.
+
+    The earlier run's files move to `OUTPUT/replaced/<time>/` (`server.checkpoint.set_aside_run`);
+    returns that folder, or None when there was nothing to move.
+    """
+    return set_aside_run(output_dir)

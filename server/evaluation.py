@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from task.config import RunConfig
-from task.datasets import ArrayDataset, TrainTest, load_dataset
+from task.datasets import ArrayDataset, MissingValues, TrainTest, load_dataset
 from task.evaluation import evaluate_model
 from task.models import build_model, set_weights
 
@@ -22,8 +22,11 @@ class ServerEvaluator:
             label_column=config.label_column,
             partition_column=config.partition_column,
             seed=config.seed,
+            missing=config.missing,
         )
         self.test: ArrayDataset = data.test
+        # Tabular data: the missing values of the file and what the run's policy did with them.
+        self.missing: MissingValues | None = data.missing
         self.feature_shape: tuple[int, ...] = data.train.feature_shape
         self.num_classes: int = data.train.num_classes
         self.model = build_model(config.model, self.feature_shape, self.num_classes, config.seed)

@@ -3,6 +3,12 @@
 Client data sets are disjoint, so an example is protected at its own client's ε; the federation's
 number is the maximum over clients, never an average. A client's ε is cumulative and can only grow:
 a report that goes down is kept at the larger value and flagged.
+
+A client whose train reply carried an unusable privacy report (missing, malformed, NaN, naming
+another client) may still have trained and released an update, so its ε is *unknown*: it counts as
+∞ in `epsilon_max` and in the round's per-client ε, never as its last value and never left out.
+Its next usable report ends that, because a report is cumulative over every round the client
+trained in (its ledger is written before any update leaves it) and so covers the unusable one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,25 @@ class FederationPrivacy:
         self._latest: dict[int, ClientPrivacy] = {}
         self._by_round: dict[int, dict[int, float]] = {}
         self._trained: dict[int, int] = {}
+        self._unknown: dict[int, tuple[int, str]] = {}
+
+    def mark_unknown(self, server_round: int, client_id: int, reason: str) -> None:
+        """Client `client_id` sent an unusable report in `server_round`: its ε is unknown (∞).
+
+        Call before `record` for that round, so the round's per-client ε shows it.
+        """
+        logger.warning(
+            "round %d: client %d's privacy report is unusable (%s); its epsilon counts as "
+            "infinite until it sends a usable one",
+            server_round,
+            client_id,
+            reason,
+        )
+        self._unknown[client_id] = (server_round, reason)
+
+    def unknown(self) -> dict[int, tuple[int, str]]:
+        """Clients whose ε is unknown: client id → (round of the unusable report, why)."""
+        return dict(self._unknown)
 
     def record(
         self, server_round: int, reports: list[ClientPrivacy], trained: list[int] | None = None
@@ -45,13 +70,21 @@ class FederationPrivacy:
                 )
                 report = replace(report, epsilon=previous.epsilon)
             self._latest[report.client_id] = report
+            unknown = self._unknown.get(report.client_id)
+            if unknown is not None and unknown[0] < server_round:
+                del self._unknown[report.client_id]  # a cumulative report covers that round
         self._trained[server_round] = len(reports) if trained is None else len(trained)
-        self._by_round[server_round] = {
-            client_id: report.epsilon for client_id, report in sorted(self._latest.items())
-        }
+        snapshot = {client_id: report.epsilon for client_id, report in self._latest.items()}
+        snapshot.update({client_id: math.inf for client_id in self._unknown})
+        self._by_round[server_round] = dict(sorted(snapshot.items()))
 
     def epsilon_max(self) -> float:
-        """The federation's example-level ε: the largest ε of any client (0 before any training)."""
+        """The federation's example-level ε: the largest ε of any client (0 before any training).
+
+        ∞ while any client's ε is unknown (see `mark_unknown`).
+        """
+        if self._unknown:
+            return math.inf
         return max((report.epsilon for report in self._latest.values()), default=0.0)
 
     def epsilon_by_client(self, server_round: int) -> dict[int, float]:
@@ -63,14 +96,20 @@ class FederationPrivacy:
         return self._trained.get(server_round, 0)
 
     def clients(self) -> list[ClientPrivacy]:
-        """Latest report of every client that has trained, by client id."""
-        return [self._latest[key] for key in sorted(self._latest)]
+        """Latest report of every client that has trained, by client id (ε ∞ if unknown)."""
+        return [
+            replace(self._latest[key], epsilon=math.inf)
+            if key in self._unknown
+            else self._latest[key]
+            for key in sorted(self._latest)
+        ]
 
     def restore(self, other: FederationPrivacy) -> None:
         """Take over another instance's records (resuming from a checkpoint)."""
         self._latest = dict(other._latest)
         self._by_round = dict(other._by_round)
         self._trained = dict(other._trained)
+        self._unknown = dict(other._unknown)
 
     def to_state(self) -> dict[str, Any]:
         """Everything recorded so far as JSON-ready data (for the server's checkpoint)."""
@@ -81,6 +120,7 @@ class FederationPrivacy:
                 for r, eps in self._by_round.items()
             },
             "trained": {str(r): n for r, n in self._trained.items()},
+            "unknown": {str(c): [r, why] for c, (r, why) in self._unknown.items()},
         }
 
     @classmethod
@@ -97,6 +137,9 @@ class FederationPrivacy:
             for r, eps in state["by_round"].items()
         }
         privacy._trained = {int(r): int(n) for r, n in state["trained"].items()}
+        privacy._unknown = {
+            int(c): (int(r), str(why)) for c, (r, why) in state.get("unknown", {}).items()
+        }
         return privacy
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +19,7 @@ from torch import nn
 from privacy import atomic_write_bytes
 from server.federation_privacy import ClientPrivacy
 from task.config import RunConfig
+from task.datasets import MissingValues
 from task.models import set_weights
 
 RESULTS_FILE = "results.json"
@@ -44,6 +45,16 @@ class RoundRecord:
     clip_norm: float | None = None
     noised_within_fraction: float | None = None
     secure_aggregation: dict[str, Any] | None = None
+    bad_replies: list[dict[str, Any]] = field(default_factory=list)
+    excluded: list[int] = field(default_factory=list)
+    no_update: str | None = None
+
+
+def round_warning(record: RoundRecord) -> str | None:
+    """One line when no client's update reached the model in this round, else None."""
+    if record.no_update is None:
+        return None
+    return f"round {record.round}: no client update reached the model ({record.no_update})"
 
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -53,6 +64,9 @@ def round_record_from_json(data: dict[str, Any]) -> RoundRecord:
     """Inverse of a results.json round entry (string client ids, "inf" for infinity)."""
     values = dict(data)
     values["epsilon_max"] = float(values["epsilon_max"])
+    for key in ("accuracy", "loss", "local_accuracy", "clip_norm", "noised_within_fraction"):
+        if isinstance(values.get(key), str):
+            values[key] = float(values[key])  # "nan" or "inf", as `_json_number` wrote it
     if values.get("epsilon_client_level") is not None:
         values["epsilon_client_level"] = float(values["epsilon_client_level"])
     values["epsilon_by_client"] = {
@@ -90,6 +104,56 @@ class RunResults:
     declines: dict[int, int] = field(default_factory=dict)
     client_level: dict[str, Any] | None = None
     resumed_after: list[int] = field(default_factory=list)
+    failure_reason: str | None = None
+    excluded: dict[int, tuple[int, str]] = field(default_factory=dict)
+    epsilon_unknown: dict[int, tuple[int, str]] = field(default_factory=dict)
+    missing_values: MissingValues | None = None  # tabular data: counts and the policy's action
+
+    def rounds_without_update(self) -> list[int]:
+        """The rounds in which no client's update reached the model."""
+        return [r.round for r in self.rounds if r.no_update is not None or r.clients_trained == 0]
+
+    def model_worse_than_initial(self) -> bool | None:
+        """Whether the last round's test accuracy is below the initial model's (None: unknown)."""
+        if not self.rounds or self.initial_accuracy is None:
+            return None
+        return bool(self.rounds[-1].accuracy < self.initial_accuracy)
+
+    def nothing_trained(self) -> str | None:
+        """Why this run trained nothing (no round aggregated a client update), else None."""
+        if any(r.clients_trained > 0 and r.no_update is None for r in self.rounds):
+            return None
+        if not self.rounds:
+            return "no round ran" + (f" ({self.stop_reason})" if self.stop_reason else "")
+        last = self.rounds[-1]
+        why = f"; round {last.round}: {last.no_update}" if last.no_update else ""
+        return f"no client update reached the model in any of the {len(self.rounds)} rounds{why}"
+
+    def conclude(self, failure: str | None) -> None:
+        """Mark the run as ended: failed (one-line reason) if `failure` or nothing trained."""
+        nothing = self.nothing_trained()
+        if nothing is not None:
+            failure = f"nothing trained: {nothing}" + (f"; {failure}" if failure else "")
+        self.failure_reason = failure
+        self.finished = failure is None
+
+    def warnings(self) -> list[str]:
+        """Plain lines on what went wrong without failing the run (console and results.json)."""
+        lines = [w for w in (round_warning(r) for r in self.rounds) if w is not None]
+        for client, (at, why) in sorted(self.epsilon_unknown.items()):
+            lines.append(
+                f"client {client}'s epsilon is unknown, counted as infinite: its privacy report "
+                f"in round {at} was unusable ({why})"
+            )
+        for client, (at, why) in sorted(self.excluded.items()):
+            lines.append(f"client {client} was excluded from sampling after round {at}: {why}")
+        if self.model_worse_than_initial():
+            lines.append(
+                f"the final model is worse than the initial one: test accuracy "
+                f"{self.rounds[-1].accuracy:.4f} after round {self.rounds[-1].round}, "
+                f"{self.initial_accuracy:.4f} before training"
+            )
+        return lines
 
     def _secure_aggregation_summary(self) -> dict[str, Any] | None:
         """What secure aggregation guaranteed in this run, or None when it was off."""
@@ -120,6 +184,15 @@ class RunResults:
         rounds = []
         for record in self.rounds:
             item = asdict(record)
+            for key in (
+                "accuracy",
+                "loss",
+                "local_accuracy",
+                "clip_norm",
+                "noised_within_fraction",
+            ):
+                if isinstance(item[key], float):
+                    item[key] = _json_number(item[key])
             item["epsilon_max"] = _json_number(record.epsilon_max)
             if record.epsilon_client_level is not None:
                 item["epsilon_client_level"] = _json_number(record.epsilon_client_level)
@@ -132,15 +205,17 @@ class RunResults:
     def checkpoint_state(self) -> dict[str, Any]:
         """What results.json needs from before a restart."""
         return {
-            "initial": [self.initial_accuracy, self.initial_loss],
-            "rounds": self.rounds_json(),
+            "initial": strict_json([self.initial_accuracy, self.initial_loss]),
+            "rounds": strict_json(self.rounds_json()),
             "started_at": self.started_at,
             "resumed_after": list(self.resumed_after),
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """Continue from `checkpoint_state`'s output."""
-        self.initial_accuracy, self.initial_loss = state["initial"]
+        self.initial_accuracy, self.initial_loss = (
+            None if value is None else float(value) for value in state["initial"]
+        )
         self.rounds = [round_record_from_json(item) for item in state["rounds"]]
         self.started_at = float(state["started_at"])
         self.resumed_after = [int(r) for r in state["resumed_after"]]
@@ -158,16 +233,29 @@ class RunResults:
             "engine": self.engine,
             "finished": self.finished,
             "stop_reason": self.stop_reason,
+            "failure_reason": self.failure_reason,
+            "warnings": self.warnings(),
+            "rounds_without_update": self.rounds_without_update(),
+            "model_worse_than_initial": self.model_worse_than_initial(),
             "resumed_after_rounds": self.resumed_after,
             "wall_time_s": round(time.time() - self.started_at, 3),
             "config": self.config.to_json_dict(),
+            "missing_values": None
+            if self.missing_values is None
+            else self.missing_values.to_json(),
             "privacy": {
                 "level": "example",
                 "accountant": self.config.accountant,
                 "delta": self.config.delta,
                 "epsilon_max": _json_number(
-                    max((client.epsilon for client in self.clients), default=0.0)
+                    math.inf
+                    if self.epsilon_unknown
+                    else max((client.epsilon for client in self.clients), default=0.0)
                 ),
+                "epsilon_unknown": [
+                    {"id": client, "round": at, "reason": why}
+                    for client, (at, why) in sorted(self.epsilon_unknown.items())
+                ],
                 "noise_source": (
                     f"generators seeded from seed={self.config.seed} (reproducible simulation: "
                     "the guarantee holds only against someone who does not know the seed; "
@@ -183,26 +271,46 @@ class RunResults:
             "declined": [
                 {"id": client, "round": at} for client, at in sorted(self.declines.items())
             ],
+            "excluded": [
+                {"id": client, "round": at, "reason": why}
+                for client, (at, why) in sorted(self.excluded.items())
+            ],
             "client_level": self.client_level,
             "secure_aggregation": self._secure_aggregation_summary(),
             "model": {"file": MODEL_FILE, "architecture": self.config.model},
         }
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float written as a string ("nan", "inf", "-inf").
+
+    results.json is strict JSON (no NaN or Infinity tokens), whatever a client sent.
+    """
+    if isinstance(value, float):
+        return _json_number(value)
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    return value
+
+
 def write_results(output_dir: Path, results: RunResults) -> Path:
     """Write results.json atomically; return its path."""
     path = output_dir / RESULTS_FILE
-    text = json.dumps(results.to_json_dict(), indent=2, allow_nan=False)
+    text = json.dumps(strict_json(results.to_json_dict()), indent=2, allow_nan=False)
     atomic_write_bytes(path, text.encode())
     return path
 
 
 def write_model(output_dir: Path, model: nn.Module, weights: list[np.ndarray]) -> Path:
-    """Save the final weights as a plain state dict (loadable with `weights_only=True`)."""
+    """Save the final weights as a plain state dict (loadable with `weights_only=True`).
+
+    Written like every file of a run: atomically, fsynced, private to its owner (0600).
+    """
     set_weights(model, weights)
     path = output_dir / MODEL_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save({key: value.clone() for key, value in model.state_dict().items()}, temporary)
-    os.replace(temporary, path)
+    buffer = io.BytesIO()
+    torch.save({key: value.clone() for key, value in model.state_dict().items()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

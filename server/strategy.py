@@ -5,13 +5,25 @@ privacy logic it calls is plain code (`server.aggregation`, `server.sampling`,
 `server.federation_privacy`, the ledgers in `privacy`). Clients reply with *updates*. The round
 loop (`start`) stops before a round that would exceed the client-level budget, and when every
 client has declined for lack of example-level budget.
+
+One bad reply never ends the run. A reply that cannot be used (no metrics, a malformed privacy
+report, a report naming another client, a NaN or misshapen update, a malformed evaluation, a bad
+secure-aggregation message) drops that client from the round with a logged reason, listed in the
+round's `bad_replies`; a client whose privacy report was unusable counts at ε = ∞ until its next
+usable report (`FederationPrivacy.mark_unknown`). A client that sends a bad reply in
+`BAD_ROUNDS_TO_EXCLUDE` rounds in a row (rounds it was sampled in) is excluded from sampling for
+the rest of the run. A run fails (`failure_reason`) when `FRUITLESS_ROUNDS_TO_STOP` rounds in a
+row charge clients' privacy without any update reaching the model, or when no client is left to
+sample because of exclusions.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +56,11 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_KEY = "num-examples"
 QUERY_TIMEOUT_S = 600.0
+BAD_ROUNDS_TO_EXCLUDE = 3
+"""A client that sends a bad reply in this many rounds in a row is excluded from sampling."""
+FRUITLESS_ROUNDS_TO_STOP = 3
+"""This many rounds in a row that charge clients' privacy without changing the model end the run."""
+LARGEST_COUNT = 2**53
 
 
 def update_problem(arrays: ArrayRecord | None, shapes: list[tuple[int, ...]]) -> str | None:
@@ -69,6 +86,42 @@ def client_privacy_of(metrics: MetricRecord) -> ClientPrivacy:
     return ClientPrivacy.from_metrics(metrics)
 
 
+def metric_count(metrics: MetricRecord, key: str, default: int | None = None) -> int:
+    """A whole, non-negative count from a reply's metrics; a ClientReportError otherwise."""
+    if key not in metrics:
+        if default is not None:
+            return default
+        raise ClientReportError(f"the reply has no '{key}' metric")
+    value = metrics[key]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value != int(value)
+        or not 0 <= value <= LARGEST_COUNT
+    ):
+        raise ClientReportError(f"its '{key}' is not a whole count: {str(value)[:40]}")
+    return int(value)
+
+
+def metric_flag(metrics: MetricRecord, key: str) -> bool | None:
+    """A 0/1 flag from a reply's metrics (None when absent); a ClientReportError otherwise."""
+    if key not in metrics:
+        return None
+    value = metrics[key]
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ClientReportError(f"its '{key}' is not 0 or 1: {str(value)[:40]}")
+    return bool(value)
+
+
+def metric_fraction(metrics: MetricRecord, key: str) -> float:
+    """A number in [0, 1] from a reply's metrics; a ClientReportError otherwise."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ClientReportError(f"its '{key}' is not a number in [0, 1]: {str(value)[:40]}")
+    return float(value)
+
+
 @dataclass
 class RoundOutcome:
     """What happened in one round, beyond the model: for results.json."""
@@ -82,6 +135,16 @@ class RoundOutcome:
     noised_within_fraction: float | None = None
     epsilon_client_level: float | None = None
     secure_aggregation: dict[str, object] | None = None
+    bad_replies: list[dict[str, object]] = field(default_factory=list)
+    """Replies dropped this round: {"client": id or None, "stage": ..., "reason": ...}."""
+    excluded: list[int] = field(default_factory=list)
+    """Clients excluded from sampling after this round (bad replies in too many rounds in a row)."""
+    epsilon_unknown: list[int] = field(default_factory=list)
+    """Clients whose privacy report this round was unusable (their ε now counts as ∞)."""
+    no_update: str | None = None
+    """Why no client's update reached the model this round (None when one did)."""
+    first_error: str | None = None
+    """The first error a client replied with this round (for `no_update`)."""
 
 
 class PrivetFedAvg(FedAvg):
@@ -118,49 +181,104 @@ class PrivetFedAvg(FedAvg):
         self.update_clip_norm = update_clip_norm
         self._secagg_plan: SecAggRoundPlan | None = None
         self.client_of_node: dict[int, int] = {}
+        self.refused_nodes: dict[int, str] = {}  # node id -> why it was kept out
         self.declined_at: dict[int, int] = {}
         self.outcomes: dict[int, RoundOutcome] = {}
         self.stop_reason: str | None = None
+        self.failure_reason: str | None = None
+        self.bad_streak: dict[int, int] = {}
+        self.excluded: dict[int, tuple[int, str]] = {}
+        self.fruitless_streak = 0
         self.last_local_accuracy: float | None = None
         self._current: ArrayRecord | None = None
 
     # -- discovery and sampling -------------------------------------------------------------
 
-    def discover_clients(self, grid: Grid, expected: int, timeout: float) -> None:
-        """Ask every node which client (data shard) it is, so sampling can be reproducible.
+    def discover_clients(
+        self,
+        grid: Grid,
+        expected: int,
+        timeout: float,
+        node_clients: Mapping[int, int] | None = None,
+    ) -> None:
+        """Ask the nodes which client (data shard) each is, so sampling can be reproducible.
 
-        Waits up to ``timeout`` seconds for ``expected`` nodes, then goes on with the nodes that
-        came (a node that is down when a run starts or resumes must not stall the federation).
+        With ``node_clients`` (a deployment's run-config key node-clients: node id -> client id)
+        only the listed nodes are admitted: any other node the SuperLink lets in is refused
+        without being contacted, and a listed node that claims another client id is refused; both
+        are logged and never sampled. Without it every node is asked (simulations).
+
+        Waits up to ``timeout`` seconds for the ``expected`` nodes (the listed ones, when given),
+        then goes on with the nodes that came (a node that is down when a run starts or resumes
+        must not stall the federation).
         """
+        allowed = dict(node_clients) if node_clients is not None else None
+        wanted = len(allowed) if allowed is not None else expected
+
+        def admissible() -> list[int]:
+            nodes = sorted(grid.get_node_ids())
+            return nodes if allowed is None else [node for node in nodes if node in allowed]
+
         deadline = time.monotonic() + timeout
-        while len(list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+        while len(admissible()) < wanted and time.monotonic() < deadline:
             time.sleep(0.2)
-        node_ids = sorted(grid.get_node_ids())
+        if allowed is None:
+            _warn_if_deployment(grid)
+        else:
+            for node in sorted(set(grid.get_node_ids()) - set(allowed)):
+                self._refuse(node, "it is not in node-clients (not contacted, never sampled)")
+        node_ids = admissible()
         needed = 2 if self.secagg is not None else 1
         if len(node_ids) < needed:
             raise TimeoutError(
-                f"only {len(node_ids)} of {expected} nodes came within {timeout:g} s; start the "
-                "nodes (flower-supernode) or raise round-timeout"
+                f"only {len(node_ids)} of {wanted} nodes came within {timeout:g} s; start the "
+                "nodes (flower-supernode), check node-clients, or raise round-timeout"
             )
-        if len(node_ids) < expected:
+        if len(node_ids) < wanted:
             logger.warning(
                 "%d of %d nodes came within %g s; going on with them",
                 len(node_ids),
-                expected,
+                wanted,
                 timeout,
             )
         messages = [
             Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
             for node in node_ids
         ]
+        claims: dict[int, list[int]] = {}
         for reply in grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                logger.warning("node %d did not say who it is", reply.metadata.src_node_id)
+                logger.warning("node %d did not say who it is", node)
                 continue
-            client = int(next(iter(reply.content.metric_records.values()))["client-id"])
-            self.client_of_node[reply.metadata.src_node_id] = client
-        if len(set(self.client_of_node.values())) != len(self.client_of_node):
-            raise ClientReportError("two nodes claim the same client id; check partition-id")
+            client = _claimed_client(reply)
+            if client is None:
+                self._refuse(node, "its reply names no client id")
+            elif allowed is not None and allowed.get(node) != client:
+                self._refuse(
+                    node,
+                    f"it claims client id {client} but node-clients gives it {allowed.get(node)}",
+                )
+            else:
+                claims.setdefault(client, []).append(node)
+        for client, nodes in sorted(claims.items()):
+            if len(nodes) > 1:  # only without node-clients: a listed node has one client id
+                raise ClientReportError(
+                    f"nodes {', '.join(map(str, sorted(nodes)))} all claim client id {client}; "
+                    "check their client-id, and list each partner's node in node-clients"
+                )
+            self.client_of_node[nodes[0]] = client
+        if len(self.client_of_node) < needed:
+            raise ClientReportError(
+                f"only {len(self.client_of_node)} node(s) were admitted, {needed} needed; see the "
+                "refused nodes above"
+            )
+
+    def _refuse(self, node: int, reason: str) -> None:
+        """Keep a node out of the run: logged once, recorded in `refused_nodes`, never sampled."""
+        if node not in self.refused_nodes:
+            logger.warning("node %d refused: %s", node, reason)
+        self.refused_nodes[node] = reason
 
     def _node_of_client(self) -> dict[int, int]:
         return {client: node for node, client in self.client_of_node.items()}
@@ -187,7 +305,7 @@ class PrivetFedAvg(FedAvg):
         active = [
             c
             for node, c in sorted(self.client_of_node.items(), key=lambda item: item[1])
-            if c not in self.declined_at and node in online
+            if c not in self.declined_at and c not in self.excluded and node in online
         ]
         outcome.sampled = sample_clients(
             active,
@@ -244,12 +362,18 @@ class PrivetFedAvg(FedAvg):
         }
         return True
 
-    @staticmethod
-    def _record_protocol_drops(summary: dict[str, object], plan: SecAggRoundPlan) -> None:
+    def _record_protocol_drops(
+        self, server_round: int, outcome: RoundOutcome, plan: SecAggRoundPlan
+    ) -> None:
         """Count the clients that refused a stage, and those dropped for a bad reply."""
+        summary = outcome.secure_aggregation
+        assert summary is not None
         summary["refusals"] = len(plan.server.refusals)
         summary["refused"] = sorted(plan.server.refusals)
         summary["rejected_replies"] = sorted(plan.server.rejected)
+        for cid, why in sorted(plan.server.rejected.items()):
+            stage, _, reason = why.partition(": ")
+            outcome.bad_replies.append({"client": cid, "stage": stage, "reason": reason})
 
     def _fail_secure_round(self, server_round: int, outcome: RoundOutcome, reason: str) -> None:
         """Record a round whose secure sum could not be formed: the model stays as it was."""
@@ -264,7 +388,11 @@ class PrivetFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Record privacy reports and declines, then aggregate updates into the next model."""
+        """Record privacy reports and declines, then aggregate updates into the next model.
+
+        A reply that cannot be used drops its client from the round (`bad_replies`), never the
+        run; see the module's docstring.
+        """
         assert self._current is not None
         outcome = self.outcomes.setdefault(server_round, RoundOutcome())
         current = self._current.to_numpy_ndarrays()
@@ -272,34 +400,43 @@ class PrivetFedAvg(FedAvg):
         updates: list[ClientUpdate] = []
         trained_only: list[int] = []  # trained (privacy spent) but their update was rejected
         reports: list[ClientPrivacy] = []
+        replied: set[int] = set()
         for reply in replies:
             if reply.has_error():
                 outcome.failed += 1
+                outcome.first_error = outcome.first_error or reply.error.reason
                 logger.warning("a client failed in round %d: %s", server_round, reply.error.reason)
                 continue
-            metrics = reply.content["metrics"]
-            report = self._take_report(server_round, metrics, outcome, reports)
+            cid = self._sender(server_round, reply, outcome, "train", replied)
+            if cid is None:
+                continue
+            report = self._take_report(server_round, cid, reply, outcome, reports, "train")
             if report is None:
                 continue
-            within = bool(metrics["within-clip"]) if "within-clip" in metrics else None
+            metrics = reply.content.metric_records["metrics"]
             arrays = reply.content.array_records.get("arrays")
-            problem = update_problem(arrays, shapes)
+            try:
+                within = metric_flag(metrics, "within-clip")
+                problem = update_problem(arrays, shapes)
+            except ClientReportError as error:
+                problem = str(error)
             if problem is not None:
-                logger.warning(
-                    "rejected the update of client %d in round %d: %s",
-                    report.client_id,
-                    server_round,
-                    problem,
-                )
-                outcome.rejected.append(report.client_id)
-                trained_only.append(report.client_id)
+                self._bad_reply(server_round, outcome, cid, "train", f"update rejected: {problem}")
+                outcome.rejected.append(cid)
+                trained_only.append(cid)
                 continue
             assert arrays is not None
             updates.append(
-                ClientUpdate(
-                    report.client_id, arrays.to_numpy_ndarrays(), report.num_examples, within
-                )
+                ClientUpdate(cid, arrays.to_numpy_ndarrays(), report.num_examples, within)
             )
+        if sum(u.num_examples for u in updates) == 0 and self.aggregator is None:
+            for update in updates:  # FedAvg weights by examples: no weight, nothing to average
+                self._bad_reply(
+                    server_round, outcome, update.client_id, "train", "update rejected: 0 examples"
+                )
+                outcome.rejected.append(update.client_id)
+                trained_only.append(update.client_id)
+            updates = []
         trained = sorted([u.client_id for u in updates] + trained_only)
         self.privacy.record(server_round, reports, trained=trained)
         outcome.trained = sorted(u.client_id for u in updates)
@@ -308,6 +445,14 @@ class PrivetFedAvg(FedAvg):
             # Write-ahead: the release is in the ledger before the noised model exists.
             self.server_ledger.record(server_round, [self.client_level.round_event()])
             aggregate = self.aggregator.aggregate(updates, shapes)
+            for cid in aggregate.rejected:
+                self._bad_reply(
+                    server_round,
+                    outcome,
+                    cid,
+                    "train",
+                    f"update rejected: its norm exceeds the clip norm {aggregate.clip_norm_used:g}",
+                )
             outcome.rejected = sorted(outcome.rejected + aggregate.rejected)
             outcome.trained = aggregate.aggregated
             outcome.noised_within_fraction = aggregate.noised_within_fraction
@@ -317,14 +462,63 @@ class PrivetFedAvg(FedAvg):
             new_weights = apply_update(current, weighted_mean_update(updates))
         else:
             new_weights = current
-        metrics = MetricRecord(
-            {
-                "epsilon-max": self.privacy.epsilon_max(),
-                "clients-trained": len(outcome.trained),
-                "clients-declined": len(outcome.declined),
-            }
+        new_weights = self._finite_or_current(server_round, outcome, current, new_weights)
+        return ArrayRecord(new_weights), self._round_metrics(outcome)
+
+    def _sender(
+        self,
+        server_round: int,
+        reply: Message,
+        outcome: RoundOutcome,
+        stage: str,
+        replied: set[int],
+    ) -> int | None:
+        """The client that sent `reply` (by its node), or None if the reply must be dropped."""
+        node = reply.metadata.src_node_id
+        cid = self.client_of_node.get(node)
+        if cid is None:
+            self._bad_reply(server_round, outcome, None, stage, f"a reply from unknown node {node}")
+            return None
+        if cid in replied:
+            self._bad_reply(
+                server_round, outcome, cid, stage, "replied more than once; its first reply counts"
+            )
+            return None
+        replied.add(cid)
+        return cid
+
+    def _bad_reply(
+        self,
+        server_round: int,
+        outcome: RoundOutcome,
+        client: int | None,
+        stage: str,
+        reason: str,
+    ) -> None:
+        """Drop a client's reply for this round, with a logged reason kept for results.json."""
+        reason = " ".join(reason.split())[:300]
+        logger.warning(
+            "round %d: dropped the %s reply of client %s: %s", server_round, stage, client, reason
         )
-        return ArrayRecord(new_weights), metrics
+        outcome.bad_replies.append({"client": client, "stage": stage, "reason": reason})
+
+    def _finite_or_current(
+        self,
+        server_round: int,
+        outcome: RoundOutcome,
+        current: list[np.ndarray],
+        new_weights: list[np.ndarray],
+    ) -> list[np.ndarray]:
+        """The new weights, or the current ones if the update made any weight NaN or infinite."""
+        if all(bool(np.all(np.isfinite(w))) for w in new_weights):
+            return new_weights
+        logger.warning(
+            "round %d: the aggregated update makes the model non-finite; the model is kept",
+            server_round,
+        )
+        outcome.no_update = "the aggregated update made the model non-finite (kept the model)"
+        outcome.trained = []
+        return current
 
     def run_secure_round(
         self,
@@ -392,28 +586,52 @@ class PrivetFedAvg(FedAvg):
             replied: set[int] = set()
             for reply in grid.send_and_receive(sent, timeout=timeout):
                 cid = self.client_of_node.get(reply.metadata.src_node_id)
-                if cid is None or reply.has_error():
-                    reason = reply.error.reason if reply.has_error() else "unknown node"
-                    logger.warning("client %s dropped at '%s': %s", cid, stage, reason)
+                if cid is None:
+                    self._bad_reply(
+                        server_round,
+                        outcome,
+                        None,
+                        stage,
+                        f"a reply from unknown node {reply.metadata.src_node_id}",
+                    )
+                    continue
+                if reply.has_error():
+                    logger.warning("client %s dropped at '%s': %s", cid, stage, reply.error.reason)
                     if stage == "masked_input":
                         outcome.failed += 1
+                        outcome.first_error = outcome.first_error or reply.error.reason
                     continue
                 if cid in replied:  # only its first report counts; the protocol drops it
                     answers.append((cid, {}))
                     continue
                 replied.add(cid)
                 if stage == "masked_input":
-                    metrics = reply.content["metrics"]
-                    if self._take_report(server_round, metrics, outcome, reports) is None:
+                    report = self._take_report(
+                        server_round, cid, reply, outcome, reports, "masked_input"
+                    )
+                    if report is None:
                         continue
                     trained.append(cid)
-                    clipped += int(metrics.get("quantization-clipped", 0))
-                if stage == "advertise_keys" and "metrics" in reply.content:
-                    counts[cid] = max(1, int(reply.content["metrics"].get("num-examples", 1)))
-                if RECORD_KEY not in reply.content:
-                    logger.warning("client %d dropped at '%s': no protocol reply", cid, stage)
+                    metrics = reply.content.metric_records["metrics"]
+                    try:
+                        clipped += metric_count(metrics, "quantization-clipped", default=0)
+                    except ClientReportError as error:
+                        plan.server.reject(cid, stage, str(error))
+                        continue
+                if stage == "advertise_keys":
+                    metrics = reply.content.metric_records.get("metrics")
+                    try:
+                        if metrics is None:
+                            raise ClientReportError("the reply has no metrics")
+                        counts[cid] = max(1, metric_count(metrics, WEIGHT_KEY))
+                    except ClientReportError as error:
+                        plan.server.reject(cid, stage, str(error))
+                        continue
+                record = reply.content.config_records.get(RECORD_KEY)
+                if record is None:
+                    plan.server.reject(cid, stage, "the reply has no protocol message")
                     continue
-                answers.append((cid, dict(reply.content.config_records[RECORD_KEY])))
+                answers.append((cid, dict(record)))
             return answers
 
         try:
@@ -421,11 +639,11 @@ class PrivetFedAvg(FedAvg):
             secure = decode_secure_sum(plan, result, [w.shape for w in current])
         except (SecAggError, QuantizationError) as exc:
             self.privacy.record(server_round, reports, trained=sorted(trained))
-            self._record_protocol_drops(summary, plan)
+            self._record_protocol_drops(server_round, outcome, plan)
             self._fail_secure_round(server_round, outcome, str(exc))
             return ArrayRecord(current), self._round_metrics(outcome)
         self.privacy.record(server_round, reports, trained=sorted(trained))
-        self._record_protocol_drops(summary, plan)
+        self._record_protocol_drops(server_round, outcome, plan)
         survivors = list(secure.survivors)
         summary.update(
             {
@@ -453,19 +671,41 @@ class PrivetFedAvg(FedAvg):
             summary["error_bound"] = secure.error_bound / total_weight
             mean = [part / total_weight for part in secure.weighted_update_sum]
         outcome.trained = survivors
-        return ArrayRecord(apply_update(current, mean)), self._round_metrics(outcome)
+        new_weights = self._finite_or_current(
+            server_round, outcome, current, apply_update(current, mean)
+        )
+        return ArrayRecord(new_weights), self._round_metrics(outcome)
 
     def _take_report(
         self,
         server_round: int,
-        metrics: MetricRecord,
+        cid: int,
+        reply: Message,
         outcome: RoundOutcome,
         reports: list[ClientPrivacy],
+        stage: str,
     ) -> ClientPrivacy | None:
-        """Keep a TRAIN reply's privacy report; None if the client declined (it is recorded)."""
-        report = client_privacy_of(metrics)
+        """Keep client `cid`'s TRAIN reply's privacy report; None if it declined or is unusable.
+
+        A decline is recorded. An unusable report (no metrics, a missing or malformed value, a
+        report naming another client) drops the reply, and the client's ε counts as ∞ until
+        its next usable report: it may have trained, and what it spent is unknown.
+        """
+        metrics = reply.content.metric_records.get("metrics")
+        try:
+            if metrics is None:
+                raise ClientReportError("the reply has no metrics")
+            report = client_privacy_of(metrics)
+            if report.client_id != cid:
+                raise ClientReportError(f"it names client {report.client_id}")
+            declined = bool(metric_flag(metrics, "declined"))
+        except ClientReportError as error:
+            self.privacy.mark_unknown(server_round, cid, str(error))
+            outcome.epsilon_unknown.append(cid)
+            self._bad_reply(server_round, outcome, cid, stage, f"unusable privacy report: {error}")
+            return None
         reports.append(report)
-        if int(metrics.get("declined", 0)):
+        if declined:
             self.declined_at[report.client_id] = server_round
             outcome.declined.append(report.client_id)
             return None
@@ -494,21 +734,104 @@ class PrivetFedAvg(FedAvg):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Example-weighted local accuracy of the clients that evaluated."""
-        valid = [r for r in replies if not r.has_error()]
-        total = sum(int(r.content["metrics"]["num-examples"]) for r in valid)
+        """Example-weighted local accuracy of the clients that evaluated.
+
+        A reply without a whole example count or an accuracy in [0, 1] is dropped (logged, in
+        the round's `bad_replies`).
+        """
+        outcome = self.outcomes.setdefault(server_round, RoundOutcome())
+        results: list[tuple[int, float]] = []
+        replied: set[int] = set()
+        for reply in replies:
+            if reply.has_error():
+                continue
+            cid = self._sender(server_round, reply, outcome, "evaluate", replied)
+            if cid is None:
+                continue
+            metrics = reply.content.metric_records.get("metrics")
+            try:
+                if metrics is None:
+                    raise ClientReportError("the reply has no metrics")
+                results.append(
+                    (metric_count(metrics, WEIGHT_KEY), metric_fraction(metrics, "accuracy"))
+                )
+            except ClientReportError as error:
+                self._bad_reply(server_round, outcome, cid, "evaluate", str(error))
+        total = sum(count for count, _ in results)
         if total == 0:
             self.last_local_accuracy = None
             return None
-        accuracy = (
-            sum(
-                float(r.content["metrics"]["accuracy"]) * int(r.content["metrics"]["num-examples"])
-                for r in valid
-            )
-            / total
-        )
+        accuracy = sum(count * value for count, value in results) / total
         self.last_local_accuracy = accuracy
         return MetricRecord({"accuracy": accuracy})
+
+    # -- round outcomes ------------------------------------------------------------------------
+
+    def close_round(self, server_round: int) -> None:
+        """Settle a round: why no update reached the model, misbehaviour streaks, exclusions.
+
+        A client sampled in `BAD_ROUNDS_TO_EXCLUDE` rounds in a row, each with a bad reply from
+        it, is excluded from sampling; a sampled round without one resets its count. Rounds
+        that charge some client's privacy but change the model with no client's update count
+        towards `FRUITLESS_ROUNDS_TO_STOP`; a round with an aggregated update, or one after
+        which a client was excluded (which may have removed the cause), resets that count.
+        """
+        outcome = self.outcomes.setdefault(server_round, RoundOutcome())
+        if not outcome.trained and outcome.no_update is None:
+            outcome.no_update = self._why_no_update(outcome)
+        offenders = {b["client"] for b in outcome.bad_replies if isinstance(b["client"], int)}
+        for cid in sorted(set(outcome.sampled) | offenders):
+            if cid not in offenders:
+                self.bad_streak.pop(cid, None)
+                continue
+            self.bad_streak[cid] = self.bad_streak.get(cid, 0) + 1
+            if self.bad_streak[cid] >= BAD_ROUNDS_TO_EXCLUDE and cid not in self.excluded:
+                last = next(b for b in reversed(outcome.bad_replies) if b["client"] == cid)
+                reason = (
+                    f"a bad reply in {self.bad_streak[cid]} rounds in a row "
+                    f"(last: {last['stage']}: {last['reason']})"
+                )
+                self.excluded[cid] = (server_round, reason)
+                outcome.excluded.append(cid)
+                logger.warning(
+                    "client %d is excluded from sampling after round %d: %s",
+                    cid,
+                    server_round,
+                    reason,
+                )
+        charged = self.privacy.clients_trained(server_round) > 0 or bool(outcome.epsilon_unknown)
+        if outcome.trained or outcome.excluded:  # an exclusion may have removed the cause
+            self.fruitless_streak = 0
+        elif charged:
+            self.fruitless_streak += 1
+
+    @staticmethod
+    def _why_no_update(outcome: RoundOutcome) -> str:
+        """One line: why no client's update was aggregated in a round."""
+        if not outcome.sampled:
+            return "no client was sampled"
+        parts = []
+        secure = outcome.secure_aggregation or {}
+        if secure.get("status") == "failed":
+            parts.append(f"the secure sum failed: {secure.get('reason')}")
+        rejected = [b for b in outcome.bad_replies if b["stage"] in ("train", "masked_input")]
+        if rejected:
+            first = rejected[0]
+            parts.append(
+                f"{len(rejected)} train repl{'y' if len(rejected) == 1 else 'ies'} dropped "
+                f"(client {first['client']}: {first['reason']})"
+            )
+        if outcome.failed:
+            first = " ".join(str(outcome.first_error or "").split())[:160]
+            parts.append(
+                f"{outcome.failed} client{'s' if outcome.failed > 1 else ''} failed"
+                + (f" (first: {first})" if first else "")
+            )
+        if outcome.declined:
+            parts.append(f"{len(outcome.declined)} declined (budget)")
+        if not parts:
+            parts.append(f"none of the {len(outcome.sampled)} sampled clients replied in time")
+        return "; ".join(parts)
 
     # -- checkpoint --------------------------------------------------------------------------
 
@@ -518,6 +841,9 @@ class PrivetFedAvg(FedAvg):
             "declined_at": {str(c): r for c, r in self.declined_at.items()},
             "sampling_rng": generator_state(self.sampling_rng),
             "privacy": self.privacy.to_state(),
+            "bad_streak": {str(c): n for c, n in self.bad_streak.items()},
+            "excluded": {str(c): [r, why] for c, (r, why) in self.excluded.items()},
+            "fruitless_streak": self.fruitless_streak,
         }
         if self.aggregator is not None:
             state["aggregator"] = {
@@ -533,6 +859,12 @@ class PrivetFedAvg(FedAvg):
         self.declined_at = {int(c): int(r) for c, r in declined.items()}
         restore_generator(self.sampling_rng, state["sampling_rng"])  # type: ignore[arg-type]
         self.privacy.restore(FederationPrivacy.from_state(state["privacy"]))  # type: ignore[arg-type]
+        streaks = state.get("bad_streak", {})
+        excluded = state.get("excluded", {})
+        assert isinstance(streaks, dict) and isinstance(excluded, dict)
+        self.bad_streak = {int(c): int(n) for c, n in streaks.items()}
+        self.excluded = {int(c): (int(r), str(why)) for c, (r, why) in excluded.items()}
+        self.fruitless_streak = int(state.get("fruitless_streak", 0))  # type: ignore[call-overload]
         if self.aggregator is not None:
             saved = state["aggregator"]
             assert isinstance(saved, dict)
@@ -540,6 +872,29 @@ class PrivetFedAvg(FedAvg):
             restore_generator(self.aggregator._rng, saved["rng"])  # noqa: SLF001
 
     # -- the round loop ------------------------------------------------------------------------
+
+    def failure_before(self, server_round: int) -> str | None:
+        """Why the run fails before `server_round` (it cannot usefully go on), or None."""
+        if self.fruitless_streak >= FRUITLESS_ROUNDS_TO_STOP:
+            last = self.outcomes.get(server_round - 1)
+            why = (
+                f" (round {server_round - 1}: {last.no_update})" if last and last.no_update else ""
+            )
+            return (
+                f"{self.fruitless_streak} rounds in a row charged clients' privacy but no client "
+                f"update reached the model{why}"
+            )
+        if self.excluded and self.client_of_node:
+            left = set(self.client_of_node.values()) - set(self.declined_at) - set(self.excluded)
+            if not left:
+                declined = (
+                    f", {len(self.declined_at)} declined (budget)" if self.declined_at else ""
+                )
+                return (
+                    f"no client is left to sample: {len(self.excluded)} excluded for bad replies "
+                    f"(clients {_ids(self.excluded)}){declined}"
+                )
+        return None
 
     def stop_reason_before(self, server_round: int) -> str | None:
         """Why the run must end before `server_round`, or None to go on."""
@@ -582,6 +937,11 @@ class PrivetFedAvg(FedAvg):
             if initial is not None:
                 result.evaluate_metrics_serverapp[0] = initial
         for server_round in range(first_round, num_rounds + 1):
+            self.failure_reason = self.failure_before(server_round)
+            if self.failure_reason is not None:
+                self.stop_reason = self.failure_reason
+                logger.error("stopping before round %d: %s", server_round, self.failure_reason)
+                break
             self.stop_reason = self.stop_reason_before(server_round)
             if self.stop_reason is not None:
                 logger.warning("stopping before round %d: %s", server_round, self.stop_reason)
@@ -614,9 +974,41 @@ class PrivetFedAvg(FedAvg):
             local = self.aggregate_evaluate(server_round, eval_replies)
             if local is not None:
                 result.evaluate_metrics_clientapp[server_round] = local
+            self.close_round(server_round)
             if evaluate_fn is not None:
                 metrics = evaluate_fn(server_round, arrays)
                 if metrics is not None:
                     result.evaluate_metrics_serverapp[server_round] = metrics
         result.arrays = arrays
         return result
+
+
+def _ids(clients: Iterable[int]) -> str:
+    """Client ids for a one-line message (the first ten, then a count)."""
+    ordered = sorted(clients)
+    text = ", ".join(map(str, ordered[:10]))
+    return text + (f" and {len(ordered) - 10} more" if len(ordered) > 10 else "")
+
+
+def _claimed_client(reply: Message) -> int | None:
+    """The client id a node's QUERY reply names, or None when it names no usable one."""
+    for record in reply.content.metric_records.values():
+        value = record.get("client-id")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _warn_if_deployment(grid: Grid) -> None:
+    """Say so when a deployment admits every node the SuperLink lets in (no node-clients)."""
+    # A deployment's ServerApp talks to the SuperLink through Flower's HttpGrid; its module is then
+    # loaded already (looked up, not imported: importing it would cost a simulation ~2 s).
+    http_grid = getattr(sys.modules.get("flwr.superlink.grid.http_grid"), "HttpGrid", None)
+    if http_grid is not None and isinstance(grid, http_grid):
+        logger.warning(
+            "node-clients is not set: every node the SuperLink lets in is asked for its client id "
+            "and may train; in a deployment list the partners' nodes "
+            "(node-clients='NODE_ID=CLIENT_ID,...')"
+        )

@@ -28,7 +28,25 @@ def run_simulation_with(
     *,
     verbose: bool = False,
 ) -> RunResults:
-    """Run `config` on `engine` ("flower" or "in-process") and return its results."""
+    """Run `config` on `engine` ("flower" or "in-process") and return its results.
+
+    The run folder's lock is taken here, before any engine starts, so a second writer is refused
+    in one line (`privacy.storage.InUseError`) rather than inside Flower's runtime.
+    """
+    from server.checkpoint import lock_run_folder
+
+    if engine not in ENGINE_NAMES:
+        raise ConfigError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINE_NAMES)}")
+    from client.device import resolve_device
+
+    resolve_device(config.device)  # `cuda` without a GPU: one line, before any client starts
+    with lock_run_folder(Path(config.output)):
+        return _run_with(engine, config, on_round, verbose)
+
+
+def _run_with(
+    engine: str, config: RunConfig, on_round: RoundCallback | None, verbose: bool
+) -> RunResults:
     if engine == "in-process":
         from simulations.inprocess_engine import run_in_process
 

@@ -78,6 +78,7 @@ class InProcessGrid(Grid):
             for index, config in enumerate(configs)
         }
         self._replies: dict[str, Message] = {}
+        self._errors_seen: set[str] = set()
         self.messages_delivered = 0
 
     def set_run(self, run: Run) -> None:
@@ -141,13 +142,18 @@ class InProcessGrid(Grid):
         try:
             reply = self._client_app(received, context)
         except Exception as error:  # noqa: BLE001 (a failing client is an error reply, as in Flower)
+            # The traceback of each distinct error once; a repeat (every client, every round,
+            # failing the same way) is one line.
+            key = f"{type(error).__name__}: {error}"
             logger.warning(
-                "client on node %d raised %s: %s\n%s",
+                "client on node %d raised %s%s",
                 node,
-                type(error).__name__,
-                error,
-                traceback.format_exc(limit=3),
+                key,
+                " (as before)"
+                if key in self._errors_seen
+                else f"\n{traceback.format_exc(limit=3)}",
             )
+            self._errors_seen.add(key)
             reply = Message(
                 Error(
                     code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from client.device import resolve_device
 from client.local_plan import LocalPlan
 from client.node_data import client_shards, load_federated_data, split_shard
 from client.training_round import client_plan
@@ -16,6 +17,7 @@ from privacy import PoissonGaussianSteps, epsilon_for
 from server.client_dp import ClientLevelPlan, plan_client_level
 from server.secure_aggregation import conditional_rounding_ratio
 from task.config import RunConfig
+from task.datasets import MissingValues
 from task.models import build_model
 
 
@@ -40,6 +42,7 @@ class SimulationPlan:
     num_classes: int
     feature_shape: tuple[int, ...]
     client_level: ClientLevelPlan | None = None
+    missing: MissingValues | None = None  # tabular data: missing values and the policy's action
 
     @property
     def planned_epsilon_max(self) -> float:
@@ -49,6 +52,7 @@ class SimulationPlan:
 
 def plan_simulation(config: RunConfig) -> SimulationPlan:
     """Load and split the data and plan every client; raises a one-line error if anything fails."""
+    resolve_device(config.device)  # `cuda` without a GPU fails here, before any client starts
     data = load_federated_data(config)
     model = build_model(config.model, data.train.feature_shape, data.train.num_classes, config.seed)
     conditional_rounding_ratio(config, sum(p.numel() for p in model.state_dict().values()))
@@ -65,6 +69,7 @@ def plan_simulation(config: RunConfig) -> SimulationPlan:
     client_level = plan_client_level(config)
     return SimulationPlan(
         client_level=client_level,
+        missing=data.missing,
         config=config,
         clients=clients,
         test_examples=len(data.test),

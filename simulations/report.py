@@ -134,12 +134,14 @@ class _Fields:
         return value
 
     def optional_number(self, key: str) -> float | None:
-        """A number; results.json writes infinity as the string "inf"."""
+        """A number; results.json writes infinity as the string "inf" (and NaN as "nan")."""
         value = self.data.get(key)
         if value is None:
             return None
         if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "+inf"):
             return math.inf
+        if isinstance(value, str) and value.strip().lower() in ("-inf", "nan"):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._bad(key, "a number")
         return float(value)

@@ -13,6 +13,13 @@ A run's status is read from its folder, never stored twice: finished results →
 checkpoint → interrupted (it continues from its last round, ledgers and all); ``error.txt`` →
 failed (retried when the sweep is run again); nothing → pending. Running the same sweep again
 into the same folder therefore continues it after any interruption.
+
+Nothing in a sweep is deleted. A run that is started again from scratch — it failed, or it was
+cut short before its first checkpoint — first has the earlier attempt's files, ledgers and all,
+moved into ``runs/<run>/replaced/<time>/``; sweep.csv lists them in its ``earlier_attempts``
+column. Paths inside a sweep are relative to its folder (sweep.json holds none, and each run's
+folder is ``DIR/runs/<run>`` for the DIR it is run in), so a sweep folder that was moved or
+copied continues where it now is.
 """
 
 from __future__ import annotations
@@ -23,14 +30,14 @@ import itertools
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from privacy import atomic_write_text
-from server.checkpoint import CHECKPOINT_FILE
+from privacy.storage import InUseError
+from server.checkpoint import CHECKPOINT_FILE, REPLACED_DIR, set_aside_run
 from server.results import RESULTS_FILE, RoundRecord
 from task.config import ConfigError, RunConfig, merge_settings
 
@@ -302,6 +309,9 @@ class RunOutcome:
     run: str
     status: str
     error: str | None = None
+    set_aside: str | None = None
+    """Where an earlier attempt's folder was moved before this one started (relative to the
+    sweep folder), if it was."""
 
 
 ProgressCallback = Callable[[RoundProgress], None]
@@ -316,8 +326,11 @@ def execute_run(
 ) -> RunOutcome:
     """Run (or continue) one run of a sweep; a failure is recorded in its error.txt, not raised.
 
-    An interrupted run continues from its checkpoint with its ledgers; a run that failed, or
-    that was cut short before its first checkpoint, starts again from an empty folder.
+    An interrupted run continues from its checkpoint with its ledgers. A run that failed, or
+    that was cut short before its first checkpoint, starts again in the same folder once the
+    earlier attempt's files, ledgers and all, are moved into ``replaced/<time>/``
+    (`server.checkpoint.set_aside_run`): nothing is deleted. A run folder that another process
+    is writing (its lock is held) is left alone: that run fails here without touching it.
     """
     from simulations.engines import run_simulation_with
 
@@ -326,25 +339,51 @@ def execute_run(
     if status == "done":
         return RunOutcome(name, "done")
     config = RunConfig.from_mapping({**settings, "resume": status == "interrupted"})
-    if status != "interrupted" and run_dir.exists():
-        shutil.rmtree(run_dir)  # a failed or never-checkpointed attempt: start it again
     rounds = config.rounds
+    set_aside = None
 
     def forward(record: RoundRecord) -> None:
         if on_round is not None:
             on_round(RoundProgress(name, record.round, rounds, record.accuracy, record.epsilon_max))
 
     try:
+        if status != "interrupted":
+            moved = set_aside_run(run_dir)
+            if moved is not None:
+                set_aside = f"{RUNS_DIR}/{name}/{REPLACED_DIR}/{moved.name}"
         results = run_simulation_with(engine, config, forward)
     except KeyboardInterrupt:
         raise
+    except InUseError as error:  # another process writes this run: its folder is not ours
+        reason = _one_line(error)
+        logger.warning("%s not run: %s", name, reason)
+        return RunOutcome(name, "failed", reason, set_aside)
     except Exception as error:  # noqa: BLE001 (one run's failure must not stop the sweep)
-        reason = f"{type(error).__name__}: {error}".replace("\n", " ")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / ERROR_FILE, reason + "\n")
-        logger.warning("%s failed: %s", name, reason)
-        return RunOutcome(name, "failed", reason)
-    return RunOutcome(name, "done" if results.finished else "failed")
+        return _failed(run_dir, name, _one_line(error), set_aside)
+    if not results.finished:  # it ran to its end and failed (e.g. nothing trained)
+        reason = (results.failure_reason or "the run did not finish").replace("\n", " ")
+        return _failed(run_dir, name, reason, set_aside)
+    return RunOutcome(name, "done", None, set_aside)
+
+
+def _failed(run_dir: Path, name: str, reason: str, set_aside: str | None) -> RunOutcome:
+    """Record a failure in the run's error.txt (the sweep retries it when run again)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / ERROR_FILE, reason + "\n")
+    logger.warning("%s failed: %s", name, reason)
+    return RunOutcome(name, "failed", reason, set_aside)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".replace("\n", " ")
+
+
+def earlier_attempts(run_dir: Path) -> list[str]:
+    """A run's earlier attempts, set aside in its ``replaced/`` folder, oldest first."""
+    try:
+        return sorted(entry.name for entry in (run_dir / REPLACED_DIR).iterdir() if entry.is_dir())
+    except OSError:
+        return []
 
 
 def run_sweep(
@@ -412,6 +451,7 @@ TABLE_COLUMNS = (
     "engine",
     "results",
     "error",
+    "earlier_attempts",
 )
 
 
@@ -427,6 +467,11 @@ def table_row(output: Path, run: SweepRun) -> dict[str, Any]:
     error = run_dir / ERROR_FILE
     if error.exists():
         row["error"] = error.read_text().strip()
+    attempts = earlier_attempts(run_dir)
+    if attempts:
+        row["earlier_attempts"] = "; ".join(
+            f"{RUNS_DIR}/{run.name}/{REPLACED_DIR}/{name}" for name in attempts
+        )
     try:
         data = json.loads((run_dir / RESULTS_FILE).read_text())
     except (OSError, ValueError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +23,26 @@ PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")
 CLIENT_SAMPLING_NAMES: tuple[str, ...] = ("poisson", "fixed")
+# What happens to a tabular example with a missing feature value (task.datasets.MISSING_POLICIES).
+MISSING_POLICY_NAMES: tuple[str, ...] = ("drop", "impute")
 DATASETS_NEEDING_DIR: tuple[str, ...] = ("mnist", "fashion-mnist", "adult")
 DEFAULT_TARGET_EPSILON = 8.0
 DEFAULT_SECAGG_THRESHOLD = 2 / 3
 DEFAULT_SECAGG_LEVELS = 2**16
 DEFAULT_SECAGG_CLIP_NORM = 10.0
 MAX_SECAGG_LEVELS = 2**24
+# Ranges outside which a value is not a setting but a numerical accident, refused before a run
+# starts (issue 12: 1e308 clip norms and 1e-300 noise crashed mid-run). Noise multipliers: below
+# 1e-3 the ε is in the millions (no privacy at all), above 1e3 DP-SGD learns nothing (the bound
+# of privacy.calibration.MAX_NOISE_MULTIPLIER). Clip norms bound L2 norms of float32 gradients
+# and updates, and their noise is σ times them.
+MIN_NOISE_MULTIPLIER = 1e-3
+MAX_NOISE_MULTIPLIER = 1e3
+MIN_CLIP_NORM = 1e-6
+MAX_CLIP_NORM = 1e6
+MAX_CLIP_LEARNING_RATE = 1.0  # adaptive clipping moves S by at most e^η per round (paper: 0.2)
+_NOISE_RANGE_WHY = "below, ε is in the millions (no privacy); above, training learns nothing"
+_CLIP_RANGE_WHY = "it bounds float32 gradients or updates; beyond that its noise overflows"
 
 
 class ConfigError(ValueError):
@@ -44,6 +58,9 @@ class RunConfig:
     data_file: str | None = None
     label_column: str | None = None
     partition_column: str | None = None
+    # Tabular data: leave out ("drop") or impute examples with a missing feature value (blank,
+    # "?", NaN, infinite, or text in a numeric column); the counts are reported either way.
+    missing: str = "drop"
     clients: int = 5
     rounds: int = 5
     local_epochs: int = 2
@@ -89,6 +106,9 @@ class RunConfig:
     # Seed DP noise, sampling and quantization dither from `seed` (simulations: reproducible);
     # off, they are seeded from the operating system's randomness on every use (deployments).
     reproducible: bool = False
+    # Deployments: the partners' SuperNodes as "NODE_ID=CLIENT_ID,..." (node ids from `flwr
+    # supernode register`). The server admits only these nodes, each as its one client id.
+    node_clients: str | None = None
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:
@@ -133,6 +153,13 @@ class RunConfig:
             return self.clip_count_stddev
         return self.expected_clients_per_round / 20.0
 
+    @property
+    def node_client_map(self) -> dict[int, int] | None:
+        """node-clients as {node id: client id}, or None when the key is unset."""
+        if self.node_clients is None:
+            return None
+        return parse_node_clients(self.node_clients, self.clients)
+
     @classmethod
     def key_names(cls) -> tuple[str, ...]:
         """The configuration keys, in Flower's kebab-case spelling."""
@@ -143,11 +170,15 @@ class RunConfig:
         """Build and validate a config from flags, TOML or Flower run config values."""
         fields = {field.name: field for field in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
+        spelled: dict[str, str] = {}
         for raw_key, raw_value in values.items():
             name = str(raw_key).replace("-", "_")
             if name not in fields:
                 valid = ", ".join(cls.key_names())
                 raise ConfigError(f"unknown configuration key {raw_key!r}; valid keys: {valid}")
+            if name in spelled:
+                raise ConfigError(duplicate_key_message(spelled[name], str(raw_key)))
+            spelled[name] = str(raw_key)
             kwargs[name] = _coerce(raw_key, raw_value, fields[name].type)
         return cls(**kwargs)
 
@@ -173,6 +204,72 @@ class RunConfig:
     def to_json_dict(self) -> dict[str, Any]:
         """Snake-case keys and JSON values (None kept), for results.json."""
         return dataclasses.asdict(self)
+
+
+# Settings that act only when a feature is on, with what turns it on. Giving one while the
+# feature is off is an error (`check_no_ignored_settings`): it used to be silently ignored.
+_SECAGG_NEEDS = ("--secure-aggregation", "add --secure-aggregation")
+_CLIENT_DP_NEEDS = (
+    "client-level DP",
+    "add --client-noise-multiplier or --client-target-epsilon",
+)
+_ADAPTIVE_NEEDS = ("--adaptive-clipping", "add --adaptive-clipping (with client-level DP)")
+_FEATURE_SETTINGS: tuple[tuple[str, tuple[str, str]], ...] = (
+    ("secagg-threshold", _SECAGG_NEEDS),
+    ("secagg-degree", _SECAGG_NEEDS),
+    ("secagg-levels", _SECAGG_NEEDS),
+    ("secagg-timeout", _SECAGG_NEEDS),
+    ("secagg-clip-norm", _SECAGG_NEEDS),
+    ("client-clip-norm", _CLIENT_DP_NEEDS),
+    ("target-quantile", _ADAPTIVE_NEEDS),
+    ("clip-learning-rate", _ADAPTIVE_NEEDS),
+    ("clip-count-stddev", _ADAPTIVE_NEEDS),
+    ("client-sampling", ("--clients-per-round", "add --clients-per-round")),
+    ("alpha", ("--partition dirichlet", "add --partition dirichlet")),
+)
+
+
+def _feature_on(config: RunConfig, needs: str) -> bool:
+    if needs == "--secure-aggregation":
+        return config.secure_aggregation
+    if needs == "client-level DP":
+        return config.client_level_dp
+    if needs == "--adaptive-clipping":
+        return config.adaptive_clipping
+    if needs == "--clients-per-round":
+        return config.clients_per_round is not None
+    return config.partition == "dirichlet"
+
+
+def ignored_settings(config: RunConfig, given: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Which of the `given` keys `config` ignores: key → (the feature it needs, how to turn it on).
+
+    Keys may be written in either spelling; the result uses Flower's (kebab-case).
+    """
+    named = {str(key).replace("_", "-") for key in given}
+    return {
+        key: needs
+        for key, needs in _FEATURE_SETTINGS
+        if key in named and not _feature_on(config, needs[0])
+    }
+
+
+def check_no_ignored_settings(config: RunConfig, given: Iterable[str]) -> None:
+    """A one-line ConfigError when a setting was given that `config` would silently ignore."""
+    ignored = ignored_settings(config, given)
+    if ignored:
+        key, (needs, fix) = next(iter(ignored.items()))
+        others = f" (and {len(ignored) - 1} more setting(s) like it)" if len(ignored) > 1 else ""
+        raise ConfigError(f"--{key} has no effect without {needs}{others}; {fix}, or drop --{key}")
+
+
+def duplicate_key_message(first: str, second: str, where: str = "the configuration") -> str:
+    """The error for one setting given twice (e.g. as `local-epochs` and `local_epochs`)."""
+    key = first.replace("_", "-")
+    return (
+        f"{where} sets {key} twice (as {first!r} and {second!r}); keep one, since which would "
+        "win is not obvious"
+    )
 
 
 NOISE_KEYS = ("noise-multiplier", "target-epsilon")
@@ -234,30 +331,46 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key} must be positive, got {value:g}")
 
 
+def _in_range(key: str, value: float, low: float, high: float, why: str) -> None:
+    if not low <= value <= high:  # NaN fails too
+        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value:g}: {why}")
+
+
+def _noise_multiplier(key: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not value > 0:
+        raise ConfigError(f"{key} must be positive (0 would mean no privacy), got {value:g}")
+    _in_range(key, value, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, _NOISE_RANGE_WHY)
+
+
+def _clip_norm(key: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not value > 0:
+        raise ConfigError(f"{key} must be positive, got {value:g}")
+    _in_range(key, value, MIN_CLIP_NORM, MAX_CLIP_NORM, _CLIP_RANGE_WHY)
+
+
 def _validate(config: RunConfig) -> None:
     """Value checks that need no data; data-dependent checks happen when the run is planned."""
     _one_of("dataset", config.dataset, DATASET_NAMES)
     _one_of("model", config.model, MODEL_NAMES)
     _one_of("partition", config.partition, PARTITION_NAMES)
     _one_of("device", config.device, DEVICE_NAMES)
+    _one_of("missing", config.missing, MISSING_POLICY_NAMES)
     for key in ("clients", "rounds", "local_epochs", "batch_size"):
         value = getattr(config, key)
         if value < 1:
             raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {value}")
     _positive("lr", config.lr)
-    _positive("max-grad-norm", config.max_grad_norm)
+    _clip_norm("max-grad-norm", config.max_grad_norm)
     _positive("alpha", config.alpha)
     if not 0 < config.delta < 1:
         raise ConfigError(f"delta must be in (0, 1), got {config.delta:g}")
     if config.noise_multiplier is not None and config.target_epsilon is not None:
         raise ConfigError("give either noise-multiplier or target-epsilon, not both")
-    if config.noise_multiplier is not None and not (
-        config.noise_multiplier > 0 and math.isfinite(config.noise_multiplier)
-    ):
-        raise ConfigError(
-            f"noise-multiplier must be positive (0 would mean no privacy), "
-            f"got {config.noise_multiplier:g}"
-        )
+    _noise_multiplier("noise-multiplier", config.noise_multiplier)
     if config.target_epsilon is not None:
         _positive("target-epsilon", config.target_epsilon)
     if config.seed < 0:
@@ -282,6 +395,41 @@ def _validate(config: RunConfig) -> None:
             _positive(key.replace("_", "-"), value)
     _validate_client_level(config)
     _validate_secure_aggregation(config)
+    if config.node_clients is not None:
+        parse_node_clients(config.node_clients, config.clients)
+
+
+MAX_NODE_ID = 2**64 - 1  # Flower's node ids are unsigned 64-bit integers
+
+
+def parse_node_clients(text: str, clients: int) -> dict[int, int]:
+    """node-clients ("NODE_ID=CLIENT_ID" entries, comma- or space-separated) as a mapping.
+
+    Every node and every client id appears once, and the entries number `clients` (the population
+    that client sampling and client-level accounting assume).
+    """
+    mapping: dict[int, int] = {}
+    for entry in text.replace(",", " ").split():
+        node_text, _, client_text = entry.partition("=")
+        if not (node_text.isdigit() and client_text.isdigit()):
+            raise ConfigError(
+                f"node-clients entry {entry[:40]!r} must be NODE_ID=CLIENT_ID with whole numbers "
+                "(node ids as 'flwr supernode register' prints them)"
+            )
+        node, client = int(node_text), int(client_text)
+        if not 0 < node <= MAX_NODE_ID:
+            raise ConfigError(f"node-clients: {node} is not a Flower node id (1 to 2**64-1)")
+        if node in mapping:
+            raise ConfigError(f"node-clients lists node {node} twice; give each node once")
+        if client in mapping.values():
+            raise ConfigError(f"node-clients gives client id {client} to two nodes; one each")
+        mapping[node] = client
+    if len(mapping) != clients:
+        raise ConfigError(
+            f"node-clients lists {len(mapping)} nodes but clients={clients}; list every "
+            "partner's node once and set clients to their number"
+        )
+    return mapping
 
 
 def _validate_secure_aggregation(config: RunConfig) -> None:
@@ -310,7 +458,7 @@ def _validate_secure_aggregation(config: RunConfig) -> None:
     _positive("secagg-timeout", config.secagg_timeout)
     _positive("round-timeout", config.round_timeout)
     if config.secagg_clip_norm is not None:
-        _positive("secagg-clip-norm", config.secagg_clip_norm)
+        _clip_norm("secagg-clip-norm", config.secagg_clip_norm)
         if config.client_level_dp:
             raise ConfigError(
                 "under client-level DP updates are clipped to --client-clip-norm; drop "
@@ -340,14 +488,26 @@ def _validate_client_level(config: RunConfig) -> None:
         )
     if config.client_noise_multiplier is not None and config.client_target_epsilon is not None:
         raise ConfigError("give either client-noise-multiplier or client-target-epsilon, not both")
-    if config.client_noise_multiplier is not None:
-        _positive("client-noise-multiplier", config.client_noise_multiplier)
-    _positive("client-clip-norm", config.client_clip_norm)
+    _noise_multiplier("client-noise-multiplier", config.client_noise_multiplier)
+    _clip_norm("client-clip-norm", config.client_clip_norm)
     _positive("clip-learning-rate", config.clip_learning_rate)
+    if config.clip_learning_rate > MAX_CLIP_LEARNING_RATE:
+        raise ConfigError(
+            f"clip-learning-rate must be at most {MAX_CLIP_LEARNING_RATE:g}, got "
+            f"{config.clip_learning_rate:g}: the clip norm would change by more than a factor e "
+            "per round (Andrew et al. 2021 use 0.2)"
+        )
     if not 0 < config.target_quantile < 1:
         raise ConfigError(f"target-quantile must be in (0, 1), got {config.target_quantile:g}")
     if config.clip_count_stddev is not None:
         _positive("clip-count-stddev", config.clip_count_stddev)
+        expected = config.expected_clients_per_round
+        if config.clip_count_stddev > expected:
+            raise ConfigError(
+                f"clip-count-stddev must be at most the {expected} clients expected per round, "
+                f"got {config.clip_count_stddev:g}: a larger noise drowns the count it protects "
+                "(Andrew et al. 2021 suggest clients-per-round / 20)"
+            )
     if config.adaptive_clipping and not config.client_level_dp:
         raise ConfigError(
             "adaptive-clipping needs client-level DP: pass --client-noise-multiplier or "

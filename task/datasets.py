@@ -9,22 +9,33 @@ that says what is wrong and what to do about it.
 Tabular data (a CSV file, or UCI Adult) is encoded through a :class:`TabularSchema`: column
 kinds, numeric means/stds and one-hot category lists. A schema can be saved as plain JSON and
 agreed in advance, so that every deployment node encodes its own local CSV identically
-(:func:`read_csv_table`, :func:`check_table_for_schema`, :func:`encode_with_schema`). Image
+(:func:`read_csv_table`, :func:`check_table_for_schema`, :func:`apply_missing_policy`,
+:func:`encode_with_schema`). Image
 nodes check their own files against :data:`IMAGE_SPECS` and read IDX files with
 :func:`read_idx_images` / :func:`read_idx_labels`.
 
 Loaded arrays are cached in-process (many virtual clients in one process load the same files)
 and are therefore read-only; :meth:`ArrayDataset.subset` returns writable copies.
+
+Missing values in tabular data follow one explicit policy (:data:`MISSING_POLICIES`). A cell is
+missing when it is blank or "?", when it is NaN or infinite ("nan", "inf", ...), or when it is
+not a number in a numeric column. A column is numeric when more of its present cells are finite
+numbers than are text, so one bad cell never turns a numeric column into one-hot categories.
+``"drop"`` (the default) leaves out every example with a missing feature value; ``"impute"``
+keeps it, with the training mean in a numeric column and no category (all zeros) in a
+categorical one. Either way the counts, per column and never the values, are reported
+(:class:`MissingValues`).
 """
 
 import csv
 import functools
 import gzip
 import math
+import stat
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +47,23 @@ __all__ = [
     "DATASETS",
     "IDX_FILES",
     "IMAGE_SPECS",
+    "DEFAULT_MISSING_POLICY",
+    "MISSING_POLICIES",
     "MISSING_VALUES",
     "SCHEMA_VERSION",
     "ArrayDataset",
     "CsvTable",
     "DataError",
     "FeatureColumn",
+    "MissingValues",
     "TabularSchema",
     "TrainTest",
+    "apply_missing_policy",
     "check_table_for_schema",
     "encode_with_schema",
     "fit_tabular_schema",
     "load_dataset",
+    "not_a_file_reason",
     "read_csv_table",
     "read_idx_images",
     "read_idx_labels",
@@ -87,7 +103,12 @@ ADULT_FILE = "adult.data"
 ADULT_LABEL = "income"
 
 MISSING_VALUES: frozenset[str] = frozenset({"", "?"})
-"""Cell values (after stripping whitespace) that mean "missing"."""
+"""Cell values (after stripping whitespace) that mean "missing" (so do NaN and infinite numbers)."""
+
+MISSING_POLICIES: tuple[str, ...] = ("drop", "impute")
+"""What happens to an example with a missing feature value: left out, or imputed."""
+
+DEFAULT_MISSING_POLICY = "drop"
 
 SCHEMA_VERSION = 1
 """Schema version written by :meth:`TabularSchema.to_json`, the only one ``from_json`` reads."""
@@ -201,6 +222,7 @@ class TrainTest:
     ``groups`` holds, for each training example, the value of the partition column (strings or
     integers) when one was requested, so that the 'column' partition can split clients by it.
     ``schema`` is the tabular encoding used (None for images); deployment nodes can reuse it.
+    ``missing`` counts the tabular file's missing values and says what the policy did with them.
     """
 
     train: ArrayDataset
@@ -208,6 +230,7 @@ class TrainTest:
     kind: str
     groups: np.ndarray | None = None
     schema: "TabularSchema | None" = None
+    missing: "MissingValues | None" = None
 
     def __post_init__(self) -> None:
         """Check that the two splits are compatible and ``groups`` matches the training split."""
@@ -421,6 +444,36 @@ def _load_idx_labels(path: Path, mtime_ns: int, size: int, title: str) -> np.nda
     return _read_only(labels)
 
 
+def not_a_file_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a data file, or None when it is a regular file.
+
+    The reason completes "FILE ...": "does not exist", "is a folder, not a file", "is a
+    character device, not a regular file" (e.g. /dev/zero), and so on. A link counts as what it
+    points to.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except NotADirectoryError:
+        return "does not exist (a part of the path is a file, not a folder)"
+    except OSError as error:
+        return f"cannot be read ({error.strerror or type(error).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    for test, what in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return f"is {what}, not a regular file"
+    return "is not a regular file"
+
+
 def _file_key(path: Path) -> tuple[Path, int, int]:
     """Return (resolved path, mtime_ns, size): the cache key that notices a replaced file."""
     stat = path.stat()
@@ -438,8 +491,9 @@ def _load_mnist_like(name: str, data_dir: str | None) -> TrainTest:
         )
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
         raise DataError(
-            f"{title} data folder {folder} does not exist; pass --data-dir pointing at a "
+            f"{title} data folder {folder} {problem}; pass --data-dir pointing at a "
             f"folder with the four canonical files ({wanted})"
         )
     missing = [str(folder / f) for f in IDX_FILES if not (folder / f).is_file()]
@@ -515,10 +569,9 @@ def read_csv_table(path: str | Path, *, column_names: Sequence[str] | None = Non
     skipped; a row whose field count differs from the header's is an error naming its line.
     """
     file = Path(path).expanduser()
-    if not file.exists():
-        raise DataError(f"data file {file} does not exist; pass the path of an existing CSV file")
-    if not file.is_file():
-        raise DataError(f"data file {file} is not a regular file; pass the path of a CSV file")
+    problem = not_a_file_reason(file)
+    if problem is not None:
+        raise DataError(f"data file {file} {problem}; pass the path of an existing CSV file")
     header: tuple[str, ...] | None = None
     if column_names is not None:
         header = tuple(str(c).strip() for c in column_names)
@@ -747,6 +800,26 @@ def _is_missing(cell: str) -> bool:
     return cell in MISSING_VALUES
 
 
+_BLANK, _NON_FINITE, _NUMBER, _TEXT = "blank", "non-finite", "number", "text"
+
+
+def _cell_kind(cell: str) -> str:
+    """Classify a cell: blank ("" or "?"), a non-finite number (NaN, inf), a number, or text."""
+    if cell in MISSING_VALUES:
+        return _BLANK
+    try:
+        value = float(cell)
+    except ValueError:
+        return _TEXT
+    return _NUMBER if math.isfinite(value) else _NON_FINITE
+
+
+def _is_absent(cell: str, numeric: bool) -> bool:
+    """Whether a feature cell is a missing value: blank, NaN or infinite, or text if numeric."""
+    kind = _cell_kind(cell)
+    return kind in (_BLANK, _NON_FINITE) or (numeric and kind == _TEXT)
+
+
 def _parse_float(cell: str) -> float | None:
     """Return the cell as a finite float, or None when it is not one."""
     try:
@@ -801,11 +874,16 @@ def fit_tabular_schema(
     *,
     partition_column: str | None = None,
     fit_rows: np.ndarray | None = None,
+    kinds: Mapping[str, str] | None = None,
 ) -> TabularSchema:
     """Decide how to encode ``table``: column kinds, categories, numeric statistics and classes.
 
-    A column is numeric when every non-missing cell parses as a finite float, else categorical.
-    Classes and category lists come from the whole table (so every client encodes identically);
+    A column is numeric when more of its present cells (not blank, "?", NaN or infinite) are
+    finite numbers than are text, else categorical; ``kinds`` (column name → "numeric" or
+    "categorical") fixes the kinds instead, e.g. as decided on a file before rows were dropped.
+    In a numeric column, text cells are missing values (see :func:`apply_missing_policy`), so a
+    stray "nan" or "n/a" never turns it into one-hot categories. Classes and category lists come
+    from the whole table (so every client encodes identically);
     numeric means and stds come from ``fit_rows`` only (the training split; all rows if None),
     so test data does not leak into the standardisation. Every column except the label and
     partition columns becomes a feature, in header order.
@@ -834,8 +912,12 @@ def fit_tabular_schema(
         if index in skip:
             continue
         cells = [row[index] for row in table.rows]
-        present = [cell for cell in cells if not _is_missing(cell)]
-        if all(_parse_float(cell) is not None for cell in present):
+        cell_kinds = [_cell_kind(cell) for cell in cells]
+        if kinds is not None and name in kinds:
+            numeric = kinds[name] == _NUMERIC
+        else:
+            numeric = cell_kinds.count(_NUMBER) > cell_kinds.count(_TEXT)
+        if numeric:
             values = _numeric_values(cells)[fit_positions]
             values = values[~np.isnan(values)]
             mean = float(values.mean()) if values.size else 0.0
@@ -844,8 +926,12 @@ def fit_tabular_schema(
                 std = 1.0
             columns.append(FeatureColumn(name, _NUMERIC, mean=mean, std=std))
         else:
-            categories = tuple(sorted(set(present)))
-            columns.append(FeatureColumn(name, _CATEGORICAL, categories=categories))
+            present = {
+                cell
+                for cell, kind in zip(cells, cell_kinds, strict=True)
+                if kind in (_NUMBER, _TEXT)
+            }
+            columns.append(FeatureColumn(name, _CATEGORICAL, categories=tuple(sorted(present))))
     return TabularSchema(
         label_column=label_column,
         classes=classes,
@@ -855,18 +941,19 @@ def fit_tabular_schema(
 
 
 def _numeric_values(cells: Sequence[str]) -> np.ndarray:
-    """Parse numeric cells to float64, with NaN for missing cells (callers check parseability)."""
-    return np.array(
-        [math.nan if _is_missing(cell) else float(cell) for cell in cells], dtype=np.float64
-    )
+    """Parse cells to float64, with NaN for every cell that is not a finite number."""
+    values = [_parse_float(cell) for cell in cells]
+    return np.array([math.nan if value is None else value for value in values], dtype=np.float64)
 
 
 def encode_with_schema(table: CsvTable, schema: TabularSchema) -> ArrayDataset:
     """Encode a table with an agreed schema into an :class:`ArrayDataset`.
 
     Columns are matched by name, so their order in the file does not matter and extra columns
-    are ignored. A non-number in a numeric column, or a label the schema does not know, is an
-    error naming the line; a category the schema does not know encodes as all zeros (as missing).
+    are ignored. Blank and "?" cells are imputed (numeric: the schema's mean; categorical: all
+    zeros), as is a category the schema does not know. A NaN, infinite or text cell in a numeric
+    column, or a label the schema does not know, is an error naming the line: apply the missing-
+    value policy first (:func:`apply_missing_policy`), which drops or blanks those cells.
     """
     label_index = table.column_index(schema.label_column, "label column")
     features = np.zeros((len(table), schema.width), dtype=np.float32)
@@ -879,7 +966,8 @@ def encode_with_schema(table: CsvTable, schema: TabularSchema) -> ArrayDataset:
                 if not _is_missing(cell) and _parse_float(cell) is None:
                     raise DataError(
                         f"{table.source} line {line}: column '{column.name}' is numeric in the "
-                        f"schema but holds {cell!r}; fix the value or agree a new schema"
+                        "schema but holds NaN, an infinity or text there; apply the missing-value "
+                        "policy first, fix the value or agree a new schema"
                     )
             values = _numeric_values(cells)
             values[np.isnan(values)] = column.mean
@@ -908,40 +996,23 @@ def encode_with_schema(table: CsvTable, schema: TabularSchema) -> ArrayDataset:
 def check_table_for_schema(table: CsvTable, schema: TabularSchema) -> dict[str, int]:
     """Check that ``table`` can be encoded with ``schema``, without putting cell values in errors.
 
-    Meant for a node's private file before :func:`encode_with_schema`: a numeric column holding
-    NaN/inf or text, and a label that is not one of the schema's classes, are errors that give
-    the column, a count and the first line (the unknown label is named, since classes are
-    schema information the server shares). Returns, per categorical column, how many cells hold
-    a category the schema does not know (they encode as all zeros); columns with none are left
-    out.
+    Meant for a node's private file before :func:`apply_missing_policy` and
+    :func:`encode_with_schema`: a label that is not one of the schema's classes is an error that
+    gives a count and the first line (the classes are named, since they are schema information
+    the server shares; the node's own value is not). NaN, infinite or text cells in a numeric
+    column are not errors: they are missing values, which :func:`apply_missing_policy` handles.
+    Returns, per categorical column, how many present cells hold a category the schema does not
+    know (they encode as all zeros); columns with none are left out.
     """
     unknown: dict[str, int] = {}
     for column in schema.columns:
         index = table.column_index(column.name, "schema column")
-        if column.kind == _NUMERIC:
-            non_finite: list[int] = []
-            non_numeric: list[int] = []
-            for row, line in zip(table.rows, table.line_numbers, strict=True):
-                cell = row[index]
-                if _is_missing(cell) or _parse_float(cell) is not None:
-                    continue
-                try:
-                    float(cell)
-                except ValueError:
-                    non_numeric.append(line)
-                else:
-                    non_finite.append(line)
-            for lines, what in ((non_finite, "NaN or infinite"), (non_numeric, "not numbers")):
-                if lines:
-                    raise DataError(
-                        f"{table.source}: column '{column.name}' is numeric in the schema but "
-                        f"{len(lines)} cell(s) are {what} (first on line {lines[0]}); fix or "
-                        "blank those cells"
-                    )
-        else:
+        if column.kind == _CATEGORICAL:
             known = set(column.categories)
             count = sum(
-                1 for row in table.rows if not _is_missing(row[index]) and row[index] not in known
+                1
+                for row in table.rows
+                if not _is_absent(row[index], numeric=False) and row[index] not in known
             )
             if count:
                 unknown[column.name] = count
@@ -961,6 +1032,131 @@ def check_table_for_schema(table: CsvTable, schema: TabularSchema) -> dict[str, 
             "or drop those rows"
         )
     return unknown
+
+
+@dataclass(frozen=True)
+class MissingValues:
+    """How many feature values of a table were missing, and what the policy did with them.
+
+    Only counts are kept, never cell values: a node's report may travel to the server's log.
+    ``by_column`` counts the missing cells of each column that has any (blank, "?", NaN,
+    infinite, or text in a numeric column); ``not_numbers`` counts, per numeric column, those
+    that held NaN, an infinity or text (a file that was meant to hold numbers there).
+    """
+
+    policy: str
+    rows: int
+    affected_rows: int
+    by_column: Mapping[str, int] = field(default_factory=dict)
+    not_numbers: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_rows(self) -> int:
+        """Examples left out (policy "drop"), else 0."""
+        return self.affected_rows if self.policy == "drop" else 0
+
+    def describe(self, source: str) -> str:
+        """One line for a console or log: the counts and the action, no data values."""
+        if not self.affected_rows:
+            return f"{source}: no missing values"
+        columns = []
+        for name, count in self.by_column.items():
+            odd = self.not_numbers.get(name, 0)
+            note = f" ({odd} NaN, infinite or not a number)" if odd else ""
+            columns.append(f"{count} in '{name}'{note}")
+        if self.policy == "drop":
+            action = (
+                f"dropped {self.affected_rows} example(s) (--missing drop; --missing impute "
+                "keeps them)"
+            )
+        else:
+            action = (
+                "imputed (--missing impute: the training mean in numeric columns, no category "
+                "in categorical ones)"
+            )
+        return (
+            f"{source}: {self.affected_rows} of {self.rows} row(s) have missing feature values "
+            f"({', '.join(columns)}); {action}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain counts for results.json."""
+        return {
+            "policy": self.policy,
+            "rows": self.rows,
+            "rows_with_missing_values": self.affected_rows,
+            "dropped_rows": self.dropped_rows,
+            "missing_by_column": dict(self.by_column),
+            "not_numbers_by_column": dict(self.not_numbers),
+        }
+
+
+def _check_missing_policy(policy: str) -> str:
+    if policy not in MISSING_POLICIES:
+        raise DataError(
+            f"unknown missing-value policy {policy!r}; choose one of: {', '.join(MISSING_POLICIES)}"
+        )
+    return policy
+
+
+def _take_rows(table: CsvTable, keep: np.ndarray) -> CsvTable:
+    """The rows of ``table`` where ``keep`` is true, with their line numbers."""
+    positions = np.flatnonzero(keep).tolist()
+    return CsvTable(
+        table.source,
+        table.header,
+        tuple(table.rows[i] for i in positions),
+        tuple(table.line_numbers[i] for i in positions),
+    )
+
+
+def apply_missing_policy(
+    table: CsvTable, schema: TabularSchema, policy: str = DEFAULT_MISSING_POLICY
+) -> tuple[CsvTable, MissingValues]:
+    """Find the missing feature values of ``table`` under ``schema`` and apply ``policy``.
+
+    A feature cell is missing when it is blank or "?", NaN or infinite, or (in a numeric column)
+    not a number. ``"drop"`` returns the table without the rows that have any; ``"impute"``
+    returns every row, with those cells blanked so that :func:`encode_with_schema` imputes them
+    (numeric: the schema's mean; categorical: all zeros). Labels and the partition column are
+    not features: their own checks apply. Returns the table and the counts.
+    """
+    _check_missing_policy(policy)
+    rows = len(table)
+    absent = np.zeros(rows, dtype=bool)
+    by_column: dict[str, int] = {}
+    not_numbers: dict[str, int] = {}
+    blank_cells: list[tuple[int, int]] = []
+    for column in schema.columns:
+        index = table.column_index(column.name, "schema column")
+        numeric = column.kind == _NUMERIC
+        count = odd = 0
+        for position, row in enumerate(table.rows):
+            cell = row[index]
+            kind = _cell_kind(cell)
+            if kind == _BLANK:
+                count += 1
+            elif kind == _NON_FINITE or (numeric and kind == _TEXT):
+                count += 1
+                odd += numeric
+                blank_cells.append((position, index))
+            else:
+                continue
+            absent[position] = True
+        if count:
+            by_column[column.name] = count
+        if odd:
+            not_numbers[column.name] = odd
+    report = MissingValues(policy, rows, int(absent.sum()), by_column, not_numbers)
+    if not report.affected_rows:
+        return table, report
+    if policy == "drop":
+        return _take_rows(table, ~absent), report
+    cleaned = [list(row) for row in table.rows]
+    for position, index in blank_cells:
+        cleaned[position][index] = ""
+    rows_out = tuple(tuple(row) for row in cleaned)
+    return CsvTable(table.source, table.header, rows_out, table.line_numbers), report
 
 
 def _group_values(table: CsvTable, partition_column: str) -> np.ndarray:
@@ -985,8 +1181,19 @@ def _split_table(
     partition_column: str | None,
     seed: int,
     test_fraction: float,
+    missing: str = DEFAULT_MISSING_POLICY,
 ) -> TrainTest:
-    """Split a table stratified by label, fit the schema on the training rows, and encode it."""
+    """Apply the missing-value policy, split stratified by label, fit the schema, and encode.
+
+    Column kinds are decided on the whole file, before any row is dropped, and kept.
+    """
+    whole = fit_tabular_schema(table, label_column, partition_column=partition_column)
+    table, report = apply_missing_policy(table, whole, missing)
+    if not table.rows:
+        raise DataError(
+            f"{report.describe(table.source)}, which leaves no data; fill in the missing "
+            "values or pass --missing impute"
+        )
     classes = _classes_of(table, label_column)
     class_index = {label: i for i, label in enumerate(classes)}
     label_index = table.column_index(label_column, "label column")
@@ -994,7 +1201,11 @@ def _split_table(
     groups = _group_values(table, partition_column) if partition_column is not None else None
     train_idx, test_idx = _stratified_split(y, test_fraction, seed, table.source)
     schema = fit_tabular_schema(
-        table, label_column, partition_column=partition_column, fit_rows=train_idx
+        table,
+        label_column,
+        partition_column=partition_column,
+        fit_rows=train_idx,
+        kinds={column.name: column.kind for column in whole.columns},
     )
     encoded = encode_with_schema(table, schema)
     return TrainTest(
@@ -1003,6 +1214,7 @@ def _split_table(
         kind="tabular",
         groups=None if groups is None else groups[train_idx],
         schema=schema,
+        missing=report,
     )
 
 
@@ -1016,6 +1228,7 @@ def _load_table_cached(
     partition_column: str | None,
     seed: int,
     test_fraction: float,
+    missing: str,
 ) -> TrainTest:
     """Read, split and encode a table file once per process and argument set.
 
@@ -1028,7 +1241,9 @@ def _load_table_cached(
         table = CsvTable(table.source, table.header, table.rows[1:], table.line_numbers[1:])
         if not table.rows:
             raise DataError(f"data file {path} has no data rows; pass a file with data rows")
-    return _freeze(_split_table(table, label_column, partition_column, seed, test_fraction))
+    return _freeze(
+        _split_table(table, label_column, partition_column, seed, test_fraction, missing)
+    )
 
 
 def _load_csv(
@@ -1037,6 +1252,7 @@ def _load_csv(
     partition_column: str | None,
     seed: int,
     test_fraction: float,
+    missing: str,
 ) -> TrainTest:
     """Load a user CSV file with a header row."""
     if data_file is None:
@@ -1044,13 +1260,20 @@ def _load_csv(
     if label_column is None:
         raise DataError("dataset 'csv' needs --label-column naming the column to predict")
     file = Path(data_file).expanduser()
-    if not file.is_file():
+    problem = not_a_file_reason(file)
+    if problem is not None:
         raise DataError(
-            f"CSV file {file} does not exist; pass --data-file with the path of a CSV file "
+            f"CSV file {file} {problem}; pass --data-file with the path of a CSV file "
             "that has a header row"
         )
     return _load_table_cached(
-        *_file_key(file), None, label_column, partition_column, int(seed), float(test_fraction)
+        *_file_key(file),
+        None,
+        label_column,
+        partition_column,
+        int(seed),
+        float(test_fraction),
+        missing,
     )
 
 
@@ -1061,6 +1284,7 @@ def _load_adult(
     partition_column: str | None,
     seed: int,
     test_fraction: float,
+    missing: str,
 ) -> TrainTest:
     """Load UCI Adult (``adult.data``, no header) through the CSV code path."""
     if data_file is not None:
@@ -1072,9 +1296,10 @@ def _load_adult(
             f"dataset 'adult' needs its file: pass --data-dir pointing at a folder with "
             f"{ADULT_FILE} (the UCI Adult training file)"
         )
-    if not file.is_file():
+    problem = not_a_file_reason(file)
+    if problem is not None:
         raise DataError(
-            f"UCI Adult file {file} does not exist; pass --data-dir pointing at a folder with "
+            f"UCI Adult file {file} {problem}; pass --data-dir pointing at a folder with "
             f"{ADULT_FILE} (the UCI Adult training file)"
         )
     return _load_table_cached(
@@ -1084,6 +1309,7 @@ def _load_adult(
         partition_column,
         int(seed),
         float(test_fraction),
+        missing,
     )
 
 
@@ -1109,6 +1335,7 @@ def load_dataset(
     partition_column: str | None = None,
     seed: int = 0,
     test_fraction: float = 0.2,
+    missing: str = DEFAULT_MISSING_POLICY,
 ) -> TrainTest:
     """Load data set ``name`` (one of :data:`DATASETS`) as train and test arrays.
 
@@ -1120,7 +1347,9 @@ def load_dataset(
 
     Tabular data sets may name a ``partition_column``: it is left out of the features and its
     per-training-example values are returned in ``groups``. Empty strings count as unset.
-    Results are cached in-process and their arrays are read-only.
+    ``missing`` is the missing-value policy of tabular data sets (:data:`MISSING_POLICIES`);
+    what it did is in the result's ``missing``. Results are cached in-process and their arrays
+    are read-only.
     """
     data_dir, data_file = _option(data_dir), _option(data_file)
     label_column, partition_column = _option(label_column), _option(partition_column)
@@ -1128,6 +1357,7 @@ def load_dataset(
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     _check_split_options(seed, test_fraction)
+    _check_missing_policy(missing)
     if key in ("digits", "mnist", "fashion-mnist"):
         for option, value in (
             ("--label-column", label_column),
@@ -1143,5 +1373,7 @@ def load_dataset(
             return _load_digits(int(seed), float(test_fraction))
         return _load_mnist_like(key, data_dir)
     if key == "adult":
-        return _load_adult(data_dir, data_file, label_column, partition_column, seed, test_fraction)
-    return _load_csv(data_file, label_column, partition_column, seed, test_fraction)
+        return _load_adult(
+            data_dir, data_file, label_column, partition_column, seed, test_fraction, missing
+        )
+    return _load_csv(data_file, label_column, partition_column, seed, test_fraction, missing)

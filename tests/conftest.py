@@ -35,3 +35,20 @@ def mnist_dir() -> Path:
     path = SHARED_DATA / "mnist"
     assert (path / "train-images-idx3-ubyte.gz").is_file(), f"MNIST files missing under {path}"
     return path
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items) -> None:
+    """Start the tests marked `long` first, longest first (`@pytest.mark.long(seconds)`).
+
+    The suite runs on two workers (pytest-xdist, `-n 2 --dist loadfile --no-loadscope-reorder` in
+    pyproject.toml: files in collection order, one worker each); a long test that starts
+    last would leave one worker idle while the other finishes it.
+    """
+
+    def expected_seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("long")
+        if marker is None:
+            return 0.0
+        return float(marker.args[0]) if marker.args else 10.0
+
+    items.sort(key=lambda item: -expected_seconds(item))

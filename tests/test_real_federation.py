@@ -1,6 +1,7 @@
-"""End to end on 127.0.0.1: a real federation with TLS, node authentication, each node's own data,
-Opacus DP and secure aggregation; one node is killed mid-run, then the server side is killed and
-the run resumed from its checkpoint."""
+"""End to end on 127.0.0.1: the README's secure federation (TLS, node authentication, the Fleet
+API alone behind the gateway, an app signed by the coordinator, node-clients), each node's own
+data, Opacus DP and secure aggregation; one node is killed mid-run, then the server side is
+killed and the run resumed from its checkpoint."""
 
 from __future__ import annotations
 
@@ -9,40 +10,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-import numpy as np
-from sklearn.datasets import load_digits
+import pytest
 
 from privacy import PrivacyLedger
-from tests.federation import BIN, Federation, copy_app, stop, wait_for
+from tests.federation import BIN, SENTINEL, Federation, copy_app, node_files, stop, wait_for
 
-ROUNDS = 4
-SENTINEL = 0.123456789  # a value only node 0's local file holds
-
-
-def write_csv(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
-    header = ",".join([*(f"p{i}" for i in range(features.shape[1])), "label"])
-    rows = [
-        ",".join([*(f"{v:g}" for v in x), str(int(y))])
-        for x, y in zip(features, labels, strict=True)
-    ]
-    path.write_text(header + "\n" + "\n".join(rows) + "\n")
-
-
-def node_files(root: Path) -> tuple[Path, list[Path]]:
-    """The server's reference CSV (schema and test set) and three nodes' own, disjoint CSVs."""
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
-    reference = root / "reference.csv"
-    write_csv(reference, x[:400], y[:400])
-    nodes = []
-    for k, rows in enumerate(np.array_split(np.arange(400, len(y)), 3)):
-        features = x[rows].copy()
-        if k == 0:
-            features[0, 5] = SENTINEL
-        nodes.append(root / f"node-{k}.csv")
-        write_csv(nodes[-1], features, y[rows])
-    return reference, nodes
+ROUNDS = 3  # round 1 whole, round 2 after a node crash, round 3 after the server crash
 
 
 def checkpoint_round(output: Path) -> int:
@@ -52,6 +25,7 @@ def checkpoint_round(output: Path) -> int:
         return 0
 
 
+@pytest.mark.long(240)
 def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     reference, files = node_files(tmp_path)
     output = tmp_path / "server-output"
@@ -60,24 +34,32 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     run_config = (
         f"dataset='csv' data-file='{reference}' label-column='label' clients=3 "
         f"rounds={ROUNDS} local-epochs=1 target-epsilon=4.0 secure-aggregation=true "
-        f"secagg-threshold=0.6 secagg-timeout=15 round-timeout=30 output='{output}'"
+        f"secagg-threshold=0.6 secagg-timeout=30 round-timeout=60 output='{output}'"
     )
+
+    spec = federation.publish(app)  # the coordinator builds and signs the app
 
     def run(extra: str = "") -> subprocess.Popen:
         return federation.start(
             "flwr-run",
-            [str(BIN / "flwr"), "run", str(app), "privet", "--run-config", run_config + extra],
+            [str(BIN / "flwr"), "run", spec, "privet", "--run-config", run_config + extra],
         )
 
     try:
         federation.start_superlink()
+        federation.start_gateway()
+        keys = federation.register(*(f"node{k}" for k in range(3)))
         nodes = [
-            federation.add_node(
+            federation.start_node(
                 f"node{k}",
+                keys[f"node{k}"],
                 f"client-id={k} data-file='{path}' ledger-dir='{tmp_path / f'ledger-{k}'}'",
             )
             for k, path in enumerate(files)
         ]
+        run_config += (
+            f" node-clients='{federation.node_clients({f'node{k}': k for k in range(3)})}'"
+        )
         wait_for(lambda: federation.online_nodes() == 3, 60, lambda: federation.log("node0"))
         run()
         wait_for(
@@ -124,6 +106,8 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
         assert abs(ledger.epsilon("rdp") - eps[-1][k]) < 1e-9
     assert results["rounds"][-1]["accuracy"] > 0.5
     # No raw data in anything the server side wrote.
-    server_side = federation.log("superlink") + federation.log("flwr-run")
+    server_side = (
+        federation.log("superlink") + federation.log("flwr-run") + federation.log("gateway")
+    )
     server_side += "".join(p.read_text() for p in output.glob("*.json"))
     assert f"{SENTINEL:g}" not in server_side

@@ -55,7 +55,7 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
@@ -804,6 +804,8 @@ def _describe(value: object) -> str:
 # Server
 
 _M = TypeVar("_M", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskShares)
+_Check = Callable[[bytes], str | None]
+"""Checks a rebuilt secret: None if it is right, else why not."""
 
 
 def _components(nodes: frozenset[int], graph: Graph) -> list[frozenset[int]]:
@@ -980,6 +982,7 @@ class SecAggServer:
         """Stage 0 → 1: record the advertised keys and send each client its neighbours' keys."""
         self._advance(0)
         got = self._index(replies, 0)
+        self._drop_bad_keys(got)
         u1 = frozenset(got)
         self._require_holders(STAGES[0], u1, u1)
         self._public = dict(got)
@@ -995,6 +998,37 @@ class SecAggServer:
                 tuple(got[v].mask_public_key for v in nbrs),
             )
         return out
+
+    def _drop_bad_keys(self, got: dict[int, AdvertiseKeys]) -> None:
+        """Drop clients whose public keys no honest client would accept (before any broadcast).
+
+        A key that is not a valid X25519 point of full order, a client whose two keys are equal,
+        and a key that two clients advertised would make every neighbour fail at share keys
+        ("key broadcast contains repeated public keys" or a refused agreement). Fresh keys are
+        drawn every round and no client sees another's before it has advertised its own, so a
+        key held by two clients means both are faulty or colluding: both are dropped.
+        """
+        holders: dict[bytes, list[int]] = {}
+        for u, reply in sorted(got.items()):
+            problem = _public_key_problem(reply.cipher_public_key) or _public_key_problem(
+                reply.mask_public_key
+            )
+            if problem is None and reply.cipher_public_key == reply.mask_public_key:
+                problem = "its two public keys are the same"
+            if problem is not None:
+                self.reject(u, STAGES[0], problem)
+                del got[u]
+                continue
+            for key in {reply.cipher_public_key, reply.mask_public_key}:
+                holders.setdefault(key, []).append(u)
+        for owners in holders.values():
+            if len(owners) > 1:
+                for u in owners:
+                    others = ", ".join(str(v) for v in owners if v != u)
+                    self.reject(
+                        u, STAGES[0], f"advertised a public key that client {others} did too"
+                    )
+                    got.pop(u, None)
 
     def route_shares(self, replies: Iterable[ShareKeys]) -> dict[int, SharesDelivery]:
         """Stage 1 → 2: deliver each surviving client the ciphertexts addressed to it."""
@@ -1072,48 +1106,83 @@ class SecAggServer:
                 )
 
     def unmask(self, replies: Iterable[UnmaskShares]) -> SecAggResult:
-        """Stage 3 → result: rebuild the secrets, strip the masks, return the sum mod 2^bits."""
+        """Stage 3 → result: rebuild the secrets, strip the masks, return the sum mod 2^bits.
+
+        A holder whose reply does not answer its request (other clients, wrong counts, shares
+        of the wrong size) is dropped. A share that does not fit its secret (reconstruction
+        fails, or a rebuilt mask key does not match its public key) is traced to its holder
+        when the other holders' shares rebuild the secret without it (at least t + 1 shares
+        arrived); that holder is dropped and the secrets are rebuilt without its shares. With
+        only t shares the culprit cannot be told apart: `SecAggCryptoError`, the round fails.
+        """
         self._advance(3)
         got = self._index(replies, 3)
         cfg = self.config
         u2, u3 = self._alive[2], self._alive[3]
         dropped = u2 - u3
-        u4 = frozenset(got)
-        self._require_holders(STAGES[3], u3, u4)
-        self._require_dropped_holders(STAGES[3], dropped, u4)
-        b_shares: dict[int, dict[int, bytes]] = {u: {} for u in u3}
-        k_shares: dict[int, dict[int, bytes]] = {d: {} for d in dropped}
-        for h, reply in got.items():
-            asked = self._requests[h]
-            if (
-                tuple(reply.survivor_ids) != asked.survivor_ids
-                or tuple(reply.dropped_ids) != asked.dropped_ids
-                or len(reply.self_mask_shares) != len(asked.survivor_ids)
-                or len(reply.key_shares) != len(asked.dropped_ids)
-            ):
-                raise SecAggProtocolError(f"client {h} did not return the shares it was asked for")
-            for v, share in zip(reply.survivor_ids, reply.self_mask_shares, strict=True):
-                b_shares[v][_x(h)] = share
-            for d, share in zip(reply.dropped_ids, reply.key_shares, strict=True):
-                k_shares[d][_x(h)] = share
+        for h, reply in sorted(got.items()):
+            problem = self._unmask_reply_problem(reply, self._requests[h])
+            if problem is not None:
+                self.reject(h, STAGES[3], problem)
+                del got[h]
         t = cfg.threshold
+        while True:
+            u4 = frozenset(got)
+            self._require_holders(STAGES[3], u3, u4)
+            self._require_dropped_holders(STAGES[3], dropped, u4)
+            b_shares: dict[int, dict[int, bytes]] = {u: {} for u in u3}
+            k_shares: dict[int, dict[int, bytes]] = {d: {} for d in dropped}
+            holder_of: dict[int, int] = {}
+            for h, reply in got.items():
+                holder_of[_x(h)] = h
+                for v, share in zip(reply.survivor_ids, reply.self_mask_shares, strict=True):
+                    b_shares[v][_x(h)] = share
+                for d, share in zip(reply.dropped_ids, reply.key_shares, strict=True):
+                    k_shares[d][_x(h)] = share
+            try:
+                seeds = {
+                    u: self._rebuild(b_shares[u], t, f"self-mask seed of client {u}", None)
+                    for u in sorted(u3)
+                }
+                keys = {
+                    d: self._rebuild(
+                        k_shares[d], t, f"mask key of dropped client {d}", self._key_check(d), d
+                    )
+                    for d in sorted(dropped)
+                    if self.graph[d] & u3
+                }
+            except _BadShares as bad:
+                culprit = _odd_one_out(bad.shares, t, bad.check)
+                if culprit is None and bad.owner is not None and _all_agree(bad.shares, t):
+                    # Every t of the shares rebuild the same key, and it is not the one the
+                    # owner advertised: the owner shared another key than it advertised.
+                    self.reject(
+                        bad.owner, STAGES[3], "its key shares rebuild a key it did not advertise"
+                    )
+                    self._stage = len(STAGES) + 1  # no further calls
+                    raise SecAggCryptoError(
+                        f"cannot rebuild the {bad.what}: {bad.error}; its {len(bad.shares)} "
+                        f"shares agree, so client {bad.owner} advertised a key it did not share"
+                    ) from None
+                if culprit is None:
+                    self._stage = len(STAGES) + 1  # no further calls
+                    raise SecAggCryptoError(
+                        f"cannot rebuild the {bad.what}: {bad.error}; with {len(bad.shares)} "
+                        f"shares for threshold {t} the bad share cannot be traced to its holder"
+                    ) from None
+                h = holder_of[culprit]
+                self.reject(h, STAGES[3], f"returned a share that does not fit the {bad.what}")
+                del got[h]
+                continue
+            break
         dtype = ring_dtype(cfg.bits)
         total = np.zeros(cfg.vector_length, dtype=dtype)  # wraps; reduced mod 2^bits at the end
         for u in sorted(u3):
             total += self._masked[u]
-            seed = self._reconstruct(b_shares[u], t, f"self-mask seed of client {u}")
-            total -= expand_mask(seed, cfg.vector_length, cfg.bits)
-        for d in sorted(dropped):
-            live_nbrs = sorted(self.graph[d] & u3)
-            if not live_nbrs:
-                continue
-            raw = self._reconstruct(k_shares[d], t, f"mask key of dropped client {d}")
+            total -= expand_mask(seeds[u], cfg.vector_length, cfg.bits)
+        for d, raw in sorted(keys.items()):
             s_key = load_private_key(raw)
-            if public_bytes(s_key) != self._public[d].mask_public_key:
-                raise SecAggCryptoError(
-                    f"rebuilt mask key of client {d} does not match its public key"
-                )
-            for u in live_nbrs:
+            for u in sorted(self.graph[d] & u3):
                 seed = derive_mask_seed(agree(s_key, self._public[u].mask_public_key), cfg.context)
                 p = expand_mask(seed, cfg.vector_length, cfg.bits)
                 # u added +p if d > u and −p if d < u; undo it.
@@ -1122,18 +1191,119 @@ class SecAggServer:
                 else:
                     total += p
         total &= dtype.type((1 << cfg.bits) - 1)
-        self._alive.append(u4)
+        self._alive.append(frozenset(got))
         self._masked.clear()
         return SecAggResult(
             total.astype(np.uint64), tuple(sorted(u3)), tuple(sorted(set(self.graph) - u3))
         )
 
     @staticmethod
-    def _reconstruct(shares: Mapping[int, bytes], threshold: int, what: str) -> bytes:
-        try:
-            return shamir.reconstruct(shares, threshold)
-        except shamir.ShamirError as exc:
-            raise SecAggCryptoError(f"cannot rebuild the {what}: {exc}") from exc
+    def _unmask_reply_problem(reply: UnmaskShares, asked: UnmaskRequest) -> str | None:
+        """Why an unmask reply does not answer its request, or None."""
+        if (
+            tuple(reply.survivor_ids) != asked.survivor_ids
+            or tuple(reply.dropped_ids) != asked.dropped_ids
+            or len(reply.self_mask_shares) != len(asked.survivor_ids)
+            or len(reply.key_shares) != len(asked.dropped_ids)
+        ):
+            return "did not return the shares it was asked for"
+        shares = (*reply.self_mask_shares, *reply.key_shares)
+        if any(not isinstance(x, bytes) or len(x) != shamir.SHARE_BYTES for x in shares):
+            return f"returned shares that are not {shamir.SHARE_BYTES} bytes"
+        return None
+
+    def _key_check(self, client_id: int) -> _Check:
+        """A check that a rebuilt private key is the one `client_id` advertised."""
+        public = self._public[client_id].mask_public_key
+
+        def matches(raw: bytes) -> str | None:
+            if public_bytes(load_private_key(raw)) != public:
+                return "the rebuilt key does not match its public key"
+            return None
+
+        return matches
+
+    @staticmethod
+    def _rebuild(
+        shares: Mapping[int, bytes],
+        threshold: int,
+        what: str,
+        check: _Check | None,
+        owner: int | None = None,
+    ) -> bytes:
+        """Rebuild a secret (and check it), or raise `_BadShares` naming what failed."""
+        problem = _try_rebuild(shares, threshold, check)
+        if isinstance(problem, bytes):
+            return problem
+        raise _BadShares(what, problem, shares, check, owner)
+
+
+class _BadShares(Exception):  # noqa: N818 (internal signal, never leaves `unmask`)
+    """The shares of one secret do not rebuild it."""
+
+    def __init__(
+        self,
+        what: str,
+        error: str,
+        shares: Mapping[int, bytes],
+        check: _Check | None,
+        owner: int | None,
+    ) -> None:
+        super().__init__(what)
+        self.what, self.error, self.shares, self.check = what, error, dict(shares), check
+        self.owner = owner
+
+
+def _try_rebuild(shares: Mapping[int, bytes], threshold: int, check: _Check | None) -> bytes | str:
+    """The rebuilt secret, or why it could not be rebuilt (a str)."""
+    try:
+        secret = shamir.reconstruct(shares, threshold)
+    except shamir.ShamirError as exc:
+        return str(exc)
+    problem = None if check is None else check(secret)
+    return secret if problem is None else problem
+
+
+def _odd_one_out(shares: Mapping[int, bytes], threshold: int, check: _Check | None) -> int | None:
+    """The one share index without which the others rebuild the secret, or None if not unique.
+
+    Needs at least t + 1 shares. A random-looking bad share makes every reconstruction that
+    uses it fail (the result is not a 32-byte secret, or not the advertised key), so leaving
+    out each share in turn singles it out; a share crafted to shift the secret cannot be caught
+    this way (the protocol's threat model is an honest-but-curious server and clients).
+    """
+    if len(shares) <= threshold:
+        return None
+    fits = [
+        x
+        for x in sorted(shares)
+        if isinstance(
+            _try_rebuild({y: v for y, v in shares.items() if y != x}, threshold, check), bytes
+        )
+    ]
+    return fits[0] if len(fits) == 1 else None
+
+
+def _all_agree(shares: Mapping[int, bytes], threshold: int) -> bool:
+    """Whether at least t + 1 shares are consistent: leaving out any one rebuilds one secret."""
+    if len(shares) <= threshold:
+        return False
+    secrets = {
+        _try_rebuild({y: v for y, v in shares.items() if y != x}, threshold, None)
+        for x in sorted(shares)
+    }
+    return len(secrets) == 1 and isinstance(next(iter(secrets)), bytes)
+
+
+def _public_key_problem(key: object) -> str | None:
+    """Why an advertised X25519 public key is unusable (wrong size, low order), or None."""
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        return f"a public key is not {KEY_BYTES} bytes"
+    try:
+        agree(generate_private_key(), key)  # a throwaway key: only the point is checked
+    except SecAggCryptoError:
+        return "a public key is a low-order point"
+    return None
 
 
 def run_round(

@@ -178,3 +178,71 @@ def test_a_restarted_node_continues_its_ledger_from_its_ledger_dir(tmp_path):
     with pytest.raises(ConfigError, match="is the ledger of client-1"):
         app(train_message(weights, 1), node(2))
     assert PrivacyLedger.load(folder / "client-2.json").owner == "client-1"
+
+
+def test_a_ledger_file_that_lost_what_the_node_recorded_is_refused(tmp_path):
+    """In a deployment the server cannot see a node's ledger-dir: the node checks its own file
+    against the copy in its state, and a file that went backwards stops the round."""
+    import json
+
+    config = RunConfig(output=str(tmp_path / "out"), rounds=3, noise_multiplier=1.0)
+    weights = ServerEvaluator(config).initial_weights()
+    app = make_client_app(config)
+    context = node_context(1)
+    context.node_config["ledger-dir"] = str(tmp_path / "node")
+    app(train_message(weights, 1), context)
+    app(train_message(weights, 2), context)
+    path = tmp_path / "node" / "client-1.json"
+    data = json.loads(path.read_text())
+    data["entries"].pop()  # the file loses round 2 (restored from an old backup, say)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="lost or changed releases this node recorded"):
+        app(train_message(weights, 3), context)
+    data["entries"] = []  # emptied entirely: refused as well, never a fresh start
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="lost or changed"):
+        app(train_message(weights, 3), context)
+    path.unlink()  # deleted: the node's state still has every release, and writes it back
+    reply = app(train_message(weights, 3), context)
+    assert not reply.has_error()
+    assert PrivacyLedger.load(path).rounds() == [1, 2, 3]
+
+
+def test_a_second_process_training_as_the_same_client_is_refused(tmp_path):
+    import os
+    import select
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from privacy.storage import InUseError
+
+    config = RunConfig(output=str(tmp_path / "out"), rounds=3, noise_multiplier=1.0)
+    weights = ServerEvaluator(config).initial_weights()
+    app = make_client_app(config)
+    app(train_message(weights, 1), node_context(1))
+    path = ledger_path(config, 1)
+    before = path.read_bytes()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom privacy.ledger import ledger_lock\n"
+            "ledger_lock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert holder.stdout is not None
+        ready, _, _ = select.select([holder.stdout], [], [], 60)
+        assert ready and holder.stdout.readline().strip() == "held"
+        with pytest.raises(InUseError, match=f"in use by process {holder.pid}"):
+            app(train_message(weights, 2), node_context(1))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert path.read_bytes() == before
+    assert not app(train_message(weights, 2), node_context(1)).has_error()

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from client.local_plan import PlanError, plan_local_training
+from client.local_plan import MAX_PLANNED_STEPS, PlanError, plan_local_training
 from client.training_round import client_plan
 from privacy import PoissonGaussianSteps, epsilon_for
 from task.config import RunConfig
@@ -94,3 +94,18 @@ def test_delta_not_below_one_over_n_is_refused():
 def test_bad_plans_are_refused(overrides, message):
     with pytest.raises(PlanError, match=message):
         plan(**overrides)
+
+
+def test_a_plan_of_absurdly_many_steps_is_refused_before_anything_runs():
+    """Issue 12 item 8: `--local-epochs 1000000000` ran until killed."""
+    with pytest.raises(PlanError) as info:
+        plan(local_epochs=1_000_000_000, noise_multiplier=1.0, target_epsilon=None)
+    text = str(info.value)
+    assert (
+        "would run 4.8e+10 DP-SGD steps (3 rounds × 1000000000 local epochs × 16 batches)" in text
+    )
+    assert "more than the 1e+07" in text and "lower --local-epochs" in text
+    # the cap itself is allowed: 1000 examples in 10 batches, 1e6 epochs, 1 round
+    exact = plan(batch_size=100, local_epochs=MAX_PLANNED_STEPS // 10, rounds=1,
+                 noise_multiplier=1.0, target_epsilon=None)  # fmt: skip
+    assert exact.planned_steps == MAX_PLANNED_STEPS

@@ -1,4 +1,5 @@
 import math
+import time
 import warnings
 
 import dp_accounting
@@ -11,6 +12,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from privacy import (
     DEFAULT_RDP_ORDERS,
     OPACUS_RDP_ORDERS,
+    AccountingError,
     CalibrationError,
     GaussianComposition,
     PoissonGaussianSteps,
@@ -19,6 +21,7 @@ from privacy import (
     epsilon_for,
     noise_for_target_epsilon,
 )
+from privacy.accountants import MAX_PLD_GRID_POINTS, MAX_PLD_STEP_POINTS, PldAccountant
 
 SETTINGS = [
     (0.01, 1.1, 1000, 1e-5),
@@ -180,3 +183,42 @@ def test_orders_above_63_are_skipped_only_when_they_cannot_lower_epsilon():
             )
         events = [PoissonGaussianSteps(*item) for item in history]
         assert epsilon_for(events, delta) == expected
+
+
+@pytest.mark.parametrize(
+    ("sigma", "q", "steps"),
+    [
+        (0.01, 1 / 9, 90),  # `--accountant pld --noise-multiplier 0.01`: 150 s and 4.2 GB before
+        (1e-3, 1e-6, 1),  # a tiny ε: the grid interval shrinks with it, the loss range does not
+        (0.2, 1e-3, 20000),  # ε in the thousands by RDP: the composed grid is too wide
+    ],
+)
+def test_pld_refuses_a_grid_it_cannot_compute_in_one_line(sigma, q, steps):
+    """Issue 12 item 8: mirror the PRV accountant's refusal instead of hanging."""
+    started = time.monotonic()
+    with pytest.raises(AccountingError) as info:
+        epsilon_for([PoissonGaussianSteps(sigma, q, steps)], 1e-5, "pld")
+    assert time.monotonic() - started < 5.0
+    text = str(info.value)
+    assert "the PLD accountant would need" in text and text.endswith("use the rdp accountant")
+    assert "\n" not in text
+    accountant = PldAccountant()
+    step, composed = accountant.grid_points([GaussianComposition(sigma, q, steps)], 1e-5)
+    assert step > MAX_PLD_STEP_POINTS or composed > MAX_PLD_GRID_POINTS
+    assert math.isfinite(epsilon_for([PoissonGaussianSteps(sigma, q, steps)], 1e-5, "rdp"))
+
+
+def test_pld_grid_estimate_is_what_dp_accounting_builds():
+    """The per-step estimate is the size of dp-accounting's two distributions (remove, add)."""
+    from dp_accounting.pld import privacy_loss_distribution
+
+    for sigma, q in ((1.0, 0.01), (0.5, 0.2), (3.0, 0.9)):
+        interval = 1e-3
+        built = privacy_loss_distribution.from_gaussian_mechanism(
+            sigma, sampling_prob=q, value_discretization_interval=interval
+        )
+        sizes = built._pmf_remove.size + built._pmf_add.size  # dp-accounting's own grids
+        accountant = PldAccountant(value_discretization_interval=interval)
+        step, composed = accountant.grid_points([GaussianComposition(sigma, q, 100)], 1e-5)
+        assert step == pytest.approx(sizes, rel=0.01)
+        assert composed < MAX_PLD_GRID_POINTS / 100

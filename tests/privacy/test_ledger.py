@@ -2,6 +2,7 @@ import json
 import math
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def test_crash_during_write_keeps_the_previous_ledger(tmp_path, monkeypatch):
         ledger.record(5, [PoissonGaussianSteps(1.0, 0.1, 20)])
     monkeypatch.undo()
     assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["client-3.json"]
+    assert sorted(os.listdir(tmp_path)) == [".client-3.json.lock", "client-3.json"]  # no .tmp
     assert ledger.rounds() == [1, 2, 4]  # the failed release is not in memory either
     assert PrivacyLedger.load(path).entries == ledger.entries
 
@@ -409,3 +410,136 @@ def test_an_unknown_schema_version_is_refused_in_one_line(tmp_path):
     with pytest.raises(LedgerError, match="schema version 3") as error:
         PrivacyLedger.load(path)
     assert "\n" not in str(error.value)
+
+
+# -- one writer, and binding a ledger's prefix --------------------------------------------------
+
+
+def test_the_digest_binds_each_prefix_and_every_field_that_changes_epsilon(tmp_path):
+    ledger = example_ledger(tmp_path / "client-3.json")
+    digests = ledger.prefix_digests()
+    assert len(digests) == 5 and digests[-1] == ledger.digest() and len(set(digests)) == 5
+    assert all(ledger.extends(k, digests[k]) for k in range(5))
+    assert not ledger.extends(5, digests[-1])  # more entries than it has
+    reloaded = PrivacyLedger.load(tmp_path / "client-3.json")
+    assert reloaded.prefix_digests() == digests  # the file's form is the same canonical form
+    reloaded.record(5, [PoissonGaussianSteps(1.0, 0.1, 1)])
+    assert reloaded.extends(4, digests[4])  # grown past the binding: still extends it
+    for field, value in [("steps", 19), ("sample_rate", 0.09), ("noise_multiplier", 1.1)]:
+        data = json.loads((tmp_path / "client-3.json").read_text())
+        data["entries"][0]["event"][field] = value
+        changed = PrivacyLedger.from_json(data)
+        assert not changed.extends(4, digests[4]), field
+    data = json.loads((tmp_path / "client-3.json").read_text())
+    assert not PrivacyLedger.from_json({**data, "delta": 1e-6}).extends(4, digests[4])
+
+
+def test_a_schema_1_ledger_keeps_its_digest_when_it_is_rewritten_as_schema_2(tmp_path):
+    path = tmp_path / "server.json"
+    ledger = PrivacyLedger("server", "client", 1e-5)
+    ledger.record(1, [ClientLevelRound(1.2, 0.1, 1, count_noise_std=1.0, count_sensitivity=1.0)])
+    data = ledger.to_json()
+    data["schema_version"] = 1
+    event = data["entries"][0]["event"]
+    event.pop("count_sensitivity")
+    event["count_noise_multiplier"] = 2 * event.pop("count_noise_std")
+    path.write_text(json.dumps(data))
+    old = PrivacyLedger.load(path)
+    digest = old.digest()
+    old.record(2, [ClientLevelRound(1.2, 0.1, 1, count_noise_std=1.0, count_sensitivity=0.5)])
+    assert strict_load(path)["schema_version"] == LEDGER_SCHEMA_VERSION
+    assert PrivacyLedger.load(path).extends(1, digest)
+
+
+def test_a_fresh_ledger_never_overwrites_an_existing_file(tmp_path):
+    path = tmp_path / "client-3.json"
+    example_ledger(path)
+    before = path.read_bytes()
+    fresh = PrivacyLedger("client-3", "example", 1e-5, path)
+    with pytest.raises(LedgerError, match="already exists and this process did not read it"):
+        fresh.record(1, [PoissonGaussianSteps(1.0, 0.1, 1)])
+    with pytest.raises(LedgerError, match="already exists"):
+        fresh.save()
+    assert path.read_bytes() == before and fresh.entries == ()
+
+
+STALE_WRITER = textwrap.dedent(
+    """
+    import sys
+    from privacy import PoissonGaussianSteps, PrivacyLedger
+
+    ledger = PrivacyLedger.load(sys.argv[1])
+    print("loaded", flush=True)
+    sys.stdin.readline()  # the other writer records meanwhile
+    try:
+        ledger.record(9, [PoissonGaussianSteps(1.0, 0.1, 1)])
+    except Exception as error:
+        print(f"refused {type(error).__name__}: {error}", flush=True)
+    else:
+        print("recorded", flush=True)
+    """
+)
+
+
+def test_two_processes_writing_one_ledger_never_lose_a_release(tmp_path):
+    """The lost update of two concurrent resumes: the stale writer is refused, not obeyed."""
+    path = tmp_path / "client-0.json"
+    example_ledger(path)
+    other = subprocess.Popen(
+        [sys.executable, "-c", STALE_WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        ready, _, _ = select.select([other.stdout], [], [], 60)
+        assert ready and other.stdout.readline().strip() == "loaded"
+        mine = PrivacyLedger.load(path)
+        mine.record(5, [PoissonGaussianSteps(1.0, 0.1, 7)])
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        ready, _, _ = select.select([other.stdout], [], [], 60)
+        assert ready
+        line = other.stdout.readline().strip()
+    finally:
+        other.kill()
+        other.wait(timeout=30)
+    assert line.startswith("refused LedgerError") and "changed by another process" in line
+    assert PrivacyLedger.load(path).rounds() == [1, 2, 4, 5]  # my release is kept
+
+
+def test_a_write_waits_a_bounded_time_for_the_ledgers_lock(tmp_path, monkeypatch):
+    import privacy.ledger as ledger_module
+    from privacy.ledger import ledger_lock
+
+    path = tmp_path / "client-0.json"
+    example_ledger(path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom privacy.ledger import ledger_lock\n"
+            "ledger_lock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout is not None
+        ready, _, _ = select.select([holder.stdout], [], [], 60)
+        assert ready and holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(ledger_module, "WRITE_LOCK_WAIT_S", 0.2)
+        ledger = PrivacyLedger.load(path)
+        with pytest.raises(LedgerError, match=f"in use by process {holder.pid}"):
+            ledger.record(5, [PoissonGaussianSteps(1.0, 0.1, 1)])
+        assert ledger.rounds() == [1, 2, 4]  # not recorded, so the caller does not release
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with ledger_lock(path).acquire():  # this process holds it: its own writes go through
+        ledger.record(5, [PoissonGaussianSteps(1.0, 0.1, 1)])
+    assert PrivacyLedger.load(path).rounds() == [1, 2, 4, 5]

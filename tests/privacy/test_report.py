@@ -21,6 +21,14 @@ def test_round_trip_through_reply_metrics():
         ({"epsilon": float("nan")}, "reported epsilon nan"),
         ({"sample-rate": 0.0}, "q=0.0"),
         ({"delta": True}, "'delta' is not a number"),
+        # A count that is not a whole number used to raise OverflowError or ValueError in int().
+        ({"num-examples": float("inf")}, "'num-examples' is not a whole number: inf"),
+        ({"num-examples": float("nan")}, "'num-examples' is not a whole number: nan"),
+        ({"steps": 2.5}, "'steps' is not a whole number: 2.5"),
+        ({"num-examples": -1}, "reported num-examples -1"),
+        ({"num-examples": 1e300}, "reported num-examples 1000000"),
+        ({"noise-multiplier": float("nan")}, "reported noise multiplier nan"),
+        ({"epsilon": "x" * 500}, r"'epsilon' is not a number: 'xxxx.*\.\.\.$"),
     ],
 )
 def test_malformed_reports_are_rejected(change, message):

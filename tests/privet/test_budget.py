@@ -427,3 +427,26 @@ def test_verify_says_an_old_adaptive_run_under_reported_and_gives_the_correct_ep
     assert correct > 1.05 * reported
     printed = float(re.search(r"the correct ε is ([0-9.]+)", line).group(1))
     assert printed == pytest.approx(correct, rel=1e-3)
+
+
+def test_a_plot_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys):
+    """Issue 12 item 10: `budget --plot /proc/x.png` computed, printed, then died in savefig."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    (tmp_path / "taken.png").mkdir()
+    for target, reason in (
+        ("/proc/x.png", "cannot be written: its folder /proc is not writable"),
+        (str(a_file / "p.png"), f"its folder {a_file} is a file, not a folder"),
+        (str(tmp_path / "taken.png"), "is a folder, not a file"),
+        (str(tmp_path / ("p" * 300 + ".png")), "has a name of 304 bytes"),
+    ):
+        argv = [*PLAN, "--sigmas", "1", "--plot", target]
+        with pytest.raises(BudgetError, match=re.escape(reason)) as error:
+            run_budget(parser().parse_args(["budget", *argv]))
+        assert "\n" not in str(error.value)
+        assert capsys.readouterr().out == ""  # refused before the table was computed
+    assert a_file.read_text() == "x" and not any((tmp_path / "taken.png").iterdir())
+    good = tmp_path / "ok" / "plot.png"
+    status, _ = budget([*PLAN, "--sigmas", "1", "--plot", str(good)], capsys)
+    assert status == 0 and good.read_bytes().startswith(PNG_MAGIC)
+    assert [p.name for p in good.parent.iterdir()] == ["plot.png"]  # no temporary file left

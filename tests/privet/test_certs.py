@@ -4,6 +4,7 @@ SuperLink with TLS + node authentication lets in a registered SuperNode and no o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import socket
@@ -13,13 +14,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -27,12 +29,16 @@ from privet import certs, cli
 from privet.certs import (
     CertError,
     add_certs_parser,
+    load_signed_app,
     make_ca,
     make_node_keys,
+    make_publisher_key,
     make_server_cert,
     parse_host,
     public_key_fingerprint,
     run_certs,
+    sign_app,
+    signed_message,
 )
 from tests.federation import free_port, stop
 from tests.privet.test_cli import one_line_error
@@ -99,6 +105,7 @@ def test_existing_ca_is_kept_unless_overwrite(ca_dir):
     [
         ({"days": 0}, "--days must be a positive number"),
         ({"days": -3}, "--days must be a positive number"),
+        ({"days": 99_999_999}, "--days must be at most 36500"),  # overflowed the date before
         ({"name": " "}, "--name must be 1 to 64 printable characters"),
         ({"name": "x" * 65}, "--name must be 1 to 64 printable characters"),
     ],
@@ -375,6 +382,143 @@ def test_node_keys_differ_and_are_kept_unless_overwrite(tmp_path):
         make_node_keys(tmp_path, name="../x")
 
 
+# -- app signing: what Flower's SuperNode verifies with --trusted-entities -----------------------
+
+
+def make_fab(path: Path, publisher="privet", name="privet", version="0.1.0", extra=b"") -> Path:
+    """A minimal Flower app bundle: a zip with the app's pyproject.toml."""
+    pyproject = (
+        f'[project]\nname = "{name}"\nversion = "{version}"\n\n'
+        f'[tool.flwr.app]\npublisher = "{publisher}"\n'
+    )
+    with zipfile.ZipFile(path, "w") as bundle:
+        bundle.writestr("pyproject.toml", pyproject)
+        bundle.writestr("client/app.py", b"print('hello')\n" + extra)
+    return path
+
+
+def superlink_verifications(app) -> dict[str, str]:
+    """What Flower's SuperLink attaches to a FAB whose registry sent this signature."""
+    from flwr.superlink.servicer.control.control_handlers import _format_verification
+
+    # As the registry's JSON carries it: signed_at stays a number (Flower's hub does the same).
+    return _format_verification([json.loads(json.dumps(app.verification()))])
+
+
+def flower_accepts(fab: bytes, verifications: dict[str, str], trusted: Path) -> bool:
+    """Flower 1.42's own check in the SuperNode (flower-supernode --trusted-entities FILE)."""
+    from flwr.supercore.fab import Fab
+    from flwr.supernode.cli.flower_supernode import (
+        _try_obtain_trusted_entities,
+        _validate_public_keys_ed25519,
+    )
+    from flwr.supernode.start_client_internal import _verify_fab
+
+    entities = _try_obtain_trusted_entities(trusted)
+    _validate_public_keys_ed25519(entities)
+    fab_hash = hashlib.sha256(fab).hexdigest()
+    return _verify_fab(Fab(fab_hash, fab, verifications), entities)
+
+
+def test_publisher_key_and_trusted_entities_are_what_flower_reads(tmp_path):
+    files = make_publisher_key(tmp_path / "publisher")
+    assert mode(files.private_key) == 0o600
+    assert mode(files.public_key) == mode(files.trusted_entities) == 0o644
+    key = serialization.load_ssh_private_key(files.private_key.read_bytes(), password=None)
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    from flwr.supernode.cli.flower_supernode import _try_obtain_trusted_entities
+
+    entities = _try_obtain_trusted_entities(files.trusted_entities)
+    assert list(entities) == [files.key_id] and files.key_id.startswith("privet-publisher-")
+    assert entities[files.key_id] == files.public_key.read_text().strip()
+    with pytest.raises(CertError, match="publisher.key already exists; pass --overwrite"):
+        make_publisher_key(tmp_path / "publisher")
+
+
+def test_a_signed_fab_passes_flowers_check_and_nothing_else_does(tmp_path):
+    publisher = make_publisher_key(tmp_path / "publisher")
+    other = make_publisher_key(tmp_path / "other")
+    fab_path = make_fab(tmp_path / "privet.privet.0-1-0.fab")
+    app = sign_app(fab_path, tmp_path / "publisher", tmp_path / "signed")
+    assert (app.app_id, app.version) == ("@privet/privet", "0.1.0")
+    assert app.fab.read_bytes() == fab_path.read_bytes()
+    assert app.sha256 == hashlib.sha256(fab_path.read_bytes()).hexdigest()
+    loaded, fab = load_signed_app(app.record)
+    assert loaded == app and fab == fab_path.read_bytes()
+    assert signed_message(fab, 7) == (7).to_bytes(8, "big") + hashlib.sha256(fab).digest()
+
+    verifications = superlink_verifications(app)
+    assert flower_accepts(fab, verifications, publisher.trusted_entities)
+    # Another publisher's nodes refuse it; a changed FAB or a FAB without a signature is refused.
+    assert not flower_accepts(fab, verifications, other.trusted_entities)
+    changed = make_fab(tmp_path / "changed.fab", extra=b"import os\n")
+    assert not flower_accepts(changed.read_bytes(), verifications, publisher.trusted_entities)
+    assert not flower_accepts(fab, {"valid_license": "Valid"}, publisher.trusted_entities)
+
+
+def test_tampered_signed_apps_are_refused_by_name(tmp_path):
+    make_publisher_key(tmp_path / "publisher")
+    app = sign_app(make_fab(tmp_path / "a.fab"), tmp_path / "publisher", tmp_path / "signed")
+    original = app.fab.read_bytes()
+    make_fab(app.fab, extra=b"# changed\n")
+    with pytest.raises(CertError, match=r"a\.fab is not the FAB .*a\.fab\.sig\.json signed"):
+        load_signed_app(app.record)
+    app.fab.write_bytes(original)
+    record = json.loads(app.record.read_text())
+    record["signed_at"] += 1
+    app.record.write_text(json.dumps(record))
+    with pytest.raises(CertError, match="the signature does not verify; sign the FAB again"):
+        load_signed_app(app.record)
+    app.record.write_text("{}")
+    with pytest.raises(CertError, match="is not a signature record written by 'privet certs sign'"):
+        load_signed_app(app.record)
+    app.fab.unlink()
+    sign_app(make_fab(tmp_path / "a.fab"), tmp_path / "publisher", tmp_path / "signed", True)
+    app.fab.unlink()
+    with pytest.raises(CertError, match=r"cannot read .*a\.fab: No such file"):
+        load_signed_app(app.record)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("not-a-zip", "is not a Flower app bundle; build one with 'flwr build"),
+        ("no-publisher", "project.name, project.version or publisher missing"),
+        ("bad-version", "version 1.0 is not what Flower's 'flwr run @publisher/name==x.y.z'"),
+        ("no-key", r"cannot read .*publisher\.key: No such file .*privet certs publisher"),
+    ],
+)
+def test_signing_errors_are_one_line(tmp_path, kind, message):
+    if kind != "no-key":
+        make_publisher_key(tmp_path / "publisher")
+    fab = tmp_path / "x.fab"
+    if kind == "not-a-zip":
+        fab.write_text("hello")
+    elif kind == "no-publisher":
+        with zipfile.ZipFile(fab, "w") as bundle:
+            bundle.writestr("pyproject.toml", '[project]\nname = "x"\nversion = "1.0.0"\n')
+    else:
+        make_fab(fab, version="1.0" if kind == "bad-version" else "1.0.0")
+    with pytest.raises(CertError, match=message):
+        sign_app(fab, tmp_path / "publisher", tmp_path / "signed")
+    assert not (tmp_path / "signed").exists()
+
+
+def test_publisher_and_sign_commands_say_what_comes_next(tmp_path, capsys):
+    parse = certs_parser().parse_args
+    assert run_certs(parse(["certs", "publisher", "--out", str(tmp_path / "pub")])) == 0
+    out = capsys.readouterr().out
+    assert "publisher.key (private, mode 0600" in out
+    assert "flower-supernode --trusted-entities trusted-entities.yaml" in out
+    fab = make_fab(tmp_path / "privet.fab")
+    argv = ["certs", "sign", str(fab), "--publisher", str(tmp_path / "pub")]
+    assert run_certs(parse([*argv, "--out", str(tmp_path / "apps")])) == 0
+    out = capsys.readouterr().out
+    assert "Signed @privet/privet==0.1.0" in out
+    assert f"python -m privet.gateway ... --apps {tmp_path / 'apps'}" in out
+    assert "flwr run @privet/privet==0.1.0 FEDERATION" in out
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
@@ -407,7 +551,8 @@ def test_commands_write_the_files_and_say_what_to_send(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["certs"], "the following arguments are required: {ca,server,node}"),
+        (["certs"], "the following arguments are required: {ca,server,node,publisher,sign}"),
+        (["certs", "sign", "app.fab", "--out", "o"], "required: --publisher"),
         (["certs", "ca"], "the following arguments are required: --out"),
         (["certs", "ca", "--out", "x", "--days", "0"], "expected a positive integer, got '0'"),
         (["certs", "server", "--ca", "c", "--out", "o"], "required: --host"),
@@ -458,6 +603,7 @@ def test_privet_certs_makes_a_deployment(tmp_path, capsys):
 # -- a real SuperLink and SuperNodes ------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_flower_superlink_accepts_the_files_and_authenticates_nodes(tmp_path):
     # The operator: a CA, the SuperLink's certificate; each node: its own key pair.
     make_ca(tmp_path / "ca")
@@ -622,3 +768,17 @@ def test_flower_superlink_accepts_the_files_and_authenticates_nodes(tmp_path):
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+def test_a_validity_beyond_100_years_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """Issue 12 item 10: `certs ca --days 99999999` overflowed the date with a traceback."""
+    ca = tmp_path / "ca"
+    line = one_line_error(capsys, ["certs", "ca", "--out", str(ca), "--days", "99999999"])
+    assert "--days must be at most 36500 (100 years), got 99999999" in line
+    assert not ca.exists()
+    assert cli.main(["certs", "ca", "--out", str(ca)]) == 0
+    capsys.readouterr()
+    tls = tmp_path / "tls"
+    server = ["certs", "server", "--ca", str(ca), "--out", str(tls), "--host", "localhost"]
+    line = one_line_error(capsys, [*server, "--days", "99999999"])
+    assert "--days must be at most 36500" in line and not tls.exists()

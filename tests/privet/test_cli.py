@@ -191,6 +191,7 @@ def run_cli(output: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.long
 def test_simulate_end_to_end_is_reproducible_for_a_seed(tmp_path):
     first, second = run_cli(tmp_path / "a"), run_cli(tmp_path / "b")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -206,10 +207,163 @@ def test_simulate_end_to_end_is_reproducible_for_a_seed(tmp_path):
     assert "reproducible simulation" in a["privacy"]["noise_source"]
     assert "does not know the seed" in a["privacy"]["noise_source"]
     # Without --reproducible the noise comes from the OS: same seed, same data, another model.
-    fresh = run_cli(tmp_path / "c", "--no-reproducible")
+    # (On the in-process engine, which gives the Flower engine's results bit for bit for a seed:
+    # tests/simulations/test_inprocess_engine.py; a third Ray start would double this test.)
+    fresh = run_cli(tmp_path / "c", "--no-reproducible", "--engine", "in-process")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     c = json.loads((tmp_path / "c" / "results.json").read_text())
     assert "os.urandom" in c["privacy"]["noise_source"]
     assert c["clients"] == a["clients"]  # the same privacy spent
     model_c = torch.load(tmp_path / "c" / "model.pt", weights_only=True)
     assert not all(torch.equal(model_a[key], model_c[key]) for key in model_a)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--device", "cuda", "--engine", "in-process"],
+        ["simulate", "--device", "cuda"],
+        ["sweep", "--device", "cuda", "--vary", "seed=1,2"],
+    ],
+)
+def test_cuda_without_a_gpu_fails_before_any_work_in_one_line(capsys, tmp_path, argv):
+    """It used to print a traceback per client and round, then exit 0 with an untrained model."""
+    output = tmp_path / "run"
+    line = one_line_error(capsys, [*argv, "--output", str(output)])
+    assert "no CUDA GPU is visible; use --device cpu" in line
+    assert not output.exists()
+
+
+def test_a_run_that_trains_nothing_exits_non_zero_and_says_why(tmp_path):
+    """--lr 1e308: every client fails every round; no longer exit 0 with finished: true."""
+    done = run_cli(tmp_path / "run", "--lr", "1e308", "--engine", "in-process")
+    assert done.returncode == 1, done.stderr[-3000:]
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert data["finished"] is False and data["rounds_without_update"] == [1, 2]
+    assert data["failure_reason"].startswith(
+        "nothing trained: no client update reached the model in any of the 2 rounds; round 2: "
+        "2 clients failed (first: "
+    )
+    assert "The run failed: nothing trained" in " ".join(done.stdout.split())
+    assert done.stderr.count("Traceback") <= 1  # the same failure is shown once, then one line
+
+
+# -- issue 12 items 6, 8, 10: refused up front, in one line, with nothing written ---------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--secure-aggregation", "--secagg-clip-norm", "1e308"],
+            "secagg-clip-norm must be between 1e-06 and 1e+06, got 1e+308",
+        ),
+        (
+            ["--client-noise-multiplier", "1", "--client-clip-norm", "1e308"],
+            "client-clip-norm must be between 1e-06 and 1e+06, got 1e+308",
+        ),
+        (
+            ["--client-noise-multiplier", "1e-300"],
+            "client-noise-multiplier must be between 0.001 and 1000, got 1e-300",
+        ),
+        (
+            ["--client-noise-multiplier", "1", "--adaptive-clipping"]
+            + ["--clip-count-stddev", "1e308"],
+            "clip-count-stddev must be at most the 5 clients expected per round",
+        ),
+        (["--noise-multiplier", "1e200"], "noise-multiplier must be between 0.001 and 1000"),
+        (
+            ["--accountant", "pld", "--noise-multiplier", "0.01"],
+            "the PLD accountant would need 9e+08 grid points",
+        ),
+        (
+            ["--noise-multiplier", "1", "--local-epochs", "1000000000"],
+            "would run 4.5e+10 DP-SGD steps (5 rounds × 1000000000 local epochs × 9 batches), "
+            "more than the 1e+07",
+        ),
+        (["--secagg-levels", "1024"], "--secagg-levels has no effect without --secure-aggregation"),
+        (["--client-clip-norm", "5"], "--client-clip-norm has no effect without client-level DP"),
+        (
+            ["--client-noise-multiplier", "1", "--target-quantile", "0.3"],
+            "--target-quantile has no effect without --adaptive-clipping",
+        ),
+        (["--alpha", "0.1"], "--alpha has no effect without --partition dirichlet"),
+        (
+            ["--dataset", "csv", "--data-file", "/dev/zero", "--label-column", "y"],
+            "CSV file /dev/zero is a character device, not a regular file",
+        ),
+    ],
+)
+def test_values_that_crashed_or_hung_are_refused_before_any_work(capsys, tmp_path, flags, message):
+    """Each of these crashed after work started (leaving ledgers/ and model.pt), hung, or ran
+    with a setting silently ignored."""
+    output = tmp_path / "out"
+    line = one_line_error(capsys, ["simulate", "--output", str(output), *flags])
+    assert message in line
+    assert not output.exists()
+
+
+def test_outputs_that_cannot_be_folders_are_one_line(capsys, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for output, reason in (
+        ("/proc/x", "--output /proc/x cannot be created in /proc"),
+        (str(a_file / "sub"), f"cannot be created: {a_file} is a file, not a folder"),
+        (str(a_file), "is a file, not a folder"),
+        (str(tmp_path / ("o" * 300)), "has a name of 300 bytes; this file system allows 255"),
+    ):
+        assert reason in one_line_error(capsys, ["simulate", "--output", output])
+    assert a_file.read_text() == "x" and sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_a_data_file_that_is_a_folder_is_named_as_one(capsys, tmp_path):
+    line = one_line_error(
+        capsys,
+        ["simulate", "--dataset", "csv", "--data-file", str(tmp_path), "--label-column", "y"]
+        + ["--output", str(tmp_path / "out")],
+    )
+    assert f"CSV file {tmp_path} is a folder, not a file" in line
+
+
+def test_a_key_given_twice_in_a_config_file_is_one_line(capsys, tmp_path):
+    file = tmp_path / "run.toml"
+    file.write_text("local-epochs = 1\nlocal_epochs = 3\n")
+    output = tmp_path / "out"
+    line = one_line_error(capsys, ["simulate", "--config", str(file), "--output", str(output)])
+    assert "sets local-epochs twice (as 'local-epochs' and 'local_epochs')" in line
+    file.write_text("secagg-levels = 1024\n")  # given in the file, ignored by the run
+    line = one_line_error(capsys, ["simulate", "--config", str(file), "--output", str(output)])
+    assert "--secagg-levels has no effect without --secure-aggregation" in line
+    assert not output.exists()
+
+
+def test_a_numeric_csv_column_with_one_nan_stays_numeric_and_the_counts_are_reported(tmp_path):
+    """Issue 12 item 7: one `nan` in 20,000 rows made 20,001 one-hot inputs (3.4 GB RSS)."""
+    path = tmp_path / "data.csv"
+    lines = ["a,b,label"] + [f"{i % 17},{i * 0.25},{i % 2}" for i in range(400)]
+    lines[123] = "nan,3.0,1"
+    lines[200] = "5,,0"
+    path.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "run"
+    done = run_cli(
+        output,
+        *["--dataset", "csv", "--data-file", str(path), "--label-column", "label"],
+        *["--rounds", "1", "--engine", "in-process"],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = " ".join(done.stdout.split())
+    assert "Missing values:" in console and "2 of 400 row(s) have missing feature values" in console
+    assert "dropped 2 example(s) (--missing drop" in console
+    data = json.loads((output / "results.json").read_text())
+    assert data["missing_values"] == {
+        "policy": "drop",
+        "rows": 400,
+        "rows_with_missing_values": 2,
+        "dropped_rows": 2,
+        "missing_by_column": {"a": 1, "b": 1},
+        "not_numbers_by_column": {"a": 1},
+    }
+    assert data["config"]["missing"] == "drop"
+    model = torch.load(output / "model.pt", weights_only=True)
+    assert next(iter(model.values())).shape[-1] == 2  # two numeric inputs, not 2 + 18 one-hot

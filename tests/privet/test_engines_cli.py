@@ -42,6 +42,7 @@ def test_an_interrupted_in_process_run_resumes_on_its_own_engine(tmp_path, capsy
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.long
 def test_a_sweep_can_run_on_flowers_runtime(tmp_path):
     output = tmp_path / "sweep"
     flags = ["--clients", "2", "--rounds", "1", "--engine", "flower", "--output", str(output)]

@@ -15,6 +15,7 @@ from task.config import RunConfig
 from tests.reference_accounting import ORDERS, opacus_epsilon
 
 
+@pytest.mark.long
 def test_clients_decline_exactly_when_predicted_and_the_run_ends_cleanly(tmp_path, capsys):
     sigma, budget = 1.0, 3.0
     config = RunConfig(
@@ -57,6 +58,7 @@ def dp_accounting_client_level(q, z, rounds, delta):
     return accountant.get_epsilon(delta)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_client_level_epsilon_with_poisson_sampling_matches_dp_accounting(tmp_path, adaptive):
     config = RunConfig(

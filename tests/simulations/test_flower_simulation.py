@@ -38,6 +38,7 @@ def run(tmp_path_factory):
     return config, results, data, seen_rounds, output
 
 
+@pytest.mark.long
 def test_epsilon_accumulates_and_matches_opacus_after_every_round(run):
     config, _, data, _, _ = run
     clients = {c["id"]: c for c in data["clients"]}

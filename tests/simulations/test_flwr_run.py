@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.federation import copy_app, free_port
 
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.long
 def test_flwr_run_trains_and_writes_results(tmp_path):
     http_port, control_port = free_port(), free_port()
     flwr_home = tmp_path / "flwr-home"

@@ -43,6 +43,7 @@ def ledger_events(output: Path) -> dict[str, list]:
     return ledgers
 
 
+@pytest.mark.long
 def test_both_engines_give_identical_results_for_the_same_seed(tmp_path):
     flower_out, local_out = tmp_path / "flower", tmp_path / "local"
     flower = run_flower_simulation(RunConfig(**SETTINGS, output=str(flower_out)))
@@ -72,6 +73,7 @@ def test_both_engines_give_identical_results_for_the_same_seed(tmp_path):
     assert written["engine"] == "in-process" and written["finished"] is True
 
 
+@pytest.mark.long
 def test_a_thousand_clients_with_a_hundred_per_round_on_mnist(tmp_path, mnist_dir):
     """The issue's scale, in one process: each client's ε is Opacus' for the steps it ran."""
     config = RunConfig(
@@ -182,3 +184,94 @@ def test_an_unknown_message_type_is_an_error_reply_not_a_crash():
         (reply,) = grid.send_and_receive([Message(RecordDict(), node, MessageType.TRAIN)])
     assert reply.has_error()
     assert "No train function registered" in reply.error.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad replies and runs that train nothing (issue 12, items 5 and 9), through the real apps.
+
+
+def strict_results(folder: Path) -> dict:
+    """results.json, refusing the NaN / Infinity tokens that strict JSON does not have."""
+
+    def refuse(token):
+        raise AssertionError(f"results.json holds the non-JSON token {token}")
+
+    return json.loads((folder / "results.json").read_text(), parse_constant=refuse)
+
+
+def on_reply(message_type, clients, change, rounds=None):
+    """A client mod that lets `change(reply)` rewrite the chosen clients' replies."""
+
+    def mod(msg, context, call_next):
+        reply = call_next(msg, context)
+        client = int(context.node_config["partition-id"])
+        if msg.metadata.message_type != message_type or client not in clients:
+            return reply
+        if rounds is None or int(msg.metadata.group_id) in rounds:
+            change(reply)
+        return reply
+
+    return mod
+
+
+def test_a_client_sending_bad_metrics_every_round_is_dropped_then_excluded(tmp_path):
+    def infinite_examples(reply):
+        reply.content.metric_records["metrics"]["num-examples"] = float("inf")
+
+    def huge_accuracy(reply):
+        reply.content.metric_records["metrics"]["accuracy"] = 1e300
+
+    config = RunConfig(clients=3, rounds=4, local_epochs=1, reproducible=True, output=str(tmp_path))
+    results = run_in_process(
+        config,
+        client_mods=[
+            on_reply("train", [1], infinite_examples),
+            on_reply("evaluate", [0], huge_accuracy, rounds=[1]),
+        ],
+    )
+    data = strict_results(tmp_path)
+    assert data["finished"] is True and data["failure_reason"] is None
+    rounds = data["rounds"]
+    for record in rounds[:3]:
+        assert record["clients_trained"] == 2
+        (bad,) = [b for b in record["bad_replies"] if b["stage"] == "train"]
+        assert bad["client"] == 1 and "'num-examples' is not a whole number: inf" in bad["reason"]
+    assert [b["stage"] for b in rounds[0]["bad_replies"]] == ["train", "evaluate"]
+    assert "'accuracy' is not a number in [0, 1]: 1e+300" in rounds[0]["bad_replies"][1]["reason"]
+    assert 0 <= rounds[0]["local_accuracy"] <= 1
+    assert rounds[2]["excluded"] == [1] and rounds[3]["sampled"] == [0, 2]
+    assert data["excluded"][0]["id"] == 1 and data["excluded"][0]["round"] == 3
+    # Client 1 trained every round it was asked to, but its reports were unusable: its ε is
+    # unknown and the federation's ε is infinite, never its last known value.
+    assert data["privacy"]["epsilon_max"] == "inf"
+    assert [e["id"] for e in data["privacy"]["epsilon_unknown"]] == [1]
+    assert all(r["epsilon_by_client"]["1"] == "inf" for r in rounds)
+    ledger = json.loads((tmp_path / "ledgers" / "client-1.json").read_text())
+    assert [entry["round"] for entry in ledger["entries"]] == [1, 2, 3]
+    assert any("client 1 was excluded" in w for w in data["warnings"])
+    assert results.epsilon_unknown.keys() == {1}
+
+
+def test_every_update_rejected_as_nan_fails_the_run_after_three_rounds(tmp_path):
+    """Every update NaN while ε is spent: no longer exit 0 and finished: true."""
+
+    def nan_update(reply):
+        arrays = reply.content.array_records["arrays"]
+        nan = [np.full_like(a, np.nan) for a in arrays.to_numpy_ndarrays()]
+        reply.content.array_records["arrays"] = type(arrays)(nan)
+
+    config = RunConfig(clients=3, rounds=5, local_epochs=1, reproducible=True, output=str(tmp_path))
+    results = run_in_process(config, client_mods=[on_reply("train", [0, 1, 2], nan_update)])
+    data = strict_results(tmp_path)
+    assert results.finished is False and data["finished"] is False
+    assert [r["round"] for r in data["rounds"]] == [1, 2, 3]
+    assert data["failure_reason"].startswith(
+        "nothing trained: no client update reached the model in any of the 3 rounds; round 3: "
+        "3 train replies dropped (client 0: update rejected: the update contains NaN"
+    )
+    assert data["failure_reason"].endswith(
+        "; no client is left to sample: 3 excluded for bad replies (clients 0, 1, 2)"
+    )
+    assert data["rounds_without_update"] == [1, 2, 3]
+    assert all(r["accuracy"] == data["initial"]["accuracy"] for r in data["rounds"])
+    assert float(data["privacy"]["epsilon_max"]) > 0  # what they spent is reported

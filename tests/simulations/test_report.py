@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from server.checkpoint import RUN_LOCK_FILE
 from simulations import plots
 from simulations.inprocess_engine import run_in_process
 from simulations.report import (
@@ -196,6 +197,7 @@ def assert_no_untagged_epsilon(page: str) -> None:
     assert not re.search(r"ε\S*\s*=\s*\d", untagged)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["plain", "client_level", "adaptive", "budget", "many"])
 def test_every_printed_epsilon_of_a_run_matches_opacus(runs, reports, name):
     page = reports[name]
@@ -646,6 +648,13 @@ def test_output_that_is_a_folder(runs, tmp_path):
         write_report(runs["plain"], tmp_path)
 
 
+def temporary_files(folder: Path) -> list[str]:
+    """Hidden files in a run folder other than its writer lock (which belongs to the run)."""
+    return sorted(
+        p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != RUN_LOCK_FILE
+    )
+
+
 def test_existing_report_is_replaced_atomically(runs, tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(runs["plain"], folder)
@@ -654,10 +663,11 @@ def test_existing_report_is_replaced_atomically(runs, tmp_path):
     assert write_report(folder, title="Second <try>") == target
     page = target.read_text()
     assert "<title>Second &lt;try&gt;</title>" in page
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    # no temporary file is left beside it (the run's writer lock is the run's, not the report's)
+    assert temporary_files(folder) == []
     # a failing report leaves the one before it untouched
     (folder / "results.json").write_text("{")
     with pytest.raises(ReportError):
         write_report(folder)
     assert target.read_text() == page
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    assert temporary_files(folder) == []

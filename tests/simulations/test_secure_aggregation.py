@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -36,6 +37,7 @@ def results_of(folder):
     return json.loads((folder / "results.json").read_text())
 
 
+@pytest.mark.long
 def test_secure_client_level_round_matches_the_plaintext_round_within_the_bound(tmp_path):
     common = dict(
         clients=6,
@@ -77,6 +79,7 @@ def test_secure_client_level_round_matches_the_plaintext_round_within_the_bound(
     assert b["secure_aggregation"]["rounds_ok"] == 1 and a["secure_aggregation"] is None
 
 
+@pytest.mark.long
 def test_dropouts_are_recovered_above_the_threshold_and_fail_cleanly_below(tmp_path):
     config = RunConfig(
         clients=5,
@@ -239,3 +242,110 @@ def test_a_duplicated_reply_drops_that_client_and_the_round_completes(tmp_path, 
     assert summary["survivors"] == [0, 1, 2, 4] and summary["dropped"] == [3]
     assert "client 3 dropped at 'share_keys': replied more than once" in caplog.text
     assert second["secure_aggregation"]["survivors"] == [0, 1, 2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# One bad client must not fail every secure round while the honest ones are charged (issue 12,
+# item 5): a copied key, a garbled share, a bad privacy report each drop only their sender.
+
+
+def client_of(context):
+    return int(context.node_config["partition-id"])
+
+
+def test_a_copied_public_key_drops_both_holders_and_they_are_excluded_after_three_rounds(
+    tmp_path,
+):
+    keys = {}
+
+    def copy_keys(msg, context, call_next):
+        """Client 1 advertises the keys client 0 advertised this round."""
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "query.secagg_advertise_keys":
+            record = reply.content.config_records[RECORD_KEY]
+            if client_of(context) == 0:
+                keys[msg.metadata.group_id] = {k: v for k, v in record.items() if "public" in k}
+            elif client_of(context) == 1:
+                record.update(keys[msg.metadata.group_id])
+        return reply
+
+    config = secure_config(tmp_path, clients=6, rounds=4)
+    run_in_process(config, client_mods=[copy_keys])
+    data = results_of(tmp_path / "run")
+    for record in data["rounds"][:3]:
+        summary = record["secure_aggregation"]
+        assert summary["status"] == "ok" and summary["rejected_replies"] == [0, 1]
+        assert summary["survivors"] == [2, 3, 4, 5] and record["clients_trained"] == 4
+        assert {b["client"] for b in record["bad_replies"]} == {0, 1}
+        assert "advertised a public key that client" in record["bad_replies"][0]["reason"]
+    assert data["rounds"][2]["excluded"] == [0, 1]
+    assert data["rounds"][3]["sampled"] == [2, 3, 4, 5]
+    assert data["rounds"][3]["secure_aggregation"]["rejected_replies"] == []
+    assert [e["id"] for e in data["excluded"]] == [0, 1]
+    assert data["finished"] is True and data["secure_aggregation"]["rounds_failed"] == []
+    # Neither copier trained (they were dropped before training): nothing charged to them.
+    assert data["rounds"][3]["epsilon_by_client"].keys() == {"2", "3", "4", "5"}
+
+
+def test_a_garbled_unmask_share_is_traced_to_its_sender_and_the_round_completes(tmp_path):
+    def garble(msg, context, call_next):
+        """Client 2 returns random bytes for its first self-mask share in round 1."""
+        reply = call_next(msg, context)
+        if (
+            msg.metadata.message_type == "query.secagg_unmask"
+            and client_of(context) == 2
+            and msg.metadata.group_id == "1"
+        ):
+            record = reply.content.config_records[RECORD_KEY]
+            shares = list(record["self-mask-shares"])
+            shares[0] = os.urandom(len(shares[0]))
+            record["self-mask-shares"] = shares
+        return reply
+
+    run_in_process(secure_config(tmp_path), client_mods=[garble])
+    data = results_of(tmp_path / "run")
+    first, second = data["rounds"]
+    summary = first["secure_aggregation"]
+    assert summary["status"] == "ok" and summary["rejected_replies"] == [2]
+    assert summary["survivors"] == [0, 1, 2, 3, 4]  # its masked input is in the sum
+    assert first["clients_trained"] == 5 and first["loss"] != data["initial"]["loss"]
+    reason = first["bad_replies"][0]["reason"]
+    assert "returned a share that does not fit the self-mask seed" in reason
+    assert second["secure_aggregation"]["rejected_replies"] == []
+
+
+@pytest.mark.parametrize(
+    ("message_type", "key", "value", "unknown_epsilon"),
+    [
+        ("train", "epsilon", float("nan"), True),  # the masked-input TRAIN reply
+        ("train", "num-examples", float("inf"), True),
+        ("train", "quantization-clipped", float("inf"), False),
+        ("query.secagg_advertise_keys", "num-examples", float("inf"), False),
+    ],
+)
+def test_a_bad_metric_in_a_secure_round_drops_only_its_sender(
+    tmp_path, message_type, key, value, unknown_epsilon
+):
+    def corrupt(msg, context, call_next):
+        reply = call_next(msg, context)
+        if (
+            msg.metadata.message_type == message_type
+            and client_of(context) == 3
+            and msg.metadata.group_id == "1"
+        ):
+            reply.content.metric_records["metrics"][key] = value
+        return reply
+
+    run_in_process(secure_config(tmp_path), client_mods=[corrupt])
+    data = results_of(tmp_path / "run")
+    first, second = data["rounds"]
+    assert first["secure_aggregation"]["status"] == "ok"
+    assert first["secure_aggregation"]["survivors"] == [0, 1, 2, 4]
+    assert [b["client"] for b in first["bad_replies"]] == [3]
+    assert second["secure_aggregation"]["survivors"] == [0, 1, 2, 3, 4]
+    if unknown_epsilon:  # it trained, its report is unusable: ε ∞ until its next report
+        assert first["epsilon_by_client"]["3"] == "inf" and first["epsilon_max"] == "inf"
+    else:
+        assert first["epsilon_max"] != "inf"
+    assert second["epsilon_max"] != "inf" and data["privacy"]["epsilon_unknown"] == []
+    assert data["finished"] is True

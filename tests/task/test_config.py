@@ -1,8 +1,17 @@
+import re
 import tomllib
 
 import pytest
 
-from task.config import DEFAULT_TARGET_EPSILON, ConfigError, RunConfig
+from privacy.calibration import MAX_NOISE_MULTIPLIER as CALIBRATION_MAX_NOISE_MULTIPLIER
+from task.config import (
+    DEFAULT_TARGET_EPSILON,
+    MAX_NOISE_MULTIPLIER,
+    ConfigError,
+    RunConfig,
+    check_no_ignored_settings,
+    ignored_settings,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -67,3 +76,82 @@ def test_pyproject_run_config_has_every_key_with_privet_defaults():
 def test_bad_values_name_the_key_and_the_fix(values, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig.from_mapping(values)
+
+
+# -- issue 12: ranges checked up front, settings given twice or given for nothing ---------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"noise-multiplier": 1e200}, "noise-multiplier must be between 0.001 and 1000"),
+        ({"noise-multiplier": 1e-300}, "noise-multiplier must be between 0.001 and 1000"),
+        ({"noise-multiplier": float("nan")}, "noise-multiplier must be positive"),
+        ({"client-noise-multiplier": 1e-300}, "client-noise-multiplier must be between 0.001"),
+        ({"client-noise-multiplier": 1e200}, "client-noise-multiplier must be between 0.001"),
+        ({"max-grad-norm": 1e308}, "max-grad-norm must be between 1e-06 and 1e+06"),
+        ({"max-grad-norm": 1e-300}, "max-grad-norm must be between 1e-06 and 1e+06"),
+        (
+            {"client-noise-multiplier": 1, "client-clip-norm": 1e308},
+            "client-clip-norm must be between 1e-06 and 1e+06",
+        ),
+        (
+            {"secure-aggregation": True, "secagg-clip-norm": 1e308},
+            "secagg-clip-norm must be between 1e-06 and 1e+06",
+        ),
+        (
+            {"client-noise-multiplier": 1, "adaptive-clipping": True, "clip-count-stddev": 1e308},
+            "clip-count-stddev must be at most the 5 clients expected per round",
+        ),
+        (
+            {"client-noise-multiplier": 1, "adaptive-clipping": True, "clip-learning-rate": 1e308},
+            "clip-learning-rate must be at most 1",
+        ),
+        ({"local-epochs": 3, "local_epochs": 1}, "sets local-epochs twice"),
+    ],
+)
+def test_values_that_crashed_a_run_are_refused_up_front(values, message):
+    """Issue 12 items 6 and 10: each of these crashed mid-run with a traceback."""
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        RunConfig.from_mapping(values)
+    assert "\n" not in str(info.value)
+
+
+def test_the_ends_of_each_range_are_accepted():
+    RunConfig(noise_multiplier=1e-3, max_grad_norm=1e-6)
+    RunConfig(noise_multiplier=1e3, max_grad_norm=1e6)
+    RunConfig(client_noise_multiplier=1e3, client_clip_norm=1e6, secure_aggregation=True)
+    RunConfig(secagg_clip_norm=1e-6, secure_aggregation=True)
+    RunConfig(
+        client_noise_multiplier=1.0, adaptive_clipping=True, clip_count_stddev=5.0,
+        clip_learning_rate=1.0,
+    )  # fmt: skip
+    assert MAX_NOISE_MULTIPLIER == CALIBRATION_MAX_NOISE_MULTIPLIER
+
+
+@pytest.mark.parametrize(
+    ("values", "given", "message"),
+    [
+        ({}, {"secagg-levels"}, "--secagg-levels has no effect without --secure-aggregation"),
+        ({}, {"secagg_timeout"}, "--secagg-timeout has no effect without --secure-aggregation"),
+        ({}, {"client-clip-norm"}, "--client-clip-norm has no effect without client-level DP"),
+        (
+            {"client_noise_multiplier": 1.0},
+            {"target-quantile", "clip-count-stddev"},
+            "no effect without --adaptive-clipping (and 1 more setting(s) like it)",
+        ),
+        ({}, {"client-sampling"}, "--client-sampling has no effect without --clients-per-round"),
+        ({}, {"alpha"}, "--alpha has no effect without --partition dirichlet"),
+    ],
+)
+def test_a_setting_its_feature_ignores_is_an_error(values, given, message):
+    config = RunConfig(**values)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_no_ignored_settings(config, given)
+
+
+def test_settings_their_feature_uses_are_fine():
+    check_no_ignored_settings(RunConfig(secure_aggregation=True), {"secagg-levels", "seed"})
+    check_no_ignored_settings(RunConfig(partition="dirichlet"), {"alpha"})
+    check_no_ignored_settings(RunConfig(clients_per_round=2), {"client-sampling"})
+    assert ignored_settings(RunConfig(client_noise_multiplier=1.0), {"client_clip_norm"}) == {}

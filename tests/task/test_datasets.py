@@ -310,7 +310,12 @@ def test_csv_encoding(tmp_path):
     rows = [[f" {cell} " for cell in row] for row in CSV_ROWS]
     path = write_csv(tmp_path / "t.csv", CSV_HEADER, rows)
     data = load_dataset(
-        "csv", data_file=str(path), label_column="label", partition_column="site", test_fraction=0.4
+        "csv",
+        data_file=str(path),
+        label_column="label",
+        partition_column="site",
+        test_fraction=0.4,
+        missing="impute",  # this test checks the imputation; the default drops those rows
     )
     assert data.kind == "tabular"
     schema = data.schema
@@ -412,6 +417,92 @@ def test_csv_missing_label_value_names_line(tmp_path):
         load_dataset("csv", data_file=str(path), label_column="y")
 
 
+def numeric_rows(n: int = 200) -> list[list[str]]:
+    return [[f"{i * 0.5:.1f}", str(i % 7), "yes" if i % 2 else "no"] for i in range(n)]
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-Infinity", "secret-4417"])
+def test_one_bad_cell_is_a_missing_value_not_a_category(tmp_path, bad):
+    """Issue 12 item 7: one 'nan' in 20,000 numbers made 20,001 one-hot inputs (3.4 GB)."""
+    rows = numeric_rows()
+    rows[57][1] = bad
+    path = write_csv(tmp_path / "n.csv", ["x", "z", "y"], rows)
+    dropped = load_dataset("csv", data_file=str(path), label_column="y")
+    assert dropped.schema is not None
+    assert [(c.name, c.kind) for c in dropped.schema.columns] == [
+        ("x", "numeric"),
+        ("z", "numeric"),
+    ]
+    assert dropped.train.feature_shape == (2,)
+    assert len(dropped.train) + len(dropped.test) == 199
+    report = dropped.missing
+    assert report is not None and report.policy == "drop"
+    assert (report.rows, report.affected_rows, report.dropped_rows) == (200, 1, 1)
+    assert report.by_column == {"z": 1} and report.not_numbers == {"z": 1}
+    line = report.describe(str(path))
+    assert "1 of 200 row(s) have missing feature values" in line
+    assert "(1 in 'z' (1 NaN, infinite or not a number))" in line and "dropped 1 example(s)" in line
+    assert "secret" not in line and "\n" not in line  # counts only, never a cell's value
+    assert report.to_json()["dropped_rows"] == 1
+    kept = load_dataset("csv", data_file=str(path), label_column="y", missing="impute")
+    assert kept.train.feature_shape == (2,)
+    assert len(kept.train) + len(kept.test) == 200
+    assert kept.missing is not None and kept.missing.dropped_rows == 0
+    assert kept.missing.affected_rows == 1
+    everything = np.concatenate([kept.train.features, kept.test.features])
+    assert np.isfinite(everything).all()
+    assert int(np.count_nonzero(everything[:, 1] == 0.0)) >= 1  # imputed: the training mean
+
+
+def test_blank_cells_follow_the_policy_and_text_columns_stay_categorical(tmp_path):
+    rows = [[r[0], r[1], ["a", "b", "c"][i % 3], r[2]] for i, r in enumerate(numeric_rows(60))]
+    rows[3][0] = ""  # blank numeric cell
+    rows[4][2] = "?"  # blank categorical cell
+    rows[5][2] = "7"  # a number in a text column is one more category, not a type change
+    path = write_csv(tmp_path / "t.csv", ["x", "z", "kind", "y"], rows)
+    data = load_dataset("csv", data_file=str(path), label_column="y")
+    assert data.schema is not None and data.schema.feature_names == (
+        "x",
+        "z",
+        "kind=7",
+        "kind=a",
+        "kind=b",
+        "kind=c",
+    )
+    assert data.missing is not None and data.missing.by_column == {"x": 1, "kind": 1}
+    assert data.missing.not_numbers == {} and data.missing.dropped_rows == 2
+    assert len(data.train) + len(data.test) == 58
+
+
+def test_a_file_with_a_missing_value_in_every_row(tmp_path):
+    rows = [[r[0], "", r[2]] for r in numeric_rows(20)]
+    path = write_csv(tmp_path / "e.csv", ["x", "z", "y"], rows)
+    with pytest.raises(DataError, match="20 of 20 row") as info:
+        load_dataset("csv", data_file=str(path), label_column="y")
+    assert "pass --missing impute" in str(info.value) and "\n" not in str(info.value)
+    imputed = load_dataset("csv", data_file=str(path), label_column="y", missing="impute")
+    assert len(imputed.train) + len(imputed.test) == 20
+    with pytest.raises(DataError, match="unknown missing-value policy 'mean'"):
+        load_dataset("csv", data_file=str(path), label_column="y", missing="mean")
+
+
+def test_a_data_file_that_is_not_a_file_says_what_it_is(tmp_path):
+    """Issue 12 item 10: a folder or /dev/zero was reported as "does not exist"."""
+    with pytest.raises(DataError, match="is a folder, not a file"):
+        load_dataset("csv", data_file=str(tmp_path), label_column="y")
+    with pytest.raises(DataError, match="/dev/zero is a character device, not a regular file"):
+        load_dataset("csv", data_file="/dev/zero", label_column="y")
+    with pytest.raises(DataError, match="is a folder, not a file"):
+        read_csv_table(tmp_path)
+    (tmp_path / "adult.data").mkdir()
+    with pytest.raises(DataError, match="adult.data is a folder, not a file"):
+        load_dataset("adult", data_dir=str(tmp_path))
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with pytest.raises(DataError, match="is not a folder"):
+        load_dataset("mnist", data_dir=str(not_a_folder))
+
+
 def test_schema_json_round_trip_and_second_file(tmp_path):
     table = read_csv_table(write_csv(tmp_path / "a.csv", CSV_HEADER, CSV_ROWS))
     schema = fit_tabular_schema(table, "label", partition_column="site")
@@ -446,10 +537,11 @@ def test_schema_encoding_errors(tmp_path):
     table = read_csv_table(write_csv(tmp_path / "a.csv", CSV_HEADER, CSV_ROWS))
     schema = fit_tabular_schema(table, "label")
     bad_number = read_csv_table(
-        write_csv(tmp_path / "b.csv", CSV_HEADER, [["old", "red", "A", "1", "yes"]])
+        write_csv(tmp_path / "b.csv", CSV_HEADER, [["old-4417", "red", "A", "1", "yes"]])
     )
-    with pytest.raises(DataError, match="line 2: column 'age' is numeric"):
+    with pytest.raises(DataError, match="line 2: column 'age' is numeric") as info:
         encode_with_schema(bad_number, schema)
+    assert "4417" not in str(info.value)  # a cell's value is never quoted
     bad_label = read_csv_table(
         write_csv(tmp_path / "c.csv", CSV_HEADER, [["1", "red", "A", "1", "maybe"]])
     )
@@ -471,17 +563,25 @@ def test_schema_encoding_errors(tmp_path):
 # ---------------------------------------------------------------------------------- Adult (real)
 
 
-def test_real_adult():
+@pytest.mark.parametrize("missing", ["drop", "impute"])
+def test_real_adult(missing):
     folder = shared_dir("uci-adult")
-    data = load_dataset("adult", data_dir=str(folder))
+    data = load_dataset("adult", data_dir=str(folder), missing=missing)
     assert data.kind == "tabular"
-    assert len(data.train) + len(data.test) == 32561
+    # independent count from the raw file: 2399 rows hold "?" in some feature column
+    with (folder / "adult.data").open(newline="") as handle:
+        every_row = [[c.strip() for c in r] for r in csv.reader(handle) if r]
+    assert len(every_row) == 32561
+    complete = [r for r in every_row if "?" not in r[:-1]]
+    rows = complete if missing == "drop" else every_row
+    assert len(data.train) + len(data.test) == len(rows) == (30162 if missing == "drop" else 32561)
+    assert data.missing is not None and data.missing.policy == missing
+    assert data.missing.rows == 32561 and data.missing.affected_rows == 32561 - 30162
+    assert data.missing.dropped_rows == (2399 if missing == "drop" else 0)
+    assert set(data.missing.by_column) == {"workclass", "occupation", "native-country"}
+    assert data.missing.not_numbers == {}
     assert data.num_classes == 2
     assert data.schema is not None and data.schema.classes == ("<=50K", ">50K")
-    # independent count of the expected width from the raw file
-    with (folder / "adult.data").open(newline="") as handle:
-        rows = [[c.strip() for c in r] for r in csv.reader(handle) if r]
-    assert len(rows) == 32561
     width = 0
     columns = {column.name: column for column in data.schema.columns}
     for j, name in enumerate(ADULT_COLUMNS):
@@ -495,7 +595,9 @@ def test_real_adult():
         except ValueError:
             width += len(values)
             assert columns[name].categories == tuple(sorted(values))
-    assert width == 6 + 99  # 6 numeric columns, 99 categories in 8 categorical columns
+    # 6 numeric columns, 99 categories in 8 categorical columns (98 without the "?" rows: every
+    # "Never-worked" row has an unknown occupation)
+    assert width == 6 + (98 if missing == "drop" else 99)
     assert data.train.feature_shape == (width,)
     # about a quarter earn >50K in both splits (stratified)
     assert 0.23 < data.train.labels.mean() < 0.25
@@ -503,7 +605,9 @@ def test_real_adult():
 
 
 def test_adult_partition_column_and_missing_file(tmp_path):
-    data = load_dataset("adult", data_dir=str(shared_dir("uci-adult")), partition_column="sex")
+    data = load_dataset(
+        "adult", data_dir=str(shared_dir("uci-adult")), partition_column="sex", missing="impute"
+    )
     assert data.groups is not None
     assert sorted(set(data.groups.tolist())) == ["Female", "Male"]
     assert data.train.feature_shape == (103,)  # sex (2 categories) removed from the features

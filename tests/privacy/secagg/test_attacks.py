@@ -366,3 +366,60 @@ def test_a_malformed_share_list_or_masked_vector_drops_only_its_sender():
     assert np.array_equal(result.aggregate, _sum(inputs, result.survivor_ids))
     assert server.rejected[1] == "share_keys: did not encrypt shares to its neighbours"
     assert server.rejected[4].startswith("masked_input: masked vector must be")
+
+
+@pytest.mark.parametrize(
+    ("tamper_keys", "dropped", "reason"),
+    [
+        (  # client 1 advertises client 0's keys: which one copied cannot be told, both go
+            lambda keys: {**keys, 1: dataclasses.replace(keys[0], client_id=1)},
+            (0, 1),
+            "advertised a public key that client",
+        ),
+        (
+            lambda keys: {
+                **keys,
+                2: dataclasses.replace(keys[2], mask_public_key=keys[2].cipher_public_key),
+            },
+            (2,),
+            "its two public keys are the same",
+        ),
+        (
+            lambda keys: {**keys, 3: dataclasses.replace(keys[3], cipher_public_key=bytes(32))},
+            (3,),
+            "low-order point",
+        ),
+    ],
+)
+def test_a_bad_or_copied_public_key_drops_its_advertisers_before_any_broadcast(
+    tamper_keys, dropped, reason
+):
+    """Without the server's check every honest neighbour fails at share keys, every round."""
+    n = 7
+    inputs = _inputs(range(n))
+
+    def tamper(stage, replies):
+        if stage == "advertise_keys":
+            return list(tamper_keys({r.client_id: r for r in replies}).values())
+        return replies
+
+    result, server, _ = _staged_round(round_id=9, n=n, inputs=inputs, tamper=tamper)
+    assert result.dropped_ids == dropped
+    assert np.array_equal(result.aggregate, _sum(inputs, result.survivor_ids))
+    assert sorted(server.rejected) == list(dropped)
+    assert all(reason in server.rejected[u] for u in dropped)
+    # What an honest client does with a broadcast that repeats a key (the old failure).
+    config = SecAggConfig(9, 4, BITS, LENGTH)
+    clients = {u: SecAggClient(u, config) for u in range(n)}
+    keys = tamper_keys({u: c.advertise_keys() for u, c in clients.items()})
+    honest = next(u for u in range(n) if u not in dropped)
+    others = [u for u in range(n) if u != honest]
+    broadcast = KeysBroadcast(
+        9,
+        honest,
+        tuple(others),
+        tuple(keys[u].cipher_public_key for u in others),
+        tuple(keys[u].mask_public_key for u in others),
+    )
+    with pytest.raises(Exception, match="repeated public keys|low-order"):
+        clients[honest].share_keys(broadcast)

@@ -236,7 +236,14 @@ def test_share_ciphertext_relabelled_to_another_sender_fails():
         clients[2].masked_input(swapped, np.zeros(LENGTH, dtype=np.uint64))
 
 
-def test_corrupted_key_share_is_detected_by_the_server():
+def _expected_sum(inputs, ids, bits=20):
+    total = np.zeros(LENGTH, dtype=np.uint64)
+    for u in ids:
+        total = (total + inputs[u]) & np.uint64(2**bits - 1)
+    return total
+
+
+def test_a_corrupted_key_share_is_traced_to_its_holder_and_the_sum_is_still_exact(caplog):
     ids = list(range(N))
     cfg, graph, clients, server = _setup(ids)
     inputs = _inputs(ids)
@@ -250,8 +257,39 @@ def test_corrupted_key_share_is_detected_by_the_server():
     first = replies[0]
     garbled = (bytes(66),) + first.key_shares[1:]  # a zero share: the key no longer matches
     replies[0] = dataclasses.replace(first, key_shares=garbled)
-    with pytest.raises(SecAggCryptoError, match="mask key of dropped client 0"):
+    result = server.unmask(replies)  # 9 holders of client 0's key, t = 6: the bad one is found
+    assert result.survivor_ids == tuple(ids[1:])
+    assert np.array_equal(result.aggregate, _expected_sum(inputs, ids[1:]))
+    assert list(server.rejected) == [1]
+    assert "does not fit the mask key of dropped client 0" in server.rejected[1]
+
+
+def test_a_garbled_self_mask_share_is_traced_to_its_holder_and_the_sum_is_still_exact():
+    ids = list(range(N))
+    cfg, graph, clients, server = _setup(ids)
+    inputs = _inputs(ids)
+    _, requests = _run_to_unmask(clients, server, inputs)
+    replies = [c.unmask(requests[c.client_id]) for c in clients]
+    r = replies[2]
+    noise = os.urandom(66)
+    replies[2] = dataclasses.replace(r, self_mask_shares=(noise, *r.self_mask_shares[1:]))
+    result = server.unmask(replies)
+    assert np.array_equal(result.aggregate, _expected_sum(inputs, ids))
+    assert list(server.rejected) == [2]
+    assert "self-mask seed of client 0" in server.rejected[2]
+
+
+def test_a_bad_share_among_exactly_t_cannot_be_traced_and_the_round_fails():
+    ids = list(range(N))
+    cfg, graph, clients, server = _setup(ids)
+    inputs = _inputs(ids)
+    _, requests = _run_to_unmask(clients, server, inputs)
+    replies = [c.unmask(requests[c.client_id]) for c in clients[:T]]  # exactly t holders reply
+    r = replies[0]
+    replies[0] = dataclasses.replace(r, self_mask_shares=(os.urandom(66), *r.self_mask_shares[1:]))
+    with pytest.raises(SecAggCryptoError, match="cannot be traced to its holder"):
         server.unmask(replies)
+    assert server.rejected == {}
 
 
 def test_protocol_misuse_is_reported():
@@ -273,17 +311,20 @@ def test_protocol_misuse_is_reported():
         build_graph(range(10), 3)
 
 
-def test_server_rejects_an_unmask_reply_that_differs_from_the_request():
+def test_an_unmask_reply_that_differs_from_the_request_drops_only_its_sender():
     ids = list(range(N))
     cfg, graph, clients, server = _setup(ids)
-    _, requests = _run_to_unmask(clients, server, _inputs(ids))
+    inputs = _inputs(ids)
+    _, requests = _run_to_unmask(clients, server, inputs)
     replies = [c.unmask(requests[c.client_id]) for c in clients]
     r = replies[3]
     replies[3] = dataclasses.replace(
         r, survivor_ids=r.survivor_ids[:-1], self_mask_shares=r.self_mask_shares[:-1]
     )
-    with pytest.raises(SecAggProtocolError, match="client 3 did not return the shares"):
-        server.unmask(replies)
+    result = server.unmask(replies)
+    assert result.survivor_ids == tuple(ids)  # its masked input is still in the sum
+    assert np.array_equal(result.aggregate, _expected_sum(inputs, ids))
+    assert server.rejected == {3: "unmask: did not return the shares it was asked for"}
 
 
 def test_secagg_imports_neither_flower_nor_the_rest_of_the_project():
@@ -298,3 +339,22 @@ def test_secagg_imports_neither_flower_nor_the_rest_of_the_project():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_client_that_advertised_a_key_it_did_not_share_is_named_when_its_key_is_rebuilt():
+    from privacy.secagg.crypto import generate_private_key, public_bytes
+
+    ids = list(range(N))
+    cfg, graph, clients, server = _setup(ids)
+    inputs = _inputs(ids)
+    keys = [c.advertise_keys() for c in clients]
+    keys[0] = dataclasses.replace(keys[0], mask_public_key=public_bytes(generate_private_key()))
+    broadcasts = server.receive_keys(keys)
+    deliveries = server.route_shares([c.share_keys(broadcasts[c.client_id]) for c in clients])
+    live = clients[1:]  # client 0 drops: its mask key must be rebuilt, and it is not the one
+    requests = server.collect_masked(
+        [c.masked_input(deliveries[c.client_id], inputs[c.client_id]) for c in live]
+    )
+    with pytest.raises(SecAggCryptoError, match="client 0 advertised a key it did not share"):
+        server.unmask([c.unmask(requests[c.client_id]) for c in live])
+    assert server.rejected == {0: "unmask: its key shares rebuild a key it did not advertise"}
