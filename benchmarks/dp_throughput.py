@@ -49,10 +49,10 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.local_plan import plan_local_training
-from client.trainer import train_locally
-from task.datasets import ArrayDataset, load_dataset
-from task.models import build_model
+from privet.client.local_plan import plan_local_training
+from privet.client.trainer import train_locally
+from privet.task.datasets import ArrayDataset, load_dataset
+from privet.task.models import build_model
 
 MODES: tuple[str, ...] = ("nonprivate", "nonprivate-loader", "privet", "opacus-hooks")
 BASELINE = "nonprivate"

@@ -106,8 +106,8 @@ def run_child(
     engine: str, clients: int, per_round: int, rounds: int, sampling: str, output: str
 ) -> None:
     """Run one configuration in this process and print a ``RESULT {json}`` line."""
-    from simulations.engines import run_simulation_with
-    from task.config import RunConfig
+    from privet.simulations.engines import run_simulation_with
+    from privet.task.config import RunConfig
 
     config = RunConfig(
         dataset="mnist",

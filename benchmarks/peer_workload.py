@@ -86,8 +86,8 @@ class FederatedMnist:
     """MNIST split over the workload's clients exactly as Privet splits it in a simulation."""
 
     def __init__(self, workload: Workload) -> None:
-        from task.datasets import load_dataset
-        from task.partition import partition_indices
+        from privet.task.datasets import load_dataset
+        from privet.task.partition import partition_indices
 
         data = load_dataset("mnist", data_dir=workload.data_dir, seed=workload.seed)
         self.workload = workload
@@ -101,7 +101,7 @@ class FederatedMnist:
 
     def client(self, client_id: int) -> ClientData:
         """Client `client_id`'s examples: its shard less Privet's 10% local hold-out."""
-        from client.node_data import split_shard
+        from privet.client.node_data import split_shard
 
         train_idx, holdout_idx = split_shard(self.shards[client_id], client_id, self.workload.seed)
         features, labels = self.train.features, self.train.labels
@@ -112,7 +112,7 @@ class FederatedMnist:
 
 def build_mlp(workload: Workload, feature_shape: tuple[int, ...], num_classes: int) -> Any:
     """The workload's model with Privet's seeded initial weights (a torch ``nn.Module``)."""
-    from task.models import build_model
+    from privet.task.models import build_model
 
     return build_model(workload.model, feature_shape, num_classes, seed=workload.seed)
 

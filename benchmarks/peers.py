@@ -155,7 +155,7 @@ class Measurement:
 
 def run_privet_child(engine: str, workload: Workload) -> None:
     """Run the workload with one of Privet's engines in this process and print the report."""
-    from task.config import RunConfig
+    from privet.task.config import RunConfig
 
     output = tempfile.mkdtemp(prefix="privet-peers-out-")
     config = RunConfig(
@@ -185,11 +185,11 @@ def run_privet_child(engine: str, workload: Workload) -> None:
 
     try:
         if engine == "privet-inprocess":
-            from simulations.inprocess_engine import run_in_process
+            from privet.simulations.inprocess_engine import run_in_process
 
             run_in_process(config, on_round)
         else:
-            from simulations.flower_engine import run_flower_simulation
+            from privet.simulations.flower_engine import run_flower_simulation
 
             run_flower_simulation(config, on_round)
     finally:

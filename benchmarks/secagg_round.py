@@ -53,15 +53,15 @@ from benchmarks.flower_secaggplus import (
     client_vector,
     run_flower_round,
 )
-from client.app import advertise_secagg, answer_secagg, make_client_app, mask_update
-from client.training_round import clip_update
-from privacy import ClientPrivacy
-from privacy.secagg.wire import RECORD_KEY, STAGE_ACTIONS
-from server.evaluation import ServerEvaluator
-from server.federation_privacy import FederationPrivacy
-from server.secure_aggregation import SecAggSettings
-from server.strategy import PrivetFedAvg
-from task.config import DEFAULT_SECAGG_LEVELS, DEFAULT_SECAGG_THRESHOLD, RunConfig
+from privet.client.app import advertise_secagg, answer_secagg, make_client_app, mask_update
+from privet.client.training_round import clip_update
+from privet.privacy import ClientPrivacy
+from privet.privacy.secagg.wire import RECORD_KEY, STAGE_ACTIONS
+from privet.server.evaluation import ServerEvaluator
+from privet.server.federation_privacy import FederationPrivacy
+from privet.server.secure_aggregation import SecAggSettings
+from privet.server.strategy import PrivetFedAvg
+from privet.task.config import DEFAULT_SECAGG_LEVELS, DEFAULT_SECAGG_THRESHOLD, RunConfig
 
 GRID = [(10, 100_000), (10, 1_000_000), (50, 100_000), (50, 1_000_000)]
 

@@ -13,26 +13,27 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from client.node_data import NodeData, load_node_data
-from client.secure_aggregation import (
+from privet.client.node_data import NodeData, load_node_data
+from privet.client.secure_aggregation import (
     PendingInput,
     SecAggRequest,
     answer,
     begin,
     is_done,
 )
-from privacy import ClientPrivacy, PrivacyLedger
-from privacy.ledger import ledger_lock, remove_stale_ledger_temporaries
-from privacy.secagg.protocol import ClientState
-from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
-from task.config import ConfigError, RunConfig
+from privet.privacy import ClientPrivacy, PrivacyLedger
+from privet.privacy.ledger import LEDGER_DIR, ledger_lock, remove_stale_ledger_temporaries
+from privet.privacy.secagg.protocol import ClientState
+from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
+from privet.task.config import ConfigError, RunConfig
 
 STATE_KEY = "privet-ledger"
-LEDGER_DIR = "ledgers"
 SECAGG_STATE_KEY = "privet-secagg"
 
 
@@ -105,6 +106,16 @@ def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | flo
     return {**status.to_metrics(), "declined": int(declined)}
 
 
+def config_record(values: Mapping[str, ConfigRecordValues]) -> ConfigRecord:
+    """A ConfigRecord of `values` (a mapping, so a dict of narrower value types is accepted)."""
+    return ConfigRecord(dict(values))
+
+
+def metric_record(values: Mapping[str, MetricRecordValues]) -> MetricRecord:
+    """A MetricRecord of `values` (a mapping, so a dict of narrower value types is accepted)."""
+    return MetricRecord(dict(values))
+
+
 def forget_secagg(context: Context) -> None:
     """Drop the node's secure-aggregation state (the round is over for this node)."""
     context.state.config_records.pop(SECAGG_STATE_KEY, None)
@@ -129,10 +140,10 @@ def advertise_secagg(
     if request is None:
         raise RuntimeError("secure aggregation keys requested without the round's settings")
     state, advertised = begin(client_id, request, num_params)
-    context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(state)
+    context.state.config_records[SECAGG_STATE_KEY] = config_record(state)
     content = RecordDict(
         {
-            RECORD_KEY: ConfigRecord(advertised),
+            RECORD_KEY: config_record(advertised),
             "metrics": MetricRecord({"num-examples": num_examples}),
         }
     )
@@ -144,7 +155,7 @@ def _keep_secagg(context: Context, state: ClientState) -> None:
     if is_done(state):
         forget_secagg(context)
     else:
-        context.state.config_records[SECAGG_STATE_KEY] = ConfigRecord(state)
+        context.state.config_records[SECAGG_STATE_KEY] = config_record(state)
 
 
 def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
@@ -160,13 +171,13 @@ def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
         forget_secagg(context)
         raise
     _keep_secagg(context, new_state)
-    return Message(content=RecordDict({RECORD_KEY: ConfigRecord(reply)}), reply_to=msg)
+    return Message(content=RecordDict({RECORD_KEY: config_record(reply)}), reply_to=msg)
 
 
 def mask_update(
     msg: Message,
     context: Context,
-    update: list,
+    update: list[np.ndarray],
     within_clip: bool,
     dither_seed: int,
     client_level: bool = False,
@@ -196,7 +207,7 @@ def mask_update(
         forget_secagg(context)
         raise
     _keep_secagg(context, new_state)
-    return ConfigRecord(reply), clipped
+    return config_record(reply), clipped
 
 
 def make_client_app(
@@ -220,7 +231,7 @@ def make_client_app(
     def train(msg: Message, context: Context) -> Message:
         # Imported here: in a deployment every message starts a fresh ClientApp process, and
         # the key-exchange queries must not pay for importing torch and Opacus.
-        from client.training_round import (
+        from privet.client.training_round import (
             ClientDecline,
             round_seed,
             run_training_round,
@@ -230,7 +241,7 @@ def make_client_app(
         torch_threads_for_client()
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        global_weights = msg.content["arrays"].to_numpy_ndarrays()
+        global_weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
         train_config = msg.content["config"]
         server_round = int(train_config["server-round"])  # type: ignore[arg-type]
         clip_norm = float(train_config["clip-norm"]) if "clip-norm" in train_config else None  # type: ignore[arg-type]
@@ -245,7 +256,7 @@ def make_client_app(
             store_ledger(context, ledger)
         if isinstance(outcome, ClientDecline):
             forget_secagg(context)
-            metrics = MetricRecord(status_metrics(outcome.status, declined=True))
+            metrics = metric_record(status_metrics(outcome.status, declined=True))
             return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
         values = status_metrics(outcome.status, declined=False)
         if secure:
@@ -258,12 +269,12 @@ def make_client_app(
                 client_level=config.client_level_dp,
             )
             values["quantization-clipped"] = clipped
-            content = RecordDict({"metrics": MetricRecord(values), RECORD_KEY: masked})
+            content = RecordDict({"metrics": metric_record(values), RECORD_KEY: masked})
             return Message(content=content, reply_to=msg)
         if outcome.within_clip is not None:
             values["within-clip"] = int(outcome.within_clip)
         content = RecordDict(
-            {"arrays": ArrayRecord(outcome.update), "metrics": MetricRecord(values)}
+            {"arrays": ArrayRecord(outcome.update), "metrics": metric_record(values)}
         )
         return Message(content=content, reply_to=msg)
 
@@ -283,12 +294,12 @@ def make_client_app(
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        from client.training_round import run_local_evaluation, torch_threads_for_client
+        from privet.client.training_round import run_local_evaluation, torch_threads_for_client
 
         torch_threads_for_client()
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        weights = msg.content["arrays"].to_numpy_ndarrays()
+        weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
         count, loss, accuracy = run_local_evaluation(config, data, weights)
         metrics = MetricRecord(
             {"num-examples": count, "client-id": data.client_id, "loss": loss, "accuracy": accuracy}

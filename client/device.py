@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from task.config import ConfigError
+from privet.task.config import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from privacy import DEFAULT_ACCOUNTANT, noise_for_target_epsilon
+from privet.privacy import DEFAULT_ACCOUNTANT, noise_for_target_epsilon
 
 # The most DP-SGD steps one client may plan over a whole run (rounds × local epochs × batches).
 # Ten million steps is days of training for every client even on a GPU (DP-SGD runs at tens to

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from task.config import ConfigError, RunConfig
-from task.datasets import (
+from privet.task.config import ConfigError, RunConfig
+from privet.task.datasets import (
     ADULT_COLUMNS,
     ADULT_FILE,
     IMAGE_SPECS,
@@ -54,7 +54,7 @@ from task.datasets import (
     read_idx_images,
     read_idx_labels,
 )
-from task.partition import partition_indices
+from privet.task.partition import partition_indices
 
 __all__ = [
     "DATA_FORMATS",

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.secagg import (
+from privet.privacy.secagg import (
     KeysBroadcast,
     QuantizationSpec,
     Refusal,
@@ -40,9 +40,9 @@ from privacy.secagg import (
     SharesDelivery,
     UnmaskRequest,
 )
-from privacy.secagg.protocol import DONE_STAGE, ClientState
-from privacy.secagg.update_vector import encode_update
-from privacy.secagg.wire import WireMessage, from_wire, to_wire
+from privet.privacy.secagg.protocol import DONE_STAGE, ClientState
+from privet.privacy.secagg.update_vector import encode_update
+from privet.privacy.secagg.wire import WireMessage, from_wire, to_wire
 
 logger = logging.getLogger(__name__)
 

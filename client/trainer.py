@@ -14,10 +14,10 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.local_plan import LocalPlan
-from privacy import PoissonGaussianSteps
-from task.datasets import ArrayDataset
-from task.models import get_weights
+from privet.client.local_plan import LocalPlan
+from privet.privacy import PoissonGaussianSteps
+from privet.task.datasets import ArrayDataset
+from privet.task.models import get_weights
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,12 @@ def train_locally(
     sampler_generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
     loader = DataLoader(
-        dataset, batch_size=batch_size, generator=sampler_generator, collate_fn=_already_batched
+        dataset,
+        batch_size=batch_size,
+        generator=sampler_generator,
+        # torch's types say collate_fn gets a list of examples; with `__getitems__` it gets that
+        # method's batch instead (torch/utils/data/_utils/fetch.py), which they do not describe.
+        collate_fn=_already_batched,  # type: ignore[arg-type]
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
     with warnings.catch_warnings():

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.device import resolve_device
-from client.local_plan import LocalPlan, plan_local_training
-from client.node_data import NodeData
-from client.trainer import train_locally
-from privacy import ClientPrivacy, PoissonGaussianSteps, PrivacyLedger
-from task.config import RunConfig
-from task.evaluation import evaluate_model
-from task.models import build_model, set_weights
+from privet.client.device import resolve_device
+from privet.client.local_plan import LocalPlan, plan_local_training
+from privet.client.node_data import NodeData
+from privet.client.trainer import train_locally
+from privet.privacy import ClientPrivacy, PoissonGaussianSteps, PrivacyLedger
+from privet.task.config import RunConfig
+from privet.task.evaluation import evaluate_model
+from privet.task.models import build_model, set_weights
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,13 @@ Gaussian mechanism (`privacy.events.GaussianComposition`) under add-or-remove-on
 used, so that they can be reproduced.
 
 No events means nothing was released: ε = 0. Any noise multiplier of 0 means no privacy: ε = ∞.
+
+Accountants are open, like events: each says which events it can account for (`supports`, after
+dp-accounting's `PrivacyAccountant.supports`), and `register_accountant(name)` adds one under the
+name `get_accountant` and `epsilon_for` take. An accountant given an event it does not support
+refuses with a one-line `AccountingError` that names the event's kind and the registered
+accountants that do support it. The three above support every event that composes into
+`GaussianComposition`s.
 """
 
 from __future__ import annotations
@@ -32,15 +39,21 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from types import ModuleType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-from privacy.events import GaussianComposition, PrivacyEvent, gaussian_compositions
+from privet.privacy.events import (
+    GaussianComposition,
+    PrivacyEvent,
+    event_kind,
+    gaussian_compositions,
+    reduces_to_gaussians,
+)
 
 # The orders Opacus' RDP accountant uses by default (opacus/accountants/rdp.py, DEFAULT_ALPHAS),
 # which are also TF Privacy's (compute_dp_sgd_privacy). Kept for comparisons with those libraries:
@@ -64,6 +77,7 @@ EXTRA_RDP_ORDERS: tuple[float, ...] = tuple(float(order) for order in range(64, 
 DEFAULT_RDP_ORDERS: tuple[float, ...] = OPACUS_RDP_ORDERS + EXTRA_RDP_ORDERS
 
 ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv", "pld")
+"""The built-in accountants' names; `accountant_names()` adds any registered since."""
 DEFAULT_ACCOUNTANT = "rdp"
 
 # Opacus' PRV accountant discretizes on a grid of 2L/mesh points (opacus/accountants/prv.py,
@@ -86,15 +100,93 @@ class AccountingError(ValueError):
     """An accountant cannot compute ε for these events (a numerical limit, not a privacy fact)."""
 
 
-@runtime_checkable
-class Accountant(Protocol):
-    """Anything with a name that turns a history of events into ε at δ."""
+class SupportsEvents(Protocol):
+    """Anything with a name that says which privacy events it can account for."""
 
     name: str
 
-    def epsilon(self, events: Iterable[PrivacyEvent], delta: float) -> float:
-        """ε at `delta` of the composition of all `events`."""
+    def supports(self, event: PrivacyEvent) -> bool:
+        """True when this accountant can compute ε for histories containing `event`."""
         ...
+
+
+@runtime_checkable
+class Accountant(SupportsEvents, Protocol):
+    """Anything with a name that says which events it supports and turns them into ε at δ."""
+
+    def epsilon(self, events: Iterable[PrivacyEvent], delta: float) -> float:
+        """ε at `delta` of the composition of all `events` (AccountingError if unsupported)."""
+        ...
+
+
+AccountantFactoryT = TypeVar("AccountantFactoryT", bound=Callable[[], Accountant])
+
+_ACCOUNTANT_FACTORIES: dict[str, Callable[[], Accountant]] = {}
+
+
+def register_accountant(name: str) -> Callable[[AccountantFactoryT], AccountantFactoryT]:
+    """Decorator: register an accountant class (or factory taking no arguments) under `name`.
+
+    `get_accountant(name)`, `epsilon_for(..., name)` and ledgers' `epsilon(name)` then use it. A
+    built-in name cannot be taken; registering the same name again replaces the factory.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"an accountant name is a non-empty string, got {name!r}")
+
+    def decorator(factory: AccountantFactoryT) -> AccountantFactoryT:
+        if not callable(factory):
+            raise TypeError(
+                f"register_accountant({name!r}) takes a class or factory, got {factory!r}"
+            )
+        if name in ACCOUNTANTS and name in _ACCOUNTANT_FACTORIES:
+            raise ValueError(f"the built-in accountant name {name!r} cannot be replaced")
+        _ACCOUNTANT_FACTORIES[name] = factory
+        return factory
+
+    return decorator
+
+
+def unregister_accountant(name: str) -> None:
+    """Remove a registered accountant (not a built-in one)."""
+    if name in ACCOUNTANTS:
+        raise ValueError(f"the built-in accountant {name!r} cannot be unregistered")
+    if _ACCOUNTANT_FACTORIES.pop(name, None) is None:
+        raise ValueError(f"accountant {name!r} is not registered")
+
+
+def accountant_names() -> tuple[str, ...]:
+    """Every registered accountant's name: the built-in `ACCOUNTANTS` first."""
+    return tuple(_ACCOUNTANT_FACTORIES)
+
+
+def accountants_supporting(event: PrivacyEvent) -> list[str]:
+    """The names of the registered accountants that support `event`."""
+    return [name for name, factory in _ACCOUNTANT_FACTORIES.items() if factory().supports(event)]
+
+
+def unsupported_event_error(accountant: str, event: PrivacyEvent) -> AccountingError:
+    """The one-line refusal of an accountant given an event it does not support."""
+    others = accountants_supporting(event)
+    remedy = (
+        f"use an accountant that does: {', '.join(others)}"
+        if others
+        else "no registered accountant does (add one with privet.privacy.register_accountant)"
+    )
+    return AccountingError(
+        f"the {accountant!r} accountant does not support privacy event {event_kind(event)!r}; "
+        f"{remedy}"
+    )
+
+
+def check_supported(
+    accountant: SupportsEvents, events: Iterable[PrivacyEvent]
+) -> list[PrivacyEvent]:
+    """The events as a list, if `accountant` supports every one; else `unsupported_event_error`."""
+    history = list(events)
+    for event in history:
+        if isinstance(event, PrivacyEvent) and not accountant.supports(event):
+            raise unsupported_event_error(accountant.name, event)
+    return history
 
 
 def _check_delta(delta: float) -> float:
@@ -103,11 +195,31 @@ def _check_delta(delta: float) -> float:
     return float(delta)
 
 
-def _history(
-    events: Iterable[PrivacyEvent], delta: float
+class GaussianAccountant:
+    """The base of accountants that compose Poisson-subsampled Gaussian mechanisms.
+
+    It supports every event that composes into `GaussianComposition`s only, and refuses any other
+    before computing anything.
+    """
+
+    name: str = ""
+
+    def supports(self, event: PrivacyEvent) -> bool:
+        """True when everything `event` composes into is a `GaussianComposition`."""
+        return isinstance(event, PrivacyEvent) and reduces_to_gaussians(event)
+
+    def _history(
+        self, events: Iterable[PrivacyEvent], delta: float
+    ) -> tuple[list[GaussianComposition], float | None]:
+        """The merged compositions, and ε when it is trivially 0 (nothing) or ∞ (no noise)."""
+        _check_delta(delta)
+        return _merged_history(check_supported(self, events))
+
+
+def _merged_history(
+    events: Iterable[PrivacyEvent],
 ) -> tuple[list[GaussianComposition], float | None]:
     """The merged compositions, and ε when it is trivially 0 (nothing) or ∞ (no noise)."""
-    _check_delta(delta)
     history = gaussian_compositions(events)
     if not history:
         return history, 0.0
@@ -275,7 +387,7 @@ def _order_layout(orders: tuple[float, ...]) -> _OrderLayout:
     )
 
 
-class RdpAccountant:
+class RdpAccountant(GaussianAccountant):
     """Rényi-DP accountant on `DEFAULT_RDP_ORDERS` (Opacus' orders, then larger integer orders).
 
     Orders up to 63 go through Opacus' analysis functions (`opacus.accountants.analysis.rdp`),
@@ -327,7 +439,7 @@ class RdpAccountant:
 
     def epsilon(self, events: Iterable[PrivacyEvent], delta: float) -> float:
         """ε by Opacus' `get_privacy_spent` (Balle et al. 2020's conversion) on these orders."""
-        history, trivial = _history(events, delta)
+        history, trivial = self._history(events, delta)
         if trivial is not None:
             return trivial
         return self._epsilon(history, delta)
@@ -338,7 +450,7 @@ class RdpAccountant:
         Looser than `epsilon`; it is the conversion behind older published figures (TF Privacy's
         MNIST tutorial: ε = 3.01), offered so those can be reproduced and compared.
         """
-        history, trivial = _history(events, delta)
+        history, trivial = self._history(events, delta)
         if trivial is not None:
             return trivial
         orders = np.asarray(self.orders)
@@ -382,7 +494,7 @@ def _pld_step_width(sigma: float, q: float) -> float:
     return width
 
 
-class PldAccountant:
+class PldAccountant(GaussianAccountant):
     """Google dp-accounting's PLD accountant (`dp_accounting.pld.PLDAccountant`), pessimistic.
 
     `value_discretization_interval` sets the grid of privacy-loss values. Pessimistic rounding makes
@@ -433,7 +545,7 @@ class PldAccountant:
         A history whose grids would exceed `MAX_PLD_STEP_POINTS` or `MAX_PLD_GRID_POINTS` (a
         noise multiplier of a few hundredths, or ε in the thousands) raises AccountingError.
         """
-        history, trivial = _history(events, delta)
+        history, trivial = self._history(events, delta)
         if trivial is not None:
             return trivial
         step, composed = self.grid_points(history, delta)
@@ -460,7 +572,7 @@ class PldAccountant:
         return float(accountant.get_epsilon(delta))
 
 
-class PrvAccountant:
+class PrvAccountant(GaussianAccountant):
     """Opacus' PRV accountant (`opacus.accountants.PRVAccountant`), its upper bound on ε.
 
     Opacus returns its estimate plus `eps_error`, an absolute error. By default `eps_error` is
@@ -482,7 +594,7 @@ class PrvAccountant:
 
     def epsilon(self, events: Iterable[PrivacyEvent], delta: float) -> float:
         """ε as Opacus' PRVAccountant.get_epsilon reports it (an upper bound)."""
-        history, trivial = _history(events, delta)
+        history, trivial = self._history(events, delta)
         if trivial is not None:
             return trivial
         from opacus.accountants import PRVAccountant
@@ -530,15 +642,19 @@ class PrvAccountant:
         return eps
 
 
+register_accountant("rdp")(RdpAccountant)
+register_accountant("prv")(PrvAccountant)
+register_accountant("pld")(PldAccountant)
+
+
 def get_accountant(name: str) -> Accountant:
-    """A fresh accountant by name: one of `ACCOUNTANTS`."""
-    if name == "rdp":
-        return RdpAccountant()
-    if name == "prv":
-        return PrvAccountant()
-    if name == "pld":
-        return PldAccountant()
-    raise ValueError(f"unknown accountant {name!r}; choose one of {', '.join(ACCOUNTANTS)}")
+    """A fresh accountant by name: one of `accountant_names()` (built-in `ACCOUNTANTS` first)."""
+    factory = _ACCOUNTANT_FACTORIES.get(name) if isinstance(name, str) else None
+    if factory is None:
+        raise ValueError(
+            f"unknown accountant {name!r}; choose one of {', '.join(_ACCOUNTANT_FACTORIES)}"
+        )
+    return factory()
 
 
 def epsilon_for(
@@ -546,8 +662,13 @@ def epsilon_for(
     delta: float,
     accountant: str | Accountant = DEFAULT_ACCOUNTANT,
 ) -> float:
-    """ε at `delta` of the composition of all `events`, by the named accountant (default RDP)."""
+    """ε at `delta` of the composition of all `events`, by the named accountant (default RDP).
+
+    An accountant that does not support one of the events refuses it (`AccountingError`).
+    """
     chosen = get_accountant(accountant) if isinstance(accountant, str) else accountant
+    if not isinstance(chosen, GaussianAccountant):  # those check for themselves
+        events = check_supported(chosen, events)
     return chosen.epsilon(events, delta)
 
 

@@ -10,13 +10,13 @@ import math
 from collections.abc import Callable
 from numbers import Integral
 
-from privacy.accountants import (
+from privet.privacy.accountants import (
     DEFAULT_ACCOUNTANT,
     Accountant,
     AccountingError,
     get_accountant,
 )
-from privacy.events import ClientLevelRound, PoissonGaussianSteps, PrivacyEvent
+from privet.privacy.events import ClientLevelRound, PoissonGaussianSteps, PrivacyEvent
 
 # Above this σ DP-SGD learns nothing useful; a target that needs more is reported as unreachable.
 MAX_NOISE_MULTIPLIER = 1000.0

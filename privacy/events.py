@@ -1,29 +1,65 @@
 """Privacy events: immutable records of what a mechanism released, separate from how ε is computed.
 
 In the style of Google's `dp-accounting` (`dp_accounting.dp_event`), an event only *describes* a
-release; the accountants in `privacy.accountants` compose events into ε. Two kinds exist in Privet:
+release; the accountants in `privacy.accountants` compose events into ε. Every event is a
+`PrivacyEvent`: it names its level (which unit it protects: one example or one client), says what
+it composes into for the accountants (`compositions`), and writes itself to and reads itself from
+JSON (`to_dict` / `from_dict`). Event types are open: `register_event(kind)` adds one under the
+`kind` that ledger files name it by, and `event_from_dict` reads any registered kind back.
 
-- `PoissonGaussianSteps`: example-level DP-SGD on one client (Opacus): `steps` steps, each
-  Poisson-sampling examples at rate q and adding Gaussian noise σ·C to the sum of clipped
-  per-example gradients.
-- `ClientLevelRound`: client-level DP-FedAvg on the server (McMahan et al., ICLR 2018, "Learning
-  Differentially Private Recurrent Language Models"): clients Poisson-sampled at rate q, each update
-  clipped to S, Gaussian noise z·S on the sum; optionally with adaptive clipping (Andrew et al.,
-  NeurIPS 2021, "Differentially Private Learning with Adaptive Clipping"), which also releases a
-  noised count of the clients whose update norm was within S.
+Two kinds are built in:
+
+- `PoissonGaussianSteps` (``"poisson_gaussian_steps"``): example-level DP-SGD on one client
+  (Opacus): `steps` steps, each Poisson-sampling examples at rate q and adding Gaussian noise σ·C
+  to the sum of clipped per-example gradients.
+- `ClientLevelRound` (``"client_level_round"``): client-level DP-FedAvg on the server (McMahan et
+  al., ICLR 2018, "Learning Differentially Private Recurrent Language Models"): clients
+  Poisson-sampled at rate q, each update clipped to S, Gaussian noise z·S on the sum; optionally
+  with adaptive clipping (Andrew et al., NeurIPS 2021, "Differentially Private Learning with
+  Adaptive Clipping"), which also releases a noised count of the clients whose update norm was
+  within S.
 
 Both reduce to compositions of the Poisson-subsampled Gaussian mechanism, `GaussianComposition`
-(σ, q, count), which is all the accountants need. Events of the two levels protect different
-units (one example vs one client) and must never be composed together.
+(σ, q, count), which is what Privet's built-in accountants consume. A new mechanism either reduces
+to those too, or to a composition type of its own that an accountant it registers supports.
+Events of the two levels protect different units (one example vs one client) and must never be
+composed together.
+
+Adding an event (no edit to Privet)::
+
+    @register_event("gaussian_release")
+    @dataclass(frozen=True)
+    class GaussianRelease(PrivacyEvent):
+        sensitivity: float
+        noise_std: float
+        releases: int = 1
+        level: ClassVar[Level] = "example"
+
+        @property
+        def count(self) -> int:
+            return self.releases
+
+        def with_count(self, count: int) -> GaussianRelease:
+            return GaussianRelease(self.sensitivity, self.noise_std, count)
+
+        def compositions(self) -> tuple[GaussianComposition, ...]:
+            return (GaussianComposition(self.noise_std / self.sensitivity, 1.0, self.releases),)
+
+A frozen dataclass gets `to_dict` / `from_dict` from its fields; other classes override both.
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+import inspect
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, Self, TypeVar
 
 Level = Literal["example", "client"]
 LEVELS: tuple[Level, ...] = ("example", "client")
@@ -34,7 +70,20 @@ class GaussianComposition(NamedTuple):
 
     noise_multiplier: float
     sample_rate: float
-    count: int
+    count: int  # type: ignore[assignment]  # the field hides tuple.count, which nothing calls
+
+
+class Composition(Protocol):
+    """One mechanism self-composed `count` times: what events reduce to for the accountants.
+
+    `GaussianComposition` is the one Privet's accountants consume; an accountant that supports
+    another mechanism (discrete Gaussian, Skellam, Laplace) defines its own composition type.
+    """
+
+    @property
+    def count(self) -> int:
+        """How many times the mechanism ran."""
+        ...
 
 
 def _check_noise(name: str, value: object) -> float:
@@ -76,8 +125,183 @@ def _check_count(name: str, value: object) -> int:
     return int(value)
 
 
+# -- the base type and its registry ---------------------------------------------------------------
+
+
+class PrivacyEvent(abc.ABC):
+    """What one mechanism released, described fully enough to account for it (never how).
+
+    A subclass sets `level` ("example" or "client": the unit its ε protects), implements `count`,
+    `with_count` and `compositions`, and is registered with `register_event(kind)`, which sets
+    `kind`, the name its ledger entries carry. Events are immutable and compare by value, so
+    that `compose` can merge repeats.
+    """
+
+    kind: ClassVar[str] = ""
+    """The registered name of this event type ("type" in its JSON); set by `register_event`."""
+    level: ClassVar[Level]
+
+    @property
+    @abc.abstractmethod
+    def count(self) -> int:
+        """How many times the mechanism ran (steps, rounds, releases)."""
+
+    @abc.abstractmethod
+    def with_count(self, count: int) -> Self:
+        """The same mechanism repeated `count` times."""
+
+    @abc.abstractmethod
+    def compositions(self) -> tuple[Composition, ...]:
+        """What the event composes into for the accountants (e.g. `GaussianComposition`s)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping with a "type" tag, the registered kind (inverse: `from_dict`).
+
+        The default writes a dataclass event's fields in declaration order; other events override.
+        """
+        kind = registered_kind(self)
+        if not dataclasses.is_dataclass(self):
+            raise NotImplementedError(f"{type(self).__name__} must implement to_dict()")
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {"type": kind, **values}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The event `to_dict` wrote; one-line ValueError naming a missing or unexpected field.
+
+        The default reads a dataclass event's init fields by keyword; other events override.
+        """
+        if not dataclasses.is_dataclass(cls):
+            raise NotImplementedError(f"{cls.__name__} must implement from_dict()")
+        if data.get("type") != cls.kind:
+            raise ValueError(f"expected a {cls.kind!r} event, got type {data.get('type')!r}")
+        names = [item.name for item in dataclasses.fields(cls) if item.init]
+        check_event_fields(data, names)
+        return cls(**{name: data[name] for name in names})
+
+
+EventT = TypeVar("EventT", bound=PrivacyEvent)
+EventClassT = TypeVar("EventClassT", bound=type[PrivacyEvent])
+
+_EVENT_TYPES: dict[str, type[PrivacyEvent]] = {}
+_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+def check_event_fields(data: Mapping[str, Any], names: Iterable[str]) -> None:
+    """Refuse a serialised event whose fields (besides "type") are not exactly `names`."""
+    expected = set(names) | {"type"}
+    missing = sorted(expected - set(data))
+    if missing:
+        raise ValueError(f"lacks field(s) {', '.join(missing)}")
+    extra = sorted(str(key) for key in set(data) - expected)
+    if extra:
+        raise ValueError(f"has unexpected field(s) {', '.join(extra)}")
+
+
+def register_event(kind: str) -> Callable[[EventClassT], EventClassT]:
+    """Class decorator: register a `PrivacyEvent` subclass under `kind`, its name in ledger JSON.
+
+    `kind` is lower-case letters, digits and underscores. A kind already taken by another class is
+    refused (a ledger entry must mean one thing); registering the same class again (a reloaded
+    module) replaces it.
+    """
+    if not isinstance(kind, str) or not _KIND_PATTERN.match(kind):
+        raise ValueError(
+            "a privacy event kind is lower-case letters, digits and underscores starting with a "
+            f"letter, got {kind!r}"
+        )
+
+    def decorator(cls: EventClassT) -> EventClassT:
+        if not (isinstance(cls, type) and issubclass(cls, PrivacyEvent)):
+            raise TypeError(f"register_event({kind!r}) takes a PrivacyEvent subclass, got {cls!r}")
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+            raise TypeError(f"privacy event {cls.__name__} does not implement {missing}")
+        level = getattr(cls, "level", None)
+        if level not in LEVELS:
+            raise ValueError(
+                f"privacy event {cls.__name__} must set level to 'example' or 'client', "
+                f"got {level!r}"
+            )
+        existing = _EVENT_TYPES.get(kind)
+        if existing is not None and _qualified_name(existing) != _qualified_name(cls):
+            raise ValueError(
+                f"privacy event kind {kind!r} is already registered to "
+                f"{_qualified_name(existing)}; choose another kind"
+            )
+        if cls.__dict__.get("kind") not in ("", None, kind) and cls.kind in _EVENT_TYPES:
+            raise ValueError(
+                f"privacy event {cls.__name__} is already registered as {cls.kind!r}; one class "
+                "has one kind"
+            )
+        cls.kind = kind
+        _EVENT_TYPES[kind] = cls
+        return cls
+
+    return decorator
+
+
+def unregister_event(kind: str) -> None:
+    """Remove a registered event kind (not a built-in one); ledgers naming it can't be read."""
+    if kind in _BUILT_IN_KINDS:
+        raise ValueError(f"the built-in privacy event kind {kind!r} cannot be unregistered")
+    if _EVENT_TYPES.pop(kind, None) is None:
+        raise ValueError(f"privacy event kind {kind!r} is not registered")
+
+
+def registered_events() -> Mapping[str, type[PrivacyEvent]]:
+    """Every registered event type by kind (a read-only snapshot), built-in kinds first."""
+    return MappingProxyType(dict(_EVENT_TYPES))
+
+
+def event_type(kind: object) -> type[PrivacyEvent]:
+    """The event class registered as `kind`; a one-line ValueError naming an unknown kind."""
+    cls = _EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(
+            f"unknown privacy event type {kind!r}; registered types are "
+            f"{', '.join(_EVENT_TYPES)} (import the module that registers it with "
+            "privet.privacy.register_event, or use the Privet version that wrote it)"
+        )
+    return cls
+
+
+def registered_kind(event: object) -> str:
+    """The kind `event` is registered under; a one-line TypeError if its type is not registered.
+
+    A subclass of a registered event is not registered itself: written under its parent's kind,
+    it would be read back as the parent.
+    """
+    if not isinstance(event, PrivacyEvent):
+        raise TypeError(f"expected a privacy event (a PrivacyEvent), got {event!r}")
+    cls = type(event)
+    if not cls.kind or _EVENT_TYPES.get(cls.kind) is not cls:
+        raise TypeError(
+            f"privacy event type {cls.__name__} is not registered; decorate it with "
+            "privet.privacy.register_event(kind) so that ledgers can store and read it"
+        )
+    return cls.kind
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def event_kind(event: PrivacyEvent) -> str:
+    """The event's kind for messages: its registered kind, else its class name."""
+    return type(event).kind or type(event).__name__
+
+
+# -- the built-in events --------------------------------------------------------------------------
+
+POISSON_GAUSSIAN_STEPS = "poisson_gaussian_steps"
+CLIENT_LEVEL_ROUND = "client_level_round"
+_BUILT_IN_KINDS = (POISSON_GAUSSIAN_STEPS, CLIENT_LEVEL_ROUND)
+
+
+@register_event(POISSON_GAUSSIAN_STEPS)
 @dataclass(frozen=True)
-class PoissonGaussianSteps:
+class PoissonGaussianSteps(PrivacyEvent):
     """`steps` DP-SGD steps, each sampling at rate `sample_rate` and adding N(0, (σ·C)²) noise.
 
     Example level: neighbouring data sets differ by adding or removing one example.
@@ -109,6 +333,10 @@ class PoissonGaussianSteps:
         """The event as Poisson-subsampled Gaussian compositions: here exactly one."""
         return (GaussianComposition(self.noise_multiplier, self.sample_rate, self.steps),)
 
+    def compositions(self) -> tuple[GaussianComposition, ...]:
+        """What the accountants compose: `gaussian_compositions`."""
+        return self.gaussian_compositions()
+
     def to_list(self) -> list[float]:
         """Plain numbers for Flower records: [σ, q, steps]."""
         return [float(self.noise_multiplier), float(self.sample_rate), float(self.steps)]
@@ -123,18 +351,10 @@ class PoissonGaussianSteps:
             raise ValueError(f"step count must be an integer, got {steps!r}")
         return cls(float(sigma), float(q), int(steps))
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping with a "type" tag (inverse: `event_from_dict`)."""
-        return {
-            "type": POISSON_GAUSSIAN_STEPS,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-        }
 
-
+@register_event(CLIENT_LEVEL_ROUND)
 @dataclass(frozen=True)
-class ClientLevelRound:
+class ClientLevelRound(PrivacyEvent):
     """`rounds` rounds of DP-FedAvg at the client level (McMahan et al., ICLR 2018).
 
     Each round, clients are Poisson-sampled at rate `sample_rate`, every sampled client's update is
@@ -225,33 +445,9 @@ class ClientLevelRound:
         sigma = self.effective_noise_multiplier()
         return (GaussianComposition(sigma, self.sample_rate, self.rounds),)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping with a "type" tag (inverse: `event_from_dict`)."""
-        return {
-            "type": CLIENT_LEVEL_ROUND,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "rounds": self.rounds,
-            "count_noise_std": self.count_noise_std,
-            "count_sensitivity": self.count_sensitivity,
-        }
-
-
-PrivacyEvent = PoissonGaussianSteps | ClientLevelRound
-EventT = TypeVar("EventT", PoissonGaussianSteps, ClientLevelRound)
-
-POISSON_GAUSSIAN_STEPS = "poisson_gaussian_steps"
-CLIENT_LEVEL_ROUND = "client_level_round"
-_EVENT_FIELDS: dict[str, tuple[str, ...]] = {
-    POISSON_GAUSSIAN_STEPS: ("noise_multiplier", "sample_rate", "steps"),
-    CLIENT_LEVEL_ROUND: (
-        "noise_multiplier",
-        "sample_rate",
-        "rounds",
-        "count_noise_std",
-        "count_sensitivity",
-    ),
-}
+    def compositions(self) -> tuple[GaussianComposition, ...]:
+        """What the accountants compose: `gaussian_compositions`."""
+        return self.gaussian_compositions()
 
 
 CENTRED_COUNT_SENSITIVITY = 0.5
@@ -289,47 +485,30 @@ def update_noise_for_adaptive_clipping(
     return float((z ** (-2) - count_multiplier ** (-2)) ** (-0.5))
 
 
+# -- dispatch through the registry ----------------------------------------------------------------
+
+
 def event_from_dict(data: Mapping[str, Any]) -> PrivacyEvent:
-    """An event from `to_dict`'s mapping; one-line ValueError on anything malformed."""
+    """An event of any registered kind from its `to_dict` mapping; one-line ValueError if bad."""
     if not isinstance(data, Mapping):
         raise ValueError(f"a privacy event must be a JSON object, got {data!r}")
     kind = data.get("type")
-    if kind not in _EVENT_FIELDS:
-        raise ValueError(
-            f"unknown privacy event type {kind!r}; expected one of {', '.join(_EVENT_FIELDS)}"
-        )
-    expected = set(_EVENT_FIELDS[kind]) | {"type"}
-    missing = sorted(expected - set(data))
-    if missing:
-        raise ValueError(f"privacy event {kind!r} lacks field(s) {', '.join(missing)}")
-    extra = sorted(str(key) for key in set(data) - expected)
-    if extra:
-        raise ValueError(f"privacy event {kind!r} has unexpected field(s) {', '.join(extra)}")
+    cls = event_type(kind)
     try:
-        if kind == POISSON_GAUSSIAN_STEPS:
-            return PoissonGaussianSteps(
-                data["noise_multiplier"], data["sample_rate"], data["steps"]
-            )
-        return ClientLevelRound(
-            data["noise_multiplier"],
-            data["sample_rate"],
-            data["rounds"],
-            count_noise_std=data["count_noise_std"],
-            count_sensitivity=data["count_sensitivity"],
-        )
-    except ValueError as error:
-        raise ValueError(f"privacy event {kind!r}: {error}") from None
+        return cls.from_dict(data)
+    except (ValueError, TypeError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"privacy event {kind!r}: {message}") from None
 
 
 def event_level(event: object) -> Level:
     """The event's level, example or client; a TypeError names anything that is not an event."""
-    if isinstance(event, PoissonGaussianSteps):
-        return "example"
-    if isinstance(event, ClientLevelRound):
-        return "client"
-    raise TypeError(
-        f"expected a privacy event (PoissonGaussianSteps or ClientLevelRound), got {event!r}"
-    )
+    if not isinstance(event, PrivacyEvent):
+        raise TypeError(
+            f"expected a privacy event (a PrivacyEvent such as "
+            f"{', '.join(cls.__name__ for cls in _EVENT_TYPES.values())}), got {event!r}"
+        )
+    return event.level
 
 
 def compose(events: Iterable[EventT]) -> list[EventT]:
@@ -350,17 +529,30 @@ def compose(events: Iterable[EventT]) -> list[EventT]:
     return merged
 
 
+def reduces_to_gaussians(event: PrivacyEvent) -> bool:
+    """True when everything the event composes into is a `GaussianComposition`."""
+    return all(isinstance(item, GaussianComposition) for item in event.compositions())
+
+
 def gaussian_compositions(events: Iterable[PrivacyEvent]) -> list[GaussianComposition]:
     """All events as Poisson-subsampled Gaussian compositions, equal (σ, q) pairs merged.
 
     Composition is commutative, so equal mechanisms anywhere in the history are summed. A history
-    that mixes example-level and client-level events is refused: their ε protect different units.
+    that mixes example-level and client-level events is refused: their ε protect different
+    units. So is an event that composes into another mechanism (a ValueError naming its kind).
     """
     counts: dict[tuple[float, float], int] = {}
     levels: set[Level] = set()
     for event in events:
         levels.add(event_level(event))
-        for sigma, q, count in event.gaussian_compositions():
+        for item in event.compositions():
+            if not isinstance(item, GaussianComposition):
+                raise ValueError(
+                    f"privacy event {event_kind(event)!r} composes into "
+                    f"{type(item).__name__}, not Poisson-subsampled Gaussians; account it with "
+                    "an accountant that supports it"
+                )
+            sigma, q, count = item
             if count:
                 counts[(sigma, q)] = counts.get((sigma, q), 0) + count
     if len(levels) > 1:

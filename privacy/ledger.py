@@ -18,6 +18,11 @@ File format (JSON, strict: no NaN or Infinity tokens; ∞ is written as the stri
                   "event": {"type": "poisson_gaussian_steps", "noise_multiplier": 1.1,
                             "sample_rate": 0.01, "steps": 100}}, ...]}
 
+An entry's event is any registered privacy event (`privacy.events.register_event`), written by its
+own `to_dict` under its kind; reading a file that names a kind no module has registered is a
+one-line LedgerError naming the kind. "epsilon_rdp" is null when the RDP accountant does not
+support every recorded event.
+
 One writer: a ledger file has one writer at a time. `ledger_lock(path)` is the lock a writer
 holds from reading the ledger to its last record (a second writer is refused, naming the first
 one's PID), and `record`/`save` refuse to overwrite a file that changed on disk since this object
@@ -50,17 +55,24 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, Accountant, AccountingError, epsilon_for
-from privacy.events import (
+from privet.privacy.accountants import (
+    DEFAULT_ACCOUNTANT,
+    Accountant,
+    AccountingError,
+    epsilon_for,
+    get_accountant,
+)
+from privet.privacy.events import (
+    CLIENT_LEVEL_ROUND,
     LEVELS,
-    ClientLevelRound,
     Level,
     PoissonGaussianSteps,
     PrivacyEvent,
     event_from_dict,
     event_level,
+    registered_kind,
 )
-from privacy.storage import (
+from privet.privacy.storage import (
     FileLock,
     LockError,
     atomic_write_text,
@@ -163,6 +175,18 @@ class LedgerEntry:
         return cls(_check_round(data["round"]), event, float(recorded_at))
 
 
+def _informational_rdp_epsilon(events: list[PrivacyEvent], delta: float) -> float | str | None:
+    """The "epsilon_rdp" a ledger file shows; None when the RDP accountant cannot account it.
+
+    It is informational only (never read back), so a ledger holding an event that only another
+    accountant supports is still written.
+    """
+    accountant = get_accountant("rdp")
+    if not all(accountant.supports(event) for event in events):
+        return None
+    return _json_number(accountant.epsilon(events, delta))
+
+
 def _entry_from_schema_1(item: object) -> tuple[object, bool]:
     """A version-1 entry in version-2 form, and whether its charge went up.
 
@@ -172,7 +196,7 @@ def _entry_from_schema_1(item: object) -> tuple[object, bool]:
     if not isinstance(item, Mapping) or not isinstance(item.get("event"), Mapping):
         return item, False
     event = dict(item["event"])
-    if event.get("type") != "client_level_round" or "count_noise_multiplier" not in event:
+    if event.get("type") != CLIENT_LEVEL_ROUND or "count_noise_multiplier" not in event:
         return item, False
     multiplier = event.pop("count_noise_multiplier")
     if multiplier is None:
@@ -201,9 +225,9 @@ class PrivacyLedger:
             raise LedgerError(f"a ledger's level must be 'example' or 'client', got {level!r}")
         if isinstance(delta, bool) or not isinstance(delta, Real) or not 0 < delta < 1:
             raise LedgerError(f"a ledger's delta must be a number in (0, 1), got {delta!r}")
-        self.owner = owner
+        self.owner: str = owner
         self.level: Level = level
-        self.delta = float(delta)
+        self.delta: float = float(delta)
         self.path: Path | None = None if path is None else Path(path)
         self._entries: list[LedgerEntry] = []
         for index, entry in enumerate(entries):
@@ -224,11 +248,16 @@ class PrivacyLedger:
         )
 
     def _check_event(self, event: object) -> PrivacyEvent:
-        """The event itself, if it is a privacy event of this ledger's level."""
-        if not isinstance(event, (PoissonGaussianSteps, ClientLevelRound)):
-            raise LedgerError(
-                f"expected a PoissonGaussianSteps or ClientLevelRound event, got {event!r}"
-            )
+        """The event itself, if it is a registered privacy event of this ledger's level.
+
+        Only registered event types are accepted, so that every entry can be read back.
+        """
+        if not isinstance(event, PrivacyEvent):
+            raise LedgerError(f"expected a privacy event (a PrivacyEvent), got {event!r}")
+        try:
+            registered_kind(event)
+        except TypeError as error:
+            raise LedgerError(str(error)) from None
         level = event_level(event)
         if level != self.level:
             raise LedgerError(
@@ -343,7 +372,7 @@ class PrivacyLedger:
             "owner": self.owner,
             "level": self.level,
             "delta": self.delta,
-            "epsilon_rdp": _json_number(epsilon_for(events, self.delta, "rdp")),
+            "epsilon_rdp": _informational_rdp_epsilon(events, self.delta),
             "entries": [entry.to_dict() for entry in entries],
         }
 

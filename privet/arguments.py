@@ -21,6 +21,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def model_name(text: str) -> str:
+    """An argparse type: a registered model name, or a builder named as ``module:function``.
+
+    An unknown name is argparse's one-line usage error listing the registered ones. A
+    ``module:function`` is only recognised here; it is imported when the configuration is
+    validated (the same check as for a config file or Flower's run config).
+    """
+    from privet.task.models import is_builder_path, model_names
+
+    if text in model_names() or is_builder_path(text):
+        return text
+    choices = ", ".join(repr(name) for name in model_names())
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {choices}, or name your own builder as "
+        "module:function)"
+    )
+
+
 def output_folder_problem(folder: str | os.PathLike[str]) -> str | None:
     """Why `folder` cannot be (or become) a writable results folder, or None when it can.
 

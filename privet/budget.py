@@ -13,16 +13,16 @@ Bad input raises `BudgetError` (a ValueError) with one line naming the problem a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privacy import (
+from privet.arguments import output_file_problem, positive_int
+from privet.privacy import (
     ACCOUNTANTS,
     AccountingError,
     ClientLevelRound,
@@ -36,8 +36,14 @@ from privacy import (
     rdp_epsilon_classic,
     update_noise_for_adaptive_clipping,
 )
-from privet.arguments import output_file_problem, positive_int
-from server.aggregation import COUNT_SENSITIVITY
+from privet.server.aggregation import COUNT_SENSITIVITY
+from privet.server.run_output import (
+    SERVER_LEDGER_OWNER,
+    ResultsError,
+    ResultsFile,
+    RunFolder,
+    read_results,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -618,30 +624,23 @@ def _replay(
     return Verdict(label, reported, replayed, status)
 
 
-def _read_results(run_dir: Path) -> dict[str, Any]:
+def _read_results(run_dir: Path) -> tuple[ResultsFile, Mapping[str, Any]]:
+    """The run's results.json (read by `server.run_output`) and its config; else BudgetError."""
     if not run_dir.is_dir():
         raise BudgetError(
             f"--verify {run_dir}: no such run folder; give the folder of a finished run"
         )
-    results = run_dir / "results.json"
-    if not results.is_file():
-        raise BudgetError(f"{results} does not exist; --verify needs a finished run's folder")
-
-    def reject(token: str) -> float:
-        raise ValueError(f"the non-JSON number {token}")
-
     try:
-        data = json.loads(results.read_text(encoding="utf-8"), parse_constant=reject)
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise BudgetError(f"{results} cannot be read as JSON: {error}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise BudgetError(f'{results} has no "config" object; is it a Privet results file?')
-    if not isinstance(data.get("clients"), list):
-        raise BudgetError(f'{results} has no "clients" list; is it a Privet results file?')
-    return data
+        results = read_results(run_dir)
+        config = results.config
+    except ResultsError as error:
+        raise BudgetError(str(error)) from None
+    if not isinstance(results.raw.get("clients"), list):
+        raise BudgetError(f'{results.path} has no "clients" list; is it a Privet results file?')
+    return results, config
 
 
-def _max_verdict(data: dict[str, Any], results: Path, clients: list[Verdict]) -> list[Verdict]:
+def _max_verdict(data: Mapping[str, Any], results: Path, clients: list[Verdict]) -> list[Verdict]:
     """The federation's figure, privacy.epsilon_max, must be the maximum of the clients' ε."""
     privacy = data.get("privacy")
     if not isinstance(privacy, dict) or "epsilon_max" not in privacy:
@@ -663,14 +662,14 @@ def verify_run(run_dir: Path) -> int:
     when `run_dir` is not a readable run, or when a ledger does not extend what the run's
     checkpoint recorded of it (missing, shortened or edited: its ε could be too low).
     """
-    from server.checkpoint import check_run_ledgers
+    from privet.server.checkpoint import check_run_ledgers
 
-    data = _read_results(run_dir)
+    read, config = _read_results(run_dir)
+    data = read.raw
     note = check_run_ledgers(run_dir)
     if note:
         print(f"note: {note}")
-    results = run_dir / "results.json"
-    config = data["config"]
+    results = read.path
     accountant = config.get("accountant")
     if accountant not in ACCOUNTANTS:
         raise BudgetError(
@@ -680,7 +679,8 @@ def verify_run(run_dir: Path) -> int:
     delta = config.get("delta")
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
         raise BudgetError(f"{results}: config.delta must be a number in (0, 1), got {delta!r}")
-    ledgers = run_dir / "ledgers"
+    folder = RunFolder(run_dir)
+    ledgers = folder.ledgers
     verdicts: list[Verdict] = []
     reported_ids: set[int] = set()
     for index, client in enumerate(data["clients"]):
@@ -691,7 +691,7 @@ def verify_run(run_dir: Path) -> int:
         reported = _reported_epsilon(client.get("epsilon"), f"clients[{index}]", results)
         name = f"client-{client_id}"
         verdicts.append(
-            _replay(ledgers / f"{name}.json", name, reported, "example", name, delta, accountant)
+            _replay(folder.ledger(name), name, reported, "example", name, delta, accountant)
         )
     for path in sorted(ledgers.glob("client-*.json")) if ledgers.is_dir() else []:
         suffix = path.stem.removeprefix("client-")
@@ -699,7 +699,7 @@ def verify_run(run_dir: Path) -> int:
             verdicts.append(_replay(path, path.stem, None, "example", path.stem, delta, accountant))
     verdicts.extend(_max_verdict(data, results, verdicts[: len(data["clients"])]))
     client_level = data.get("client_level")
-    server = ledgers / "server.json"
+    server = folder.ledger(SERVER_LEDGER_OWNER)
     if client_level is not None:
         if not isinstance(client_level, dict):
             raise BudgetError(f"{results}: client_level must be an object or null")

@@ -972,15 +972,18 @@ def run_certs(args: argparse.Namespace) -> int:
         )
         return 0
     if args.certs_command == "publisher":
-        files = make_publisher_key(args.out, overwrite=args.overwrite)
+        publisher = make_publisher_key(args.out, overwrite=args.overwrite)
         print(
-            f"Wrote {files.private_key} (private, mode 0600: it signs the apps nodes run; keep it "
-            "with the coordinator)"
+            f"Wrote {publisher.private_key} (private, mode 0600: it signs the apps nodes run; "
+            "keep it with the coordinator)"
         )
-        print(f"Wrote {files.public_key} and {files.trusted_entities} (key id {files.key_id})")
         print(
-            f"Give {files.trusted_entities.name} to every node: flower-supernode "
-            f"--trusted-entities {files.trusted_entities.name} ..."
+            f"Wrote {publisher.public_key} and {publisher.trusted_entities} "
+            f"(key id {publisher.key_id})"
+        )
+        print(
+            f"Give {publisher.trusted_entities.name} to every node: flower-supernode "
+            f"--trusted-entities {publisher.trusted_entities.name} ..."
         )
         return 0
     if args.certs_command == "sign":

@@ -12,19 +12,20 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from privet import __version__
-from privet.arguments import output_folder_problem
+from privet.arguments import model_name, output_folder_problem
 from privet.config_sources import build_config, read_config_file
-from task.config import (
+from privet.simulations.engine_names import ENGINE_NAMES
+from privet.task.config import (
     ACCOUNTANT_NAMES,
     CLIENT_SAMPLING_NAMES,
-    DATASET_NAMES,
     DEVICE_NAMES,
     MISSING_POLICY_NAMES,
-    MODEL_NAMES,
     PARTITION_NAMES,
     RunConfig,
     check_no_ignored_settings,
 )
+from privet.task.datasets import dataset_names
+from privet.task.models import model_names
 
 EXIT_USAGE = 2
 
@@ -43,16 +44,16 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (not a bug): reported in one line, without a traceback."""
-    from client.local_plan import PlanError
-    from privacy import AccountingError, CalibrationError, LedgerError
-    from privacy.storage import LockError
     from privet.budget import BudgetError
     from privet.certs import CertError
-    from simulations.report import ReportError
-    from simulations.sweep import SweepError
-    from task.config import ConfigError
-    from task.datasets import DataError
-    from task.models import ModelError
+    from privet.client.local_plan import PlanError
+    from privet.privacy import AccountingError, CalibrationError, LedgerError
+    from privet.privacy.storage import LockError
+    from privet.simulations.report import ReportError
+    from privet.simulations.sweep import SweepError
+    from privet.task.config import ConfigError
+    from privet.task.datasets import DataError
+    from privet.task.models import ModelError
 
     return (
         CliError,
@@ -92,7 +93,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     """The flags of every run setting (shared by `simulate` and `sweep`); returns the run group."""
     defaults = RunConfig()
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASET_NAMES, help="data set (default: digits)")
+    data.add_argument(
+        "--dataset", choices=dataset_names(), help=f"data set (default: {defaults.dataset})"
+    )
     data.add_argument(
         "--data-dir", help="folder with mnist/fashion-mnist IDX .gz files or adult.data"
     )
@@ -122,7 +125,13 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
         "--batch-size", type=int, help=f"expected batch size (default: {defaults.batch_size})"
     )
     fed.add_argument("--lr", type=float, help=f"learning rate (default: {defaults.lr})")
-    fed.add_argument("--model", choices=MODEL_NAMES, help=f"model (default: {defaults.model})")
+    fed.add_argument(
+        "--model",
+        type=model_name,
+        metavar="{" + ",".join((*model_names(), "MODULE:FUNCTION")) + "}",
+        help=f"model (default: {defaults.model}), or your own builder (feature_shape, "
+        "num_classes) -> torch.nn.Module named as module:function, e.g. mypkg.nets:build",
+    )
 
     dp = parser.add_argument_group("differential privacy (per client, per example)")
     noise = dp.add_mutually_exclusive_group()
@@ -256,15 +265,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._Argumen
     return run
 
 
-# The engines of `simulations.engines` (named here so that parsing flags imports no torch).
-ENGINE_CHOICES: tuple[str, ...] = ("flower", "in-process")
-
-
 def add_engine_argument(group: argparse._ArgumentGroup, default_text: str) -> None:
     """The --engine flag: Flower's simulation runtime (Ray) or Privet's in-process engine."""
     group.add_argument(
         "--engine",
-        choices=ENGINE_CHOICES,
+        choices=ENGINE_NAMES,
         help="flower: Flower's simulation runtime (Ray, one process per client slot); "
         "in-process: the same apps in this process, no Ray — faster and far lighter for many "
         f"clients on one machine (default: {default_text})",
@@ -293,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("output", help="the interrupted run's or sweep's output folder")
     resume.add_argument(
         "--engine",
-        choices=ENGINE_CHOICES,
+        choices=ENGINE_NAMES,
         help="engine to continue on (default: the one the run used; in-process for a sweep)",
     )
     from privet.sweep_command import add_jobs_argument
@@ -347,7 +352,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     problem = output_folder_problem(output)
     if problem is not None:
         raise CliError(f"--output {config.output} {problem}; choose another --output")
-    for name in ("results.json", "ledgers", "checkpoint.json"):
+    from privet.server.run_output import CHECKPOINT_FILE, LEDGER_DIR, RESULTS_FILE
+
+    for name in (RESULTS_FILE, LEDGER_DIR, CHECKPOINT_FILE):
         if (output / name).exists() and not args.overwrite:
             raise CliError(
                 f"{output / name} already exists; choose another --output, pass --overwrite "
@@ -358,14 +365,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def _simulate(args: argparse.Namespace) -> int:
     from privet.console import SimulationConsole
-    from simulations.engines import run_simulation_with
-    from simulations.plan import plan_simulation
+    from privet.simulations.engines import run_simulation_with
+    from privet.simulations.plan import plan_simulation
 
     config = config_from_args(args)
     console = SimulationConsole()
     plan = plan_simulation(config)
     if args.overwrite:
-        from server.app import clear_output
+        from privet.server.app import clear_output
 
         clear_output(Path(config.output))
     console.show_plan(plan)
@@ -378,11 +385,11 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     from privet.console import SimulationConsole
-    from server.checkpoint import load_checkpoint
-    from simulations.engines import recorded_engine, run_simulation_with
+    from privet.server.checkpoint import load_checkpoint
+    from privet.simulations.engines import recorded_engine, run_simulation_with
 
     output = Path(args.output)
-    from simulations.sweep import SWEEP_FILE
+    from privet.simulations.sweep import SWEEP_FILE
 
     if (output / SWEEP_FILE).exists():
         from privet.sweep_command import resume_sweep

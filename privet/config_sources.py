@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from task.config import ConfigError, RunConfig, duplicate_key_message, merge_settings
+from privet.task.config import ConfigError, RunConfig, duplicate_key_message, merge_settings
 
 
 def read_config_file(path: str) -> dict[str, Any]:

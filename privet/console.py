@@ -11,8 +11,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from server.results import RESULTS_FILE, RoundRecord, RunResults
-from simulations.plan import SimulationPlan
+from privet.server.results import RoundRecord, RunResults
+from privet.server.run_output import RESULTS_FILE
+from privet.simulations.plan import SimulationPlan
 
 MAX_CLIENT_ROWS = 20
 
@@ -137,7 +138,7 @@ class SimulationConsole:
             shown = head + [c for c in shown if c.epsilon == top and c not in head][:1]
             clients.caption = (
                 f"{len(shown)} of {len(results.clients)} clients shown, including one at the "
-                f"maximum ε; all are in results.json"
+                f"maximum ε; all are in {RESULTS_FILE}"
             )
         for client in shown:
             clients.add_row(
@@ -154,8 +155,8 @@ class SimulationConsole:
                 f"Client-level ε = {_eps(results.client_level['epsilon'])} at δ = "
                 f"{results.config.delta:g} over {results.client_level['rounds']} rounds"
             )
-        for client, at in sorted(results.declines.items()):
-            self.console.print(f"Client {client} declined from round {at} on (budget).")
+        for declined, at in sorted(results.declines.items()):
+            self.console.print(f"Client {declined} declined from round {at} on (budget).")
         for warning in results.warnings():
             self.console.print(f"[yellow]Warning: {escape(warning)}.[/yellow]")
         if results.stop_reason and results.stop_reason not in (results.failure_reason or ""):

@@ -338,7 +338,10 @@ def _registry_handler(registry: AppRegistry) -> type[BaseHTTPRequestHandler]:
             if not 0 <= length <= MAX_REGISTRY_REQUEST:
                 self._json(400, {"detail": "bad content-length"})
                 return
-            host = self.headers.get("host") or "{}:{}".format(*self.server.server_address[:2])
+            address = self.server.server_address  # (host, port, ...) for a TCP server
+            if not isinstance(address, tuple):
+                raise TypeError(f"the registry serves over TCP, not at {address!r}")
+            host = self.headers.get("host") or f"{address[0]}:{address[1]}"
             status, data = registry.fetch(self.rfile.read(length), host)
             self._json(status, data)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from privet.server.run_output import REPORT_FILE, RESULTS_FILE, SWEEP_FILE
+
 
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
     """Add the `report` subcommand."""
@@ -17,7 +19,7 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="write an HTML report of a run or a sweep",
         description=(
             "Write one self-contained HTML file (plots embedded, nothing fetched) for a "
-            "`privet simulate` run folder (results.json) or a sweep folder (sweep.json): "
+            f"`privet simulate` run folder ({RESULTS_FILE}) or a sweep folder ({SWEEP_FILE}): "
             "accuracy, ε per round per client, the privacy–utility curve, clipping, noise, "
             "participation, and a plain-language statement of what was guaranteed to whom."
         ),
@@ -26,14 +28,14 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output",
         metavar="FILE",
-        help="where to write the HTML (default: DIRECTORY/report.html; replaced atomically)",
+        help=f"where to write the HTML (default: DIRECTORY/{REPORT_FILE}; replaced atomically)",
     )
     parser.add_argument("--title", help="the report's title (default: from the folder's name)")
 
 
 def run_report(args: argparse.Namespace) -> int:
     """Write the report and say where; returns the exit status (0)."""
-    from simulations.report import write_report
+    from privet.simulations.report import write_report
 
     path = write_report(args.directory, args.output, args.title)
     print(f"Report: {path}")

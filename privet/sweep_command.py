@@ -27,7 +27,8 @@ from rich.table import Table
 
 from privet.arguments import output_folder_problem, positive_int
 from privet.config_sources import read_config_tables
-from simulations.sweep import (
+from privet.server.run_output import RESULTS_FILE
+from privet.simulations.sweep import (
     RUNS_DIR,
     TABLE_FILE,
     RoundProgress,
@@ -43,7 +44,7 @@ from simulations.sweep import (
     run_status,
     run_sweep,
 )
-from task.config import (
+from privet.task.config import (
     CLIENT_NOISE_KEYS,
     NOISE_KEYS,
     RunConfig,
@@ -65,10 +66,10 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
         help="run a grid of simulations (e.g. over target ε, partitions and seeds)",
         description=(
             "Run every combination of the --vary values as its own private simulation, "
-            "sharing all other settings. Results: OUTPUT/sweep.csv (one row per run) and "
-            "OUTPUT/runs/<run>/results.json. Run the same command again, or `privet resume "
-            "OUTPUT`, to continue an interrupted sweep. Example: privet sweep --vary "
-            "target-epsilon=1,3,8 --vary partition=iid,dirichlet --vary seed=0,1"
+            f"sharing all other settings. Results: OUTPUT/{TABLE_FILE} (one row per run) and "
+            f"OUTPUT/{RUNS_DIR}/<run>/{RESULTS_FILE}. Run the same command again, or "
+            "`privet resume OUTPUT`, to continue an interrupted sweep. Example: privet sweep "
+            "--vary target-epsilon=1,3,8 --vary partition=iid,dirichlet --vary seed=0,1"
         ),
     )
     run = add_settings_arguments(parser)
@@ -214,7 +215,7 @@ def _check_no_setting_ignored_by_every_run(spec: SweepSpec, output: Path, given:
 
 def check_plans(spec: SweepSpec, output: Path) -> None:
     """Plan every distinct run before any starts, so a bad combination fails in seconds."""
-    from simulations.plan import plan_simulation
+    from privet.simulations.plan import plan_simulation
 
     checked: set[tuple[Any, ...]] = set()
     for run in spec.runs():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.events import CENTRED_COUNT_SENSITIVITY
+from privet.privacy.events import CENTRED_COUNT_SENSITIVITY
 
 logger = logging.getLogger(__name__)
 

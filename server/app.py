@@ -16,8 +16,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from privacy import PrivacyLedger
-from server.checkpoint import (
+from privet.privacy import PrivacyLedger
+from privet.server.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
     ServerCheckpoint,
@@ -27,24 +27,22 @@ from server.checkpoint import (
     save_checkpoint,
     set_aside_run,
 )
-from server.client_dp import make_aggregator, plan_client_level
-from server.evaluation import ServerEvaluator
-from server.federation_privacy import FederationPrivacy
-from server.results import (
-    RESULTS_FILE,
+from privet.server.client_dp import make_aggregator, plan_client_level
+from privet.server.evaluation import ServerEvaluator
+from privet.server.federation_privacy import FederationPrivacy
+from privet.server.results import (
     RoundCallback,
     RoundRecord,
     RunResults,
     write_model,
     write_results,
 )
-from server.secure_aggregation import SecAggSettings, conditional_rounding_ratio
-from server.strategy import PrivetFedAvg
-from task.config import ConfigError, RunConfig
+from privet.server.run_output import LEDGER_DIR, RESULTS_FILE, SERVER_LEDGER_OWNER, RunFolder
+from privet.server.secure_aggregation import SecAggSettings, conditional_rounding_ratio
+from privet.server.strategy import PrivetFedAvg
+from privet.task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
-
-LEDGER_DIR = "ledgers"
 
 
 class RunFailedError(RuntimeError):
@@ -112,7 +110,7 @@ def _run_federated_training(
     aggregator = server_ledger = None
     if client_level is not None:
         aggregator = make_aggregator(client_level, config, server_rng(config, 2))
-        ledger_file = output_dir / LEDGER_DIR / "server.json"
+        ledger_file = RunFolder(output_dir).ledger(SERVER_LEDGER_OWNER)
         if checkpoint is not None and ledger_file.exists():
             server_ledger = PrivacyLedger.load(ledger_file)  # never reset by a restart
             server_ledger.path = ledger_file
@@ -125,7 +123,7 @@ def _run_federated_training(
                 )
         else:
             server_ledger = PrivacyLedger(
-                owner="server", level="client", delta=config.delta, path=ledger_file
+                owner=SERVER_LEDGER_OWNER, level="client", delta=config.delta, path=ledger_file
             )
     strategy = PrivetFedAvg(
         privacy,

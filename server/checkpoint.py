@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from privacy import (
+from privet.privacy import (
     DEFAULT_ACCOUNTANT,
     AccountingError,
     LedgerError,
@@ -59,21 +59,28 @@ from privacy import (
     atomic_write_bytes,
     atomic_write_text,
 )
-from privacy.ledger import LEDGER_DIR, ledger_lock
-from privacy.storage import (
+from privet.privacy.ledger import LEDGER_DIR, ledger_lock
+from privet.privacy.storage import (
     FileLock,
     InUseError,
     make_private_folder,
     remove_stale_temporaries,
     remove_unlocked_temporaries,
 )
-from task.config import ConfigError, RunConfig
+from privet.server.run_output import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    REPLACED_DIR,
+    RESULTS_FILE,
+    RUN_LOCK_FILE,
+    WEIGHTS_FILE_GLOB,
+    WEIGHTS_FILE_NAME,
+    weights_file_name,
+)
+from privet.task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.json"
-RUN_LOCK_FILE = ".privet.lock"
-REPLACED_DIR = "replaced"
 SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 IGNORED_ON_RESUME = ("resume", "output")
@@ -85,8 +92,8 @@ _KEYS = {
 }
 _LEDGER_NAME = re.compile(r"^(server|client-\d+)\.json$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_RUN_FILES = ("results.json", "model.pt", CHECKPOINT_FILE)
-_WEIGHTS_NAME = re.compile(r"^checkpoint-model-\d+\.npz$")
+_RUN_FILES = (RESULTS_FILE, MODEL_FILE, CHECKPOINT_FILE)
+_WEIGHTS_NAME = WEIGHTS_FILE_NAME
 
 
 class CheckpointError(ConfigError):
@@ -125,7 +132,7 @@ class ServerCheckpoint:
 
 
 def _weights_name(server_round: int) -> str:
-    return f"checkpoint-model-{server_round}.npz"
+    return weights_file_name(server_round)
 
 
 def _canonical_digest(document: Mapping[str, Any]) -> str:
@@ -361,7 +368,7 @@ def save_checkpoint(output_dir: Path, checkpoint: ServerCheckpoint) -> Path:
     document["digest"] = _canonical_digest(document)
     path = output_dir / CHECKPOINT_FILE
     atomic_write_text(path, json.dumps(document, indent=1, allow_nan=False))
-    for old in output_dir.glob("checkpoint-model-*.npz"):
+    for old in output_dir.glob(WEIGHTS_FILE_GLOB):
         if old.name != name:
             old.unlink(missing_ok=True)
     return path

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy import (
+from privet.privacy import (
     ClientLevelRound,
     client_noise_for_target_epsilon,
     update_noise_for_adaptive_clipping,
 )
-from server.aggregation import COUNT_SENSITIVITY, AdaptiveClipping, ClientLevelAggregator
-from task.config import ConfigError, RunConfig
+from privet.server.aggregation import COUNT_SENSITIVITY, AdaptiveClipping, ClientLevelAggregator
+from privet.task.config import ConfigError, RunConfig
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from task.config import RunConfig
-from task.datasets import ArrayDataset, MissingValues, TrainTest, load_dataset
-from task.evaluation import evaluate_model
-from task.models import build_model, set_weights
+from privet.task.config import RunConfig
+from privet.task.datasets import ArrayDataset, MissingValues, TrainTest, load_dataset
+from privet.task.evaluation import evaluate_model
+from privet.task.models import build_model, set_weights
 
 
 class ServerEvaluator:

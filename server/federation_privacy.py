@@ -18,7 +18,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from privacy import ClientPrivacy, ClientReportError
+from privet.privacy import ClientPrivacy, ClientReportError
 
 __all__ = ["ClientPrivacy", "ClientReportError", "FederationPrivacy"]
 

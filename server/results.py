@@ -16,14 +16,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from privacy import atomic_write_bytes
-from server.federation_privacy import ClientPrivacy
-from task.config import RunConfig
-from task.datasets import MissingValues
-from task.models import set_weights
+from privet.privacy import atomic_write_bytes
+from privet.server.federation_privacy import ClientPrivacy
+from privet.server.run_output import (
+    MODEL_FILE,
+    RESULTS_FILE,
+    RESULTS_SCHEMA_VERSION,
+    RunFolder,
+)
+from privet.task.config import RunConfig
+from privet.task.datasets import MissingValues
+from privet.task.models import set_weights
 
-RESULTS_FILE = "results.json"
-MODEL_FILE = "model.pt"
+__all__ = [
+    "MODEL_FILE",
+    "RESULTS_FILE",
+    "RoundCallback",
+    "RoundRecord",
+    "RunResults",
+    "privet_version",
+    "round_record_from_json",
+    "round_warning",
+    "strict_json",
+    "write_model",
+    "write_results",
+]
 
 
 @dataclass(frozen=True)
@@ -225,10 +242,11 @@ class RunResults:
         rounds = self.rounds_json()
         clients = []
         for client in self.clients:
-            item = client.to_json_dict()
+            item: dict[str, Any] = dict(client.to_json_dict())
             item["epsilon"] = _json_number(client.epsilon)
             clients.append(item)
         return {
+            "schema_version": RESULTS_SCHEMA_VERSION,
             "privet_version": privet_version(),
             "engine": self.engine,
             "finished": self.finished,
@@ -296,8 +314,8 @@ def strict_json(value: Any) -> Any:
 
 
 def write_results(output_dir: Path, results: RunResults) -> Path:
-    """Write results.json atomically; return its path."""
-    path = output_dir / RESULTS_FILE
+    """Write results.json atomically; return its path (`run_output.read_results` reads it)."""
+    path = RunFolder(output_dir).results
     text = json.dumps(strict_json(results.to_json_dict()), indent=2, allow_nan=False)
     atomic_write_bytes(path, text.encode())
     return path
@@ -309,7 +327,7 @@ def write_model(output_dir: Path, model: nn.Module, weights: list[np.ndarray]) -
     Written like every file of a run: atomically, fsynced, private to its owner (0600).
     """
     set_weights(model, weights)
-    path = output_dir / MODEL_FILE
+    path = RunFolder(output_dir).model
     buffer = io.BytesIO()
     torch.save({key: value.clone() for key, value in model.state_dict().items()}, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from task.config import CLIENT_SAMPLING_NAMES
+from privet.task.config import CLIENT_SAMPLING_NAMES
 
 
 def poisson_sample(client_ids: Sequence[int], rate: float, rng: np.random.Generator) -> list[int]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privacy.secagg import (
+from privet.privacy.secagg import (
     AdvertiseKeys,
     MaskedInput,
     QuantizationSpec,
@@ -43,11 +43,11 @@ from privacy.secagg import (
     build_graph,
     default_degree,
 )
-from privacy.secagg.crypto import RandomSource
-from privacy.secagg.quantization import QuantizationError, conditional_rounding_radius
-from privacy.secagg.update_vector import decode_update_sum
-from privacy.secagg.wire import WireMessage, read_reply, to_wire
-from task.config import ConfigError, RunConfig
+from privet.privacy.secagg.crypto import RandomSource
+from privet.privacy.secagg.quantization import QuantizationError, conditional_rounding_radius
+from privet.privacy.secagg.update_vector import decode_update_sum
+from privet.privacy.secagg.wire import WireMessage, read_reply, to_wire
+from privet.task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 

@@ -28,23 +28,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.typing import ConfigRecordValues
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
-from privacy import PrivacyLedger
-from privacy.secagg import QuantizationError, SecAggError
-from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, WireMessage
-from server.aggregation import (
+from privet.privacy import PrivacyLedger
+from privet.privacy.secagg import QuantizationError, SecAggError
+from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, WireMessage
+from privet.server.aggregation import (
     ClientLevelAggregator,
     ClientUpdate,
     apply_update,
     weighted_mean_update,
 )
-from server.checkpoint import generator_state, restore_generator
-from server.client_dp import ClientLevelPlan
-from server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
-from server.sampling import sample_clients
-from server.secure_aggregation import (
+from privet.server.checkpoint import generator_state, restore_generator
+from privet.server.client_dp import ClientLevelPlan
+from privet.server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
+from privet.server.sampling import sample_clients
+from privet.server.secure_aggregation import (
     SecAggRoundPlan,
     SecAggSettings,
     decode_secure_sum,
@@ -53,6 +54,12 @@ from server.secure_aggregation import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _config_record(values: Mapping[str, ConfigRecordValues]) -> ConfigRecord:
+    """A ConfigRecord of `values` (a mapping, so a dict of narrower value types is accepted)."""
+    return ConfigRecord(dict(values))
+
 
 WEIGHT_KEY = "num-examples"
 QUERY_TIMEOUT_S = 600.0
@@ -560,22 +567,22 @@ class PrivetFedAvg(FedAvg):
                     {
                         "arrays": arrays,
                         "config": config,
-                        RECORD_KEY: ConfigRecord(wire),
-                        INPUT_KEY: ConfigRecord({**settings, "weight": weight}),
+                        RECORD_KEY: _config_record(wire),
+                        INPUT_KEY: _config_record({**settings, "weight": weight}),
                     }
                 )
                 kind = str(MessageType.TRAIN)
             else:
                 content = RecordDict(
-                    {INPUT_KEY: ConfigRecord(settings)}
+                    {INPUT_KEY: _config_record(settings)}
                     if stage == "advertise_keys"
-                    else {RECORD_KEY: ConfigRecord(wire)}
+                    else {RECORD_KEY: _config_record(wire)}
                 )
                 kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}"
             return self._message(cid, content, kind, server_round)
 
         def exchange(
-            stage: str, messages: dict[int, WireMessage]
+            stage: str, messages: Mapping[int, WireMessage]
         ) -> list[tuple[int, dict[str, object]]]:
             nonlocal clipped
             assert self.secagg is not None
@@ -619,11 +626,11 @@ class PrivetFedAvg(FedAvg):
                         plan.server.reject(cid, stage, str(error))
                         continue
                 if stage == "advertise_keys":
-                    metrics = reply.content.metric_records.get("metrics")
+                    advertised = reply.content.metric_records.get("metrics")
                     try:
-                        if metrics is None:
+                        if advertised is None:
                             raise ClientReportError("the reply has no metrics")
-                        counts[cid] = max(1, metric_count(metrics, WEIGHT_KEY))
+                        counts[cid] = max(1, metric_count(advertised, WEIGHT_KEY))
                     except ClientReportError as error:
                         plan.server.reject(cid, stage, str(error))
                         continue
@@ -822,10 +829,10 @@ class PrivetFedAvg(FedAvg):
                 f"(client {first['client']}: {first['reason']})"
             )
         if outcome.failed:
-            first = " ".join(str(outcome.first_error or "").split())[:160]
+            first_error = " ".join(str(outcome.first_error or "").split())[:160]
             parts.append(
                 f"{outcome.failed} client{'s' if outcome.failed > 1 else ''} failed"
-                + (f" (first: {first})" if first else "")
+                + (f" (first: {first_error})" if first_error else "")
             )
         if outcome.declined:
             parts.append(f"{len(outcome.declined)} declined (budget)")
@@ -947,6 +954,8 @@ class PrivetFedAvg(FedAvg):
                 logger.warning("stopping before round %d: %s", server_round, self.stop_reason)
                 break
             round_config = ConfigRecord(dict(train_config or {}))
+            new_arrays: ArrayRecord | None
+            train_metrics: MetricRecord | None
             if self.secagg is not None:
                 new_arrays, train_metrics = self.run_secure_round(
                     server_round, arrays, round_config, grid, timeout

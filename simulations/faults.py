@@ -41,7 +41,7 @@ class Dropout:
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         """Fail if this client, message type and round are chosen; else pass the message on."""
-        client = int(context.node_config.get("partition-id", -1))  # type: ignore[call-overload]
+        client = int(context.node_config.get("partition-id", -1))
         group = msg.metadata.group_id
         in_round = self.rounds is None or (group.isdigit() and int(group) in self.rounds)
         if msg.metadata.message_type == self.message_type and client in self.clients and in_round:

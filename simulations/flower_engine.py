@@ -18,10 +18,10 @@ from contextlib import contextmanager
 
 from flwr.clientapp.typing import Mod
 
-from client.app import make_client_app
-from server.app import make_server_app
-from server.results import RoundCallback, RunResults
-from task.config import RunConfig
+from privet.client.app import make_client_app
+from privet.server.app import make_server_app
+from privet.server.results import RoundCallback, RunResults
+from privet.task.config import RunConfig
 
 
 class SimulationFailedError(RuntimeError):

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.app.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.common.constant import (
@@ -37,10 +38,10 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import make_client_app
-from server.app import run_federated_training
-from server.results import RoundCallback, RunResults
-from task.config import RunConfig
+from privet.client.app import make_client_app
+from privet.server.app import run_federated_training
+from privet.server.results import RoundCallback, RunResults
+from privet.task.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class InProcessGrid(Grid):
         metadata.__dict__["_message_id"] = uuid4().hex
         # The node gets its own copy, as it would over the wire: neither side can change what
         # the other holds (Flower's records keep arrays as immutable bytes, so this is cheap).
-        received = Message(metadata=copy.copy(metadata), content=copy.deepcopy(message.content))
+        received = make_message(copy.copy(metadata), copy.deepcopy(message.content))
         context = self._contexts[node]
         try:
             reply = self._client_app(received, context)

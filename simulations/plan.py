@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from client.device import resolve_device
-from client.local_plan import LocalPlan
-from client.node_data import client_shards, load_federated_data, split_shard
-from client.training_round import client_plan
-from privacy import PoissonGaussianSteps, epsilon_for
-from server.client_dp import ClientLevelPlan, plan_client_level
-from server.secure_aggregation import conditional_rounding_ratio
-from task.config import RunConfig
-from task.datasets import MissingValues
-from task.models import build_model
+from privet.client.device import resolve_device
+from privet.client.local_plan import LocalPlan
+from privet.client.node_data import client_shards, load_federated_data, split_shard
+from privet.client.training_round import client_plan
+from privet.privacy import PoissonGaussianSteps, epsilon_for
+from privet.server.client_dp import ClientLevelPlan, plan_client_level
+from privet.server.secure_aggregation import conditional_rounding_ratio
+from privet.task.config import RunConfig
+from privet.task.datasets import MissingValues
+from privet.task.models import build_model
 
 
 @dataclass(frozen=True)

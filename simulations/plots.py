@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from matplotlib.axes import Axes
@@ -207,7 +207,7 @@ def epsilon_per_round(
     return _png(figure)
 
 
-def _nan_stat(values: Sequence[float], pick: type[min] | type[max]) -> float:
+def _nan_stat(values: Sequence[float], pick: Callable[[list[float]], float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return pick(finite) if finite else math.nan
 

@@ -23,8 +23,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy import atomic_write_text
-from simulations import plots
+from privet.privacy import atomic_write_text
+from privet.server.run_output import (
+    CHECKPOINT_FILE,
+    ERROR_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    SWEEP_FILE,
+    SWEEP_FORMAT,
+    SWEEP_RUNS_DIR,
+    SWEEP_VERSION,
+    ClientData,
+    ClientLevelData,
+    JsonFields,
+    ResultsError,
+    RoundData,
+    read_json,
+    read_results,
+)
+from privet.simulations import plots
 
 __all__ = [
     "PRIVACY_KNOBS",
@@ -48,13 +65,6 @@ __all__ = [
     "write_report",
 ]
 
-RESULTS_FILE = "results.json"
-SWEEP_FILE = "sweep.json"
-CHECKPOINT_FILE = "checkpoint.json"
-ERROR_FILE = "error.txt"
-REPORT_FILE = "report.html"
-SWEEP_FORMAT = "privet-sweep"
-SWEEP_VERSION = 1
 
 # Sweep keys that set how much privacy a run spends: they make the x axis of the
 # privacy–utility curve, so they are not part of a curve's "setting".
@@ -77,171 +87,22 @@ ACCOUNTANT_NAMES = {
     "pld": "PLD accountant (Google dp-accounting)",
 }
 
-NOT_PRIVET = "rerun the simulation or pass another run's folder"
-
 
 class ReportError(ValueError):
     """A run or sweep folder the report cannot be made from; the message is one line."""
 
 
-# -- reading results.json ------------------------------------------------------------------
+# -- reading results.json (through server.run_output, its one reader) ----------------------
 
 
 def _read_json(path: Path) -> Any:
     """The parsed JSON of `path`, or a ReportError naming the file and what to do."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{path} does not exist") from None
-    except UnicodeDecodeError:
-        raise ReportError(f"{path} is not UTF-8 text; it is not a Privet file") from None
-    except OSError as error:
-        raise ReportError(f"cannot read {path}: {error.strerror or error}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ReportError(
-            f"{path} is not valid JSON ({error.msg} at line {error.lineno}); it was cut off or "
-            f"edited — {NOT_PRIVET}"
-        ) from None
+    return read_json(path, ReportError)
 
 
-class _Fields:
-    """Typed access to one JSON object of a file; a wrong or missing value is a ReportError."""
-
-    def __init__(self, path: Path, data: Any, where: str = "") -> None:
-        if not isinstance(data, dict):
-            place = where.rstrip(".") or "the file"
-            raise ReportError(
-                f"{path}: {place} is {type(data).__name__}, expected an object; {NOT_PRIVET}"
-            )
-        self.path, self.data, self.where = path, data, where
-
-    def _bad(self, key: str, expected: str) -> ReportError:
-        value = self.data.get(key, "missing")
-        shown = "missing" if key not in self.data else repr(value)[:40]
-        return ReportError(
-            f"{self.path}: {self.where}{key} is {shown}, expected {expected}; {NOT_PRIVET}"
-        )
-
-    def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
-    def number(self, key: str) -> float:
-        value = self.optional_number(key)
-        if value is None:
-            raise self._bad(key, "a number")
-        return value
-
-    def optional_number(self, key: str) -> float | None:
-        """A number; results.json writes infinity as the string "inf" (and NaN as "nan")."""
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "+inf"):
-            return math.inf
-        if isinstance(value, str) and value.strip().lower() in ("-inf", "nan"):
-            return float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self._bad(key, "a number")
-        return float(value)
-
-    def integer(self, key: str, default: int | None = None) -> int:
-        value = self.data.get(key)
-        if value is None and default is not None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._bad(key, "an integer")
-        return value
-
-    def optional_text(self, key: str) -> str | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise self._bad(key, "text")
-        return value
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        value = self.data.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self._bad(key, "true or false")
-        return value
-
-    def items(self, key: str, required: bool = False) -> list[Any]:
-        value = self.data.get(key)
-        if value is None and not required:
-            return []
-        if not isinstance(value, list):
-            raise self._bad(key, "a list")
-        return value
-
-    def ids(self, key: str) -> list[int]:
-        values = self.items(key)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise self._bad(key, "a list of client ids")
-        return values
-
-    def child(self, key: str, required: bool = False) -> _Fields | None:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                raise self._bad(key, "an object")
-            return None
-        return _Fields(self.path, value, f"{self.where}{key}.")
-
-
-@dataclass(frozen=True)
-class RoundData:
-    """One round of results.json: test metrics, ε so far, who took part, clipping, SecAgg."""
-
-    round: int
-    accuracy: float
-    epsilon_max: float
-    epsilon_by_client: dict[str, float]
-    clients_trained: int
-    local_accuracy: float | None
-    sampled: int
-    declined: int
-    failed: int
-    rejected: int
-    epsilon_client_level: float | None
-    clip_norm: float | None
-    noised_within_fraction: float | None
-    secure_aggregation: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's cumulative example-level privacy, with the parameters it came from."""
-
-    id: int
-    num_examples: int | None
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    rounds_participated: int | None
-
-
-@dataclass(frozen=True)
-class ClientLevelData:
-    """The client-level (DP-FedAvg) guarantee of a run, as results.json's client_level has it."""
-
-    epsilon: float
-    delta: float
-    noise_multiplier: float
-    update_noise_multiplier: float | None
-    sample_rate: float
-    expected_clients: float | None
-    adaptive_clipping: bool
-    clip_norm_final: float | None
-    rounds: int
-    count_stddev: float | None = None
-    count_sensitivity: float | None = None
+def _fields(path: Path, data: Any, where: str = "") -> JsonFields:
+    """Typed access to one JSON object of `path`; a wrong value is a ReportError."""
+    return JsonFields(path, data, where, ReportError)
 
 
 @dataclass(frozen=True)
@@ -281,74 +142,6 @@ class RunData:
         return self.rounds[-1].accuracy if self.rounds else None
 
 
-def _round_data(fields: _Fields) -> RoundData:
-    by_client_fields = fields.child("epsilon_by_client")
-    by_client: dict[str, float] = {}
-    if by_client_fields is not None:
-        for key in by_client_fields.data:
-            by_client[str(key)] = by_client_fields.number(key)
-    secure = fields.child("secure_aggregation")
-    if secure is not None:  # check the parts the report reads
-        secure.optional_text("status")
-        secure.optional_text("reason")
-        secure.ids("survivors")
-        secure.ids("dropped")
-        secure.optional_number("threshold")
-        secure.optional_number("quantization_clipped")
-    sampled = fields.ids("sampled")
-    return RoundData(
-        round=fields.integer("round"),
-        accuracy=fields.number("accuracy"),
-        epsilon_max=fields.number("epsilon_max"),
-        epsilon_by_client=by_client,
-        clients_trained=fields.integer("clients_trained", default=0),
-        local_accuracy=fields.optional_number("local_accuracy"),
-        sampled=len(sampled),
-        declined=len(fields.ids("declined")),
-        failed=fields.integer("failed", default=0),
-        rejected=len(fields.ids("rejected")),
-        epsilon_client_level=fields.optional_number("epsilon_client_level"),
-        clip_norm=fields.optional_number("clip_norm"),
-        noised_within_fraction=fields.optional_number("noised_within_fraction"),
-        secure_aggregation=None if secure is None else dict(secure.data),
-    )
-
-
-def _client_data(fields: _Fields, delta: float) -> ClientData:
-    examples = fields.data.get("num_examples")
-    return ClientData(
-        id=fields.integer("id"),
-        num_examples=fields.integer("num_examples") if examples is not None else None,
-        epsilon=fields.number("epsilon"),
-        delta=fields.optional_number("delta") or delta,
-        noise_multiplier=fields.number("noise_multiplier"),
-        sample_rate=fields.number("sample_rate"),
-        steps=fields.integer("steps"),
-        rounds_participated=(
-            fields.integer("rounds_participated") if fields.has("rounds_participated") else None
-        ),
-    )
-
-
-def _client_level_data(fields: _Fields, delta: float) -> ClientLevelData:
-    # results.json before Privet recorded the count query said only true or false here.
-    adaptive = fields.data.get("adaptive_clipping")
-    count = None if isinstance(adaptive, bool) else fields.child("adaptive_clipping")
-    return ClientLevelData(
-        epsilon=fields.number("epsilon"),
-        delta=fields.optional_number("delta") or delta,
-        noise_multiplier=fields.number("noise_multiplier"),
-        update_noise_multiplier=fields.optional_number("update_noise_multiplier"),
-        sample_rate=fields.number("sample_rate"),
-        expected_clients=fields.optional_number("expected_clients_per_round"),
-        adaptive_clipping=bool(adaptive),
-        clip_norm_final=fields.optional_number("clip_norm_final"),
-        rounds=fields.integer("rounds", default=0),
-        count_stddev=None if count is None else count.number("count_stddev"),
-        count_sensitivity=None if count is None else count.number("count_sensitivity"),
-    )
-
-
 def _count_query(cl: ClientLevelData) -> str:
     """The count query's noise and sensitivity, when results.json records them."""
     if cl.count_stddev is None or cl.count_sensitivity is None:
@@ -361,45 +154,29 @@ def _count_query(cl: ClientLevelData) -> str:
 
 def load_run(directory: str | Path) -> RunData:
     """Read and check DIR/results.json (of a finished or an interrupted run)."""
-    path = Path(directory) / RESULTS_FILE
-    top = _Fields(path, _read_json(path))
-    config = top.child("config", required=True)
-    privacy = top.child("privacy", required=True)
-    assert config is not None and privacy is not None
-    delta = privacy.number("delta")
-    rounds = tuple(
-        _round_data(_Fields(path, item, f"rounds[{index}]."))
-        for index, item in enumerate(top.items("rounds", required=True))
-    )
-    clients = tuple(
-        _client_data(_Fields(path, item, f"clients[{index}]."), delta)
-        for index, item in enumerate(top.items("clients"))
-    )
-    declined = []
-    for index, item in enumerate(top.items("declined")):
-        entry = _Fields(path, item, f"declined[{index}].")
-        declined.append((entry.integer("id"), entry.integer("round")))
-    client_level = top.child("client_level")
-    secure = top.child("secure_aggregation")
-    initial = top.child("initial")
+    try:
+        results = read_results(directory).validate()
+    except ResultsError as error:
+        raise ReportError(str(error)) from None
+    privacy = results.privacy
     return RunData(
         path=Path(directory),
-        finished=top.flag("finished"),
-        stop_reason=top.optional_text("stop_reason"),
-        engine=top.optional_text("engine"),
-        version=top.optional_text("privet_version"),
-        wall_time_s=top.optional_number("wall_time_s"),
-        config=dict(config.data),
-        accountant=privacy.optional_text("accountant") or "rdp",
-        delta=delta,
-        noise_source=privacy.optional_text("noise_source"),
-        initial_accuracy=None if initial is None else initial.optional_number("accuracy"),
-        rounds=rounds,
-        clients=tuple(sorted(clients, key=lambda c: c.id)),
-        declined=tuple(declined),
-        client_level=None if client_level is None else _client_level_data(client_level, delta),
-        secure_aggregation=None if secure is None else dict(secure.data),
-        resumed_after=tuple(top.ids("resumed_after_rounds")),
+        finished=results.finished,
+        stop_reason=results.stop_reason,
+        engine=results.engine,
+        version=results.privet_version,
+        wall_time_s=results.wall_time_s,
+        config=dict(results.config),
+        accountant=privacy.accountant,
+        delta=privacy.delta,
+        noise_source=privacy.noise_source,
+        initial_accuracy=results.initial_accuracy,
+        rounds=results.rounds,
+        clients=tuple(sorted(results.clients, key=lambda c: c.id)),
+        declined=results.declined,
+        client_level=results.client_level,
+        secure_aggregation=results.secure_aggregation,
+        resumed_after=results.resumed_after,
     )
 
 
@@ -438,7 +215,7 @@ def _sweep_run(directory: Path, name: str, values: dict[str, Any]) -> SweepRun:
     interrupted; nothing → pending. A results.json that cannot be read makes the run
     "unreadable" (with the reason) rather than failing the whole report.
     """
-    folder = directory / "runs" / name
+    folder = directory / SWEEP_RUNS_DIR / name
     run: RunData | None = None
     if (folder / RESULTS_FILE).exists():
         try:
@@ -464,7 +241,7 @@ def load_sweep(directory: str | Path) -> SweepData:
     """Read DIR/sweep.json and the status and results of each of its runs."""
     directory = Path(directory)
     path = directory / SWEEP_FILE
-    top = _Fields(path, _read_json(path))
+    top = _fields(path, _read_json(path))
     what = "not a Privet sweep file; pass a sweep's output folder"
     if top.data.get("format") != SWEEP_FORMAT:
         raise ReportError(f"{path}: format is {top.data.get('format')!r:.40}; {what}")
@@ -479,7 +256,7 @@ def load_sweep(directory: str | Path) -> SweepData:
     varied: dict[str, None] = {}  # ordered set
     seen: set[str] = set()
     for index, item in enumerate(top.items("runs", required=True)):
-        entry = _Fields(path, item, f"runs[{index}].")
+        entry = _fields(path, item, f"runs[{index}].")
         name = entry.optional_text("name")
         if name is None or not SAFE_NAME.match(name) or name in seen:
             problem = "missing" if name is None else f"{name!r:.40}"
@@ -1521,14 +1298,14 @@ class _SweepSections:
             setting = self._setting(entry)
             group = self.groups[_hashable(setting)]
             labels[group] = setting_label(setting)
+            initial = entry.run.initial_accuracy
             lines.append(
                 plots.RunLine(
                     name=entry.name,
                     group=group,
                     group_label=labels[group],
-                    rounds=[0] * (entry.run.initial_accuracy is not None)
-                    + [r.round for r in entry.run.rounds],
-                    accuracy=[entry.run.initial_accuracy] * (entry.run.initial_accuracy is not None)
+                    rounds=[0] * (initial is not None) + [r.round for r in entry.run.rounds],
+                    accuracy=([] if initial is None else [initial])
                     + [r.accuracy for r in entry.run.rounds],
                 )
             )

@@ -24,6 +24,7 @@ copied continues where it now is.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -35,20 +36,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from privacy import atomic_write_text
-from privacy.storage import InUseError
-from server.checkpoint import CHECKPOINT_FILE, REPLACED_DIR, set_aside_run
-from server.results import RESULTS_FILE, RoundRecord
-from task.config import ConfigError, RunConfig, merge_settings
+from privet.privacy import atomic_write_text
+from privet.privacy.storage import InUseError
+from privet.server.checkpoint import set_aside_run
+from privet.server.results import RoundRecord
+from privet.server.run_output import (
+    CHECKPOINT_FILE,
+    ERROR_FILE,
+    REPLACED_DIR,
+    RESULTS_FILE,
+    SWEEP_FILE,
+    SWEEP_FORMAT,
+    SWEEP_RUNS_DIR,
+    SWEEP_TABLE_FILE,
+    SWEEP_VERSION,
+    ResultsError,
+    read_results,
+)
+from privet.task.config import ConfigError, RunConfig, merge_settings
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
-TABLE_FILE = "sweep.csv"
-RUNS_DIR = "runs"
-ERROR_FILE = "error.txt"
-FORMAT = "privet-sweep"
-VERSION = 1
+TABLE_FILE = SWEEP_TABLE_FILE
+RUNS_DIR = SWEEP_RUNS_DIR
+FORMAT = SWEEP_FORMAT
+VERSION = SWEEP_VERSION
 LINK = "/"
 # Keys a sweep sets for each run itself.
 RESERVED_KEYS = ("output", "resume")
@@ -274,12 +286,11 @@ def prepare_sweep(spec: SweepSpec, output: Path) -> list[RunConfig]:
 
 def run_status(run_dir: Path) -> str:
     """done, interrupted, failed or pending — from the run's own files."""
-    results = run_dir / RESULTS_FILE
-    if results.exists():
+    if (run_dir / RESULTS_FILE).exists():
         try:
-            if json.loads(results.read_text()).get("finished") is True:
+            if read_results(run_dir).finished:
                 return "done"
-        except (OSError, ValueError, AttributeError):
+        except ResultsError:
             pass
     if (run_dir / ERROR_FILE).exists():
         return "failed"
@@ -332,7 +343,7 @@ def execute_run(
     (`server.checkpoint.set_aside_run`): nothing is deleted. A run folder that another process
     is writing (its lock is held) is left alone: that run fails here without touching it.
     """
-    from simulations.engines import run_simulation_with
+    from privet.simulations.engines import run_simulation_with
 
     run_dir = Path(str(settings["output"]))
     status = run_status(run_dir)
@@ -414,7 +425,7 @@ def run_sweep(
         for run in todo:
             finished(execute_run(spec.settings_of(run, output), run.name, engine, on_round))
         return outcomes
-    from simulations.sweep_workers import run_in_workers
+    from privet.simulations.sweep_workers import run_in_workers
 
     run_in_workers(
         [(spec.settings_of(run, output), run.name) for run in todo],
@@ -455,11 +466,6 @@ TABLE_COLUMNS = (
 )
 
 
-def _number(value: Any) -> float | None:
-    """A results.json number as a float ("inf" is how it writes infinity)."""
-    return None if value is None else float(value)
-
-
 def table_row(output: Path, run: SweepRun) -> dict[str, Any]:
     """One run's row of sweep.csv, from its results.json (empty cells when it has none)."""
     run_dir = output / RUNS_DIR / run.name
@@ -472,43 +478,43 @@ def table_row(output: Path, run: SweepRun) -> dict[str, Any]:
         row["earlier_attempts"] = "; ".join(
             f"{RUNS_DIR}/{run.name}/{REPLACED_DIR}/{name}" for name in attempts
         )
-    try:
-        data = json.loads((run_dir / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
-        return row
-    rounds = data.get("rounds") or []
-    clients = data.get("clients") or []
-    config = data.get("config") or {}
-    accuracies = [r["accuracy"] for r in rounds]
-    sigmas = [c["noise_multiplier"] for c in clients]
-    client_level = data.get("client_level") or {}
-    secure = data.get("secure_aggregation") or {}
-    row.update(
-        {
-            "final_accuracy": accuracies[-1] if accuracies else None,
-            "best_accuracy": max(accuracies) if accuracies else None,
-            "final_loss": rounds[-1]["loss"] if rounds else None,
-            "epsilon_max": _number(data.get("privacy", {}).get("epsilon_max")),
-            "delta": config.get("delta"),
-            "epsilon_client_level": _number(client_level.get("epsilon")),
-            "noise_multiplier_min": min(sigmas) if sigmas else None,
-            "noise_multiplier_max": max(sigmas) if sigmas else None,
-            "client_noise_multiplier": client_level.get("noise_multiplier"),
-            "rounds_completed": len(rounds),
-            "rounds_planned": config.get("rounds"),
-            "clients": config.get("clients"),
-            "clients_per_round": config.get("clients_per_round"),
-            "client_updates": sum(int(r.get("clients_trained", 0)) for r in rounds),
-            "declined": len(data.get("declined") or []),
-            "dropped": sum(int(r.get("failed", 0)) for r in rounds),
-            "secure_rounds_failed": len(secure.get("rounds_failed") or []),
-            "stop_reason": data.get("stop_reason"),
-            "wall_time_s": data.get("wall_time_s"),
-            "engine": data.get("engine"),
-            "results": str(Path(RUNS_DIR) / run.name / RESULTS_FILE),
-        }
-    )
+    with contextlib.suppress(ResultsError):  # none yet, or unreadable: the status says which
+        row.update(_results_cells(run_dir, run.name))
     return row
+
+
+def _results_cells(run_dir: Path, name: str) -> dict[str, Any]:
+    """The result columns of a run's row; ResultsError when its results.json is missing or bad."""
+    results = read_results(run_dir)
+    rounds = results.rounds
+    config = results.config
+    accuracies = [r.accuracy for r in rounds]
+    sigmas = [c.noise_multiplier for c in results.clients]
+    client_level = results.client_level
+    secure = results.secure_aggregation or {}
+    return {
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "final_loss": rounds[-1].loss if rounds else None,
+        "epsilon_max": results.privacy.epsilon_max,
+        "delta": config.get("delta"),
+        "epsilon_client_level": None if client_level is None else client_level.epsilon,
+        "noise_multiplier_min": min(sigmas) if sigmas else None,
+        "noise_multiplier_max": max(sigmas) if sigmas else None,
+        "client_noise_multiplier": None if client_level is None else client_level.noise_multiplier,
+        "rounds_completed": len(rounds),
+        "rounds_planned": config.get("rounds"),
+        "clients": config.get("clients"),
+        "clients_per_round": config.get("clients_per_round"),
+        "client_updates": sum(r.clients_trained for r in rounds),
+        "declined": len(results.declined),
+        "dropped": sum(r.failed for r in rounds),
+        "secure_rounds_failed": len(secure.get("rounds_failed") or []),
+        "stop_reason": results.stop_reason,
+        "wall_time_s": results.wall_time_s,
+        "engine": results.engine,
+        "results": str(Path(RUNS_DIR) / name / RESULTS_FILE),
+    }
 
 
 def _cell(value: Any) -> str:

@@ -50,9 +50,9 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from privacy import atomic_write_text
-from simulations.sweep import (
-    ERROR_FILE,
+from privet.privacy import atomic_write_text
+from privet.server.run_output import ERROR_FILE
+from privet.simulations.sweep import (
     ProgressCallback,
     RoundProgress,
     RunOutcome,
@@ -71,7 +71,11 @@ TEMP_SUFFIX = ".tmp"
 
 
 # What the fork server imports before forking workers (imports only: no torch operation runs).
-PRELOAD = ["simulations.sweep_workers", "simulations.inprocess_engine", "client.training_round"]
+PRELOAD = [
+    "privet.simulations.sweep_workers",
+    "privet.simulations.inprocess_engine",
+    "privet.client.training_round",
+]
 
 
 def _context() -> BaseContext:
@@ -258,8 +262,8 @@ def _start(
 ) -> _Worker:
     folder = channels / name
     folder.mkdir()
-    reader, writer = context.Pipe(duplex=False)  # type: ignore[attr-defined]
-    process = context.Process(  # type: ignore[attr-defined]
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext lacks Process
         target=_worker,
         args=(settings, name, engine, str(folder), reader),
         name=f"{WORKER_PREFIX}{name}",

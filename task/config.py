@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-DATASET_NAMES: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "csv")
-MODEL_NAMES: tuple[str, ...] = ("logreg", "mlp", "mlp-large", "cnn")
+from privet.task.datasets import DataError, dataset_entry, dataset_names
+from privet.task.models import ModelError, resolve_builder
+
 PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
 ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")
 CLIENT_SAMPLING_NAMES: tuple[str, ...] = ("poisson", "fixed")
 # What happens to a tabular example with a missing feature value (task.datasets.MISSING_POLICIES).
 MISSING_POLICY_NAMES: tuple[str, ...] = ("drop", "impute")
-DATASETS_NEEDING_DIR: tuple[str, ...] = ("mnist", "fashion-mnist", "adult")
 DEFAULT_TARGET_EPSILON = 8.0
 DEFAULT_SECAGG_THRESHOLD = 2 / 3
 DEFAULT_SECAGG_LEVELS = 2**16
@@ -354,8 +354,11 @@ def _clip_norm(key: str, value: float | None) -> None:
 
 def _validate(config: RunConfig) -> None:
     """Value checks that need no data; data-dependent checks happen when the run is planned."""
-    _one_of("dataset", config.dataset, DATASET_NAMES)
-    _one_of("model", config.model, MODEL_NAMES)
+    _one_of("dataset", config.dataset, dataset_names())
+    try:
+        resolve_builder(config.model)  # a module:function builder is imported here
+    except ModelError as error:
+        raise ConfigError(str(error)) from None
     _one_of("partition", config.partition, PARTITION_NAMES)
     _one_of("device", config.device, DEVICE_NAMES)
     _one_of("missing", config.missing, MISSING_POLICY_NAMES)
@@ -375,17 +378,7 @@ def _validate(config: RunConfig) -> None:
         _positive("target-epsilon", config.target_epsilon)
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")
-    if config.dataset in DATASETS_NEEDING_DIR and not config.data_dir:
-        raise ConfigError(
-            f"dataset {config.dataset!r} is read from local files: pass --data-dir with the folder "
-            "that holds them"
-        )
-    if config.dataset == "csv" and not (config.data_file and config.label_column):
-        raise ConfigError("dataset 'csv' needs --data-file FILE.csv and --label-column NAME")
-    if config.partition == "column" and not config.partition_column:
-        raise ConfigError("partition 'column' needs --partition-column NAME (a column of the data)")
-    if config.partition == "column" and config.dataset not in ("csv", "adult"):
-        raise ConfigError("partition 'column' needs tabular data (--dataset csv or adult)")
+    _validate_dataset_options(config)
     if not config.output:
         raise ConfigError("output must name a folder")
     _one_of("accountant", config.accountant, ACCOUNTANT_NAMES)
@@ -397,6 +390,39 @@ def _validate(config: RunConfig) -> None:
     _validate_secure_aggregation(config)
     if config.node_clients is not None:
         parse_node_clients(config.node_clients, config.clients)
+
+
+_OPTION_VALUES = {"data-dir": "FOLDER", "data-file": "FILE", "label-column": "NAME"}
+
+
+def _validate_dataset_options(config: RunConfig) -> None:
+    """The options the data set's registration says it needs, and a column partition's."""
+    try:
+        entry = dataset_entry(config.dataset)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
+    given = {
+        "data-dir": config.data_dir,
+        "data-file": config.data_file,
+        "label-column": config.label_column,
+    }
+    if entry.needs == ("data-dir",) and not config.data_dir:
+        raise ConfigError(
+            f"dataset {config.dataset!r} is read from local files: pass --data-dir with the folder "
+            "that holds them"
+        )
+    if not all(given[option] for option in entry.needs):
+        wanted = " and ".join(f"--{option} {_OPTION_VALUES[option]}" for option in entry.needs)
+        if entry.kind == "tabular":
+            wanted = wanted.replace("--data-file FILE", "--data-file FILE.csv")
+        raise ConfigError(f"dataset {config.dataset!r} needs {wanted}")
+    if config.partition == "column" and not config.partition_column:
+        raise ConfigError("partition 'column' needs --partition-column NAME (a column of the data)")
+    if config.partition == "column" and entry.kind != "tabular":
+        tabular = [name for name in dataset_names() if dataset_entry(name).kind == "tabular"]
+        raise ConfigError(
+            f"partition 'column' needs tabular data (--dataset {' or '.join(tabular)})"
+        )
 
 
 MAX_NODE_ID = 2**64 - 1  # Flower's node ids are unsigned 64-bit integers

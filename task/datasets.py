@@ -34,7 +34,7 @@ import math
 import stat
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,9 @@ __all__ = [
     "ADULT_COLUMNS",
     "ADULT_FILE",
     "DATASETS",
+    "DatasetEntry",
+    "DatasetLoader",
+    "DatasetOptions",
     "IDX_FILES",
     "IMAGE_SPECS",
     "DEFAULT_MISSING_POLICY",
@@ -60,6 +63,8 @@ __all__ = [
     "TrainTest",
     "apply_missing_policy",
     "check_table_for_schema",
+    "dataset_entry",
+    "dataset_names",
     "encode_with_schema",
     "fit_tabular_schema",
     "load_dataset",
@@ -67,10 +72,8 @@ __all__ = [
     "read_csv_table",
     "read_idx_images",
     "read_idx_labels",
+    "register_dataset",
 ]
-
-DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "adult", "csv")
-"""Names accepted by :func:`load_dataset`."""
 
 IDX_FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte.gz",
@@ -120,16 +123,6 @@ _MNIST_CLASSES = 10
 _DIGITS_CLASSES = 10
 _KINDS = ("image", "tabular")
 
-IMAGE_SPECS: Mapping[str, tuple[tuple[int, ...], int]] = {
-    "digits": ((1, 8, 8), _DIGITS_CLASSES),
-    "mnist": ((1, _IMAGE_SIDE, _IMAGE_SIDE), _MNIST_CLASSES),
-    "fashion-mnist": ((1, _IMAGE_SIDE, _IMAGE_SIDE), _MNIST_CLASSES),
-}
-"""(feature shape of one example, number of classes) that each image data set loads as.
-
-A deployment node that brings its own image file checks it against this without loading the
-reference data set (which it may not have); tests keep it equal to what :func:`load_dataset` yields.
-"""
 _NUMERIC = "numeric"
 _CATEGORICAL = "categorical"
 
@@ -256,6 +249,150 @@ class TrainTest:
     def num_classes(self) -> int:
         """Number of classes (the same for both splits)."""
         return self.train.num_classes
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of named data sets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """What a run says about its data; each loader uses the options that apply to it.
+
+    Empty strings are already turned into None, and ``seed``, ``test_fraction`` and ``missing``
+    already checked, when a loader sees them.
+    """
+
+    data_dir: str | None = None
+    data_file: str | None = None
+    label_column: str | None = None
+    partition_column: str | None = None
+    seed: int = 0
+    test_fraction: float = 0.2
+    missing: str = DEFAULT_MISSING_POLICY
+
+
+DatasetLoader = Callable[[DatasetOptions], TrainTest]
+"""Loads a data set: train and test arrays, whose shapes give the feature shape and classes."""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A named data set: how to load it, and what a run must know about it before loading.
+
+    ``kind`` is "image" (options for tables are refused) or "tabular" (a partition column may
+    split it across clients). ``feature_shape`` and ``num_classes`` are given when they are fixed
+    in advance (images): a deployment node checks its own files against them without the data
+    set, and every load is checked against them. ``needs`` are the run options (Flower's
+    spelling, e.g. "data-dir") the data set cannot be loaded without.
+    """
+
+    name: str
+    load: DatasetLoader
+    kind: str
+    feature_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    needs: tuple[str, ...] = ()
+
+
+_DATASETS: dict[str, DatasetEntry] = {}
+_NEEDABLE = ("data-dir", "data-file", "label-column")
+
+
+def register_dataset(
+    name: str,
+    *,
+    kind: str,
+    feature_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    needs: Sequence[str] = (),
+) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register a data set loader under `name` (a decorator); the loader is returned unchanged.
+
+    The loader takes :class:`DatasetOptions` and returns a :class:`TrainTest`. Once registered,
+    ``--dataset NAME`` works in this process: the CLI lists it, the configuration accepts it and
+    :func:`load_dataset` loads it (cached per process, arrays read-only). Registering another
+    loader under a taken name is an error; registering the same one again replaces it.
+    """
+    if not isinstance(name, str) or not name or name != name.strip().lower():
+        raise DataError(f"dataset name must be a non-empty lowercase string, got {name!r}")
+    if kind not in _KINDS:
+        raise DataError(f"dataset {name!r}: kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+    if (feature_shape is None) != (num_classes is None):
+        raise DataError(
+            f"dataset {name!r}: give feature_shape and num_classes together, or neither"
+        )
+    unknown = [option for option in needs if option not in _NEEDABLE]
+    if unknown:
+        raise DataError(
+            f"dataset {name!r}: needs may name {', '.join(_NEEDABLE)}, got {', '.join(unknown)}"
+        )
+    shape = None if feature_shape is None else tuple(int(size) for size in feature_shape)
+    classes = None if num_classes is None else int(num_classes)
+
+    def register(loader: DatasetLoader) -> DatasetLoader:
+        if not callable(loader):
+            raise DataError(f"register_dataset({name!r}) needs a function (options) -> TrainTest")
+        current = _DATASETS.get(name)
+        if current is not None and _qualified(current.load) != _qualified(loader):
+            raise DataError(
+                f"dataset {name!r} is already registered (by {_qualified(current.load)}); choose "
+                "another name"
+            )
+        _DATASETS[name] = DatasetEntry(name, loader, kind, shape, classes, tuple(needs))
+        return loader
+
+    return register
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The registered data set names, in registration order (the built-in ones first)."""
+    return tuple(_DATASETS)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registry entry of data set `name`; a one-line DataError listing the known names."""
+    entry = _DATASETS.get(str(name).strip().lower())
+    if entry is None:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
+    return entry
+
+
+def _qualified(function: Callable[..., object]) -> str:
+    module = getattr(function, "__module__", "?")
+    return f"{module}:{getattr(function, '__qualname__', repr(function))}"
+
+
+class _FixedShapes(Mapping[str, tuple[tuple[int, ...], int]]):
+    """The registered image data sets whose (feature shape, classes) are known in advance."""
+
+    def _entries(self) -> dict[str, tuple[tuple[int, ...], int]]:
+        return {
+            entry.name: (entry.feature_shape, entry.num_classes)
+            for entry in _DATASETS.values()
+            if entry.kind == "image"
+            and entry.feature_shape is not None
+            and entry.num_classes is not None
+        }
+
+    def __getitem__(self, name: str) -> tuple[tuple[int, ...], int]:
+        return self._entries()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+IMAGE_SPECS: Mapping[str, tuple[tuple[int, ...], int]] = _FixedShapes()
+"""(feature shape of one example, number of classes) that each image data set loads as.
+
+A deployment node that brings its own image file checks it against this without loading the
+reference data set (which it may not have); :func:`load_dataset` checks every load against it.
+A live view of the registry: data sets registered later appear in it.
+"""
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -1326,6 +1463,70 @@ def _option(value: str | None) -> str | None:
     return value or None
 
 
+@register_dataset("digits", kind="image", feature_shape=(1, 8, 8), num_classes=_DIGITS_CLASSES)
+def _digits(options: DatasetOptions) -> TrainTest:
+    """scikit-learn's bundled 8x8 digits, (n, 1, 8, 8) in [0, 1], stratified split."""
+    return _load_digits(int(options.seed), float(options.test_fraction))
+
+
+_MNIST_SHAPE = (1, _IMAGE_SIDE, _IMAGE_SIDE)
+
+
+@register_dataset(
+    "mnist",
+    kind="image",
+    feature_shape=_MNIST_SHAPE,
+    num_classes=_MNIST_CLASSES,
+    needs=("data-dir",),
+)
+def _mnist(options: DatasetOptions) -> TrainTest:
+    """The canonical MNIST IDX .gz files in ``data_dir``, with their own 60k/10k split."""
+    return _load_mnist_like("mnist", options.data_dir)
+
+
+@register_dataset(
+    "fashion-mnist",
+    kind="image",
+    feature_shape=_MNIST_SHAPE,
+    num_classes=_MNIST_CLASSES,
+    needs=("data-dir",),
+)
+def _fashion_mnist(options: DatasetOptions) -> TrainTest:
+    """The canonical Fashion-MNIST IDX .gz files in ``data_dir``, with their own split."""
+    return _load_mnist_like("fashion-mnist", options.data_dir)
+
+
+@register_dataset("adult", kind="tabular", needs=("data-dir",))
+def _adult(options: DatasetOptions) -> TrainTest:
+    """UCI ``adult.data`` in ``data_dir`` (or ``data_file``), label "income"."""
+    return _load_adult(
+        options.data_dir,
+        options.data_file,
+        options.label_column,
+        options.partition_column,
+        options.seed,
+        options.test_fraction,
+        options.missing,
+    )
+
+
+@register_dataset("csv", kind="tabular", needs=("data-file", "label-column"))
+def _csv(options: DatasetOptions) -> TrainTest:
+    """A user's CSV file with a header row; ``label_column`` names the column to predict."""
+    return _load_csv(
+        options.data_file,
+        options.label_column,
+        options.partition_column,
+        options.seed,
+        options.test_fraction,
+        options.missing,
+    )
+
+
+DATASETS: tuple[str, ...] = dataset_names()
+"""The built-in data set names (what this module registers); :func:`dataset_names` has them all."""
+
+
 def load_dataset(
     name: str,
     *,
@@ -1337,28 +1538,30 @@ def load_dataset(
     test_fraction: float = 0.2,
     missing: str = DEFAULT_MISSING_POLICY,
 ) -> TrainTest:
-    """Load data set ``name`` (one of :data:`DATASETS`) as train and test arrays.
+    """Load data set ``name`` (one of :func:`dataset_names`) as train and test arrays.
 
     - digits: scikit-learn's bundled 8x8 digits, (n, 1, 8, 8) in [0, 1], stratified split.
     - mnist / fashion-mnist: the canonical IDX .gz files in ``data_dir``, (n, 1, 28, 28) in
       [0, 1]; the split is the files' own 60k/10k one (``seed``/``test_fraction`` unused).
     - adult: UCI ``adult.data`` in ``data_dir`` (or ``data_file``), label "income".
     - csv: ``data_file`` with a header row; ``label_column`` required.
+    - any data set added with :func:`register_dataset`.
 
     Tabular data sets may name a ``partition_column``: it is left out of the features and its
     per-training-example values are returned in ``groups``. Empty strings count as unset.
     ``missing`` is the missing-value policy of tabular data sets (:data:`MISSING_POLICIES`);
-    what it did is in the result's ``missing``. Results are cached in-process and their arrays
-    are read-only.
+    what it did is in the result's ``missing``. Built-in results are cached in-process and
+    their arrays are read-only. A result that is not a :class:`TrainTest`, or whose shape
+    differs from the one registered, is a DataError naming the data set.
     """
     data_dir, data_file = _option(data_dir), _option(data_file)
     label_column, partition_column = _option(label_column), _option(partition_column)
-    key = str(name).strip().lower()
-    if key not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    entry = dataset_entry(name)
+    key = entry.name
     _check_split_options(seed, test_fraction)
     _check_missing_policy(missing)
-    if key in ("digits", "mnist", "fashion-mnist"):
+    if entry.kind == "image":
+        tabular = " and ".join(n for n, e in _DATASETS.items() if e.kind == "tabular")
         for option, value in (
             ("--label-column", label_column),
             ("--partition-column", partition_column),
@@ -1367,13 +1570,31 @@ def load_dataset(
             if value is not None:
                 raise DataError(
                     f"{option} does not apply to the image dataset '{key}'; leave it out "
-                    "(it is for the tabular datasets adult and csv)"
+                    f"(it is for the tabular datasets {tabular})"
                 )
-        if key == "digits":
-            return _load_digits(int(seed), float(test_fraction))
-        return _load_mnist_like(key, data_dir)
-    if key == "adult":
-        return _load_adult(
-            data_dir, data_file, label_column, partition_column, seed, test_fraction, missing
+    options = DatasetOptions(
+        data_dir, data_file, label_column, partition_column, seed, test_fraction, missing
+    )
+    return _checked(entry, entry.load(options))
+
+
+def _checked(entry: DatasetEntry, data: object) -> TrainTest:
+    """What a loader returned, checked against its registration."""
+    if not isinstance(data, TrainTest):
+        raise DataError(
+            f"dataset {entry.name!r}: its loader returned {type(data).__name__}, not a "
+            f"TrainTest; make {_qualified(entry.load)} return TrainTest(train, test, kind)"
         )
-    return _load_csv(data_file, label_column, partition_column, seed, test_fraction, missing)
+    if data.kind != entry.kind:
+        raise DataError(
+            f"dataset {entry.name!r} is registered as {entry.kind} data but loaded as "
+            f"{data.kind}; make the two agree"
+        )
+    expected = (entry.feature_shape, entry.num_classes)
+    if entry.feature_shape is not None and (data.train.feature_shape, data.num_classes) != expected:
+        raise DataError(
+            f"dataset {entry.name!r} loaded examples of shape {data.train.feature_shape} with "
+            f"{data.num_classes} classes, but was registered with shape {entry.feature_shape} "
+            f"and {entry.num_classes} classes; make the two agree"
+        )
+    return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from task.datasets import ArrayDataset
+from privet.task.datasets import ArrayDataset
 
 EVAL_BATCH = 1024
 

@@ -1,36 +1,179 @@
-"""The models client and server share, all Opacus-compatible (no BatchNorm)."""
+"""The models client and server share, all Opacus-compatible (no BatchNorm), and their registry.
+
+A model is built by a *builder*, ``(feature_shape, num_classes) -> torch.nn.Module``. Builders are
+found by name in a registry that :func:`register_model` fills (as Opacus' ``register_grad_sampler``
+does for layers): the built-in ``logreg``, ``mlp``, ``mlp-large`` and ``cnn`` are registered
+below exactly as a user's would be. A run may also name a builder of its own as
+``module:function`` (``--model mypkg.nets:build``); it is imported with :mod:`importlib` when the
+run configuration is validated, so a bad name fails before any work, in one line.
+
+torch is imported only when a model is built: the command line and the configuration read the
+registry's names without paying for torch.
+"""
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib
+import inspect
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
-import torch
-from torch import nn
 
-MODELS: tuple[str, ...] = ("logreg", "mlp", "mlp-large", "cnn")
+if TYPE_CHECKING:
+    from torch import nn
+
+ModelBuilder = Callable[[tuple[int, ...], int], "nn.Module"]
+"""Builds a freshly initialised model for examples of ``feature_shape`` and ``num_classes``."""
+
+BuilderT = TypeVar("BuilderT", bound=Callable[..., object])
+
+_REGISTRY: dict[str, ModelBuilder] = {}
+_OWN_BUILDER_HINT = "a function (feature_shape, num_classes) -> torch.nn.Module"
 
 
 class ModelError(ValueError):
     """A model that cannot be built for the given data."""
 
 
+def register_model(name: str) -> Callable[[BuilderT], BuilderT]:
+    """Register a model builder under `name` (a decorator); the builder is returned unchanged.
+
+    ``@register_model("tiny")`` on ``def tiny(feature_shape, num_classes) -> nn.Module`` makes
+    ``--model tiny`` work in this process: the CLI lists it, the configuration accepts it and
+    every client and the server build it. Registering another function under a taken name is an
+    error (it would silently change what a name means); registering the same function again
+    (a module imported twice) replaces it.
+    """
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ModelError(f"model name must be a non-empty string without spaces, got {name!r}")
+    if ":" in name:
+        raise ModelError(
+            f"model name {name!r} has a ':', which means module:function; register it without one"
+        )
+
+    def register(builder: BuilderT) -> BuilderT:
+        if not callable(builder):
+            raise ModelError(f"register_model({name!r}) needs {_OWN_BUILDER_HINT}")
+        _check_signature(name, builder)
+        current = _REGISTRY.get(name)
+        if current is not None and _qualified(current) != _qualified(builder):
+            raise ModelError(
+                f"model {name!r} is already registered (by {_qualified(current)}); choose "
+                "another name"
+            )
+        # The signature was checked above: it builds from (feature_shape, num_classes).
+        _REGISTRY[name] = cast(ModelBuilder, builder)
+        if current is not None:
+            _initialised.cache_clear()  # a re-registered name must not build the old model
+        return builder
+
+    return register
+
+
+def model_names() -> tuple[str, ...]:
+    """The registered model names, in registration order (the built-in ones first)."""
+    return tuple(_REGISTRY)
+
+
+def is_builder_path(name: str) -> bool:
+    """Whether `name` names a user's builder as ``module:function`` rather than a registered one."""
+    return ":" in name
+
+
+def resolve_builder(name: str) -> ModelBuilder:
+    """The builder `name` stands for: a registered name, or a ``module:function`` to import.
+
+    Raises a one-line :class:`ModelError` naming the problem and what to do: an unknown name
+    (listing the known ones), a module that cannot be imported, a missing or non-callable
+    function.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if not is_builder_path(name):
+        raise ModelError(
+            f"unknown model {name!r}; choose one of: {', '.join(model_names())}, or name your "
+            "own builder as module:function"
+        )
+    module_name, _, function_name = name.partition(":")
+    if not module_name or not function_name.isidentifier():
+        raise ModelError(
+            f"model {name!r} is not module:function; write it like mypkg.nets:build "
+            f"({_OWN_BUILDER_HINT})"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module: any failure to import it is theirs to fix
+        raise ModelError(
+            f"model {name!r}: cannot import module {module_name!r} ({_one_line(error)}); make it "
+            "importable (install it, or add its folder to PYTHONPATH) on every node"
+        ) from None
+    builder = getattr(module, function_name, None)
+    if builder is None:
+        raise ModelError(
+            f"model {name!r}: module {module_name!r} has no function {function_name!r}; check "
+            "the name after the ':'"
+        )
+    if not callable(builder):
+        raise ModelError(
+            f"model {name!r}: {function_name!r} in {module_name!r} is a "
+            f"{type(builder).__name__}, not a function; name {_OWN_BUILDER_HINT}"
+        )
+    _check_signature(name, builder)
+    return builder
+
+
+def _check_signature(name: str, builder: Callable[..., object]) -> None:
+    """A builder must take (feature_shape, num_classes); say so before it is ever called."""
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):  # some C functions have none: their call will tell
+        return
+    try:
+        signature.bind((1,), 2)
+    except TypeError:
+        raise ModelError(
+            f"model {name!r}: {_qualified(builder)}{signature} cannot be called as "
+            f"builder(feature_shape, num_classes); make it {_OWN_BUILDER_HINT}"
+        ) from None
+
+
+def _qualified(function: Callable[..., object]) -> str:
+    module = getattr(function, "__module__", "?")
+    return f"{module}:{getattr(function, '__qualname__', repr(function))}"
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in models, registered like anyone else's
+# --------------------------------------------------------------------------------------------
+
+
 def _flat_size(feature_shape: tuple[int, ...]) -> int:
     return int(math.prod(feature_shape))
 
 
+@register_model("logreg")
 def _logreg(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(feature_shape), num_classes))
 
 
+@register_model("mlp")
 def _mlp(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     hidden = 256 if _flat_size(feature_shape) > 256 else 64
     return _two_hidden(feature_shape, num_classes, hidden, hidden // 2)
 
 
+@register_model("mlp-large")
 def _mlp_large(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A wide MLP (about 1.07M parameters on MNIST): for larger-update workloads."""
     return _two_hidden(feature_shape, num_classes, 1024, 256)
@@ -39,6 +182,8 @@ def _mlp_large(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 def _two_hidden(
     feature_shape: tuple[int, ...], num_classes: int, first: int, second: int
 ) -> nn.Module:
+    from torch import nn
+
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(_flat_size(feature_shape), first),
@@ -49,7 +194,10 @@ def _two_hidden(
     )
 
 
+@register_model("cnn")
 def _cnn(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from torch import nn
+
     if len(feature_shape) != 3:
         raise ModelError(
             f"model 'cnn' needs image data (channels, height, width), got feature shape "
@@ -75,12 +223,13 @@ def _cnn(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
-_BUILDERS: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
-    "logreg": _logreg,
-    "mlp": _mlp,
-    "mlp-large": _mlp_large,
-    "cnn": _cnn,
-}
+MODELS: tuple[str, ...] = model_names()
+"""The built-in model names (what this module registers); :func:`model_names` has them all."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building and moving weights
+# --------------------------------------------------------------------------------------------
 
 
 def build_model(
@@ -88,11 +237,11 @@ def build_model(
 ) -> nn.Module:
     """A freshly initialised model; the same `seed` gives the same initial weights everywhere.
 
+    `name` is a registered model or a ``module:function`` builder (:func:`resolve_builder`).
     Each call returns a model of its own (a copy of one built once per process): a simulation
     builds one per client message, and seeding and initialising a model costs more than copying.
     """
-    if name not in _BUILDERS:
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    resolve_builder(name)  # an unknown name or unimportable builder: one line, before torch
     return copy.deepcopy(_initialised(name, tuple(feature_shape), num_classes, seed))
 
 
@@ -101,12 +250,21 @@ def _initialised(
     name: str, feature_shape: tuple[int, ...], num_classes: int, seed: int
 ) -> nn.Module:
     """The seeded model `build_model` copies (never handed out itself)."""
+    import torch
+
+    builder = resolve_builder(name)
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        return _BUILDERS[name](feature_shape, num_classes)
+        model = builder(feature_shape, num_classes)
     finally:
         torch.random.set_rng_state(generator_state)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(
+            f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module; make "
+            f"{_qualified(builder)} return the model it builds"
+        )
+    return model
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
@@ -116,6 +274,8 @@ def get_weights(model: nn.Module) -> list[np.ndarray]:
 
 def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
     """Load arrays produced by `get_weights` (of the same architecture) into `model`."""
+    import torch
+
     state = model.state_dict()
     if len(weights) != len(state):
         raise ModelError(f"expected {len(state)} weight arrays, got {len(weights)}")

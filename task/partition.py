@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from task.datasets import DataError
+from privet.task.datasets import DataError
 
 __all__ = ["PARTITIONS", "partition_indices"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from privacy import PrivacyLedger
+from privet.privacy import PrivacyLedger
 from tests.federation import BIN, SENTINEL, Federation, copy_app, node_files, stop, wait_for
 
 ROUNDS = 3  # round 1 whole, round 2 after a node crash, round 3 after the server crash
@@ -94,7 +94,7 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     first = results["rounds"][0]["secure_aggregation"]
     assert first["status"] == "ok" and first["survivors"] == [0, 1, 2]
     later = [r["secure_aggregation"] for r in results["rounds"][1:]]
-    assert all(s["status"] == "ok" for s in later)
+    assert all(s["status"] == "ok" for s in later), later
     assert any(2 in s["dropped"] for s in later) or all(2 not in s["survivors"] for s in later)
     # ε continues across the restart: never back to zero, and each node's ledger (on the node)
     # confirms what the server printed.

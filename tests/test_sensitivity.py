@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from client.local_plan import LocalPlan
-from client.trainer import train_locally
-from privacy.secagg import QuantizationSpec, SecAggConfig, SecAggServer, build_graph
-from privacy.secagg.protocol import SecAggClient, run_round
-from privacy.secagg.quantization import rounded_norm
-from privacy.secagg.update_vector import decode_update_sum, encode_update
-from server.aggregation import CLIP_TOLERANCE, ClientUpdate, l2_norm
-from server.client_dp import make_aggregator, plan_client_level
-from task.config import RunConfig
-from task.datasets import ArrayDataset
-from task.models import build_model, get_weights
+from privet.client.local_plan import LocalPlan
+from privet.client.trainer import train_locally
+from privet.privacy.secagg import QuantizationSpec, SecAggConfig, SecAggServer, build_graph
+from privet.privacy.secagg.protocol import SecAggClient, run_round
+from privet.privacy.secagg.quantization import rounded_norm
+from privet.privacy.secagg.update_vector import decode_update_sum, encode_update
+from privet.server.aggregation import CLIP_TOLERANCE, ClientUpdate, l2_norm
+from privet.server.client_dp import make_aggregator, plan_client_level
+from privet.task.config import RunConfig
+from privet.task.datasets import ArrayDataset
+from privet.task.models import build_model, get_weights
 
 FLOAT_SLACK = 1e-9  # relative: float64 summation order, nothing more
 

@@ -8,8 +8,8 @@ Plain code with no Flower imports, driven by the adapters in `server/` and `clie
 - `privacy.secagg.protocol`: the four-stage client and server state machines and their messages.
 """
 
-from privacy.secagg.crypto import SecAggCryptoError, SecAggError, SeededRandom, expand_mask
-from privacy.secagg.protocol import (
+from privet.privacy.secagg.crypto import SecAggCryptoError, SecAggError, SeededRandom, expand_mask
+from privet.privacy.secagg.protocol import (
     STAGES,
     STATE_SCHEMA,
     AdvertiseKeys,
@@ -32,7 +32,7 @@ from privacy.secagg.protocol import (
     default_degree,
     run_round,
 )
-from privacy.secagg.quantization import (
+from privet.privacy.secagg.quantization import (
     QuantizationError,
     QuantizationSpec,
     QuantizedUpdate,
@@ -41,7 +41,7 @@ from privacy.secagg.quantization import (
     required_bits,
     sum_mod,
 )
-from privacy.secagg.shamir import ShamirError
+from privet.privacy.secagg.shamir import ShamirError
 
 __all__ = [
     "STAGES",

@@ -61,8 +61,8 @@ from typing import NoReturn, TypeVar
 
 import numpy as np
 
-from privacy.secagg import shamir
-from privacy.secagg.crypto import (
+from privet.privacy.secagg import shamir
+from privet.privacy.secagg.crypto import (
     KEY_BYTES,
     SEED_BYTES,
     RandomSource,
@@ -776,22 +776,25 @@ class _StateReader:
 
     def id_list(self, key: str) -> list[int]:
         values = self._list(key)
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        ids = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if len(ids) != len(values):
             self.fail(key, "expected a list of ints")
-        if any(not 0 <= v <= _MAX_ID for v in values):
+        if any(not 0 <= v <= _MAX_ID for v in ids):
             self.fail(key, f"client ids lie in [0, {_MAX_ID}]")
-        if values != sorted(set(values)):
+        if ids != sorted(set(ids)):
             self.fail(key, "ids must be distinct and sorted")
-        return values
+        return ids
 
     def blob_list(self, key: str, size: int, count: int) -> list[bytes]:
         values = self._list(key)
         if len(values) != count:
             self.fail(key, f"expected {count} entries, got {len(values)}")
+        blobs: list[bytes] = []
         for v in values:
             if not isinstance(v, bytes) or len(v) != size:
                 self.fail(key, f"expected entries of {size} bytes, got {_describe(v)}")
-        return values
+            blobs.append(v)
+        return blobs
 
 
 def _describe(value: object) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from privacy.secagg.crypto import RandomSource, SecAggError
+from privet.privacy.secagg.crypto import RandomSource, SecAggError
 
 PRIME = 2**521 - 1
 SECRET_BYTES = 32

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from privacy.secagg.quantization import (
+from privet.privacy.secagg.quantization import (
     QuantizationError,
     QuantizationSpec,
     QuantizedUpdate,

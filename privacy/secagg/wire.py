@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from privacy.secagg.protocol import (
+from privet.privacy.secagg.protocol import (
     AdvertiseKeys,
     KeysBroadcast,
     MaskedInput,
@@ -96,7 +96,7 @@ def from_wire(cls: type[Message], data: Mapping[str, object]) -> Message:
     extra = sorted(set(map(str, data)) - expected)
     if extra:
         raise SecAggProtocolError(f"{name} message has an unexpected key {extra[0][:40]!r}")
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # each value's type is checked against its field's below
     for field in fields:
         key = _key(field.name)
         if key not in data:

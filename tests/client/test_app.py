@@ -8,10 +8,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis import rdp
 
-from client.app import ledger_path, make_client_app
-from privacy import PrivacyLedger
-from server.evaluation import ServerEvaluator
-from task.config import ConfigError, RunConfig
+from privet.client.app import ledger_path, make_client_app
+from privet.privacy import PrivacyLedger
+from privet.server.evaluation import ServerEvaluator
+from privet.task.config import ConfigError, RunConfig
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -75,7 +75,7 @@ def test_epsilon_accumulates_across_rounds_in_node_state(tmp_path):
 
 
 def test_module_level_app_reads_flowers_run_config(tmp_path):
-    from client.app import app
+    from privet.client.app import app
 
     config = RunConfig(output=str(tmp_path), rounds=2, noise_multiplier=1.5)
     weights = ServerEvaluator(config).initial_weights()
@@ -215,7 +215,7 @@ def test_a_second_process_training_as_the_same_client_is_refused(tmp_path):
     import sys
     from pathlib import Path
 
-    from privacy.storage import InUseError
+    from privet.privacy.storage import InUseError
 
     config = RunConfig(output=str(tmp_path / "out"), rounds=3, noise_multiplier=1.0)
     weights = ServerEvaluator(config).initial_weights()
@@ -227,7 +227,7 @@ def test_a_second_process_training_as_the_same_client_is_refused(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom privacy.ledger import ledger_lock\n"
+            "import sys, time\nfrom privet.privacy.ledger import ledger_lock\n"
             "ledger_lock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
             str(path),
         ],

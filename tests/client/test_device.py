@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from client.device import resolve_device
-from task.config import ConfigError
+from privet.client.device import resolve_device
+from privet.task.config import ConfigError
 
 
 def test_auto_uses_cuda_exactly_when_available():

@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from client.local_plan import MAX_PLANNED_STEPS, PlanError, plan_local_training
-from client.training_round import client_plan
-from privacy import PoissonGaussianSteps, epsilon_for
-from task.config import RunConfig
+from privet.client.local_plan import MAX_PLANNED_STEPS, PlanError, plan_local_training
+from privet.client.training_round import client_plan
+from privet.privacy import PoissonGaussianSteps, epsilon_for
+from privet.task.config import RunConfig
 from tests.reference_accounting import dp_accounting_pld_epsilon
 
 

@@ -11,8 +11,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import make_client_app
-from client.node_data import (
+from privet.client.app import make_client_app
+from privet.client.node_data import (
     LOCAL_VALIDATION_FRACTION,
     client_shards,
     load_federated_data,
@@ -20,9 +20,9 @@ from client.node_data import (
     load_node_data,
     split_shard,
 )
-from server.evaluation import ServerEvaluator
-from task.config import ConfigError, RunConfig
-from task.datasets import ADULT_COLUMNS, IMAGE_SPECS, DataError, load_dataset
+from privet.server.evaluation import ServerEvaluator
+from privet.task.config import ConfigError, RunConfig
+from privet.task.datasets import ADULT_COLUMNS, IMAGE_SPECS, DataError, load_dataset
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SECRET = "SECRET-4417"  # a data value that must never appear in an error message or log
@@ -141,7 +141,7 @@ def test_two_csv_nodes_share_the_reference_schema(tmp_path, caplog):
     rows_b += [["yes", "1.0", "blue", "30"]] * 7
     file_a = write_csv(tmp_path / "a.csv", REF_HEADER, rows_a)
     file_b = write_csv(tmp_path / "b.csv", header_b, rows_b)
-    with caplog.at_level(logging.INFO, logger="client.node_data"):
+    with caplog.at_level(logging.INFO, logger="privet.client.node_data"):
         a = load_node_data(config, node(file_a, 0))
         b = load_node_data(config, node(file_b, 1))
     for data, n in ((a, 30), (b, 10)):
@@ -255,7 +255,7 @@ def test_bad_numbers_are_missing_values_counted_not_quoted(tmp_path, caplog, cel
     rows = [["1", "red", "1", "yes"], [cell, "red", "2", "no"], [cell, "red", "3", "no"]]
     rows += [[str(i), "blue", "4", "yes"] for i in range(7)]
     path = write_csv(tmp_path / "n.csv", REF_HEADER, rows)
-    with caplog.at_level(logging.WARNING, logger="client.node_data"):
+    with caplog.at_level(logging.WARNING, logger="privet.client.node_data"):
         dropped = load_local_examples(csv_config(tmp_path), node(path))
     assert len(dropped.examples) == 8 and dropped.examples.feature_shape == (5,)
     assert dropped.missing is not None

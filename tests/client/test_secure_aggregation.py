@@ -9,13 +9,24 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import SECAGG_STATE_KEY, make_client_app
-from client.secure_aggregation import SecAggRequest
-from privacy.secagg import KeysBroadcast, MaskedInput, Refusal, SecAggProtocolError, ShareKeys
-from privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, read_reply, to_wire
-from server.evaluation import ServerEvaluator
-from server.secure_aggregation import SecAggSettings, decode_secure_sum, plan_round, run_secure_sum
-from task.config import RunConfig
+from privet.client.app import SECAGG_STATE_KEY, make_client_app
+from privet.client.secure_aggregation import SecAggRequest
+from privet.privacy.secagg import (
+    KeysBroadcast,
+    MaskedInput,
+    Refusal,
+    SecAggProtocolError,
+    ShareKeys,
+)
+from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, read_reply, to_wire
+from privet.server.evaluation import ServerEvaluator
+from privet.server.secure_aggregation import (
+    SecAggSettings,
+    decode_secure_sum,
+    plan_round,
+    run_secure_sum,
+)
+from privet.task.config import RunConfig
 
 CLIP = 10.0
 
@@ -221,8 +232,8 @@ def test_under_client_level_dp_the_client_app_rounds_within_the_clip_norm(
 ):
     """The noise is calibrated to S only under client-level DP; there the rounded update that
     enters the sum must have norm ≤ S (conditional rounding), elsewhere rounding stays unbiased."""
-    import client.secure_aggregation as client_secagg
-    from privacy.secagg.quantization import rounded_norm
+    import privet.client.secure_aggregation as client_secagg
+    from privet.privacy.secagg.quantization import rounded_norm
 
     real = client_secagg.encode_update
     calls = []

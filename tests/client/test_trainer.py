@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from client.local_plan import plan_local_training
-from client.trainer import (
+from privet.client.local_plan import plan_local_training
+from privet.client.trainer import (
     AccountingMismatchError,
     make_dp_compatible,
     supports_ghost_clipping,
     train_locally,
 )
-from task.datasets import ArrayDataset
-from task.models import build_model, get_weights
+from privet.task.datasets import ArrayDataset
+from privet.task.models import build_model, get_weights
 
 CPU = torch.device("cpu")
 

@@ -23,7 +23,7 @@ import pytest
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from scipy import integrate
 
-from privacy import (
+from privet.privacy import (
     CENTRED_COUNT_SENSITIVITY,
     EXTRA_RDP_ORDERS,
     OPACUS_RDP_ORDERS,

@@ -9,7 +9,7 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.utils import get_noise_multiplier
 
-from privacy import (
+from privet.privacy import (
     DEFAULT_RDP_ORDERS,
     OPACUS_RDP_ORDERS,
     AccountingError,
@@ -21,7 +21,7 @@ from privacy import (
     epsilon_for,
     noise_for_target_epsilon,
 )
-from privacy.accountants import MAX_PLD_GRID_POINTS, MAX_PLD_STEP_POINTS, PldAccountant
+from privet.privacy.accountants import MAX_PLD_GRID_POINTS, MAX_PLD_STEP_POINTS, PldAccountant
 
 SETTINGS = [
     (0.01, 1.1, 1000, 1e-5),

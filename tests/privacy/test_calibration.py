@@ -4,7 +4,7 @@ import dp_accounting
 import pytest
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
-from privacy import (
+from privet.privacy import (
     CENTRED_COUNT_SENSITIVITY,
     CalibrationError,
     ClientLevelRound,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from opacus.accountants.analysis import rdp as opacus_rdp
 
-from privacy import (
+from privet.privacy import (
     ACCOUNTANTS,
     AccountingError,
     ClientLevelRound,

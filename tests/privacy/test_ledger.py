@@ -15,7 +15,7 @@ import dp_accounting
 import pytest
 from opacus.accountants import RDPAccountant
 
-from privacy import (
+from privet.privacy import (
     LEDGER_SCHEMA_VERSION,
     ClientLevelRound,
     LedgerEntry,
@@ -259,7 +259,7 @@ def test_crash_during_write_keeps_the_previous_ledger(tmp_path, monkeypatch):
 WRITER = textwrap.dedent(
     """
     import sys
-    from privacy import PoissonGaussianSteps, PrivacyLedger
+    from privet.privacy import PoissonGaussianSteps, PrivacyLedger
 
     ledger = PrivacyLedger("client-0", "example", 1e-5, sys.argv[1])
     ledger.epsilon_if([PoissonGaussianSteps(1.0, 0.01, 1)])  # import Opacus before the loop
@@ -323,8 +323,8 @@ def test_sigkill_at_random_moments_never_loses_a_sent_release(tmp_path):
 
 
 def test_budget_check_treats_an_unbounded_plan_as_over_budget(monkeypatch):
-    import privacy.ledger as ledger_module
-    from privacy import AccountingError, PoissonGaussianSteps, PrivacyLedger
+    import privet.privacy.ledger as ledger_module
+    from privet.privacy import AccountingError, PoissonGaussianSteps, PrivacyLedger
 
     ledger = PrivacyLedger(owner="c", level="example", delta=1e-5)
     event = PoissonGaussianSteps(1.0, 0.1, 10)
@@ -466,7 +466,7 @@ def test_a_fresh_ledger_never_overwrites_an_existing_file(tmp_path):
 STALE_WRITER = textwrap.dedent(
     """
     import sys
-    from privacy import PoissonGaussianSteps, PrivacyLedger
+    from privet.privacy import PoissonGaussianSteps, PrivacyLedger
 
     ledger = PrivacyLedger.load(sys.argv[1])
     print("loaded", flush=True)
@@ -511,8 +511,8 @@ def test_two_processes_writing_one_ledger_never_lose_a_release(tmp_path):
 
 
 def test_a_write_waits_a_bounded_time_for_the_ledgers_lock(tmp_path, monkeypatch):
-    import privacy.ledger as ledger_module
-    from privacy.ledger import ledger_lock
+    import privet.privacy.ledger as ledger_module
+    from privet.privacy.ledger import ledger_lock
 
     path = tmp_path / "client-0.json"
     example_ledger(path)
@@ -520,7 +520,7 @@ def test_a_write_waits_a_bounded_time_for_the_ledgers_lock(tmp_path, monkeypatch
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom privacy.ledger import ledger_lock\n"
+            "import sys, time\nfrom privet.privacy.ledger import ledger_lock\n"
             "ledger_lock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
             str(path),
         ],

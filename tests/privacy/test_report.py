@@ -1,6 +1,6 @@
 import pytest
 
-from privacy import ClientPrivacy, ClientReportError
+from privet.privacy import ClientPrivacy, ClientReportError
 
 
 def report():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from privacy.storage import (
+from privet.privacy.storage import (
     FileLock,
     InUseError,
     atomic_write_bytes,
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
-from privacy.storage import FileLock
+from privet.privacy.storage import FileLock
 FileLock(sys.argv[1], "the test's file").acquire()
 print("held", flush=True)
 time.sleep(120)

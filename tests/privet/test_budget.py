@@ -11,7 +11,6 @@ import dp_accounting
 import pytest
 from opacus.accountants import RDPAccountant
 
-from privacy import ClientLevelRound, PoissonGaussianSteps, PrivacyLedger
 from privet import cli
 from privet.budget import (
     BudgetError,
@@ -21,6 +20,7 @@ from privet.budget import (
     plan_from_args,
     run_budget,
 )
+from privet.privacy import ClientLevelRound, PoissonGaussianSteps, PrivacyLedger
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

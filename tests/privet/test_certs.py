@@ -213,7 +213,11 @@ def test_existing_server_files_are_kept_and_nothing_half_written(ca_dir, tmp_pat
     assert [p.name for p in out.iterdir()] == ["server.crt"]
     assert (out / "server.crt").read_text() == "old"
     make_server_cert(ca_dir, out, ["127.0.0.1"], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "server.crt", "server.key"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ca.crt",
+        "server.crt",
+        "server.key",
+    ]
 
 
 @pytest.mark.parametrize(

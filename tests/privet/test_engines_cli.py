@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from privet.cli import main
-from simulations.inprocess_engine import run_in_process
-from task.config import RunConfig
+from privet.simulations.inprocess_engine import run_in_process
+from privet.task.config import RunConfig
 
 SETTINGS = {"clients": 3, "rounds": 3, "local_epochs": 1, "seed": 2, "reproducible": True}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from privet import cli
-from simulations.inprocess_engine import run_in_process
-from simulations.report import ReportError
-from task.config import RunConfig
+from privet.simulations.inprocess_engine import run_in_process
+from privet.simulations.report import ReportError
+from privet.task.config import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from privet.cli import main
-from simulations.inprocess_engine import run_in_process
-from simulations.sweep import SweepError
-from task.config import ConfigError, RunConfig
+from privet.simulations.inprocess_engine import run_in_process
+from privet.simulations.sweep import SweepError
+from privet.task.config import ConfigError, RunConfig
 
 PRIVET = str(Path(sys.executable).parent / "privet")
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from server.aggregation import (
+from privet.server.aggregation import (
     AdaptiveClipping,
     ClientLevelAggregator,
     ClientUpdate,
@@ -11,7 +11,7 @@ from server.aggregation import (
     l2_norm,
     weighted_mean_update,
 )
-from server.sampling import poisson_sample
+from privet.server.sampling import poisson_sample
 
 SHAPES = [(20, 10), (10,)]
 

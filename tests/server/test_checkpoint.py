@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privacy import ClientLevelRound, PoissonGaussianSteps, PrivacyLedger
-from privacy.storage import InUseError
 from privet.cli import main
-from server.app import clear_output
-from server.checkpoint import (
+from privet.privacy import ClientLevelRound, PoissonGaussianSteps, PrivacyLedger
+from privet.privacy.storage import InUseError
+from privet.server.app import clear_output
+from privet.server.checkpoint import (
     CHECKPOINT_FILE,
     REPLACED_DIR,
     CheckpointError,
@@ -28,8 +28,8 @@ from server.checkpoint import (
     save_checkpoint,
     set_aside_run,
 )
-from server.checkpoint import _canonical_digest as _canonical_digest
-from task.config import RunConfig
+from privet.server.checkpoint import _canonical_digest as _canonical_digest
+from privet.task.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -263,7 +263,7 @@ def test_an_older_checkpoint_binds_nothing_but_a_lost_or_lower_ledger_is_still_r
 HOLDER = """
 import sys, time
 from pathlib import Path
-from server.checkpoint import lock_run_folder
+from privet.server.checkpoint import lock_run_folder
 lock = lock_run_folder(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(120)
@@ -327,13 +327,13 @@ def test_the_run_folder_lock_is_per_process_reentrant(tmp_path):
 
 def test_model_pt_is_written_like_every_file_of_a_run(tmp_path, monkeypatch):
     """Atomically, fsynced and owner-only (it was 0644 and not fsynced)."""
-    import privacy.storage
-    from server.evaluation import ServerEvaluator
-    from server.results import write_model
+    import privet.privacy.storage as storage
+    from privet.server.evaluation import ServerEvaluator
+    from privet.server.results import write_model
 
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(privacy.storage.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     old = os.umask(0o002)
     try:
         evaluator = ServerEvaluator(RunConfig(output=str(tmp_path)))

@@ -1,8 +1,8 @@
 import dp_accounting
 import pytest
 
-from server.client_dp import plan_client_level
-from task.config import ConfigError, RunConfig
+from privet.server.client_dp import plan_client_level
+from privet.task.config import ConfigError, RunConfig
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from server.federation_privacy import ClientPrivacy
-from server.results import RoundRecord, RunResults, write_model, write_results
-from task.config import RunConfig
-from task.models import build_model, get_weights
+from privet.server.federation_privacy import ClientPrivacy
+from privet.server.results import RoundRecord, RunResults, write_model, write_results
+from privet.task.config import RunConfig
+from privet.task.models import build_model, get_weights
 
 
 def test_results_json_layout_and_atomic_write(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from privet.cli import main
-from server.sampling import fixed_size_sample, poisson_sample, sample_clients
-from task.config import ConfigError, RunConfig
+from privet.server.sampling import fixed_size_sample, poisson_sample, sample_clients
+from privet.task.config import ConfigError, RunConfig
 
 
 def test_fixed_size_sample_has_exactly_k_distinct_members_from_the_population():

@@ -14,12 +14,12 @@ import math
 import numpy as np
 import pytest
 
-from client.secure_aggregation import PendingInput, SecAggRequest, answer, begin
-from client.training_round import clip_update
-from privacy.secagg import SecAggAbort, SecAggProtocolError, SecAggSplit, sum_mod
-from privacy.secagg.update_vector import encode_update
-from server.aggregation import ClientUpdate, weighted_mean_update
-from server.secure_aggregation import (
+from privet.client.secure_aggregation import PendingInput, SecAggRequest, answer, begin
+from privet.client.training_round import clip_update
+from privet.privacy.secagg import SecAggAbort, SecAggProtocolError, SecAggSplit, sum_mod
+from privet.privacy.secagg.update_vector import encode_update
+from privet.server.aggregation import ClientUpdate, weighted_mean_update
+from privet.server.secure_aggregation import (
     COMPLETE_GRAPH_UP_TO,
     SecAggSettings,
     decode_secure_sum,
@@ -28,7 +28,7 @@ from server.secure_aggregation import (
     split_warning,
     threshold_for,
 )
-from task.config import RunConfig
+from privet.task.config import RunConfig
 
 SHAPES = [(7, 3), (3,)]
 NUM_PARAMS = sum(math.prod(s) for s in SHAPES)
@@ -243,7 +243,7 @@ def test_settings_that_let_dropouts_split_the_survivors_get_one_warning_at_run_s
     settings_, warned, caplog, tmp_path
 ):
     config = RunConfig(**settings_, secure_aggregation=True, output=str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="server.secure_aggregation"):
+    with caplog.at_level(logging.WARNING, logger="privet.server.secure_aggregation"):
         assert SecAggSettings.from_config(config) is not None
     lines = [r.getMessage() for r in caplog.records if "split the survivors" in r.getMessage()]
     assert len(lines) == warned

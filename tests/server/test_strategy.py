@@ -8,11 +8,11 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from privacy import PrivacyLedger
-from server.aggregation import ClientLevelAggregator
-from server.client_dp import ClientLevelPlan
-from server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
-from server.strategy import PrivetFedAvg, RoundOutcome
+from privet.privacy import PrivacyLedger
+from privet.server.aggregation import ClientLevelAggregator
+from privet.server.client_dp import ClientLevelPlan
+from privet.server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
+from privet.server.strategy import PrivetFedAvg, RoundOutcome
 
 SHAPES = [(3, 4), (4,)]
 
@@ -404,7 +404,7 @@ def claiming_grid(claims, contacted):
     query with the client id in `claims` (None: a reply that names none)."""
     from flwr.clientapp import ClientApp
 
-    from simulations.inprocess_engine import FIRST_NODE_ID, InProcessGrid
+    from privet.simulations.inprocess_engine import FIRST_NODE_ID, InProcessGrid
 
     app = ClientApp()
 

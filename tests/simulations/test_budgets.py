@@ -10,8 +10,8 @@ import dp_accounting
 import pytest
 
 from privet.cli import main
-from simulations.flower_engine import run_flower_simulation
-from task.config import RunConfig
+from privet.simulations.flower_engine import run_flower_simulation
+from privet.task.config import RunConfig
 from tests.reference_accounting import ORDERS, opacus_epsilon
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from opacus.accountants.utils import get_noise_multiplier
 
-from simulations.flower_engine import run_flower_simulation
-from simulations.plan import plan_simulation
-from task.config import RunConfig
+from privet.simulations.flower_engine import run_flower_simulation
+from privet.simulations.plan import plan_simulation
+from privet.task.config import RunConfig
 from tests.reference_accounting import opacus_epsilon
 
 TARGET = 6.0

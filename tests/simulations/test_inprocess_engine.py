@@ -11,10 +11,10 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
-from simulations.faults import Dropout
-from simulations.flower_engine import run_flower_simulation
-from simulations.inprocess_engine import InProcessGrid, run_in_process, server_task_identity
-from task.config import RunConfig
+from privet.simulations.faults import Dropout
+from privet.simulations.flower_engine import run_flower_simulation
+from privet.simulations.inprocess_engine import InProcessGrid, run_in_process, server_task_identity
+from privet.task.config import RunConfig
 from tests.reference_accounting import opacus_epsilon
 
 # Client-level DP with Poisson client sampling, adaptive clipping and secure aggregation: every

@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from privet.console import SimulationConsole
-from simulations.plan import plan_simulation
-from task.config import RunConfig
+from privet.simulations.plan import plan_simulation
+from privet.task.config import RunConfig
 from tests.reference_accounting import dp_accounting_pld_epsilon, dp_accounting_rdp_epsilon
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.checkpoint import RUN_LOCK_FILE
-from simulations import plots
-from simulations.inprocess_engine import run_in_process
-from simulations.report import (
+from privet.server.checkpoint import RUN_LOCK_FILE
+from privet.simulations import plots
+from privet.simulations.inprocess_engine import run_in_process
+from privet.simulations.report import (
     ReportError,
     SweepPoint,
     build_report,
@@ -30,7 +30,7 @@ from simulations.report import (
     privacy_utility_curves,
     write_report,
 )
-from task.config import RunConfig
+from privet.task.config import RunConfig
 from tests.reference_accounting import opacus_epsilon
 
 IMG = re.compile(r"<img\b[^>]*>")

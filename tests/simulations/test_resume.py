@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from privet.cli import main
-from simulations.flower_engine import run_flower_simulation
-from task.config import RunConfig
+from privet.simulations.inprocess_engine import run_in_process
+from privet.task.config import RunConfig
 
 FLAGS = {
     "clients": 6,
@@ -66,7 +66,9 @@ def kill_after_first_round(output: Path) -> None:
 @pytest.mark.long
 def test_a_killed_run_resumes_to_the_uninterrupted_results(tmp_path, capsys):
     straight = tmp_path / "straight"
-    run_flower_simulation(RunConfig(**FLAGS, reproducible=True, output=str(straight)))
+    # The uninterrupted reference runs in process: for a seed it is the Flower engine's run bit for
+    # bit (tests/simulations/test_inprocess_engine.py), and it saves this test a third Ray start.
+    run_in_process(RunConfig(**FLAGS, reproducible=True, output=str(straight)))
     resumed = tmp_path / "resumed"
     kill_after_first_round(resumed)
     killed_at = checkpoint_round(resumed)
@@ -121,7 +123,6 @@ def test_resume_recharges_an_old_ledgers_adaptive_rounds_at_their_real_sensitivi
 ):
     import dp_accounting
 
-    from simulations.inprocess_engine import run_in_process
     from tests.reference_accounting import ORDERS
 
     output = tmp_path / "run"
@@ -191,8 +192,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory) -> Path:
     """An in-process run with client-level DP that crashed right after round 2 of 4."""
-    from simulations.inprocess_engine import run_in_process
-
     output = tmp_path_factory.mktemp("template") / "run"
 
     def crash(record) -> None:
@@ -265,7 +264,7 @@ def test_a_missing_shortened_or_edited_ledger_stops_resume_and_verify(
 
 def test_a_ledger_that_grew_past_the_checkpoint_resumes(interrupted, tmp_path):
     """A write-ahead entry of round 3, recorded before the crash, is kept and charged."""
-    from privacy import PoissonGaussianSteps, PrivacyLedger
+    from privet.privacy import PoissonGaussianSteps, PrivacyLedger
 
     run = copy_run(interrupted, tmp_path / "run")
     ledger = PrivacyLedger.load(trained_client_ledger(run))
@@ -316,13 +315,13 @@ def test_stale_temporaries_of_interrupted_writes_are_removed_on_resume(interrupt
 HOLD_RUN = """
 import sys, time
 from pathlib import Path
-from server.checkpoint import lock_run_folder
+from privet.server.checkpoint import lock_run_folder
 lock_run_folder(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(300)
 """
 HOLD_LEDGER = HOLD_RUN.replace(
-    "server.checkpoint import lock_run_folder", "privacy.ledger import ledger_lock"
+    "privet.server.checkpoint import lock_run_folder", "privet.privacy.ledger import ledger_lock"
 ).replace("lock_run_folder(Path(sys.argv[1]))", "ledger_lock(sys.argv[1]).acquire()")
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
-from client.app import make_client_app
-from privacy.secagg.wire import INPUT_KEY, RECORD_KEY
-from server import secure_aggregation
-from server.app import run_federated_training
-from simulations.faults import Dropout
-from simulations.flower_engine import run_flower_simulation
-from simulations.inprocess_engine import (
+from privet.client.app import make_client_app
+from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY
+from privet.server import secure_aggregation
+from privet.server.app import run_federated_training
+from privet.simulations.faults import Dropout
+from privet.simulations.flower_engine import run_flower_simulation
+from privet.simulations.inprocess_engine import (
     ENGINE_NAME,
     FIRST_NODE_ID,
     RUN_ID,
@@ -25,7 +25,7 @@ from simulations.inprocess_engine import (
     run_in_process,
     server_task_identity,
 )
-from task.config import RunConfig
+from privet.task.config import RunConfig
 
 
 def final_weights(folder):
@@ -53,7 +53,9 @@ def test_secure_client_level_round_matches_the_plaintext_round_within_the_bound(
     )
     plain = RunConfig(**common, output=str(tmp_path / "plain"))
     secure = RunConfig(**common, secure_aggregation=True, output=str(tmp_path / "secure"))
-    run_flower_simulation(plain)
+    # The plaintext reference runs in process: for a seed that is the Flower engine's run bit for
+    # bit (tests/simulations/test_inprocess_engine.py), without a second Ray start.
+    run_in_process(plain)
     run_flower_simulation(secure)
     a, b = results_of(tmp_path / "plain"), results_of(tmp_path / "secure")
     ra, rb = a["rounds"][0], b["rounds"][0]

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import simulations.engines
-from server.checkpoint import RUN_LOCK_FILE
-from simulations import sweep_workers
-from simulations.inprocess_engine import run_in_process
-from simulations.sweep import (
+import privet.simulations.engines as engines
+from privet.server.checkpoint import RUN_LOCK_FILE
+from privet.simulations import sweep_workers
+from privet.simulations.inprocess_engine import run_in_process
+from privet.simulations.sweep import (
     RoundProgress,
     RunOutcome,
     SweepError,
@@ -32,7 +32,7 @@ from simulations.sweep import (
     run_status,
     run_sweep,
 )
-from task.config import RunConfig
+from privet.task.config import RunConfig
 from tests.reference_accounting import opacus_epsilon
 
 BASE = {"clients": 3, "rounds": 2, "local-epochs": 1}
@@ -250,14 +250,14 @@ def test_an_interrupted_sweep_continues_to_the_same_results(straight, tmp_path):
 
 
 def test_a_failed_run_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_path, monkeypatch):
-    real = simulations.engines.run_simulation_with
+    real = engines.run_simulation_with
 
     def flaky(engine, config, on_round=None, **kwargs):
         if config.output.endswith("run-000"):
             raise RuntimeError("the disk is full\nsecond line")
         return real(engine, config, on_round, **kwargs)
 
-    monkeypatch.setattr(simulations.engines, "run_simulation_with", flaky)
+    monkeypatch.setattr(engines, "run_simulation_with", flaky)
     spec = SweepSpec(dict(BASE), (Variation.parse("seed=0,1"),))
     outcomes = run_sweep(spec, tmp_path, "in-process")
     assert [(o.run, o.status) for o in outcomes] == [("run-000", "failed"), ("run-001", "done")]
@@ -265,7 +265,7 @@ def test_a_failed_run_is_recorded_the_sweep_goes_on_and_a_rerun_retries_it(tmp_p
     rows = read_table(tmp_path)
     assert rows[0]["status"] == "failed" and rows[0]["error"] == outcomes[0].error
     assert rows[1]["status"] == "done"
-    monkeypatch.setattr(simulations.engines, "run_simulation_with", real)
+    monkeypatch.setattr(engines, "run_simulation_with", real)
     outcomes = run_sweep(spec, tmp_path, "in-process")
     assert [(o.run, o.status) for o in outcomes] == [("run-000", "done")]
     assert not (tmp_path / "runs" / "run-000" / "error.txt").exists()

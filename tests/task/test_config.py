@@ -3,8 +3,8 @@ import tomllib
 
 import pytest
 
-from privacy.calibration import MAX_NOISE_MULTIPLIER as CALIBRATION_MAX_NOISE_MULTIPLIER
-from task.config import (
+from privet.privacy.calibration import MAX_NOISE_MULTIPLIER as CALIBRATION_MAX_NOISE_MULTIPLIER
+from privet.task.config import (
     DEFAULT_TARGET_EPSILON,
     MAX_NOISE_MULTIPLIER,
     ConfigError,

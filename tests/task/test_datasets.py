@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from task.datasets import (
+from privet.task.datasets import (
     ADULT_COLUMNS,
     DATASETS,
     IDX_FILES,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from task.models import ModelError, build_model, get_weights
+from privet.task.models import ModelError, build_model, get_weights, model_names
 
 
 def test_the_same_seed_gives_the_same_weights_and_another_seed_others():
@@ -41,3 +44,21 @@ def test_bad_models_are_one_line_errors():
         build_model("resnet", (64,), 10)
     with pytest.raises(ModelError, match="model 'cnn' needs image data"):
         build_model("cnn", (64,), 10)
+
+
+def test_the_built_in_models_come_from_the_registry():
+    assert model_names()[:4] == ("logreg", "mlp", "mlp-large", "cnn")
+    with pytest.raises(ModelError) as info:
+        build_model("resnet", (64,), 10)
+    assert "\n" not in str(info.value)
+    for name in ("logreg", "mlp", "mlp-large", "cnn", "module:function"):
+        assert name in str(info.value)
+
+
+def test_the_command_line_and_configuration_read_the_names_without_importing_torch():
+    """Listing and checking model names must not cost a torch import (about 2 s per process)."""
+    code = (
+        "import sys, privet.cli, privet.task.config as c; c.RunConfig(model='mlp'); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from task.config import ConfigError, RunConfig, parse_node_clients
+from privet.task.config import ConfigError, RunConfig, parse_node_clients
 
 
 def test_node_clients_parse_into_a_mapping():

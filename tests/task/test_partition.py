@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from task.datasets import DataError
-from task.partition import PARTITIONS, partition_indices
+from privet.task.datasets import DataError
+from privet.task.partition import PARTITIONS, partition_indices
 
 
 def assert_partition(parts: list[np.ndarray], n: int) -> None:

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pytest
 
-from privacy.secagg import (
+from privet.privacy.secagg import (
     STAGES,
     KeysBroadcast,
     MaskedInput,
@@ -30,8 +30,8 @@ from privacy.secagg import (
     run_round,
     shamir,
 )
-from privacy.secagg.crypto import agree, derive_mask_seed, expand_mask, load_private_key
-from privacy.secagg.protocol import DONE_STAGE, decode_vector
+from privet.privacy.secagg.crypto import agree, derive_mask_seed, expand_mask, load_private_key
+from privet.privacy.secagg.protocol import DONE_STAGE, decode_vector
 
 BITS, LENGTH, ROUND = 20, 64, 77
 MASK = np.uint64(2**BITS - 1)
@@ -263,7 +263,7 @@ def test_a_replayed_masked_input_from_an_earlier_round_drops_only_that_client(ca
             return [earlier[3] if r.client_id == 3 else r for r in replies]
         return replies
 
-    with caplog.at_level(logging.WARNING, logger="privacy.secagg.protocol"):
+    with caplog.at_level(logging.WARNING, logger="privet.privacy.secagg.protocol"):
         result, server, _ = _staged_round(round_id=2, inputs=inputs, tamper=replay)
     assert result.dropped_ids == (3,) and 3 not in result.survivor_ids
     assert np.array_equal(result.aggregate, _sum(inputs, result.survivor_ids))
@@ -280,7 +280,7 @@ def test_a_duplicate_reply_drops_only_that_client_and_the_round_completes(stage,
             return [*replies, next(r for r in replies if r.client_id == 2)]
         return replies
 
-    with caplog.at_level(logging.WARNING, logger="privacy.secagg.protocol"):
+    with caplog.at_level(logging.WARNING, logger="privet.privacy.secagg.protocol"):
         result, server, _ = _staged_round(round_id=5, inputs=inputs, tamper=duplicate)
     # Dropped at unmask, client 2 had already sent its masked input: it is still in the sum.
     assert (2 in result.survivor_ids) == (stage == "unmask")
@@ -313,7 +313,7 @@ def test_a_refusal_is_counted_and_a_stale_one_is_not(caplog):
     server = SecAggServer(config, _complete(6))
     clients = {u: SecAggClient(u, config) for u in range(6)}
     messages = server.receive_keys([c.advertise_keys() for c in clients.values()])
-    with caplog.at_level(logging.WARNING, logger="privacy.secagg.protocol"):
+    with caplog.at_level(logging.WARNING, logger="privet.privacy.secagg.protocol"):
         server.refuse(Refusal(1, ROUND, "share_keys", "client 1 refuses: threshold\nforged line"))
     assert "client 1 refused stage 'share_keys': client 1 refuses: threshold forged line" in (
         caplog.text

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from privacy.secagg.crypto import (
+from privet.privacy.secagg.crypto import (
     SecAggCryptoError,
     SeededRandom,
     agree,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from privacy.secagg import (
+from privet.privacy.secagg import (
     QuantizationError,
     QuantizationSpec,
     dequantize_sum,

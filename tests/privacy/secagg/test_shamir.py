@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from privacy.secagg.shamir import (
+from privet.privacy.secagg.shamir import (
     PRIME,
     SHARE_BYTES,
     ShamirError,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from privacy.secagg import (
+from privet.privacy.secagg import (
     STAGES,
     KeysBroadcast,
     SecAggClient,
@@ -19,7 +19,7 @@ from privacy.secagg import (
     build_graph,
     run_round,
 )
-from privacy.secagg.protocol import STATE_SCHEMA
+from privet.privacy.secagg.protocol import STATE_SCHEMA
 
 N, BITS, LENGTH = 8, 20, 64
 SECRET_KEYS = {

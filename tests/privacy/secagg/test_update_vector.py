@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from privacy.secagg import QuantizationError, QuantizationSpec, sum_mod
-from privacy.secagg.update_vector import decode_update_sum, encode_update
+from privet.privacy.secagg import QuantizationError, QuantizationSpec, sum_mod
+from privet.privacy.secagg.update_vector import decode_update_sum, encode_update
 
 SHAPES = [(4, 5), (5,)]
 

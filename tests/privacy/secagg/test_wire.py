@@ -4,7 +4,7 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
-from privacy.secagg import (
+from privet.privacy.secagg import (
     AdvertiseKeys,
     KeysBroadcast,
     MaskedInput,
@@ -15,7 +15,7 @@ from privacy.secagg import (
     UnmaskRequest,
     UnmaskShares,
 )
-from privacy.secagg.wire import from_wire, read_reply, to_wire
+from privet.privacy.secagg.wire import from_wire, read_reply, to_wire
 
 ROUND = 2**64 - 1  # round ids are 64 random bits: the largest must survive Flower's records
 EXAMPLES = [
