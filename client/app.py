@@ -32,6 +32,17 @@ from privet.privacy.ledger import LEDGER_DIR, ledger_lock, remove_stale_ledger_t
 from privet.privacy.secagg.protocol import ClientState
 from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
 from privet.task.config import ConfigError, RunConfig
+from privet.task.messages import (
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    AdvertiseReply,
+    EvaluateReply,
+    IdentityReply,
+    SecAggInput,
+    TrainInstructions,
+    TrainReply,
+)
 
 STATE_KEY = "privet-ledger"
 SECAGG_STATE_KEY = "privet-secagg"
@@ -103,7 +114,7 @@ def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:
 
 def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | float]:
     """The privacy part of a train reply's metrics."""
-    return {**status.to_metrics(), "declined": int(declined)}
+    return TrainReply(status.to_metrics(), declined).to_metrics()
 
 
 def config_record(values: Mapping[str, ConfigRecordValues]) -> ConfigRecord:
@@ -134,9 +145,8 @@ def advertise_secagg(
 ) -> Message:
     """Stage 0: fresh keys for this round; the reply also says how many examples will train."""
     forget_secagg(context)
-    values = msg.content.config_records[INPUT_KEY]
-    clip = float(values["clip-norm"]) if "clip-norm" in values else None  # type: ignore[arg-type]
-    request = SecAggRequest.from_train_config(values, clip)
+    values = SecAggInput.from_config(msg.content.config_records[INPUT_KEY])
+    request = SecAggRequest.from_train_config(values.settings, values.clip_norm)
     if request is None:
         raise RuntimeError("secure aggregation keys requested without the round's settings")
     state, advertised = begin(client_id, request, num_params)
@@ -144,7 +154,7 @@ def advertise_secagg(
     content = RecordDict(
         {
             RECORD_KEY: config_record(advertised),
-            "metrics": MetricRecord({"num-examples": num_examples}),
+            METRICS_RECORD: metric_record(AdvertiseReply(num_examples).to_metrics()),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -190,8 +200,8 @@ def mask_update(
     is calibrated to (`privacy.secagg.quantization`, conditional rounding).
     """
     state = _secagg_state(context, "masked_input")
-    values = msg.content.config_records[INPUT_KEY]
-    request = SecAggRequest.from_train_config(values, float(values["clip-norm"]))  # type: ignore[arg-type]
+    values = SecAggInput.from_config(msg.content.config_records[INPUT_KEY])
+    request = SecAggRequest.from_train_config(values.settings, values.clip_norm)
     assert request is not None
     bound = float(request.spec.clip_norm) if client_level else None
     pending = PendingInput(update, within_clip, request.spec, dither_seed, bound)
@@ -201,7 +211,7 @@ def mask_update(
             state,
             dict(msg.content.config_records[RECORD_KEY]),
             pending,
-            float(values["weight"]),  # type: ignore[arg-type]
+            values.weight,
         )
     except Exception:
         forget_secagg(context)
@@ -224,8 +234,8 @@ def make_client_app(
         """Say which client (data shard) this node is, so the server can sample reproducibly."""
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        metrics = MetricRecord({"client-id": data.client_id})
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        metrics = metric_record(IdentityReply(data.client_id).to_metrics())
+        return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -241,10 +251,9 @@ def make_client_app(
         torch_threads_for_client()
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        global_weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
-        train_config = msg.content["config"]
-        server_round = int(train_config["server-round"])  # type: ignore[arg-type]
-        clip_norm = float(train_config["clip-norm"]) if "clip-norm" in train_config else None  # type: ignore[arg-type]
+        global_weights = msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
+        instructions = TrainInstructions.from_config(msg.content.config_records[CONFIG_RECORD])
+        server_round, clip_norm = instructions.server_round, instructions.clip_norm
         secure = RECORD_KEY in msg.content.config_records
         # One writer per ledger: held from reading the ledger to its last record (write-ahead),
         # so a second process training as this client is refused, naming this one's PID.
@@ -256,9 +265,9 @@ def make_client_app(
             store_ledger(context, ledger)
         if isinstance(outcome, ClientDecline):
             forget_secagg(context)
-            metrics = metric_record(status_metrics(outcome.status, declined=True))
-            return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
-        values = status_metrics(outcome.status, declined=False)
+            declined = TrainReply(outcome.status.to_metrics(), declined=True)
+            metrics = metric_record(declined.to_metrics())
+            return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)
         if secure:
             masked, clipped = mask_update(
                 msg,
@@ -268,13 +277,17 @@ def make_client_app(
                 round_seed(config, server_round, data.client_id, purpose=1),
                 client_level=config.client_level_dp,
             )
-            values["quantization-clipped"] = clipped
-            content = RecordDict({"metrics": metric_record(values), RECORD_KEY: masked})
+            reply = TrainReply(outcome.status.to_metrics(), quantization_clipped=clipped)
+            content = RecordDict(
+                {METRICS_RECORD: metric_record(reply.to_metrics()), RECORD_KEY: masked}
+            )
             return Message(content=content, reply_to=msg)
-        if outcome.within_clip is not None:
-            values["within-clip"] = int(outcome.within_clip)
+        reply = TrainReply(outcome.status.to_metrics(), within_clip=outcome.within_clip)
         content = RecordDict(
-            {"arrays": ArrayRecord(outcome.update), "metrics": metric_record(values)}
+            {
+                ARRAYS_RECORD: ArrayRecord(outcome.update),
+                METRICS_RECORD: metric_record(reply.to_metrics()),
+            }
         )
         return Message(content=content, reply_to=msg)
 
@@ -299,12 +312,11 @@ def make_client_app(
         torch_threads_for_client()
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
+        weights = msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
         count, loss, accuracy = run_local_evaluation(config, data, weights)
-        metrics = MetricRecord(
-            {"num-examples": count, "client-id": data.client_id, "loss": loss, "accuracy": accuracy}
-        )
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+        reply = EvaluateReply(count, accuracy, loss=loss, client_id=data.client_id)
+        metrics = metric_record(reply.to_metrics())
+        return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)
 
     return app
 

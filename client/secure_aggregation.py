@@ -42,18 +42,15 @@ from privet.privacy.secagg import (
 )
 from privet.privacy.secagg.protocol import DONE_STAGE, ClientState
 from privet.privacy.secagg.update_vector import encode_update
-from privet.privacy.secagg.wire import WireMessage, from_wire, to_wire
+from privet.privacy.secagg.wire import (
+    WireMessage,
+    decode_request,
+    encode_request,
+    from_wire,
+    to_wire,
+)
 
 logger = logging.getLogger(__name__)
-
-_REQUEST_KEYS = (
-    "secagg-round",
-    "secagg-threshold",
-    "secagg-bits",
-    "secagg-levels",
-    "secagg-clients",
-    "secagg-length",
-)
 
 
 @dataclass(frozen=True)
@@ -68,44 +65,12 @@ class SecAggRequest:
         cls, values: Mapping[str, object], clip_norm: float | None
     ) -> SecAggRequest | None:
         """Parse the ``secagg-*`` keys; None when the round is not securely aggregated."""
-        present = [key for key in _REQUEST_KEYS if key in values]
-        if not present:
-            return None
-        missing = [key for key in _REQUEST_KEYS if key not in values]
-        if missing:
-            raise SecAggProtocolError(f"train config lacks the secure-aggregation key {missing[0]}")
-        ints = {}
-        for key in _REQUEST_KEYS:
-            value = values[key]
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SecAggProtocolError(f"train config key {key} must be an int")
-            ints[key] = value
-        if clip_norm is None:
-            raise SecAggProtocolError("secure aggregation needs the clip-norm key in train config")
-        spec = QuantizationSpec(
-            clip_norm=clip_norm,
-            num_clients=ints["secagg-clients"],
-            levels=ints["secagg-levels"],
-            bits=ints["secagg-bits"],
-        )
-        config = SecAggConfig(
-            round_id=ints["secagg-round"],
-            threshold=ints["secagg-threshold"],
-            bits=ints["secagg-bits"],
-            vector_length=ints["secagg-length"],
-        )
-        return cls(config, spec)
+        decoded = decode_request(values, clip_norm)
+        return None if decoded is None else cls(*decoded)
 
     def to_train_config(self) -> dict[str, int]:
         """The ``secagg-*`` keys (the clip norm travels apart), to keep beside the input."""
-        return {
-            "secagg-round": self.config.round_id,
-            "secagg-threshold": self.config.threshold,
-            "secagg-bits": self.config.bits,
-            "secagg-levels": self.spec.levels,
-            "secagg-clients": self.spec.num_clients,
-            "secagg-length": self.config.vector_length,
-        }
+        return encode_request(self.config, self.spec)
 
 
 def begin(

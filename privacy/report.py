@@ -15,8 +15,9 @@ class ClientReportError(ValueError):
     """A client's privacy report that cannot be accepted."""
 
 
-# Dataclass field -> key in Flower's MetricRecord (Flower's kebab-case style).
-_WIRE_KEYS: dict[str, str] = {
+# Dataclass field -> key in the reply's metrics (kebab case): the report's part of the wire
+# contract (`task.messages.TrainReply` carries it as it is; privacy imports nothing of ours).
+REPORT_KEYS: dict[str, str] = {
     "client_id": "client-id",
     "num_examples": "num-examples",
     "epsilon": "epsilon",
@@ -58,18 +59,18 @@ class ClientPrivacy:
         for name in _INTEGER_FIELDS:
             if not 0 <= getattr(self, name) <= _LARGEST_COUNT:
                 raise ClientReportError(
-                    f"client {self.client_id} reported {_WIRE_KEYS[name]} {getattr(self, name)}"
+                    f"client {self.client_id} reported {REPORT_KEYS[name]} {getattr(self, name)}"
                 )
 
     def to_metrics(self) -> dict[str, int | float]:
         """The report as metric values for a Flower reply."""
-        return {wire: getattr(self, name) for name, wire in _WIRE_KEYS.items()}
+        return {wire: getattr(self, name) for name, wire in REPORT_KEYS.items()}
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, object]) -> ClientPrivacy:
         """Parse a reply's metrics; a missing or non-numeric value is a ClientReportError."""
         values: dict[str, int | float] = {}
-        for name, wire in _WIRE_KEYS.items():
+        for name, wire in REPORT_KEYS.items():
             if wire not in metrics:
                 raise ClientReportError(f"a client reply has no '{wire}' metric")
             raw = metrics[wire]

@@ -16,16 +16,12 @@ from privet.arguments import model_name, output_folder_problem
 from privet.config_sources import build_config, read_config_file
 from privet.simulations.engine_names import ENGINE_NAMES
 from privet.task.config import (
-    ACCOUNTANT_NAMES,
-    CLIENT_SAMPLING_NAMES,
-    DEVICE_NAMES,
-    MISSING_POLICY_NAMES,
-    PARTITION_NAMES,
+    SETTINGS,
+    SETTINGS_BY_NAME,
     RunConfig,
     check_no_ignored_settings,
 )
-from privet.task.datasets import dataset_names
-from privet.task.models import model_names
+from privet.task.settings import SECTION_NAMES, SECTION_TITLES, Setting
 
 EXIT_USAGE = 2
 
@@ -84,185 +80,50 @@ def _add_simulate_parser(commands: argparse._SubParsersAction) -> None:
     )
     run = add_settings_arguments(parser)
     add_engine_argument(run, default_text="flower")
-    run.add_argument("--output", help="results folder (default: privet-output/run-<time>)")
+    run.add_argument("--output", help=SETTINGS_BY_NAME["output"].help)
     run.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     run.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The flags of every run setting (shared by `simulate` and `sweep`); returns the run group."""
-    defaults = RunConfig()
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--dataset", choices=dataset_names(), help=f"data set (default: {defaults.dataset})"
-    )
-    data.add_argument(
-        "--data-dir", help="folder with mnist/fashion-mnist IDX .gz files or adult.data"
-    )
-    data.add_argument("--data-file", help="CSV file for --dataset csv (header row required)")
-    data.add_argument("--label-column", help="label column of a CSV file")
-    data.add_argument("--partition-column", help="column whose values split a CSV across clients")
-    data.add_argument(
-        "--missing",
-        choices=MISSING_POLICY_NAMES,
-        help="tabular data: drop (default) or impute examples with a missing feature value "
-        "(blank, '?', NaN, infinite, or text in a numeric column); the counts are reported",
-    )
-    data.add_argument(
-        "--partition", choices=PARTITION_NAMES, help="how data is split (default: iid)"
-    )
-    data.add_argument(
-        "--alpha", type=float, help=f"Dirichlet concentration (default: {defaults.alpha})"
-    )
+    """The flags of every run setting (shared by `simulate` and `sweep`); returns the run group.
 
-    fed = parser.add_argument_group("federation")
-    fed.add_argument("--clients", type=int, help=f"virtual clients (default: {defaults.clients})")
-    fed.add_argument("--rounds", type=int, help=f"federated rounds (default: {defaults.rounds})")
-    fed.add_argument(
-        "--local-epochs", type=int, help=f"epochs per round (default: {defaults.local_epochs})"
-    )
-    fed.add_argument(
-        "--batch-size", type=int, help=f"expected batch size (default: {defaults.batch_size})"
-    )
-    fed.add_argument("--lr", type=float, help=f"learning rate (default: {defaults.lr})")
-    fed.add_argument(
-        "--model",
-        type=model_name,
-        metavar="{" + ",".join((*model_names(), "MODULE:FUNCTION")) + "}",
-        help=f"model (default: {defaults.model}), or your own builder (feature_shape, "
-        "num_classes) -> torch.nn.Module named as module:function, e.g. mypkg.nets:build",
-    )
-
-    dp = parser.add_argument_group("differential privacy (per client, per example)")
-    noise = dp.add_mutually_exclusive_group()
-    noise.add_argument("--noise-multiplier", type=float, help="σ: noise std / clip norm")
-    noise.add_argument(
-        "--target-epsilon",
-        type=float,
-        help="calibrate σ so each client ends the planned run at this ε (default: 8)",
-    )
-    dp.add_argument(
-        "--max-grad-norm",
-        type=float,
-        help=f"per-example clip norm C (default: {defaults.max_grad_norm})",
-    )
-    dp.add_argument("--delta", type=float, help=f"δ of (ε, δ)-DP (default: {defaults.delta:g})")
-    dp.add_argument(
-        "--accountant",
-        choices=ACCOUNTANT_NAMES,
-        help="privacy accountant: rdp (default), prv (Opacus), pld (Google dp-accounting)",
-    )
-    dp.add_argument(
-        "--epsilon-budget",
-        type=float,
-        help="example-level ε budget per client: a client declines a round that would exceed it",
-    )
-
-    client_dp = parser.add_argument_group("client-level DP (DP-FedAvg: per whole client)")
-    client_dp.add_argument(
-        "--clients-per-round",
-        type=int,
-        help="expected clients per round; Poisson-samples each client at rate this/clients",
-    )
-    client_dp.add_argument(
-        "--client-sampling",
-        choices=CLIENT_SAMPLING_NAMES,
-        help="poisson (default): each client with probability clients-per-round/clients; "
-        "fixed: exactly clients-per-round clients (example-level DP only)",
-    )
-    client_noise = client_dp.add_mutually_exclusive_group()
-    client_noise.add_argument(
-        "--client-noise-multiplier", type=float, help="z: noise std on the update sum / clip norm"
-    )
-    client_noise.add_argument(
-        "--client-target-epsilon", type=float, help="calibrate z to reach this client-level ε"
-    )
-    client_dp.add_argument(
-        "--client-clip-norm",
-        type=float,
-        help=f"clip norm S of each client's update (default: {defaults.client_clip_norm})",
-    )
-    client_dp.add_argument(
-        "--adaptive-clipping",
-        action="store_true",
-        default=None,
-        help="adapt S to a quantile of update norms (Andrew et al. 2021)",
-    )
-    client_dp.add_argument(
-        "--target-quantile", type=float, help="quantile of update norms S tracks (default: 0.5)"
-    )
-    client_dp.add_argument(
-        "--clip-learning-rate", type=float, help="step size of S's update (default: 0.2)"
-    )
-    client_dp.add_argument(
-        "--clip-count-stddev",
-        type=float,
-        help="noise std of the clipped-count query (default: clients-per-round / 20)",
-    )
-    client_dp.add_argument(
-        "--client-epsilon-budget",
-        type=float,
-        help="client-level ε budget: the run ends before a round that would exceed it",
-    )
-
-    secagg = parser.add_argument_group(
-        "secure aggregation (SecAgg+: the server learns only the sum of the updates)"
-    )
-    secagg.add_argument(
-        "--secure-aggregation",
-        action="store_true",
-        default=None,
-        help="mask every update so that only sums of at least t clients can be unmasked; "
-        "updates are clipped and quantized",
-    )
-    secagg.add_argument(
-        "--secagg-threshold",
-        type=float,
-        help="t: a fraction in (0.5, 1] of each client's neighbourhood, or a number of clients "
-        "(default: 2/3)",
-    )
-    secagg.add_argument(
-        "--secagg-degree",
-        type=int,
-        help="neighbours per client (even); default: all clients up to 32 per round, "
-        "else 2*ceil(log2 n)",
-    )
-    secagg.add_argument(
-        "--secagg-levels",
-        type=int,
-        help=f"quantization levels on [-S, S] (default: {defaults.secagg_levels})",
-    )
-    secagg.add_argument(
-        "--secagg-clip-norm",
-        type=float,
-        help="L2 bound of each update, the quantization range, when there is no client-level "
-        "DP (default: 10; with client-level DP it is --client-clip-norm)",
-    )
-    secagg.add_argument(
-        "--secagg-timeout",
-        type=float,
-        help=f"seconds to wait for each protocol stage (default: {defaults.secagg_timeout:g})",
-    )
-
-    run = parser.add_argument_group("run")
-    run.add_argument(
-        "--seed", type=int, help="seed for data split, init, sampling and noise (default: 0)"
-    )
-    run.add_argument(
-        "--reproducible",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="seed DP noise, sampling and dither from --seed (default for simulations: on; "
-        "--no-reproducible draws them from the operating system's randomness)",
-    )
-    run.add_argument(
-        "--round-timeout",
-        type=float,
-        help="seconds to wait for the nodes and for each round's replies (default: 3600)",
-    )
-    run.add_argument("--device", choices=DEVICE_NAMES, help="where clients train (default: auto)")
+    Generated from RunConfig's declaration (privet.task.config.SETTINGS): one argument group per
+    section, one flag per setting whose shape is not "own" (added by each command) or "none".
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for section in SECTION_NAMES:
+        groups[section] = parser.add_argument_group(SECTION_TITLES[section])
+    for item in SETTINGS:
+        if item.flag in ("own", "none"):
+            continue
+        group: argparse._ArgumentGroup = groups[item.section]
+        if item.exclusive is not None:
+            if item.exclusive not in exclusive:
+                exclusive[item.exclusive] = group.add_mutually_exclusive_group()
+            group = exclusive[item.exclusive]
+        group.add_argument(item.option, **_flag_options(item))
+    run = groups["run"]
     run.add_argument("--config", help="TOML file with any of the settings above (flags win)")
     return run
+
+
+def _flag_options(item: Setting) -> dict[str, Any]:
+    """The keyword arguments of one declared setting's flag; its default is None ("not given")."""
+    if item.flag == "switch":
+        return {"action": "store_true", "default": None, "help": item.help}
+    if item.flag == "toggle":
+        return {"action": argparse.BooleanOptionalAction, "default": None, "help": item.help}
+    options: dict[str, Any] = {"help": item.help}
+    if item.kind in (int, float):
+        options["type"] = item.kind
+    if item.builder_path and item.choices is not None:
+        options["type"] = model_name
+        options["metavar"] = "{" + ",".join((*item.choices(), "MODULE:FUNCTION")) + "}"
+    elif item.choices is not None:
+        options["choices"] = item.choices()
+    return options
 
 
 def add_engine_argument(group: argparse._ArgumentGroup, default_text: str) -> None:
@@ -317,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SIMULATE_KEYS = tuple(
-    key.replace("-", "_") for key in RunConfig.key_names() if key not in ("resume", "node-clients")
-)  # `privet resume` continues a run; `simulate` always starts one; node-clients is for deployments
+SIMULATE_KEYS: tuple[str, ...] = tuple(item.name for item in SETTINGS if item.on_command_line)
+"""The settings `privet simulate` takes as flags (not `resume`, set by `privet resume`, nor
+`node-clients`, for deployments): every declared setting whose flag shape is not "none"."""
 DEFAULT_SIMULATE_ENGINE = "flower"
 
 

@@ -46,7 +46,7 @@ from privet.privacy.secagg import (
 from privet.privacy.secagg.crypto import RandomSource
 from privet.privacy.secagg.quantization import QuantizationError, conditional_rounding_radius
 from privet.privacy.secagg.update_vector import decode_update_sum
-from privet.privacy.secagg.wire import WireMessage, read_reply, to_wire
+from privet.privacy.secagg.wire import WireMessage, encode_request, read_reply, to_wire
 from privet.task.config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
@@ -196,14 +196,7 @@ class SecAggRoundPlan:
 
     def train_config(self) -> dict[str, int | float]:
         """The keys a client needs, sent with the TRAIN message (its clip norm is sent apart)."""
-        return {
-            "secagg-round": self.config.round_id,
-            "secagg-threshold": self.config.threshold,
-            "secagg-bits": int(self.spec.bits),  # type: ignore[arg-type]
-            "secagg-levels": self.spec.levels,
-            "secagg-clients": self.spec.num_clients,
-            "secagg-length": self.config.vector_length,
-        }
+        return dict(encode_request(self.config, self.spec))
 
 
 def plan_round(

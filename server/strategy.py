@@ -20,7 +20,6 @@ sample because of exclusions.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +51,19 @@ from privet.server.secure_aggregation import (
     plan_round,
     run_secure_sum,
 )
+from privet.task.messages import (
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    METRICS_RECORD,
+    NUM_EXAMPLES,
+    AdvertiseReply,
+    EvaluateReply,
+    IdentityReply,
+    MessageError,
+    SecAggInput,
+    TrainInstructions,
+    TrainReply,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +73,13 @@ def _config_record(values: Mapping[str, ConfigRecordValues]) -> ConfigRecord:
     return ConfigRecord(dict(values))
 
 
-WEIGHT_KEY = "num-examples"
+WEIGHT_KEY = NUM_EXAMPLES
+"""The metric FedAvg weights a client's update by (its example count)."""
 QUERY_TIMEOUT_S = 600.0
 BAD_ROUNDS_TO_EXCLUDE = 3
 """A client that sends a bad reply in this many rounds in a row is excluded from sampling."""
 FRUITLESS_ROUNDS_TO_STOP = 3
 """This many rounds in a row that charge clients' privacy without changing the model end the run."""
-LARGEST_COUNT = 2**53
 
 
 def update_problem(arrays: ArrayRecord | None, shapes: list[tuple[int, ...]]) -> str | None:
@@ -91,42 +103,6 @@ def update_problem(arrays: ArrayRecord | None, shapes: list[tuple[int, ...]]) ->
 def client_privacy_of(metrics: MetricRecord) -> ClientPrivacy:
     """Parse a client's train reply metrics into a privacy report (raises on missing keys)."""
     return ClientPrivacy.from_metrics(metrics)
-
-
-def metric_count(metrics: MetricRecord, key: str, default: int | None = None) -> int:
-    """A whole, non-negative count from a reply's metrics; a ClientReportError otherwise."""
-    if key not in metrics:
-        if default is not None:
-            return default
-        raise ClientReportError(f"the reply has no '{key}' metric")
-    value = metrics[key]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value != int(value)
-        or not 0 <= value <= LARGEST_COUNT
-    ):
-        raise ClientReportError(f"its '{key}' is not a whole count: {str(value)[:40]}")
-    return int(value)
-
-
-def metric_flag(metrics: MetricRecord, key: str) -> bool | None:
-    """A 0/1 flag from a reply's metrics (None when absent); a ClientReportError otherwise."""
-    if key not in metrics:
-        return None
-    value = metrics[key]
-    if isinstance(value, bool) or value not in (0, 1):
-        raise ClientReportError(f"its '{key}' is not 0 or 1: {str(value)[:40]}")
-    return bool(value)
-
-
-def metric_fraction(metrics: MetricRecord, key: str) -> float:
-    """A number in [0, 1] from a reply's metrics; a ClientReportError otherwise."""
-    value = metrics.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ClientReportError(f"its '{key}' is not a number in [0, 1]: {str(value)[:40]}")
-    return float(value)
 
 
 @dataclass
@@ -321,16 +297,16 @@ class PrivetFedAvg(FedAvg):
             self.clients_per_round if self.clients_per_round is not None else len(active),
             self.sampling_rng,
         )
-        config["server-round"] = server_round
-        if self.aggregator is not None:
-            config["clip-norm"] = self.aggregator.clip_norm
-            outcome.clip_norm = self.aggregator.clip_norm
+        clip_norm = self.aggregator.clip_norm if self.aggregator is not None else None
+        config.update(TrainInstructions(server_round, clip_norm).to_config())
+        if clip_norm is not None:
+            outcome.clip_norm = clip_norm
         if self.secagg is not None:
             # The secure round sends its own messages (keys first, then TRAIN): see
             # `run_secure_round`.
             self._plan_secure_round(server_round, arrays, config, outcome)
             return []
-        record = RecordDict({"arrays": arrays, "config": config})
+        record = RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config})
         return [
             self._message(client, record, MessageType.TRAIN, server_round)
             for client in outcome.sampled
@@ -350,7 +326,7 @@ class PrivetFedAvg(FedAvg):
             self._fail_secure_round(server_round, outcome, str(exc))
             return False
         self._secagg_plan = plan
-        config["clip-norm"] = clip
+        config.update(TrainInstructions(server_round, clip).to_config())
         config.update(plan.train_config())
         outcome.clip_norm = clip
         outcome.secure_aggregation = {
@@ -420,12 +396,12 @@ class PrivetFedAvg(FedAvg):
             report = self._take_report(server_round, cid, reply, outcome, reports, "train")
             if report is None:
                 continue
-            metrics = reply.content.metric_records["metrics"]
-            arrays = reply.content.array_records.get("arrays")
+            metrics = reply.content.metric_records[METRICS_RECORD]
+            arrays = reply.content.array_records.get(ARRAYS_RECORD)
             try:
-                within = metric_flag(metrics, "within-clip")
+                within = TrainReply.within_clip_in(metrics)
                 problem = update_problem(arrays, shapes)
-            except ClientReportError as error:
+            except MessageError as error:
                 problem = str(error)
             if problem is not None:
                 self._bad_reply(server_round, outcome, cid, "train", f"update rejected: {problem}")
@@ -553,7 +529,8 @@ class PrivetFedAvg(FedAvg):
             self.privacy.record(server_round, [], trained=[])
             return ArrayRecord(current), self._round_metrics(outcome)
         assert self.secagg is not None
-        settings = {**plan.train_config(), "clip-norm": float(plan.spec.clip_norm)}
+        settings = plan.train_config()
+        clip_norm = float(plan.spec.clip_norm)
         counts: dict[int, int] = {}
         reports: list[ClientPrivacy] = []
         trained: list[int] = []
@@ -563,18 +540,19 @@ class PrivetFedAvg(FedAvg):
             if stage == "masked_input":
                 largest = max(counts.values())
                 weight = 1.0 if self.aggregator is not None else counts[cid] / largest
+                secagg_input = SecAggInput(settings, clip_norm, weight)
                 content = RecordDict(
                     {
-                        "arrays": arrays,
-                        "config": config,
+                        ARRAYS_RECORD: arrays,
+                        CONFIG_RECORD: config,
                         RECORD_KEY: _config_record(wire),
-                        INPUT_KEY: _config_record({**settings, "weight": weight}),
+                        INPUT_KEY: _config_record(secagg_input.to_config()),
                     }
                 )
                 kind = str(MessageType.TRAIN)
             else:
                 content = RecordDict(
-                    {INPUT_KEY: _config_record(settings)}
+                    {INPUT_KEY: _config_record(SecAggInput(settings, clip_norm).to_config())}
                     if stage == "advertise_keys"
                     else {RECORD_KEY: _config_record(wire)}
                 )
@@ -619,19 +597,19 @@ class PrivetFedAvg(FedAvg):
                     if report is None:
                         continue
                     trained.append(cid)
-                    metrics = reply.content.metric_records["metrics"]
+                    metrics = reply.content.metric_records[METRICS_RECORD]
                     try:
-                        clipped += metric_count(metrics, "quantization-clipped", default=0)
-                    except ClientReportError as error:
+                        clipped += TrainReply.quantization_clipped_in(metrics)
+                    except MessageError as error:
                         plan.server.reject(cid, stage, str(error))
                         continue
                 if stage == "advertise_keys":
-                    advertised = reply.content.metric_records.get("metrics")
+                    advertised = reply.content.metric_records.get(METRICS_RECORD)
                     try:
                         if advertised is None:
-                            raise ClientReportError("the reply has no metrics")
-                        counts[cid] = max(1, metric_count(advertised, WEIGHT_KEY))
-                    except ClientReportError as error:
+                            raise MessageError("the reply has no metrics")
+                        counts[cid] = max(1, AdvertiseReply.from_metrics(advertised).num_examples)
+                    except MessageError as error:
                         plan.server.reject(cid, stage, str(error))
                         continue
                 record = reply.content.config_records.get(RECORD_KEY)
@@ -698,15 +676,15 @@ class PrivetFedAvg(FedAvg):
         report naming another client) drops the reply, and the client's ε counts as ∞ until
         its next usable report: it may have trained, and what it spent is unknown.
         """
-        metrics = reply.content.metric_records.get("metrics")
+        metrics = reply.content.metric_records.get(METRICS_RECORD)
         try:
             if metrics is None:
                 raise ClientReportError("the reply has no metrics")
             report = client_privacy_of(metrics)
             if report.client_id != cid:
                 raise ClientReportError(f"it names client {report.client_id}")
-            declined = bool(metric_flag(metrics, "declined"))
-        except ClientReportError as error:
+            declined = TrainReply.declined_in(metrics)
+        except (ClientReportError, MessageError) as error:
             self.privacy.mark_unknown(server_round, cid, str(error))
             outcome.epsilon_unknown.append(cid)
             self._bad_reply(server_round, outcome, cid, stage, f"unusable privacy report: {error}")
@@ -732,7 +710,7 @@ class PrivetFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Local evaluation on the clients that trained this round (held-out examples only)."""
         outcome = self.outcomes.get(server_round, RoundOutcome())
-        record = RecordDict({"arrays": arrays, "config": config})
+        record = RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config})
         return [
             self._message(client, record, MessageType.EVALUATE, server_round)
             for client in outcome.trained
@@ -755,14 +733,13 @@ class PrivetFedAvg(FedAvg):
             cid = self._sender(server_round, reply, outcome, "evaluate", replied)
             if cid is None:
                 continue
-            metrics = reply.content.metric_records.get("metrics")
+            metrics = reply.content.metric_records.get(METRICS_RECORD)
             try:
                 if metrics is None:
-                    raise ClientReportError("the reply has no metrics")
-                results.append(
-                    (metric_count(metrics, WEIGHT_KEY), metric_fraction(metrics, "accuracy"))
-                )
-            except ClientReportError as error:
+                    raise MessageError("the reply has no metrics")
+                evaluated = EvaluateReply.from_metrics(metrics)
+                results.append((evaluated.num_examples, evaluated.accuracy))
+            except MessageError as error:
                 self._bad_reply(server_round, outcome, cid, "evaluate", str(error))
         total = sum(count for count, _ in results)
         if total == 0:
@@ -1002,11 +979,10 @@ def _ids(clients: Iterable[int]) -> str:
 def _claimed_client(reply: Message) -> int | None:
     """The client id a node's QUERY reply names, or None when it names no usable one."""
     for record in reply.content.metric_records.values():
-        value = record.get("client-id")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
+        try:
+            return IdentityReply.from_metrics(record).client_id
+        except MessageError:
+            continue
     return None
 
 

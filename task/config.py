@@ -1,119 +1,389 @@
-"""The one typed run configuration, validated in one place.
+"""The one typed run configuration, declared once and validated section by section.
 
-CLI flags, a TOML file and Flower's run config (`[tool.flwr.app.config]`, `--run-config`) are all
-turned into a plain mapping and then into `RunConfig` by `RunConfig.from_mapping`, so every path
-applies the same defaults and the same checks. Keys may be written `local-epochs` (Flower's style)
-or `local_epochs`. Flower and TOML cannot say "unset", so an empty string means unset.
+Every setting is one `RunConfig` field declared with `privet.task.settings.setting(...)`: its
+name, type, default, section (data, model, federation, dp, client_dp, secure_aggregation, run),
+help text and command-line shape. From that declaration come the flags of `privet simulate` and
+`privet sweep` (privet.cli), Flower's run-config keys (`[tool.flwr.app.config]`, checked by a
+test and printed by `python -m privet.task.settings`), `SECTIONS` and the settings a feature
+ignores when it is off. Each section's checks are one function of `SECTION_CHECKS`, in
+privet.task.config_checks.
+
+CLI flags, a TOML file and Flower's run config (`--run-config`) are all turned into a plain
+mapping and then into `RunConfig` by `RunConfig.from_mapping`, so every path applies the same
+defaults and the same checks. Keys may be written `local-epochs` (Flower's style) or
+`local_epochs`. Flower and TOML cannot say "unset", so an empty string means unset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from privet.task.datasets import DataError, dataset_entry, dataset_names
-from privet.task.models import ModelError, resolve_builder
+from privet.task.config_checks import (
+    CLIENT_SAMPLING_NAMES,
+    DEVICE_NAMES,
+    MAX_CLIP_LEARNING_RATE,
+    MAX_CLIP_NORM,
+    MAX_NODE_ID,
+    MAX_NOISE_MULTIPLIER,
+    MAX_SECAGG_LEVELS,
+    MIN_CLIP_NORM,
+    MIN_NOISE_MULTIPLIER,
+    MISSING_POLICY_NAMES,
+    PARTITION_NAMES,
+    SECTION_CHECKS,
+    ConfigError,
+    accountant_names,
+    check_section,
+    parse_node_clients,
+    validate,
+)
+from privet.task.datasets import dataset_names
+from privet.task.models import MODELS, model_names
+from privet.task.settings import Setting, declared_settings, sections_of, setting
 
-PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
-DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
-ACCOUNTANT_NAMES: tuple[str, ...] = ("rdp", "prv", "pld")
-CLIENT_SAMPLING_NAMES: tuple[str, ...] = ("poisson", "fixed")
-# What happens to a tabular example with a missing feature value (task.datasets.MISSING_POLICIES).
-MISSING_POLICY_NAMES: tuple[str, ...] = ("drop", "impute")
+__all__ = [
+    "CLIENT_NOISE_KEYS",
+    "CLIENT_SAMPLING_NAMES",
+    "DEFAULT_SECAGG_CLIP_NORM",
+    "DEFAULT_SECAGG_LEVELS",
+    "DEFAULT_SECAGG_THRESHOLD",
+    "DEFAULT_TARGET_EPSILON",
+    "DEVICE_NAMES",
+    "MAX_CLIP_LEARNING_RATE",
+    "MAX_CLIP_NORM",
+    "MAX_NODE_ID",
+    "MAX_NOISE_MULTIPLIER",
+    "MAX_SECAGG_LEVELS",
+    "MIN_CLIP_NORM",
+    "MIN_NOISE_MULTIPLIER",
+    "MISSING_POLICY_NAMES",
+    "NOISE_KEYS",
+    "PARTITION_NAMES",
+    "SECTIONS",
+    "SECTION_CHECKS",
+    "SETTINGS",
+    "SETTINGS_BY_NAME",
+    "ConfigError",
+    "RunConfig",
+    "accountant_names",
+    "check_no_ignored_settings",
+    "check_section",
+    "duplicate_key_message",
+    "ignored_settings",
+    "merge_settings",
+    "parse_node_clients",
+]
+
 DEFAULT_TARGET_EPSILON = 8.0
 DEFAULT_SECAGG_THRESHOLD = 2 / 3
 DEFAULT_SECAGG_LEVELS = 2**16
 DEFAULT_SECAGG_CLIP_NORM = 10.0
-MAX_SECAGG_LEVELS = 2**24
-# Ranges outside which a value is not a setting but a numerical accident, refused before a run
-# starts (issue 12: 1e308 clip norms and 1e-300 noise crashed mid-run). Noise multipliers: below
-# 1e-3 the ε is in the millions (no privacy at all), above 1e3 DP-SGD learns nothing (the bound
-# of privacy.calibration.MAX_NOISE_MULTIPLIER). Clip norms bound L2 norms of float32 gradients
-# and updates, and their noise is σ times them.
-MIN_NOISE_MULTIPLIER = 1e-3
-MAX_NOISE_MULTIPLIER = 1e3
-MIN_CLIP_NORM = 1e-6
-MAX_CLIP_NORM = 1e6
-MAX_CLIP_LEARNING_RATE = 1.0  # adaptive clipping moves S by at most e^η per round (paper: 0.2)
-_NOISE_RANGE_WHY = "below, ε is in the millions (no privacy); above, training learns nothing"
-_CLIP_RANGE_WHY = "it bounds float32 gradients or updates; beyond that its noise overflows"
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key and what to do."""
+def _partition_names() -> tuple[str, ...]:
+    return PARTITION_NAMES
+
+
+def _device_names() -> tuple[str, ...]:
+    return DEVICE_NAMES
+
+
+def _client_sampling_names() -> tuple[str, ...]:
+    return CLIENT_SAMPLING_NAMES
+
+
+def _missing_policy_names() -> tuple[str, ...]:
+    return MISSING_POLICY_NAMES
+
+
+def _model_note() -> str:
+    builtin = ", ".join(MODELS)
+    return f'a registered model ({builtin}) or your own builder as "module:function"'
+
+
+# The features some settings need (`needs=` below): what the feature is called in an error, how to
+# turn it on, and whether a config has it on. Order: the order `ignored_settings` reports them in.
+_FEATURES: dict[str, tuple[str, str, Callable[[RunConfig], bool]]] = {
+    "secure_aggregation": (
+        "--secure-aggregation",
+        "add --secure-aggregation",
+        lambda config: config.secure_aggregation,
+    ),
+    "client_level_dp": (
+        "client-level DP",
+        "add --client-noise-multiplier or --client-target-epsilon",
+        lambda config: config.client_level_dp,
+    ),
+    "adaptive_clipping": (
+        "--adaptive-clipping",
+        "add --adaptive-clipping (with client-level DP)",
+        lambda config: config.adaptive_clipping,
+    ),
+    "clients_per_round": (
+        "--clients-per-round",
+        "add --clients-per-round",
+        lambda config: config.clients_per_round is not None,
+    ),
+    "dirichlet": (
+        "--partition dirichlet",
+        "add --partition dirichlet",
+        lambda config: config.partition == "dirichlet",
+    ),
+}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a private federated run needs to know, with the defaults of `privet simulate`."""
+    """Everything a private federated run needs to know, with the defaults of `privet simulate`.
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    data_file: str | None = None
-    label_column: str | None = None
-    partition_column: str | None = None
+    Each field is one setting, declared once (see privet.task.settings); `section(name)` gives a
+    section's values and `SECTIONS` its field names.
+    """
+
+    # -- data ---------------------------------------------------------------------------------
+    dataset: str = setting(
+        "digits", section="data", choices=dataset_names, help="data set (default: {default})"
+    )
+    data_dir: str | None = setting(
+        None, section="data", help="folder with mnist/fashion-mnist IDX .gz files or adult.data"
+    )
+    data_file: str | None = setting(
+        None, section="data", help="CSV file for --dataset csv (header row required)"
+    )
+    label_column: str | None = setting(None, section="data", help="label column of a CSV file")
+    partition_column: str | None = setting(
+        None, section="data", help="column whose values split a CSV across clients"
+    )
     # Tabular data: leave out ("drop") or impute examples with a missing feature value (blank,
     # "?", NaN, infinite, or text in a numeric column); the counts are reported either way.
-    missing: str = "drop"
-    clients: int = 5
-    rounds: int = 5
-    local_epochs: int = 2
-    batch_size: int = 32
-    lr: float = 2.0
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    max_grad_norm: float = 1.0
-    delta: float = 1e-5
-    partition: str = "iid"
-    alpha: float = 0.5
-    model: str = "logreg"
-    seed: int = 0
-    device: str = "auto"
-    output: str = "privet-output"
-    # Accounting and budgets.
-    accountant: str = "rdp"
-    epsilon_budget: float | None = None
-    # Client-level DP (DP-FedAvg): on when a client noise multiplier or target is given.
-    clients_per_round: int | None = None
+    missing: str = setting(
+        "drop",
+        section="data",
+        choices=_missing_policy_names,
+        help="tabular data: drop (default) or impute examples with a missing feature value "
+        "(blank, '?', NaN, infinite, or text in a numeric column); the counts are reported",
+    )
+    partition: str = setting(
+        "iid", section="data", choices=_partition_names, help="how data is split (default: iid)"
+    )
+    alpha: float = setting(
+        0.5,
+        section="data",
+        needs="dirichlet",
+        help="Dirichlet concentration (default: {default})",
+    )
+    # -- model --------------------------------------------------------------------------------
+    model: str = setting(
+        "logreg",
+        section="model",
+        choices=model_names,
+        builder_path=True,
+        toml_note=_model_note,
+        help="model (default: {default}), or your own builder (feature_shape, num_classes) -> "
+        "torch.nn.Module named as module:function, e.g. mypkg.nets:build",
+    )
+    # -- federation ---------------------------------------------------------------------------
+    clients: int = setting(5, section="federation", help="virtual clients (default: {default})")
+    rounds: int = setting(5, section="federation", help="federated rounds (default: {default})")
+    local_epochs: int = setting(
+        2, section="federation", help="epochs per round (default: {default})"
+    )
+    batch_size: int = setting(
+        32, section="federation", help="expected batch size (default: {default})"
+    )
+    lr: float = setting(2.0, section="federation", help="learning rate (default: {default})")
+    clients_per_round: int | None = setting(
+        None,
+        section="federation",
+        help="expected clients per round; Poisson-samples each client at rate this/clients",
+    )
     # How the clients of a round are drawn: Poisson at rate clients-per-round / clients, or
     # exactly clients-per-round of them ("fixed"; example-level DP only).
-    client_sampling: str = "poisson"
-    client_noise_multiplier: float | None = None
-    client_target_epsilon: float | None = None
-    client_clip_norm: float = 1.0
-    adaptive_clipping: bool = False
-    target_quantile: float = 0.5
-    clip_learning_rate: float = 0.2
-    clip_count_stddev: float | None = None
-    client_epsilon_budget: float | None = None
-    # Secure aggregation (SecAgg+): the server learns only the sum of the clients' updates.
-    secure_aggregation: bool = False
-    secagg_threshold: float = DEFAULT_SECAGG_THRESHOLD
-    secagg_degree: int | None = None
-    secagg_levels: int = DEFAULT_SECAGG_LEVELS
-    secagg_timeout: float = 300.0
-    secagg_clip_norm: float | None = None
-    # Continue the run in `output` from its last checkpoint instead of starting afresh.
-    resume: bool = False
-    # Seconds the server waits for the nodes to come, and for each round's training replies.
-    round_timeout: float = 3600.0
-    # Seed DP noise, sampling and quantization dither from `seed` (simulations: reproducible);
-    # off, they are seeded from the operating system's randomness on every use (deployments).
-    reproducible: bool = False
+    client_sampling: str = setting(
+        "poisson",
+        section="federation",
+        choices=_client_sampling_names,
+        needs="clients_per_round",
+        help="poisson (default): each client with probability clients-per-round/clients; "
+        "fixed: exactly clients-per-round clients (example-level DP only)",
+    )
     # Deployments: the partners' SuperNodes as "NODE_ID=CLIENT_ID,..." (node ids from `flwr
     # supernode register`). The server admits only these nodes, each as its one client id.
-    node_clients: str | None = None
+    node_clients: str | None = setting(
+        None,
+        section="federation",
+        flag="none",
+        help="deployments: the partners' nodes as NODE_ID=CLIENT_ID,... (one per client)",
+    )
+    # -- dp: example-level DP-SGD on each client ----------------------------------------------
+    noise_multiplier: float | None = setting(
+        None, section="dp", exclusive="noise", help="σ: noise std / clip norm"
+    )
+    target_epsilon: float | None = setting(
+        None,
+        section="dp",
+        exclusive="noise",
+        help="calibrate σ so each client ends the planned run at this ε "
+        f"(default: {DEFAULT_TARGET_EPSILON:g})",
+    )
+    max_grad_norm: float = setting(
+        1.0, section="dp", help="per-example clip norm C (default: {default})"
+    )
+    delta: float = setting(1e-5, section="dp", help="δ of (ε, δ)-DP (default: {default:g})")
+    accountant: str = setting(
+        "rdp",
+        section="dp",
+        choices=accountant_names,
+        help="privacy accountant: rdp (default), prv (Opacus), pld (Google dp-accounting)",
+    )
+    epsilon_budget: float | None = setting(
+        None,
+        section="dp",
+        help="example-level ε budget per client: a client declines a round that would exceed it",
+    )
+    # -- client_dp: DP-FedAvg, on when a client noise multiplier or target is given ------------
+    client_noise_multiplier: float | None = setting(
+        None,
+        section="client_dp",
+        exclusive="client-noise",
+        help="z: noise std on the update sum / clip norm",
+    )
+    client_target_epsilon: float | None = setting(
+        None,
+        section="client_dp",
+        exclusive="client-noise",
+        help="calibrate z to reach this client-level ε",
+    )
+    client_clip_norm: float = setting(
+        1.0,
+        section="client_dp",
+        needs="client_level_dp",
+        help="clip norm S of each client's update (default: {default})",
+    )
+    adaptive_clipping: bool = setting(
+        False,
+        section="client_dp",
+        flag="switch",
+        help="adapt S to a quantile of update norms (Andrew et al. 2021)",
+    )
+    target_quantile: float = setting(
+        0.5,
+        section="client_dp",
+        needs="adaptive_clipping",
+        help="quantile of update norms S tracks (default: {default})",
+    )
+    clip_learning_rate: float = setting(
+        0.2,
+        section="client_dp",
+        needs="adaptive_clipping",
+        help="step size of S's update (default: {default})",
+    )
+    clip_count_stddev: float | None = setting(
+        None,
+        section="client_dp",
+        needs="adaptive_clipping",
+        help="noise std of the clipped-count query (default: clients-per-round / 20)",
+    )
+    client_epsilon_budget: float | None = setting(
+        None,
+        section="client_dp",
+        help="client-level ε budget: the run ends before a round that would exceed it",
+    )
+    # -- secure_aggregation: SecAgg+, the server learns only the sum of the clients' updates ---
+    secure_aggregation: bool = setting(
+        False,
+        section="secure_aggregation",
+        flag="switch",
+        help="mask every update so that only sums of at least t clients can be unmasked; "
+        "updates are clipped and quantized",
+    )
+    secagg_threshold: float = setting(
+        DEFAULT_SECAGG_THRESHOLD,
+        section="secure_aggregation",
+        needs="secure_aggregation",
+        help="t: a fraction in (0.5, 1] of each client's neighbourhood, or a number of clients "
+        "(default: 2/3)",
+    )
+    secagg_degree: int | None = setting(
+        None,
+        section="secure_aggregation",
+        needs="secure_aggregation",
+        help="neighbours per client (even); default: all clients up to 32 per round, "
+        "else 2*ceil(log2 n)",
+    )
+    secagg_levels: int = setting(
+        DEFAULT_SECAGG_LEVELS,
+        section="secure_aggregation",
+        needs="secure_aggregation",
+        help="quantization levels on [-S, S] (default: {default})",
+    )
+    secagg_timeout: float = setting(
+        300.0,
+        section="secure_aggregation",
+        needs="secure_aggregation",
+        help="seconds to wait for each protocol stage (default: {default:g})",
+    )
+    secagg_clip_norm: float | None = setting(
+        None,
+        section="secure_aggregation",
+        needs="secure_aggregation",
+        help="L2 bound of each update, the quantization range, when there is no client-level "
+        f"DP (default: {DEFAULT_SECAGG_CLIP_NORM:g}; with client-level DP it is "
+        "--client-clip-norm)",
+    )
+    # -- run ----------------------------------------------------------------------------------
+    seed: int = setting(
+        0, section="run", help="seed for data split, init, sampling and noise (default: {default})"
+    )
+    # Seed DP noise, sampling and quantization dither from `seed` (simulations: reproducible);
+    # off, they are seeded from the operating system's randomness on every use (deployments).
+    reproducible: bool = setting(
+        False,
+        section="run",
+        flag="toggle",
+        help="seed DP noise, sampling and dither from --seed (default for simulations: on; "
+        "--no-reproducible draws them from the operating system's randomness)",
+    )
+    # Seconds the server waits for the nodes to come, and for each round's training replies.
+    round_timeout: float = setting(
+        3600.0,
+        section="run",
+        help="seconds to wait for the nodes and for each round's replies (default: {default:g})",
+    )
+    device: str = setting(
+        "auto", section="run", choices=_device_names, help="where clients train (default: auto)"
+    )
+    # Each command adds --output itself: a run's folder for `simulate`, the sweep's for `sweep`.
+    output: str = setting(
+        "privet-output",
+        section="run",
+        flag="own",
+        help="results folder (default: privet-output/run-<time>)",
+    )
+    # Continue the run in `output` from its last checkpoint instead of starting afresh.
+    resume: bool = setting(
+        False,
+        section="run",
+        flag="none",
+        help="continue the run in output from its last checkpoint (set by `privet resume`)",
+    )
 
     def __post_init__(self) -> None:
         if self.noise_multiplier is None and self.target_epsilon is None:
             object.__setattr__(self, "target_epsilon", DEFAULT_TARGET_EPSILON)
-        _validate(self)
+        validate(self)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section's settings and their values, {field name: value}; e.g. the "dp" section."""
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section {name!r}; choose one of: {', '.join(SECTIONS)}")
+        return {field: getattr(self, field) for field in SECTIONS[name]}
 
     @property
     def client_level_dp(self) -> bool:
@@ -206,52 +476,31 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# Settings that act only when a feature is on, with what turns it on. Giving one while the
-# feature is off is an error (`check_no_ignored_settings`): it used to be silently ignored.
-_SECAGG_NEEDS = ("--secure-aggregation", "add --secure-aggregation")
-_CLIENT_DP_NEEDS = (
-    "client-level DP",
-    "add --client-noise-multiplier or --client-target-epsilon",
+SETTINGS: tuple[Setting, ...] = declared_settings(RunConfig)
+"""Every run setting, in field order, as declared on `RunConfig`."""
+SETTINGS_BY_NAME: dict[str, Setting] = {item.name: item for item in SETTINGS}
+SECTIONS: dict[str, tuple[str, ...]] = sections_of(SETTINGS)
+"""Section name → its settings' field names (data, model, federation, dp, client_dp, ...)."""
+NOISE_KEYS: tuple[str, ...] = tuple(item.key for item in SETTINGS if item.exclusive == "noise")
+CLIENT_NOISE_KEYS: tuple[str, ...] = tuple(
+    item.key for item in SETTINGS if item.exclusive == "client-noise"
 )
-_ADAPTIVE_NEEDS = ("--adaptive-clipping", "add --adaptive-clipping (with client-level DP)")
-_FEATURE_SETTINGS: tuple[tuple[str, tuple[str, str]], ...] = (
-    ("secagg-threshold", _SECAGG_NEEDS),
-    ("secagg-degree", _SECAGG_NEEDS),
-    ("secagg-levels", _SECAGG_NEEDS),
-    ("secagg-timeout", _SECAGG_NEEDS),
-    ("secagg-clip-norm", _SECAGG_NEEDS),
-    ("client-clip-norm", _CLIENT_DP_NEEDS),
-    ("target-quantile", _ADAPTIVE_NEEDS),
-    ("clip-learning-rate", _ADAPTIVE_NEEDS),
-    ("clip-count-stddev", _ADAPTIVE_NEEDS),
-    ("client-sampling", ("--clients-per-round", "add --clients-per-round")),
-    ("alpha", ("--partition dirichlet", "add --partition dirichlet")),
-)
-
-
-def _feature_on(config: RunConfig, needs: str) -> bool:
-    if needs == "--secure-aggregation":
-        return config.secure_aggregation
-    if needs == "client-level DP":
-        return config.client_level_dp
-    if needs == "--adaptive-clipping":
-        return config.adaptive_clipping
-    if needs == "--clients-per-round":
-        return config.clients_per_round is not None
-    return config.partition == "dirichlet"
 
 
 def ignored_settings(config: RunConfig, given: Iterable[str]) -> dict[str, tuple[str, str]]:
     """Which of the `given` keys `config` ignores: key → (the feature it needs, how to turn it on).
 
+    A setting that acts only when a feature is on declares it (`needs=`); giving one while the
+    feature is off is an error (`check_no_ignored_settings`): it used to be silently ignored.
     Keys may be written in either spelling; the result uses Flower's (kebab-case).
     """
     named = {str(key).replace("_", "-") for key in given}
-    return {
-        key: needs
-        for key, needs in _FEATURE_SETTINGS
-        if key in named and not _feature_on(config, needs[0])
-    }
+    ignored: dict[str, tuple[str, str]] = {}
+    for feature, (needs, fix, is_on) in _FEATURES.items():
+        for item in SETTINGS:
+            if item.needs == feature and item.key in named and not is_on(config):
+                ignored[item.key] = (needs, fix)
+    return ignored
 
 
 def check_no_ignored_settings(config: RunConfig, given: Iterable[str]) -> None:
@@ -270,10 +519,6 @@ def duplicate_key_message(first: str, second: str, where: str = "the configurati
         f"{where} sets {key} twice (as {first!r} and {second!r}); keep one, since which would "
         "win is not obvious"
     )
-
-
-NOISE_KEYS = ("noise-multiplier", "target-epsilon")
-CLIENT_NOISE_KEYS = ("client-noise-multiplier", "client-target-epsilon")
 
 
 def merge_settings(lower: Mapping[str, Any], upper: Mapping[str, Any]) -> dict[str, Any]:
@@ -319,233 +564,3 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {value!r}")
     return value
-
-
-def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
-
-
-def _positive(key: str, value: float) -> None:
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{key} must be positive, got {value:g}")
-
-
-def _in_range(key: str, value: float, low: float, high: float, why: str) -> None:
-    if not low <= value <= high:  # NaN fails too
-        raise ConfigError(f"{key} must be between {low:g} and {high:g}, got {value:g}: {why}")
-
-
-def _noise_multiplier(key: str, value: float | None) -> None:
-    if value is None:
-        return
-    if not value > 0:
-        raise ConfigError(f"{key} must be positive (0 would mean no privacy), got {value:g}")
-    _in_range(key, value, MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER, _NOISE_RANGE_WHY)
-
-
-def _clip_norm(key: str, value: float | None) -> None:
-    if value is None:
-        return
-    if not value > 0:
-        raise ConfigError(f"{key} must be positive, got {value:g}")
-    _in_range(key, value, MIN_CLIP_NORM, MAX_CLIP_NORM, _CLIP_RANGE_WHY)
-
-
-def _validate(config: RunConfig) -> None:
-    """Value checks that need no data; data-dependent checks happen when the run is planned."""
-    _one_of("dataset", config.dataset, dataset_names())
-    try:
-        resolve_builder(config.model)  # a module:function builder is imported here
-    except ModelError as error:
-        raise ConfigError(str(error)) from None
-    _one_of("partition", config.partition, PARTITION_NAMES)
-    _one_of("device", config.device, DEVICE_NAMES)
-    _one_of("missing", config.missing, MISSING_POLICY_NAMES)
-    for key in ("clients", "rounds", "local_epochs", "batch_size"):
-        value = getattr(config, key)
-        if value < 1:
-            raise ConfigError(f"{key.replace('_', '-')} must be a positive integer, got {value}")
-    _positive("lr", config.lr)
-    _clip_norm("max-grad-norm", config.max_grad_norm)
-    _positive("alpha", config.alpha)
-    if not 0 < config.delta < 1:
-        raise ConfigError(f"delta must be in (0, 1), got {config.delta:g}")
-    if config.noise_multiplier is not None and config.target_epsilon is not None:
-        raise ConfigError("give either noise-multiplier or target-epsilon, not both")
-    _noise_multiplier("noise-multiplier", config.noise_multiplier)
-    if config.target_epsilon is not None:
-        _positive("target-epsilon", config.target_epsilon)
-    if config.seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {config.seed}")
-    _validate_dataset_options(config)
-    if not config.output:
-        raise ConfigError("output must name a folder")
-    _one_of("accountant", config.accountant, ACCOUNTANT_NAMES)
-    for key in ("epsilon_budget", "client_epsilon_budget", "client_target_epsilon"):
-        value = getattr(config, key)
-        if value is not None:
-            _positive(key.replace("_", "-"), value)
-    _validate_client_level(config)
-    _validate_secure_aggregation(config)
-    if config.node_clients is not None:
-        parse_node_clients(config.node_clients, config.clients)
-
-
-_OPTION_VALUES = {"data-dir": "FOLDER", "data-file": "FILE", "label-column": "NAME"}
-
-
-def _validate_dataset_options(config: RunConfig) -> None:
-    """The options the data set's registration says it needs, and a column partition's."""
-    try:
-        entry = dataset_entry(config.dataset)
-    except DataError as error:
-        raise ConfigError(str(error)) from None
-    given = {
-        "data-dir": config.data_dir,
-        "data-file": config.data_file,
-        "label-column": config.label_column,
-    }
-    if entry.needs == ("data-dir",) and not config.data_dir:
-        raise ConfigError(
-            f"dataset {config.dataset!r} is read from local files: pass --data-dir with the folder "
-            "that holds them"
-        )
-    if not all(given[option] for option in entry.needs):
-        wanted = " and ".join(f"--{option} {_OPTION_VALUES[option]}" for option in entry.needs)
-        if entry.kind == "tabular":
-            wanted = wanted.replace("--data-file FILE", "--data-file FILE.csv")
-        raise ConfigError(f"dataset {config.dataset!r} needs {wanted}")
-    if config.partition == "column" and not config.partition_column:
-        raise ConfigError("partition 'column' needs --partition-column NAME (a column of the data)")
-    if config.partition == "column" and entry.kind != "tabular":
-        tabular = [name for name in dataset_names() if dataset_entry(name).kind == "tabular"]
-        raise ConfigError(
-            f"partition 'column' needs tabular data (--dataset {' or '.join(tabular)})"
-        )
-
-
-MAX_NODE_ID = 2**64 - 1  # Flower's node ids are unsigned 64-bit integers
-
-
-def parse_node_clients(text: str, clients: int) -> dict[int, int]:
-    """node-clients ("NODE_ID=CLIENT_ID" entries, comma- or space-separated) as a mapping.
-
-    Every node and every client id appears once, and the entries number `clients` (the population
-    that client sampling and client-level accounting assume).
-    """
-    mapping: dict[int, int] = {}
-    for entry in text.replace(",", " ").split():
-        node_text, _, client_text = entry.partition("=")
-        if not (node_text.isdigit() and client_text.isdigit()):
-            raise ConfigError(
-                f"node-clients entry {entry[:40]!r} must be NODE_ID=CLIENT_ID with whole numbers "
-                "(node ids as 'flwr supernode register' prints them)"
-            )
-        node, client = int(node_text), int(client_text)
-        if not 0 < node <= MAX_NODE_ID:
-            raise ConfigError(f"node-clients: {node} is not a Flower node id (1 to 2**64-1)")
-        if node in mapping:
-            raise ConfigError(f"node-clients lists node {node} twice; give each node once")
-        if client in mapping.values():
-            raise ConfigError(f"node-clients gives client id {client} to two nodes; one each")
-        mapping[node] = client
-    if len(mapping) != clients:
-        raise ConfigError(
-            f"node-clients lists {len(mapping)} nodes but clients={clients}; list every "
-            "partner's node once and set clients to their number"
-        )
-    return mapping
-
-
-def _validate_secure_aggregation(config: RunConfig) -> None:
-    """Checks of the secure-aggregation settings (used only when it is switched on)."""
-    t = config.secagg_threshold
-    if not (0.5 < t <= 1 or (t >= 2 and float(t).is_integer())):
-        raise ConfigError(
-            f"secagg-threshold must be a fraction in (0.5, 1] of each neighbourhood or a whole "
-            f"number of clients >= 2, got {t:g}"
-        )
-    if t > config.clients:
-        raise ConfigError(
-            f"secagg-threshold {t:g} is more than the {config.clients} clients; no sum could be "
-            "unmasked"
-        )
-    degree = config.secagg_degree
-    if degree is not None and (degree < 2 or degree % 2):
-        raise ConfigError(
-            f"secagg-degree must be an even number of neighbours >= 2, got {degree}; leave it "
-            "unset to let Privet choose"
-        )
-    if not 2 <= config.secagg_levels <= MAX_SECAGG_LEVELS:
-        raise ConfigError(
-            f"secagg-levels must be between 2 and {MAX_SECAGG_LEVELS}, got {config.secagg_levels}"
-        )
-    _positive("secagg-timeout", config.secagg_timeout)
-    _positive("round-timeout", config.round_timeout)
-    if config.secagg_clip_norm is not None:
-        _clip_norm("secagg-clip-norm", config.secagg_clip_norm)
-        if config.client_level_dp:
-            raise ConfigError(
-                "under client-level DP updates are clipped to --client-clip-norm; drop "
-                "--secagg-clip-norm"
-            )
-    if config.secure_aggregation and config.clients < 2:
-        raise ConfigError("secure aggregation needs at least 2 clients; raise --clients")
-    if config.secure_aggregation and config.expected_clients_per_round < 2:
-        raise ConfigError(
-            "secure aggregation needs at least 2 clients per round; raise --clients-per-round"
-        )
-
-
-def _validate_client_level(config: RunConfig) -> None:
-    """Checks of DP-FedAvg settings: sampling, clipping, adaptive clipping, budgets."""
-    _one_of("client-sampling", config.client_sampling, CLIENT_SAMPLING_NAMES)
-    if config.client_sampling == "fixed" and config.client_level_dp:
-        raise ConfigError(
-            "client-sampling 'fixed' cannot be used with client-level DP: its accounting "
-            "amplifies by Poisson sampling, and a fixed-size sample has neither that guarantee "
-            "nor the same neighbouring relation; use --client-sampling poisson"
-        )
-    if config.clients_per_round is not None and not 1 <= config.clients_per_round <= config.clients:
-        raise ConfigError(
-            f"clients-per-round must be between 1 and clients ({config.clients}), "
-            f"got {config.clients_per_round}"
-        )
-    if config.client_noise_multiplier is not None and config.client_target_epsilon is not None:
-        raise ConfigError("give either client-noise-multiplier or client-target-epsilon, not both")
-    _noise_multiplier("client-noise-multiplier", config.client_noise_multiplier)
-    _clip_norm("client-clip-norm", config.client_clip_norm)
-    _positive("clip-learning-rate", config.clip_learning_rate)
-    if config.clip_learning_rate > MAX_CLIP_LEARNING_RATE:
-        raise ConfigError(
-            f"clip-learning-rate must be at most {MAX_CLIP_LEARNING_RATE:g}, got "
-            f"{config.clip_learning_rate:g}: the clip norm would change by more than a factor e "
-            "per round (Andrew et al. 2021 use 0.2)"
-        )
-    if not 0 < config.target_quantile < 1:
-        raise ConfigError(f"target-quantile must be in (0, 1), got {config.target_quantile:g}")
-    if config.clip_count_stddev is not None:
-        _positive("clip-count-stddev", config.clip_count_stddev)
-        expected = config.expected_clients_per_round
-        if config.clip_count_stddev > expected:
-            raise ConfigError(
-                f"clip-count-stddev must be at most the {expected} clients expected per round, "
-                f"got {config.clip_count_stddev:g}: a larger noise drowns the count it protects "
-                "(Andrew et al. 2021 suggest clients-per-round / 20)"
-            )
-    if config.adaptive_clipping and not config.client_level_dp:
-        raise ConfigError(
-            "adaptive-clipping needs client-level DP: pass --client-noise-multiplier or "
-            "--client-target-epsilon"
-        )
-    if config.client_epsilon_budget is not None and not config.client_level_dp:
-        raise ConfigError(
-            "client-epsilon-budget needs client-level DP: pass --client-noise-multiplier or "
-            "--client-target-epsilon"
-        )
-    if config.client_level_dp and config.delta >= 1.0 / config.clients:
-        raise ConfigError(
-            f"delta={config.delta:g} is not below 1/clients = {1.0 / config.clients:.3g}, so "
-            "client-level DP would allow releasing a whole client; lower --delta"
-        )

@@ -20,12 +20,14 @@ from privet.privacy.secagg.protocol import (
     KeysBroadcast,
     MaskedInput,
     Refusal,
+    SecAggConfig,
     SecAggProtocolError,
     ShareKeys,
     SharesDelivery,
     UnmaskRequest,
     UnmaskShares,
 )
+from privet.privacy.secagg.quantization import QuantizationSpec
 
 STAGE_ACTIONS = {
     "advertise_keys": "secagg_advertise_keys",
@@ -40,6 +42,15 @@ RECORD_KEY = "secagg"
 INPUT_KEY = "secagg-input"
 """Content key of the round's settings (threshold, bits, clip norm, ...; and the client's
 aggregation weight with the TRAIN message)."""
+
+ROUND_KEY = "secagg-round"
+THRESHOLD_KEY = "secagg-threshold"
+BITS_KEY = "secagg-bits"
+LEVELS_KEY = "secagg-levels"
+CLIENTS_KEY = "secagg-clients"
+LENGTH_KEY = "secagg-length"
+REQUEST_KEYS = (ROUND_KEY, THRESHOLD_KEY, BITS_KEY, LEVELS_KEY, CLIENTS_KEY, LENGTH_KEY)
+"""The round's settings in the `INPUT_KEY` record (`encode_request`), in their wire order."""
 
 WireValue = int | bytes | str | list[int] | list[bytes]
 WireMessage = dict[str, WireValue]
@@ -131,3 +142,48 @@ def read_reply(cls: type[Message], data: Mapping[str, object]) -> Message | Refu
     if is_refusal(data):
         return from_wire(Refusal, data)
     return from_wire(cls, data)
+
+
+def encode_request(config: SecAggConfig, spec: QuantizationSpec) -> dict[str, int]:
+    """The round's settings as the ``secagg-*`` keys (the clip norm travels beside them)."""
+    return {
+        ROUND_KEY: config.round_id,
+        THRESHOLD_KEY: config.threshold,
+        BITS_KEY: config.bits,
+        LEVELS_KEY: spec.levels,
+        CLIENTS_KEY: spec.num_clients,
+        LENGTH_KEY: config.vector_length,
+    }
+
+
+def decode_request(
+    values: Mapping[str, object], clip_norm: float | None
+) -> tuple[SecAggConfig, QuantizationSpec] | None:
+    """Parse the ``secagg-*`` keys; None when there are none (the round is not secure)."""
+    present = [key for key in REQUEST_KEYS if key in values]
+    if not present:
+        return None
+    missing = [key for key in REQUEST_KEYS if key not in values]
+    if missing:
+        raise SecAggProtocolError(f"train config lacks the secure-aggregation key {missing[0]}")
+    ints = {}
+    for key in REQUEST_KEYS:
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SecAggProtocolError(f"train config key {key} must be an int")
+        ints[key] = value
+    if clip_norm is None:
+        raise SecAggProtocolError("secure aggregation needs the clip-norm key in train config")
+    spec = QuantizationSpec(
+        clip_norm=clip_norm,
+        num_clients=ints[CLIENTS_KEY],
+        levels=ints[LEVELS_KEY],
+        bits=ints[BITS_KEY],
+    )
+    config = SecAggConfig(
+        round_id=ints[ROUND_KEY],
+        threshold=ints[THRESHOLD_KEY],
+        bits=ints[BITS_KEY],
+        vector_length=ints[LENGTH_KEY],
+    )
+    return config, spec
