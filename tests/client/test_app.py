@@ -12,6 +12,7 @@ from privet.client.app import ledger_path, make_client_app
 from privet.privacy import PrivacyLedger
 from privet.server.evaluation import ServerEvaluator
 from privet.task.config import ConfigError, RunConfig
+from tests.lock_holders import ledger_held_elsewhere
 
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 
@@ -209,11 +210,6 @@ def test_a_ledger_file_that_lost_what_the_node_recorded_is_refused(tmp_path):
 
 
 def test_a_second_process_training_as_the_same_client_is_refused(tmp_path):
-    import os
-    import select
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from privet.privacy.storage import InUseError
 
@@ -223,26 +219,10 @@ def test_a_second_process_training_as_the_same_client_is_refused(tmp_path):
     app(train_message(weights, 1), node_context(1))
     path = ledger_path(config, 1)
     before = path.read_bytes()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom privet.privacy.ledger import ledger_lock\n"
-            "ledger_lock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    try:
-        assert holder.stdout is not None
-        ready, _, _ = select.select([holder.stdout], [], [], 60)
-        assert ready and holder.stdout.readline().strip() == "held"
-        with pytest.raises(InUseError, match=f"in use by process {holder.pid}"):
-            app(train_message(weights, 2), node_context(1))
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
+    with (
+        ledger_held_elsewhere(path) as holder,
+        pytest.raises(InUseError, match=f"in use by process {holder.pid}"),
+    ):
+        app(train_message(weights, 2), node_context(1))
     assert path.read_bytes() == before
     assert not app(train_message(weights, 2), node_context(1)).has_error()

@@ -24,6 +24,7 @@ from privet.privacy import (
     PrivacyLedger,
     atomic_write_text,
 )
+from tests.lock_holders import ledger_held_elsewhere
 
 REPO = Path(__file__).resolve().parents[2]
 ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
@@ -516,30 +517,12 @@ def test_a_write_waits_a_bounded_time_for_the_ledgers_lock(tmp_path, monkeypatch
 
     path = tmp_path / "client-0.json"
     example_ledger(path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom privet.privacy.ledger import ledger_lock\n"
-            "ledger_lock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        assert holder.stdout is not None
-        ready, _, _ = select.select([holder.stdout], [], [], 60)
-        assert ready and holder.stdout.readline().strip() == "held"
+    with ledger_held_elsewhere(path) as holder:
         monkeypatch.setattr(ledger_module, "WRITE_LOCK_WAIT_S", 0.2)
         ledger = PrivacyLedger.load(path)
         with pytest.raises(LedgerError, match=f"in use by process {holder.pid}"):
             ledger.record(5, [PoissonGaussianSteps(1.0, 0.1, 1)])
         assert ledger.rounds() == [1, 2, 4]  # not recorded, so the caller does not release
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
     with ledger_lock(path).acquire():  # this process holds it: its own writes go through
         ledger.record(5, [PoissonGaussianSteps(1.0, 0.1, 1)])
     assert PrivacyLedger.load(path).rounds() == [1, 2, 4, 5]
