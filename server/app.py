@@ -139,7 +139,6 @@ def _run_federated_training(
         secagg=SecAggSettings.from_config(config),
         update_clip_norm=config.update_clip_norm,
     )
-    first_round, initial_weights = 1, None
     if checkpoint is not None:
         try:
             strategy.restore_state(checkpoint.strategy)
@@ -150,8 +149,48 @@ def _run_federated_training(
                 f"({type(error).__name__}: {error}); restore it from a backup or start a new run"
             ) from None
         results.resumed_after.append(checkpoint.round)
-        first_round, initial_weights = checkpoint.round + 1, checkpoint.weights
         logger.warning("resuming after round %d from %s", checkpoint.round, output_dir)
+    try:
+        return _train(grid, config, strategy, results, evaluator, checkpoint, on_round)
+    except Exception as error:
+        # Failure is never success, and never silent: a run that breaks after its folder is set
+        # up leaves results.json saying so (finished: false, a one-line reason), then fails.
+        results.conclude(_crash_reason(error))
+        try:
+            write_results(output_dir, results)
+        except OSError:
+            logger.exception("could not record the failure in %s", output_dir / RESULTS_FILE)
+        raise
+
+
+def _crash_reason(error: BaseException) -> str:
+    """One line naming what broke the run (the exception's type and its first line)."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"the run stopped on an error: {type(error).__name__}" + (
+        f": {first_line}" if first_line else ""
+    )
+
+
+def _train(
+    grid: Grid,
+    config: RunConfig,
+    strategy: PrivetFedAvg,
+    results: RunResults,
+    evaluator: ServerEvaluator,
+    checkpoint: ServerCheckpoint | None,
+    on_round: RoundCallback | None,
+) -> RunResults:
+    """Discover the clients, run the rounds, and write the final results and model."""
+    output_dir = Path(config.output)
+    privacy = strategy.privacy
+    client_level, server_ledger, aggregator = (
+        strategy.client_level,
+        strategy.server_ledger,
+        strategy.aggregator,
+    )
+    first_round, initial_weights = 1, None
+    if checkpoint is not None:
+        first_round, initial_weights = checkpoint.round + 1, checkpoint.weights
     strategy.discover_clients(
         grid, config.clients, config.round_timeout, node_clients=config.node_client_map
     )

@@ -81,7 +81,9 @@ def test_flwr_run_trains_and_writes_results(tmp_path):
             text=True,
             timeout=400,
         )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        printed = run.stdout[-6000:] + run.stderr[-3000:]
+        assert run.returncode == 0, printed
+        assert (output / "results.json").is_file(), "no results.json; flwr run printed:\n" + printed
         results = json.loads((output / "results.json").read_text())
         assert results["engine"] == "flwr-run"
         assert [r["round"] for r in results["rounds"]] == [1, 2]

@@ -13,7 +13,12 @@ from flwr.clientapp import ClientApp
 
 from privet.simulations.faults import Dropout
 from privet.simulations.flower_engine import run_flower_simulation
-from privet.simulations.inprocess_engine import InProcessGrid, run_in_process, server_task_identity
+from privet.simulations.inprocess_engine import (
+    RUN_ID,
+    InProcessGrid,
+    run_in_process,
+    server_task_identity,
+)
 from privet.task.config import RunConfig
 from tests.reference_accounting import opacus_epsilon
 
@@ -275,3 +280,36 @@ def test_every_update_rejected_as_nan_fails_the_run_after_three_rounds(tmp_path)
     assert data["rounds_without_update"] == [1, 2, 3]
     assert all(r["accuracy"] == data["initial"]["accuracy"] for r in data["rounds"])
     assert float(data["privacy"]["epsilon_max"]) > 0  # what they spent is reported
+
+
+class BreakingGrid(InProcessGrid):
+    """An in-process grid whose network fails for good once round 1's training replies came."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.train_exchanges = 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if any(m.metadata.message_type == MessageType.TRAIN for m in messages):
+            self.train_exchanges += 1
+            if self.train_exchanges == 2:
+                raise ConnectionError("the federation's network went down\nsecond line")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_run_that_breaks_after_it_started_says_so_in_results_json(tmp_path):
+    """Failure is never silent: a crash mid-run leaves finished: false and a one-line reason."""
+    from privet.client.app import make_client_app
+    from privet.server.app import run_federated_training
+
+    config = RunConfig(clients=2, rounds=3, local_epochs=1, output=str(tmp_path / "run"))
+    grid = BreakingGrid(make_client_app(config), config.clients)
+    with pytest.raises(ConnectionError), server_task_identity(RUN_ID):
+        run_federated_training(grid, config, "in-process")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["finished"] is False
+    assert results["failure_reason"] == (
+        "the run stopped on an error: ConnectionError: the federation's network went down"
+    )
+    assert [r["round"] for r in results["rounds"]] == [1]  # round 1's record is kept
