@@ -59,8 +59,11 @@ from privet.privacy import ClientPrivacy
 from privet.privacy.secagg.wire import RECORD_KEY, STAGE_ACTIONS
 from privet.server.evaluation import ServerEvaluator
 from privet.server.federation_privacy import FederationPrivacy
+from privet.server.sampling import ClientSampler
 from privet.server.secure_aggregation import SecAggSettings
+from privet.server.secure_round import SecureAggregation
 from privet.server.strategy import PrivetFedAvg
+from privet.server.update_steps import PlainAggregation
 from privet.task.config import DEFAULT_SECAGG_LEVELS, DEFAULT_SECAGG_THRESHOLD, RunConfig
 
 GRID = [(10, 100_000), (10, 1_000_000), (50, 100_000), (50, 1_000_000)]
@@ -240,25 +243,18 @@ def _run_rounds(
         try:
             strategy = PrivetFedAvg(
                 FederationPrivacy(),
-                client_sample_rate=1.0,
-                sampling_rng=np.random.default_rng(seed),
-                secagg=settings,
-                update_clip_norm=clip_norm,
+                sampler=ClientSampler(np.random.default_rng(seed), rate=1.0),
+                aggregation=(
+                    SecureAggregation(settings, clip_norm)
+                    if settings is not None
+                    else PlainAggregation()
+                ),
             )
             strategy.discover_clients(grid, num_clients, 600)
             arrays = ArrayRecord(initial)
             for server_round in range(1, total + 1):
                 start = time.perf_counter()
-                if secure:
-                    arrays, _ = strategy.run_secure_round(
-                        server_round, arrays, ConfigRecord(), grid, 600
-                    )
-                else:
-                    messages = list(
-                        strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-                    )
-                    replies = grid.send_and_receive(messages, timeout=600)
-                    arrays, _ = strategy.aggregate_train(server_round, replies)
+                arrays, _ = strategy.train_round(server_round, arrays, ConfigRecord(), grid, 600)
                 record.round_seconds.append(time.perf_counter() - start)
                 record.secure_outcomes.append(strategy.outcomes[server_round].secure_aggregation)
             record.model = arrays.to_numpy_ndarrays()

@@ -42,19 +42,20 @@ from privet.task.datasets import (
     ArrayDataset,
     CsvTable,
     DataError,
+    DatasetOptions,
     MissingValues,
     TabularSchema,
     TrainTest,
     apply_missing_policy,
     check_table_for_schema,
     encode_with_schema,
-    load_dataset,
     not_a_file_reason,
     read_csv_table,
     read_idx_images,
     read_idx_labels,
 )
 from privet.task.partition import partition_indices
+from privet.task.task import task_named
 
 __all__ = [
     "DATA_FORMATS",
@@ -129,36 +130,13 @@ class LocalExamples:
 
 def load_federated_data(config: RunConfig) -> TrainTest:
     """The run's data set, loaded once per process (many virtual nodes can share one process)."""
-    return _load_cached(
-        config.dataset,
-        config.data_dir,
-        config.data_file,
-        config.label_column,
-        config.partition_column,
-        config.seed,
-        config.missing,
-    )
+    return _load_cached(config.task, config.dataset, config.dataset_options())
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(
-    dataset: str,
-    data_dir: str | None,
-    data_file: str | None,
-    label_column: str | None,
-    partition_column: str | None,
-    seed: int,
-    missing: str,
-) -> TrainTest:
-    return load_dataset(
-        dataset,
-        data_dir=data_dir,
-        data_file=data_file,
-        label_column=label_column,
-        partition_column=partition_column,
-        seed=seed,
-        missing=missing,
-    )
+def _load_cached(task: str, dataset: str, options: DatasetOptions) -> TrainTest:
+    """The data set as the run's task loads it (`Task.load_data`)."""
+    return task_named(task).load_data(dataset, options)
 
 
 def client_shards(config: RunConfig) -> list[np.ndarray]:
@@ -170,36 +148,28 @@ def client_shards(config: RunConfig) -> list[np.ndarray]:
     """
     return list(
         _shards_cached(
+            config.task,
             config.dataset,
-            config.data_dir,
-            config.data_file,
-            config.label_column,
-            config.partition_column,
-            config.seed,
+            config.dataset_options(),
             config.clients,
             config.partition,
             config.alpha,
-            config.missing,
         )
     )
 
 
 @functools.lru_cache(maxsize=4)
 def _shards_cached(
+    task: str,
     dataset: str,
-    data_dir: str | None,
-    data_file: str | None,
-    label_column: str | None,
-    partition_column: str | None,
-    seed: int,
+    options: DatasetOptions,
     clients: int,
     partition: str,
     alpha: float,
-    missing: str,
 ) -> tuple[np.ndarray, ...]:
-    data = _load_cached(dataset, data_dir, data_file, label_column, partition_column, seed, missing)
+    data = _load_cached(task, dataset, options)
     shards = partition_indices(
-        data.train.labels, clients, partition, alpha=alpha, groups=data.groups, seed=seed
+        data.train.labels, clients, partition, alpha=alpha, groups=data.groups, seed=options.seed
     )
     for shard in shards:
         shard.flags.writeable = False

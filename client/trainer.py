@@ -1,4 +1,9 @@
-"""Local DP-SGD with Opacus: one round of a client's training, accounted from what actually ran."""
+"""Local DP-SGD with Opacus: one round of a client's training, accounted from what actually ran.
+
+What is learned comes from the run's task (privet.task.task): how the examples become tensors,
+the loss Opacus wraps, which parameters train (the rest are frozen before Opacus sees the model),
+the optimizer, and which tensors the round returns (those that travel).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,13 @@ from privet.client.local_plan import LocalPlan
 from privet.privacy import PoissonGaussianSteps
 from privet.task.datasets import ArrayDataset
 from privet.task.models import get_weights
+from privet.task.task import (
+    DEFAULT_TASK,
+    Task,
+    freeze_for_training,
+    task_named,
+    travelling_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +40,10 @@ class AccountingMismatchError(RuntimeError):
 
 @dataclass(frozen=True)
 class LocalTrainResult:
-    """A client's new weights and the privacy events of the round that produced them."""
+    """A client's new weights and the privacy events of the round that produced them.
+
+    `weights` are the tensors that travel (the task's update format), in state-dict order.
+    """
 
     weights: list[np.ndarray]
     num_examples: int
@@ -38,25 +53,25 @@ class LocalTrainResult:
 
 
 class InMemoryExamples(Dataset):
-    """Examples held as two tensors; a whole batch is fetched with one indexing operation.
+    """Examples held as two tensors (a task's inputs and targets); a batch is one indexing.
 
     A plain `TensorDataset` makes the DataLoader fetch examples one by one and stack them, which
     for small models costs as much as the DP-SGD step itself (benchmarks/dp_throughput.py).
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self.features = features
-        self.labels = labels
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.inputs = inputs
+        self.targets = targets
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features[index], self.labels[index]
+        return self.inputs[index], self.targets[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = torch.as_tensor(indices, dtype=torch.long)
-        return self.features[chosen], self.labels[chosen]
+        return self.inputs[chosen], self.targets[chosen]
 
 
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,24 +121,28 @@ def train_locally(
     local_epochs: int,
     seed: int,
     device: torch.device,
+    task: Task | None = None,
 ) -> LocalTrainResult:
     """Run `local_epochs` of Opacus DP-SGD with Poisson sampling on `data`, starting from `model`.
 
-    `seed` drives both the Poisson sampler and the Gaussian noise, so a simulation is reproducible.
-    The returned events come from Opacus' own accountant hook (one per optimizer step that ran) and
-    are checked against the plan; any disagreement raises `AccountingMismatchError`.
+    `task` (default: classification) gives the tensors, the loss, the trainable parameters (the
+    others are frozen, so only these are clipped, noised and stepped), the optimizer and the
+    tensors returned (those that travel). `seed` drives both the Poisson sampler and the
+    Gaussian noise, so a simulation is reproducible. The returned events come from Opacus' own
+    accountant hook (one per optimizer step that ran) and are checked against the plan; any
+    disagreement raises `AccountingMismatchError`.
     """
+    task = task if task is not None else task_named(DEFAULT_TASK)
     if len(data) != plan.num_examples:
         raise AccountingMismatchError(
             f"the plan was made for {plan.num_examples} examples but the data has {len(data)}"
         )
     model = make_dp_compatible(model).to(device)
+    travelling = travelling_keys(task, model)
+    freeze_for_training(task, model)  # before Opacus: frozen parameters get no gradient at all
     model.train()
     mode = "ghost" if supports_ghost_clipping(model) else "hooks"
-    dataset = InMemoryExamples(
-        torch.tensor(data.features, dtype=torch.float32),
-        torch.tensor(data.labels, dtype=torch.long),
-    )
+    dataset = InMemoryExamples(*task.tensors(data))
     sampler_generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)
     loader = DataLoader(
@@ -134,7 +153,9 @@ def train_locally(
         # method's batch instead (torch/utils/data/_utils/fetch.py), which they do not describe.
         collate_fn=_already_batched,  # type: ignore[arg-type]
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    optimizer = task.optimizer(
+        [parameter for parameter in model.parameters() if parameter.requires_grad], learning_rate
+    )
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; Privet states the noise source in its results.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -142,7 +163,7 @@ def train_locally(
         made = engine.make_private(
             module=model,
             optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=task.criterion(),
             data_loader=loader,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=max_grad_norm,
@@ -154,7 +175,7 @@ def train_locally(
         private_model, private_optimizer, criterion, private_loader = made
     else:
         private_model, private_optimizer, private_loader = made
-        criterion = nn.CrossEntropyLoss()
+        criterion = task.criterion()
     if private_loader.batch_sampler.sample_rate != plan.sample_rate:
         raise AccountingMismatchError(
             f"Opacus samples at rate {private_loader.batch_sampler.sample_rate}, "
@@ -171,10 +192,10 @@ def train_locally(
         # Ghost clipping's double backward pass makes torch warn that inputs need no gradient.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(local_epochs):
-            for features, labels in private_loader:
-                features, labels = features.to(device), labels.to(device)
+            for inputs, targets in private_loader:
+                inputs, targets = inputs.to(device), targets.to(device)
                 private_optimizer.zero_grad(set_to_none=True)
-                loss = criterion(private_model(features), labels)
+                loss = task.loss(private_model(inputs), targets, criterion)
                 loss.backward()
                 private_optimizer.step()
                 steps_run += 1
@@ -186,7 +207,7 @@ def train_locally(
     _check_events(events, plan, steps_run)
     # Hand the caller's model back without Opacus' hooks and per-sample gradient buffers.
     plain_model = private_model.to_standard_module()
-    weights = get_weights(plain_model)
+    weights = get_weights(plain_model, travelling)
     return LocalTrainResult(
         weights=weights,
         num_examples=len(data),

@@ -19,8 +19,8 @@ from privet.client.node_data import NodeData
 from privet.client.trainer import train_locally
 from privet.privacy import ClientPrivacy, PoissonGaussianSteps, PrivacyLedger
 from privet.task.config import RunConfig
-from privet.task.evaluation import evaluate_model
-from privet.task.models import build_model, set_weights
+from privet.task.models import set_weights
+from privet.task.task import build_task_model, task_named
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +116,11 @@ def run_training_round(
             )
             logger.info("client %d declines: %s", data.client_id, reason)
             return ClientDecline(_status(config, data, plan, ledger), reason)
-    model = build_model(
-        config.model, data.train.feature_shape, data.train.num_classes, seed=config.seed
+    task = task_named(config.task)
+    model = build_task_model(
+        task, config.model, data.train.feature_shape, data.train.num_classes, config.seed
     )
-    set_weights(model, global_weights)
+    set_weights(model, global_weights)  # the travelling tensors; the rest stay as built
     result = train_locally(
         model,
         data.train,
@@ -130,8 +131,10 @@ def run_training_round(
         local_epochs=config.local_epochs,
         seed=round_seed(config, server_round, data.client_id),
         device=resolve_device(config.device),
+        task=task,
     )
     ledger.record(server_round, result.events)
+    # The update: the change of each travelling tensor, in state-dict order (the task's format).
     update = [
         (new.astype(np.float64) - old.astype(np.float64)).astype(np.float32)
         for new, old in zip(result.weights, global_weights, strict=True)
@@ -146,12 +149,13 @@ def run_local_evaluation(
     config: RunConfig, data: NodeData, global_weights: list[np.ndarray]
 ) -> tuple[int, float, float]:
     """(examples, loss, accuracy) of the global model on the node's held-out validation slice."""
-    model = build_model(
-        config.model, data.train.feature_shape, data.train.num_classes, seed=config.seed
+    task = task_named(config.task)
+    model = build_task_model(
+        task, config.model, data.train.feature_shape, data.train.num_classes, config.seed
     )
     set_weights(model, global_weights)
-    loss, accuracy = evaluate_model(model, data.validation, resolve_device(config.device))
-    return len(data.validation), loss, accuracy
+    metrics = task.evaluate(model, data.validation, resolve_device(config.device))
+    return len(data.validation), metrics.loss, metrics.accuracy
 
 
 def torch_threads_for_client() -> None:

@@ -6,37 +6,39 @@ import numpy as np
 import torch
 
 from privet.task.config import RunConfig
-from privet.task.datasets import ArrayDataset, MissingValues, TrainTest, load_dataset
-from privet.task.evaluation import evaluate_model
-from privet.task.models import build_model, set_weights
+from privet.task.datasets import ArrayDataset, MissingValues, TrainTest
+from privet.task.models import get_weights, set_weights, weight_keys
+from privet.task.task import Task, build_task_model, task_named
 
 
 class ServerEvaluator:
-    """Evaluates global weights on the test split; the server never sees client training data."""
+    """Evaluates global weights on the test split; the server never sees client training data.
+
+    The run's task loads the data, builds the model and computes the metrics; the weights it
+    takes and gives are the tensors that travel (`travelling`, in state-dict order).
+    """
 
     def __init__(self, config: RunConfig, data: TrainTest | None = None) -> None:
-        data = data or load_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            data_file=config.data_file,
-            label_column=config.label_column,
-            partition_column=config.partition_column,
-            seed=config.seed,
-            missing=config.missing,
-        )
+        self.task: Task = task_named(config.task)
+        data = data or self.task.load_data(config.dataset, config.dataset_options())
         self.test: ArrayDataset = data.test
         # Tabular data: the missing values of the file and what the run's policy did with them.
         self.missing: MissingValues | None = data.missing
         self.feature_shape: tuple[int, ...] = data.train.feature_shape
         self.num_classes: int = data.train.num_classes
-        self.model = build_model(config.model, self.feature_shape, self.num_classes, config.seed)
+        self.model = build_task_model(
+            self.task, config.model, self.feature_shape, self.num_classes, config.seed
+        )
+        self.travelling: tuple[str, ...] = weight_keys(self.model)
+        """The state-dict keys of the weights this evaluator takes and gives, in order."""
         self.device = torch.device("cpu")
 
     def initial_weights(self) -> list[np.ndarray]:
-        """The seeded initial global model, identical to what every client would build."""
-        return [value.detach().numpy().copy() for value in self.model.state_dict().values()]
+        """The seeded initial global model's travelling tensors, as every client builds them."""
+        return get_weights(self.model)
 
     def __call__(self, weights: list[np.ndarray]) -> tuple[float, float]:
-        """(loss, accuracy) of `weights` on the test split."""
+        """(loss, accuracy) of `weights` (the travelling tensors) on the test split."""
         set_weights(self.model, weights)
-        return evaluate_model(self.model, self.test, self.device)
+        metrics = self.task.evaluate(self.model, self.test, self.device)
+        return metrics.loss, metrics.accuracy

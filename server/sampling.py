@@ -54,3 +54,30 @@ def sample_clients(
     if scheme == "fixed":
         return fixed_size_sample(client_ids, size, rng)
     raise ValueError(f"unknown client sampling {scheme!r}; choose one of {CLIENT_SAMPLING_NAMES}")
+
+
+class ClientSampler:
+    """A run's client sampling: its scheme, rate or size, and the generator it draws from.
+
+    The generator is part of the run's state: a resumed run restores it (see
+    `server.strategy.PrivetFedAvg.checkpoint_state`) so the rounds after a restart sample as
+    an uninterrupted run would have.
+    """
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        *,
+        rate: float,
+        scheme: str = "poisson",
+        size: int | None = None,
+    ) -> None:
+        self.rng = rng
+        self.rate = rate
+        self.scheme = scheme
+        self.size = size
+
+    def sample(self, client_ids: Sequence[int]) -> list[int]:
+        """The round's clients among `client_ids` (sorted)."""
+        size = self.size if self.size is not None else len(client_ids)
+        return sample_clients(client_ids, self.scheme, self.rate, size, self.rng)

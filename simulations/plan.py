@@ -18,7 +18,8 @@ from privet.server.client_dp import ClientLevelPlan, plan_client_level
 from privet.server.secure_aggregation import conditional_rounding_ratio
 from privet.task.config import RunConfig
 from privet.task.datasets import MissingValues
-from privet.task.models import build_model
+from privet.task.models import get_weights
+from privet.task.task import build_task_model, task_named
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,15 @@ def plan_simulation(config: RunConfig) -> SimulationPlan:
     """Load and split the data and plan every client; raises a one-line error if anything fails."""
     resolve_device(config.device)  # `cuda` without a GPU fails here, before any client starts
     data = load_federated_data(config)
-    model = build_model(config.model, data.train.feature_shape, data.train.num_classes, config.seed)
-    conditional_rounding_ratio(config, sum(p.numel() for p in model.state_dict().values()))
+    model = build_task_model(
+        task_named(config.task),
+        config.model,
+        data.train.feature_shape,
+        data.train.num_classes,
+        config.seed,
+    )
+    # Secure aggregation's grid is sized for the update: the tensors that travel.
+    conditional_rounding_ratio(config, sum(int(w.size) for w in get_weights(model)))
     clients = []
     for client_id, shard in enumerate(client_shards(config)):
         train_idx, validation_idx = split_shard(shard, client_id, config.seed)

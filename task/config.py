@@ -43,9 +43,10 @@ from privet.task.config_checks import (
     parse_node_clients,
     validate,
 )
-from privet.task.datasets import dataset_names
+from privet.task.datasets import DatasetOptions, dataset_names
 from privet.task.models import MODELS, model_names
 from privet.task.settings import Setting, declared_settings, sections_of, setting
+from privet.task.task import DEFAULT_TASK, task_names
 
 __all__ = [
     "CLIENT_NOISE_KEYS",
@@ -179,6 +180,13 @@ class RunConfig:
         help="Dirichlet concentration (default: {default})",
     )
     # -- model --------------------------------------------------------------------------------
+    task: str = setting(
+        DEFAULT_TASK,
+        section="model",
+        choices=task_names,
+        help="what is learned: data, loss, the parameters that train and travel, metrics "
+        "(default: {default}; others from privet.task.task.register_task)",
+    )
     model: str = setting(
         "logreg",
         section="model",
@@ -429,6 +437,17 @@ class RunConfig:
         if self.node_clients is None:
             return None
         return parse_node_clients(self.node_clients, self.clients)
+
+    def dataset_options(self) -> DatasetOptions:
+        """What the run says about its data, as a task's `load_data` receives it."""
+        return DatasetOptions(
+            data_dir=self.data_dir,
+            data_file=self.data_file,
+            label_column=self.label_column,
+            partition_column=self.partition_column,
+            seed=self.seed,
+            missing=self.missing,
+        )
 
     @classmethod
     def key_names(cls) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from privet.task.datasets import MISSING_POLICIES, DataError, dataset_entry, dataset_names
 from privet.task.models import ModelError, resolve_builder
 from privet.task.settings import SECTION_NAMES
+from privet.task.task import task_names
 
 if TYPE_CHECKING:
     from privet.task.config import RunConfig
@@ -102,7 +103,8 @@ def check_data(config: RunConfig) -> None:
 
 
 def check_model(config: RunConfig) -> None:
-    """A registered model, or a `module:function` builder (imported here)."""
+    """A registered task, and a registered model or a `module:function` builder (imported here)."""
+    _one_of("task", config.task, task_names())
     try:
         resolve_builder(config.model)
     except ModelError as error:

@@ -18,7 +18,7 @@ import functools
 import importlib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
@@ -267,20 +267,69 @@ def _initialised(
     return model
 
 
-def get_weights(model: nn.Module) -> list[np.ndarray]:
-    """The model's parameters and buffers as NumPy arrays, in state-dict order."""
-    return [value.detach().cpu().numpy().copy() for value in model.state_dict().values()]
+TRAVELLING_ATTRIBUTE = "privet_travelling"
+"""Where :func:`mark_travelling` records, on a model, the state-dict keys that travel."""
 
 
-def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
-    """Load arrays produced by `get_weights` (of the same architecture) into `model`."""
+def mark_travelling(model: nn.Module, keys: Sequence[str]) -> None:
+    """Record on `model` which state-dict keys travel (its task's update format).
+
+    :func:`get_weights` and :func:`set_weights` then move only those tensors of it, so code that
+    holds just the model (the server writing model.pt) moves the right ones. The mark is a plain
+    attribute, so it survives ``copy.deepcopy``; ``privet.task.task.build_task_model`` sets it.
+    """
+    state = model.state_dict()
+    unknown = [key for key in keys if key not in state]
+    if unknown:
+        raise ModelError(f"cannot mark {unknown[0]!r} as travelling: the model has no such key")
+    setattr(model, TRAVELLING_ATTRIBUTE, tuple(key for key in state if key in keys))
+
+
+def weight_keys(model: nn.Module) -> tuple[str, ...]:
+    """The state-dict keys whose tensors are the model's weights on the wire, in order.
+
+    Those marked by :func:`mark_travelling`, else the whole state dict (a model built without a
+    task: every tensor travels, as for classification).
+    """
+    marked = getattr(model, TRAVELLING_ATTRIBUTE, None)
+    if marked is not None:
+        return tuple(marked)
+    return tuple(model.state_dict())
+
+
+def get_weights(model: nn.Module, keys: Sequence[str] | None = None) -> list[np.ndarray]:
+    """The tensors of `keys` (default: :func:`weight_keys`) as NumPy arrays, in that order."""
+    state = model.state_dict()
+    chosen = weight_keys(model) if keys is None else tuple(keys)
+    missing = [key for key in chosen if key not in state]
+    if missing:
+        raise ModelError(
+            f"the model has no tensor {missing[0]!r}; build it with the run's model and task"
+        )
+    return [state[key].detach().cpu().numpy().copy() for key in chosen]
+
+
+def set_weights(
+    model: nn.Module, weights: list[np.ndarray], keys: Sequence[str] | None = None
+) -> None:
+    """Load arrays produced by `get_weights` (same architecture, same `keys`) into `model`.
+
+    Only the tensors of `keys` (default: :func:`weight_keys`) change; the rest of the model (a
+    frozen backbone that does not travel) is left as it is.
+    """
     import torch
 
     state = model.state_dict()
-    if len(weights) != len(state):
-        raise ModelError(f"expected {len(state)} weight arrays, got {len(weights)}")
-    new_state = {}
-    for (key, current), array in zip(state.items(), weights, strict=True):
+    chosen = weight_keys(model) if keys is None else tuple(keys)
+    if len(weights) != len(chosen):
+        raise ModelError(f"expected {len(chosen)} weight arrays, got {len(weights)}")
+    new_state = dict(state)
+    for key, array in zip(chosen, weights, strict=True):
+        if key not in state:
+            raise ModelError(
+                f"the model has no tensor {key!r}; build it with the run's model and task"
+            )
+        current = state[key]
         if tuple(array.shape) != tuple(current.shape):
             raise ModelError(
                 f"weight {key!r} has shape {tuple(array.shape)}, expected {tuple(current.shape)}"

@@ -12,7 +12,9 @@ from privet.privacy import PrivacyLedger
 from privet.server.aggregation import ClientLevelAggregator
 from privet.server.client_dp import ClientLevelPlan
 from privet.server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
+from privet.server.sampling import ClientSampler
 from privet.server.strategy import PrivetFedAvg, RoundOutcome
+from privet.server.update_release import ClientLevelRelease
 
 SHAPES = [(3, 4), (4,)]
 
@@ -60,12 +62,29 @@ def client_update(seed, norm=None):
     return parts
 
 
-def strategy_for(clients, **kwargs):
+def strategy_for(
+    clients,
+    privacy=None,
+    client_level=None,
+    aggregator=None,
+    server_ledger=None,
+    client_epsilon_budget=None,
+):
+    """A strategy over `clients` (node 100 + id); client-level DP when a plan is given."""
+    release = None
+    if client_level is not None:
+        release = ClientLevelRelease(
+            client_level,
+            aggregator,
+            server_ledger,
+            accountant="rdp",
+            delta=server_ledger.delta,
+            epsilon_budget=client_epsilon_budget,
+        )
     strategy = PrivetFedAvg(
-        kwargs.pop("privacy", FederationPrivacy()),
-        client_sample_rate=1.0,
-        sampling_rng=np.random.default_rng(0),
-        **kwargs,
+        privacy if privacy is not None else FederationPrivacy(),
+        sampler=ClientSampler(np.random.default_rng(0), rate=1.0),
+        release=release,
     )
     strategy.client_of_node = {100 + c: c for c in clients}
     strategy._current = ArrayRecord([np.zeros(s, dtype=np.float32) for s in SHAPES])

@@ -1,0 +1,154 @@
+"""The server's book of a run's rounds: which node holds which client, who replied how.
+
+The round loop (`server.strategy`) and its aggregation steps (`server.update_steps`,
+`server.secure_round`) all read and write it, and they are handed it explicitly: no part of a
+round keeps state in a closure or in another part. What a round's book holds ends up in
+results.json (`server.app.RunRecorder`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from flwr.app import Message, MetricRecord, RecordDict
+
+from privet.server.federation_privacy import ClientPrivacy, ClientReportError, FederationPrivacy
+from privet.task.messages import METRICS_RECORD, MessageError, TrainReply
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundOutcome:
+    """What happened in one round, beyond the model: for results.json."""
+
+    sampled: list[int] = field(default_factory=list)
+    trained: list[int] = field(default_factory=list)
+    declined: list[int] = field(default_factory=list)
+    failed: int = 0
+    rejected: list[int] = field(default_factory=list)
+    clip_norm: float | None = None
+    noised_within_fraction: float | None = None
+    epsilon_client_level: float | None = None
+    secure_aggregation: dict[str, object] | None = None
+    bad_replies: list[dict[str, object]] = field(default_factory=list)
+    """Replies dropped this round: {"client": id or None, "stage": ..., "reason": ...}."""
+    excluded: list[int] = field(default_factory=list)
+    """Clients excluded from sampling after this round (bad replies in too many rounds in a row)."""
+    epsilon_unknown: list[int] = field(default_factory=list)
+    """Clients whose privacy report this round was unusable (their ε now counts as ∞)."""
+    no_update: str | None = None
+    """Why no client's update reached the model this round (None when one did)."""
+    first_error: str | None = None
+    """The first error a client replied with this round (for `no_update`)."""
+
+
+class RoundBook:
+    """Who the clients are and what each round did; the one place replies are judged and logged."""
+
+    def __init__(self, privacy: FederationPrivacy) -> None:
+        self.privacy = privacy
+        self.client_of_node: dict[int, int] = {}
+        self.declined_at: dict[int, int] = {}
+        self.outcomes: dict[int, RoundOutcome] = {}
+
+    def outcome(self, server_round: int) -> RoundOutcome:
+        """The round's outcome, created empty the first time it is asked for."""
+        return self.outcomes.setdefault(server_round, RoundOutcome())
+
+    def node_of_client(self) -> dict[int, int]:
+        """Client id -> the node that holds it."""
+        return {client: node for node, client in self.client_of_node.items()}
+
+    def message(
+        self, client: int, content: RecordDict, message_type: str, server_round: int
+    ) -> Message:
+        """A message to a client's node, tagged with the round (its group id)."""
+        return Message(
+            content=content,
+            dst_node_id=self.node_of_client()[client],
+            message_type=message_type,
+            group_id=str(server_round),
+        )
+
+    def sender(
+        self,
+        server_round: int,
+        reply: Message,
+        stage: str,
+        replied: set[int],
+    ) -> int | None:
+        """The client that sent `reply` (by its node), or None if the reply must be dropped."""
+        node = reply.metadata.src_node_id
+        cid = self.client_of_node.get(node)
+        if cid is None:
+            self.bad_reply(server_round, None, stage, f"a reply from unknown node {node}")
+            return None
+        if cid in replied:
+            self.bad_reply(
+                server_round, cid, stage, "replied more than once; its first reply counts"
+            )
+            return None
+        replied.add(cid)
+        return cid
+
+    def log_failure(self, server_round: int, reason: str | None) -> None:
+        """Log a client's error reply (its count and first reason are in the round's outcome)."""
+        logger.warning("a client failed in round %d: %s", server_round, reason)
+
+    def bad_reply(self, server_round: int, client: int | None, stage: str, reason: str) -> None:
+        """Drop a client's reply for this round, with a logged reason kept for results.json."""
+        reason = " ".join(reason.split())[:300]
+        logger.warning(
+            "round %d: dropped the %s reply of client %s: %s", server_round, stage, client, reason
+        )
+        self.outcome(server_round).bad_replies.append(
+            {"client": client, "stage": stage, "reason": reason}
+        )
+
+    def take_report(
+        self,
+        server_round: int,
+        cid: int,
+        reply: Message,
+        reports: list[ClientPrivacy],
+        stage: str,
+    ) -> ClientPrivacy | None:
+        """Keep client `cid`'s TRAIN reply's privacy report; None if it declined or is unusable.
+
+        A decline is recorded. An unusable report (no metrics, a missing or malformed value, a
+        report naming another client) drops the reply, and the client's ε counts as ∞ until
+        its next usable report: it may have trained, and what it spent is unknown.
+        """
+        outcome = self.outcome(server_round)
+        metrics = reply.content.metric_records.get(METRICS_RECORD)
+        try:
+            if metrics is None:
+                raise ClientReportError("the reply has no metrics")
+            report = ClientPrivacy.from_metrics(metrics)
+            if report.client_id != cid:
+                raise ClientReportError(f"it names client {report.client_id}")
+            declined = TrainReply.declined_in(metrics)
+        except (ClientReportError, MessageError) as error:
+            self.privacy.mark_unknown(server_round, cid, str(error))
+            outcome.epsilon_unknown.append(cid)
+            self.bad_reply(server_round, cid, stage, f"unusable privacy report: {error}")
+            return None
+        reports.append(report)
+        if declined:
+            self.declined_at[report.client_id] = server_round
+            outcome.declined.append(report.client_id)
+            return None
+        return report
+
+    def round_metrics(self, server_round: int) -> MetricRecord:
+        """The train metrics Flower's Result keeps for a round."""
+        outcome = self.outcome(server_round)
+        return MetricRecord(
+            {
+                "epsilon-max": self.privacy.epsilon_max(),
+                "clients-trained": len(outcome.trained),
+                "clients-declined": len(outcome.declined),
+            }
+        )
