@@ -10,7 +10,6 @@ import dp_accounting
 import pytest
 
 from privet.cli import main
-from privet.simulations.flower_engine import run_flower_simulation
 from privet.simulations.inprocess_engine import run_in_process
 from privet.task.config import RunConfig
 from tests.reference_accounting import ORDERS, opacus_epsilon
@@ -74,9 +73,9 @@ def test_client_level_epsilon_with_poisson_sampling_matches_dp_accounting(tmp_pa
         clip_count_stddev=1.0 if adaptive else None,
         output=str(tmp_path / "run"),
     )
-    # With adaptive clipping on Flower's runtime (the count crosses its messages), without it in
-    # process (the same code and, for a seed, the same results: test_inprocess_engine.py).
-    (run_flower_simulation if adaptive else run_in_process)(config)
+    # In process: for a seed the same results as Flower's runtime, adaptive clipping's count
+    # included (tests/simulations/test_inprocess_engine.py runs that check on both engines).
+    run_in_process(config)
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     level = data["client_level"]
     sampled = [len(r["sampled"]) for r in data["rounds"]]

@@ -16,7 +16,6 @@ from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY
 from privet.server import secure_aggregation
 from privet.server.app import run_federated_training
 from privet.simulations.faults import Dropout
-from privet.simulations.flower_engine import run_flower_simulation
 from privet.simulations.inprocess_engine import (
     ENGINE_NAME,
     FIRST_NODE_ID,
@@ -53,10 +52,10 @@ def test_secure_client_level_round_matches_the_plaintext_round_within_the_bound(
     )
     plain = RunConfig(**common, output=str(tmp_path / "plain"))
     secure = RunConfig(**common, secure_aggregation=True, output=str(tmp_path / "secure"))
-    # The plaintext reference runs in process: for a seed that is the Flower engine's run bit for
-    # bit (tests/simulations/test_inprocess_engine.py), without a second Ray start.
+    # Both run in process: for a seed that is the Flower engine's run bit for bit, secure
+    # aggregation and adaptive clipping included (tests/simulations/test_inprocess_engine.py).
     run_in_process(plain)
-    run_flower_simulation(secure)
+    run_in_process(secure)
     a, b = results_of(tmp_path / "plain"), results_of(tmp_path / "secure")
     ra, rb = a["rounds"][0], b["rounds"][0]
     summary = rb["secure_aggregation"]
@@ -91,7 +90,9 @@ def test_dropouts_are_recovered_above_the_threshold_and_fail_cleanly_below(tmp_p
         secagg_threshold=0.6,  # t = 3 of 5
         output=str(tmp_path / "run"),
     )
-    run_flower_simulation(
+    # In process: the same apps and message stages as Flower's runtime (the two engines agree bit
+    # for bit, tests/simulations/test_inprocess_engine.py); a dropout is a ClientApp error reply.
+    run_in_process(
         config,
         client_mods=[
             Dropout.at("train", [2], rounds=[1]),  # crashes while training / masking
