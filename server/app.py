@@ -27,7 +27,9 @@ from privet.server.evaluation import ServerEvaluator
 from privet.server.prompt_grid import PromptGrid, is_http_grid
 from privet.server.results import (
     RoundCallback,
+    RoundRecord,
     RunResults,
+    progress_line,
     write_results,
 )
 from privet.server.run_output import LEDGER_DIR, RESULTS_FILE
@@ -157,6 +159,16 @@ def _train(
     return results
 
 
+class ProgressPrinter:
+    """Prints one line per finished round (what `flwr run --stream` shows while a run goes on)."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+
+    def __call__(self, record: RoundRecord) -> None:
+        print(progress_line(record, self.rounds), flush=True)
+
+
 def prompt(grid: Grid) -> Grid:
     """A `flwr run` grid (Flower's HttpGrid) that picks replies up as they come (`PromptGrid`).
 
@@ -175,14 +187,16 @@ def make_server_app(
     """A ServerApp; `fixed_config` (used by `privet simulate`) overrides Flower's run config.
 
     `on_round` is called after every round and `on_finish` with the results at the end, so an
-    in-process caller can show progress and read the outcome.
+    in-process caller can show progress and read the outcome. Without `on_round` (`flwr run`),
+    each round prints one line, which `flwr run --stream` shows as it happens.
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = fixed_config or RunConfig.from_mapping(context.run_config)
-        results = run_federated_training(prompt(grid), config, engine, on_round)
+        progress = on_round if on_round is not None else ProgressPrinter(config.rounds)
+        results = run_federated_training(prompt(grid), config, engine, progress)
         if on_finish is not None:
             on_finish(results)
         elif not results.finished:

@@ -35,6 +35,7 @@ __all__ = [
     "RoundRecord",
     "RunResults",
     "privet_version",
+    "progress_line",
     "round_record_from_json",
     "round_warning",
     "strict_json",
@@ -75,6 +76,32 @@ def round_warning(record: RoundRecord) -> str | None:
 
 
 RoundCallback = Callable[[RoundRecord], None]
+
+
+def progress_line(record: RoundRecord, rounds: int) -> str:
+    """One line on a finished round: test metrics, privacy so far, who trained, secure status."""
+    parts = [
+        f"round {record.round}/{rounds}: accuracy {record.accuracy:.4f}, loss {record.loss:.4f}",
+        f"max epsilon {record.epsilon_max:.4g} (example level)",
+    ]
+    if record.epsilon_client_level is not None:
+        parts.append(f"client-level epsilon {record.epsilon_client_level:.4g}")
+    parts.append(f"{record.clients_trained} of {len(record.sampled)} sampled clients trained")
+    if record.declined:
+        parts.append(f"{len(record.declined)} declined (budget)")
+    if record.failed:
+        parts.append(f"{record.failed} failed")
+    secure = record.secure_aggregation
+    if secure is not None:
+        status = str(secure.get("status"))
+        dropped = secure.get("dropped") or []
+        parts.append(
+            f"secure aggregation {status}"
+            + (f" ({len(dropped)} dropped)" if status == "ok" and dropped else "")
+        )
+    if record.no_update is not None:
+        parts.append(f"no update: {record.no_update}")
+    return "; ".join(parts)
 
 
 def round_record_from_json(data: dict[str, Any]) -> RoundRecord:

@@ -164,3 +164,25 @@ def test_an_unknown_epsilon_is_infinite_in_results_json(tmp_path):
     assert data["privacy"]["epsilon_unknown"] == [
         {"id": 3, "round": 2, "reason": "a client reply's 'epsilon' is not a number: None"}
     ]
+
+
+def test_a_progress_line_names_the_round_metrics_privacy_and_secure_status():
+    from privet.server.results import RoundRecord, progress_line
+
+    record = RoundRecord(
+        round=2,
+        accuracy=0.8722,
+        loss=0.6237,
+        epsilon_max=3.2109,
+        epsilon_by_client={0: 3.2109},
+        clients_trained=3,
+        sampled=[0, 1, 2, 4],
+        failed=1,
+        epsilon_client_level=1.25,
+        secure_aggregation={"status": "ok", "dropped": [4]},
+    )
+    assert progress_line(record, 5) == (
+        "round 2/5: accuracy 0.8722, loss 0.6237; max epsilon 3.211 (example level); "
+        "client-level epsilon 1.25; 3 of 4 sampled clients trained; 1 failed; "
+        "secure aggregation ok (1 dropped)"
+    )
