@@ -1,9 +1,10 @@
 """The report's figures: matplotlib figures rendered to PNG bytes, for embedding in HTML.
 
 Every function here takes plain numbers (lists, mappings) and returns the bytes of one PNG, so
-the report (`simulations.run_report`, `simulations.sweep_report`) decides what to plot and this module only how. Figures are
-built as `matplotlib.figure.Figure` objects on the Agg canvas, never through pyplot: no global
-backend, no global state, nothing left open, safe in a process that draws other things.
+the report (`simulations.run_report`, `simulations.sweep_report`) decides what to plot and this
+module only how. Figures are built as `matplotlib.figure.Figure` objects on the Agg canvas,
+never through pyplot: no global backend, no global state, nothing left open, safe in a process
+that draws other things.
 
 Sizes are modest (6 × 3.5 in at 100 dpi, about 30–60 kB a PNG) because a sweep report embeds
 half a dozen figures per run. Values that are not finite (an ε of infinity, a missing number)
