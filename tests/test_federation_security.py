@@ -27,7 +27,6 @@ from pathlib import Path
 import pytest
 
 from privet.certs import make_node_keys
-from tests import background
 from tests.federation import BIN, Federation, copy_app, free_port, node_files, wait_for
 
 EVIL_CLIENT = textwrap.dedent(
@@ -92,10 +91,8 @@ def evil_app(root: Path) -> Path:
     return app
 
 
-def rogue_attempts(tmp_path: Path) -> dict[str, object]:
-    """The scenario, in `tmp_path`: the honest run and every rogue attempt beside it. Returns
-    what the checks need beyond the files (started with the test session by
-    tests/background.py, or inline)."""
+@pytest.mark.long(60)
+def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
     started = time.monotonic()
     reference, files = node_files(tmp_path)
     output = tmp_path / "server-output"
@@ -195,43 +192,23 @@ def rogue_attempts(tmp_path: Path) -> dict[str, object]:
         assert stranger.wait(timeout=60) != 0
     finally:
         federation.close()
-    return {
-        "answers": answers,
-        "run_id": run_id,
-        "node_ids": federation.node_ids,
-        "elapsed": time.monotonic() - started,
-    }
-
-
-@pytest.mark.long(60)
-def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
-    folder = background.folder_of("rogue")
-    if folder is None:  # not started with the session (e.g. run with -k): run it here
-        folder, found = tmp_path, rogue_attempts(tmp_path)
-    else:
-        found = background.wait_for_verdict(folder)
-
-    def log(name: str) -> str:
-        return (folder / "deploy" / "logs" / f"{name}.log").read_text(errors="replace")
-
-    answers, run_id, node_ids = found["answers"], found["run_id"], found["node_ids"]
-    output, marker = folder / "server-output", folder / "stolen"
+    elapsed = time.monotonic() - started
 
     # The rogue's commands all fail on the gateway's 403 (Flower prints the status), and the
     # gateway logs each refusal; the SuperLink never saw them.
     for name, (code, text) in answers.items():
         print(f"rogue flwr {name}: exit {code}: {' '.join(text.split())[:400]}")
         assert code != 0 and "403" in text, text
-    gateway = log("gateway")
+    gateway = federation.log("gateway")
     for path in ("register-node", "list-runs", "stream-logs", "stop-run", "start-run"):
         assert f"refused POST '/v1/control/{path}' from 127.0.0.1" in gateway, gateway
-    assert "Failed to activate SuperNode" in log("stranger"), log("stranger")
+    assert "Failed to activate SuperNode" in federation.log("stranger"), federation.log("stranger")
 
     # The mole (registered, claiming client-id=0) was refused and never contacted by the run.
-    mole = node_ids["mole"]
-    run_log = log("flwr-run")
+    mole = federation.node_ids["mole"]
+    run_log = federation.log("flwr-run")
     assert f"node {mole} refused: it is not in node-clients" in run_log, run_log
-    assert f"[RUN {run_id}" not in log("mole")
+    assert f"[RUN {run_id}" not in federation.log("mole")
     results = json.loads((output / "results.json").read_text())
     assert results["finished"] is True
     assert sorted(client["id"] for client in results["clients"]) == [0, 1], results["clients"]
@@ -239,7 +216,7 @@ def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
 
     # The unsigned app ran on no honest node: each refused it, and nothing was written.
     for name in ("node0", "node1"):
-        assert "The FAB could not be verified" in log(name), log(name)
-        assert not Path(f"{marker}-{node_ids[name]}").exists()
-    assert "errors [True, True, True]" in log("evil-run"), log("evil-run")
-    print(f"security federation: {found['elapsed']:.1f} s")
+        assert "The FAB could not be verified" in federation.log(name), federation.log(name)
+        assert not Path(f"{marker}-{federation.node_ids[name]}").exists()
+    assert "errors [True, True, True]" in federation.log("evil-run"), federation.log("evil-run")
+    print(f"security federation: {elapsed:.1f} s")

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from privet.privacy import PrivacyLedger
-from tests import background
 from tests.federation import BIN, SENTINEL, Federation, copy_app, node_files, stop, wait_for
 
 ROUNDS = 3  # round 1 whole, round 2 after a node crash, round 3 after the server crash
@@ -26,10 +25,8 @@ def checkpoint_round(output: Path) -> int:
         return 0
 
 
-def crash_and_resume(tmp_path: Path) -> dict[str, object]:
-    """The scenario, in `tmp_path`: a secure federation whose node, then server, crash; the run
-    resumes. Returns what the checks need beyond the files (started with the test session by
-    tests/background.py, or inline)."""
+@pytest.mark.long(240)
+def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     reference, files = node_files(tmp_path)
     output = tmp_path / "server-output"
     app = copy_app(tmp_path)
@@ -92,21 +89,7 @@ def crash_and_resume(tmp_path: Path) -> dict[str, object]:
         )
     finally:
         federation.close()
-    server_side = (
-        federation.log("superlink") + federation.log("flwr-run") + federation.log("gateway")
-    )
-    return {"killed_after": killed_after, "server_side_log": server_side}
 
-
-@pytest.mark.long(240)
-def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
-    folder = background.folder_of("crash-and-resume")
-    if folder is None:  # not started with the session (e.g. run with -k): run it here
-        folder, found = tmp_path, crash_and_resume(tmp_path)
-    else:
-        found = background.wait_for_verdict(folder)
-    killed_after = found["killed_after"]
-    output = folder / "server-output"
     results = json.loads((output / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
     assert results["resumed_after_rounds"] == [killed_after]
@@ -121,11 +104,13 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     eps = [r["epsilon_by_client"] for r in results["rounds"]]
     for k in ("0", "1"):
         assert all(a[k] < b[k] for a, b in zip(eps, eps[1:], strict=False))
-        ledger = PrivacyLedger.load(folder / f"ledger-{k}" / f"client-{k}.json")
+        ledger = PrivacyLedger.load(tmp_path / f"ledger-{k}" / f"client-{k}.json")
         assert ledger.rounds() == list(range(1, ROUNDS + 1))
         assert abs(ledger.epsilon("rdp") - eps[-1][k]) < 1e-9
     assert results["rounds"][-1]["accuracy"] > 0.5
     # No raw data in anything the server side wrote.
-    server_side = str(found["server_side_log"])
+    server_side = (
+        federation.log("superlink") + federation.log("flwr-run") + federation.log("gateway")
+    )
     server_side += "".join(p.read_text() for p in output.glob("*.json"))
     assert f"{SENTINEL:g}" not in server_side
