@@ -247,7 +247,11 @@ class PrivetFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Flower's API for a plain round: sample, and the TRAIN messages with the global model."""
+        """Flower's API for a plain round: sample, and the TRAIN messages with the global model.
+
+        A secure round is not one exchange of TRAIN messages: it runs through `train_round`
+        (as `start` does), which uses the strategy's aggregation step.
+        """
         self.sample_round(server_round, arrays, config, grid)
         train = TrainRound(server_round, arrays, config, grid, timeout=0.0)
         return PlainAggregation().messages(self.book, train)
