@@ -34,27 +34,29 @@ def test_flwr_run_trains_and_writes_results(tmp_path):
         FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
         PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
     )
-    superlink = subprocess.Popen(
-        [
-            str(BIN / "flower-superlink"),
-            "--insecure",
-            "--simulation",
-            "--isolation",
-            "subprocess",
-            "--control-api-address",
-            f"127.0.0.1:{control_port}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(http_port),
-            "--database",
-            ":flwr-in-memory:",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    superlink_log = tmp_path / "superlink.log"  # shown when the run fails (it runs the ServerApp)
+    with superlink_log.open("wb") as log:
+        superlink = subprocess.Popen(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--isolation",
+                "subprocess",
+                "--control-api-address",
+                f"127.0.0.1:{control_port}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(http_port),
+                "--database",
+                ":flwr-in-memory:",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -81,7 +83,12 @@ def test_flwr_run_trains_and_writes_results(tmp_path):
             text=True,
             timeout=400,
         )
-        printed = run.stdout[-6000:] + run.stderr[-3000:]
+        printed = (
+            run.stdout[-6000:]
+            + run.stderr[-3000:]
+            + "\n--- superlink ---\n"
+            + superlink_log.read_text(errors="replace")[-6000:]
+        )
         assert run.returncode == 0, printed
         assert (output / "results.json").is_file(), "no results.json; flwr run printed:\n" + printed
         results = json.loads((output / "results.json").read_text())
