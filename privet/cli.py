@@ -43,6 +43,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from privet.budget import BudgetError
     from privet.certs import CertError
     from privet.client.local_plan import PlanError
+    from privet.node import NodeError
     from privet.privacy import AccountingError, CalibrationError, LedgerError
     from privet.privacy.storage import LockError
     from privet.simulations.report import ReportError
@@ -65,6 +66,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CertError,
         SweepError,
         ReportError,
+        NodeError,
     )
 
 
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     from privet.report_command import add_report_parser
 
     add_report_parser(commands)
+    from privet.node import add_node_parser
+
+    add_node_parser(commands)
     return parser
 
 
@@ -276,7 +281,9 @@ def _resume(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `privet` console script; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "node":  # only `privet node` passes flags on (to Flower)
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     try:
@@ -300,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from privet.report_command import run_report
 
             return run_report(args)
+        if args.command == "node":
+            from privet.node import run_node
+
+            return run_node(rest)
     except _user_errors() as error:
         print(f"privet: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -40,8 +40,8 @@ def write_csv(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
 
 
-def node_files(root: Path) -> tuple[Path, list[Path]]:
-    """The server's reference CSV (schema and test set) and three nodes' own, disjoint CSVs."""
+def node_files(root: Path, nodes: int = 3) -> tuple[Path, list[Path]]:
+    """The server's reference CSV (schema and test set) and `nodes` nodes' own, disjoint CSVs."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -49,14 +49,14 @@ def node_files(root: Path) -> tuple[Path, list[Path]]:
     x, y = x[order], y[order]
     reference = root / "reference.csv"
     write_csv(reference, x[:400], y[:400])
-    nodes = []
-    for k, rows in enumerate(np.array_split(np.arange(400, len(y)), 3)):
+    files = []
+    for k, rows in enumerate(np.array_split(np.arange(400, len(y)), nodes)):
         features = x[rows].copy()
         if k == 0:
             features[0, 5] = SENTINEL
-        nodes.append(root / f"node-{k}.csv")
-        write_csv(nodes[-1], features, y[rows])
-    return reference, nodes
+        files.append(root / f"node-{k}.csv")
+        write_csv(files[-1], features, y[rows])
+    return reference, files
 
 
 def free_port() -> int:
@@ -373,13 +373,17 @@ class Federation:
             raise AssertionError(f"{process.args} ran past {timeout} s:\n{output}") from None
         return process.returncode, output
 
-    def start_node(self, name: str, private_key: Path, node_config: str) -> subprocess.Popen:
+    def start_node(
+        self, name: str, private_key: Path, node_config: str, *, warm: bool = True
+    ) -> subprocess.Popen:
         """Start a SuperNode that reaches the SuperLink through the gateway and trusts only apps
-        signed by the coordinator."""
+        signed by the coordinator: `privet node` (README), or with `warm=False` Flower's plain
+        `flower-supernode` (a fresh ClientApp process per message)."""
+        program = [str(BIN / "privet"), "node"] if warm else [str(BIN / "flower-supernode")]
         return self.start(
             name,
             [
-                str(BIN / "flower-supernode"),
+                *program,
                 "--superlink",
                 f"127.0.0.1:{self.fleet_port}",
                 "--root-certificates",

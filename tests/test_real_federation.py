@@ -6,6 +6,7 @@ then the server side is killed, the node restarted, and the run resumed from its
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -90,6 +91,11 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     finally:
         federation.close()
 
+    # Every node served its messages from warm forks (privet node), one process per message.
+    for k in range(3):
+        log = federation.log(f"node{k}")
+        served = re.findall(r"privet node: stopped after (\d+) messages", log)
+        assert served and int(served[-1]) > 0, log
     results = json.loads((output / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
     assert results["resumed_after_rounds"] == [killed_after]

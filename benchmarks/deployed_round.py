@@ -1,0 +1,218 @@
+"""A deployed round against the same round in process: the README's federation, timed.
+
+What: the README's secure deployment on 127.0.0.1 (TLS, node authentication, the Fleet gateway,
+an app signed by the coordinator, `node-clients`), with ``--nodes`` nodes (default 4) that each
+hold their own CSV (digits, disjoint rows) and train with Opacus DP-SGD at target ε 4, for
+``--rounds`` rounds (default 4), in four set-ups run one after another in this process' children:
+
+- ``warm/plain`` and ``warm/secure``: nodes started with ``privet node`` (README), without and with
+  secure aggregation;
+- ``cold/plain`` and ``cold/secure``: nodes started with Flower's plain ``flower-supernode`` (a
+  fresh ClientApp process, and fresh imports, for every message), the baseline.
+
+The reference is the in-process engine on the same configuration (the reference CSV split into
+``--nodes`` clients, so the clients' row counts differ from the nodes' files by a few tens of rows
+each; the model, DP plan, rounds and secure aggregation are the same).
+
+Timing: the parent polls the server's ``checkpoint.json`` every 0.05 s and stamps the moment each
+round first appears there (after the round's aggregation, evaluation and checkpoint). A round's
+time is the gap between two stamps; ``steady round`` is the median over rounds 2..R (round 1 also
+holds discovery); ``first update`` is the moment node 0's ledger first records a release, from
+``flwr run``'s start (an upper bound on its first training step). The in-process engine is timed
+the same way through its round callback.
+
+Ratios printed: deployed steady round / in-process steady round, and secure / plain for each kind
+of node. A set-up that does not finish all rounds is an error, not a measurement.
+
+    .venv/bin/python -m benchmarks.deployed_round                # 4 nodes, 4 rounds (~6-10 min)
+    .venv/bin/python -m benchmarks.deployed_round --setups warm/plain,warm/secure --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.federation import BIN, Federation, copy_app, node_files
+
+SETUPS = ("warm/plain", "warm/secure", "cold/plain", "cold/secure")
+
+
+@dataclass
+class Timing:
+    """When each round ended, from the start of the run, and when node 0 first released."""
+
+    setup: str
+    round_ends: list[float] = field(default_factory=list)
+    first_update: float | None = None
+    error: str | None = None
+
+    @property
+    def steady(self) -> float | None:
+        gaps = [b - a for a, b in zip(self.round_ends, self.round_ends[1:], strict=False)]
+        return statistics.median(gaps) if gaps else None
+
+
+def run_config(reference: Path, output: Path, nodes: int, rounds: int, secure: bool) -> str:
+    """The run configuration every set-up shares (README's keys)."""
+    return (
+        f"dataset='csv' data-file='{reference}' label-column='label' clients={nodes} "
+        f"rounds={rounds} local-epochs=1 target-epsilon=4.0 "
+        f"secure-aggregation={'true' if secure else 'false'} secagg-timeout=60 "
+        f"round-timeout=120 output='{output}'"
+    )
+
+
+def checkpoint_round(output: Path) -> int:
+    try:
+        return int(json.loads((output / "checkpoint.json").read_text())["round"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: float) -> Timing:
+    """One deployed run of `setup`; its round stamps."""
+    kind, mode = setup.split("/")
+    timing = Timing(setup)
+    reference, files = node_files(root, nodes)
+    output = root / "server-output"
+    federation = Federation(root / "deploy")
+    spec = federation.publish(copy_app(root))
+    try:
+        federation.start_superlink()
+        federation.start_gateway()
+        names = [f"node{k}" for k in range(nodes)]
+        keys = federation.register(*names)
+        for k, name in enumerate(names):
+            federation.start_node(
+                name,
+                keys[name],
+                f"client-id={k} data-file='{files[k]}' ledger-dir='{root / f'ledger-{k}'}'",
+                warm=kind == "warm",
+            )
+        deadline = time.monotonic() + 120
+        while federation.online_nodes() < nodes:
+            if time.monotonic() > deadline:
+                timing.error = "the nodes did not come online within 120 s"
+                return timing
+            time.sleep(0.5)
+        config = run_config(reference, output, nodes, rounds, mode == "secure")
+        config += f" node-clients='{federation.node_clients(dict(zip(names, range(nodes))))}'"
+        ledger = root / "ledger-0" / "client-0.json"
+        start = time.monotonic()
+        federation.start(
+            "flwr-run", [str(BIN / "flwr"), "run", spec, "privet", "--run-config", config]
+        )
+        seen = 0
+        while seen < rounds and time.monotonic() - start < limit_s:
+            now = checkpoint_round(output)
+            while seen < now:
+                seen += 1
+                timing.round_ends.append(time.monotonic() - start)
+            if timing.first_update is None and ledger.exists():
+                timing.first_update = time.monotonic() - start
+            time.sleep(0.05)
+        if seen < rounds:
+            timing.error = f"{seen} of {rounds} rounds within {limit_s:.0f} s"
+    finally:
+        federation.close()
+    return timing
+
+
+def time_in_process(root: Path, nodes: int, rounds: int, secure: bool) -> Timing:
+    """The same configuration on the in-process engine, timed through its round callback."""
+    from privet.simulations.engines import run_simulation_with
+    from privet.task.config import RunConfig
+
+    reference, _ = node_files(root, nodes)
+    config = RunConfig.from_mapping(
+        {
+            "dataset": "csv",
+            "data-file": str(reference),
+            "label-column": "label",
+            "clients": nodes,
+            "rounds": rounds,
+            "local-epochs": 1,
+            "target-epsilon": 4.0,
+            "secure-aggregation": secure,
+            "output": str(root / "in-process"),
+        }
+    )
+    timing = Timing(f"in-process/{'secure' if secure else 'plain'}")
+    start = time.monotonic()
+    results = run_simulation_with(
+        "in-process", config, lambda *_: timing.round_ends.append(time.monotonic() - start)
+    )
+    if not results.finished:
+        timing.error = results.failure_reason or "did not finish"
+    return timing
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--setups", default=",".join(SETUPS), help=f"of {', '.join(SETUPS)}")
+    parser.add_argument("--limit", type=float, default=600, help="seconds a set-up may take")
+    parser.add_argument("--json", type=Path, help="also write the timings here")
+    args = parser.parse_args(argv)
+    setups = [s for s in args.setups.split(",") if s]
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown or args.nodes < 2 or args.rounds < 2:
+        parser.error(f"choose set-ups from {SETUPS}, at least 2 nodes and 2 rounds")
+    timings: dict[str, Timing] = {}
+    with tempfile.TemporaryDirectory(prefix="privet-deployed-") as tmp:
+        root = Path(tmp)
+        for mode in ("plain", "secure"):
+            if any(s.endswith(mode) for s in setups):
+                folder = root / f"in-process-{mode}"
+                folder.mkdir()
+                timings[f"in-process/{mode}"] = time_in_process(
+                    folder, args.nodes, args.rounds, mode == "secure"
+                )
+        for setup in setups:
+            folder = root / setup.replace("/", "-")
+            folder.mkdir()
+            print(f"running {setup} ...", file=sys.stderr, flush=True)
+            timings[setup] = time_deployment(folder, setup, args.nodes, args.rounds, args.limit)
+    print(
+        f"\nDeployed rounds, {args.nodes} nodes on 127.0.0.1 (TLS, node authentication, gateway), "
+        f"{args.rounds} rounds, digits CSV, Opacus DP-SGD at target ε 4"
+    )
+    print(
+        f"{'set-up':<20}{'round 1 s':>10}{'steady s':>10}{'1st update s':>14}{'vs in-process':>15}"
+    )
+    for name, timing in timings.items():
+        if timing.error:
+            print(f"{name:<20}ERROR: {timing.error}")
+            continue
+        mode = name.split("/")[1]
+        reference = timings.get(f"in-process/{mode}")
+        ratio = (
+            f"{timing.steady / reference.steady:.1f}x"
+            if timing.steady and reference and reference.steady and not name.startswith("in-")
+            else ""
+        )
+        first = f"{timing.first_update:.1f}" if timing.first_update is not None else ""
+        steady = f"{timing.steady:.2f}" if timing.steady else ""
+        print(f"{name:<20}{timing.round_ends[0]:>10.1f}{steady:>10}{first:>14}{ratio:>15}")
+    for kind in ("warm", "cold"):
+        plain, secure = timings.get(f"{kind}/plain"), timings.get(f"{kind}/secure")
+        if plain and secure and plain.steady and secure.steady:
+            print(f"secure / plain ({kind} nodes): {secure.steady / plain.steady:.2f}")
+    warm, cold = timings.get("warm/plain"), timings.get("cold/plain")
+    if warm and cold and warm.steady and cold.steady:
+        print(f"cold / warm nodes (plain): {cold.steady / warm.steady:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({k: vars(v) for k, v in timings.items()}, indent=1))
+    return 1 if any(t.error for t in timings.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

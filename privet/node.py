@@ -1,0 +1,170 @@
+"""`privet node`: a partner's SuperNode with warm ClientApp processes.
+
+It starts Flower's own `flower-supernode` with the partner's arguments unchanged, in Flower's
+`--isolation process` mode, and serves that SuperNode's messages itself (privet.client.warm_exec):
+each message runs in a fresh process forked from this one, which has already imported torch,
+Opacus, Flower and Privet's client, instead of a `flwr-clientapp` process that imports them again.
+Nothing else changes: the same TLS, node authentication, trusted app publishers, node config and
+Runtime API address (`--host`/`--port`, loopback by default) as `flower-supernode`.
+
+Only this process may take the SuperNode's tasks: a random secret, in a private file read by the
+SuperNode at start and removed once it answers, authenticates every request for a task (Flower's
+SuperExec authentication, which Flower's default mode leaves off).
+
+Lifetimes are tied both ways: the SuperNode is sent SIGTERM by the kernel if this process dies
+(even by SIGKILL), and this process stops (with the SuperNode's exit status) when the SuperNode
+exits. SIGTERM or Ctrl-C stops both, the SuperNode within STOP_SUPERNODE_WITHIN_S.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+SUPERNODE_DEFAULT_RUNTIME = ("127.0.0.1", 9094)
+"""Flower 1.42's flower-supernode Runtime API address when --host/--port are not given."""
+STOP_SUPERNODE_WITHIN_S = 15.0
+REFUSED_SUPERNODE_FLAGS = ("--isolation", "--superexec-auth-secret-file")
+"""flower-supernode flags `privet node` sets itself."""
+_PR_SET_PDEATHSIG = 1
+
+
+class NodeError(ValueError):
+    """A `privet node` command line that cannot start a node; the message says what to change."""
+
+
+def add_node_parser(commands: argparse._SubParsersAction) -> None:
+    """`privet node FLOWER_SUPERNODE_ARGUMENTS...`."""
+    commands.add_parser(
+        "node",
+        help="run a partner's SuperNode with warm ClientApp processes (flower-supernode's flags)",
+        description="Start flower-supernode with the given flags (all of them are Flower's: "
+        "--superlink, --root-certificates, --auth-supernode-private-key, --trusted-entities, "
+        "--node-config, --host, --port, ...) and run its ClientApp messages in processes that "
+        "have torch, Opacus and Flower already imported. Stop it with SIGTERM or Ctrl-C.",
+        allow_abbrev=False,
+    )
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` in argv (the last one given), else None."""
+    value = None
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif item.startswith(flag + "="):
+            value = item.split("=", 1)[1]
+    return value
+
+
+def runtime_api_address(supernode_args: Sequence[str]) -> str:
+    """The address of the SuperNode's Runtime API, as this process reaches it."""
+    host = _flag_value(supernode_args, "--host") or SUPERNODE_DEFAULT_RUNTIME[0]
+    port = _flag_value(supernode_args, "--port") or str(SUPERNODE_DEFAULT_RUNTIME[1])
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise NodeError(f"--port {port} is not a port number; give 1-65535")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # served on every interface, reached on loopback
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def supernode_command(supernode_args: Sequence[str], secret_file: Path) -> list[str]:
+    """The flower-supernode command line: the partner's flags plus process isolation."""
+    for flag in REFUSED_SUPERNODE_FLAGS:
+        if any(item == flag or item.startswith(flag + "=") for item in supernode_args):
+            raise NodeError(f"privet node sets {flag} itself; leave it out")
+    if not any(item == "--superlink" or item.startswith("--superlink=") for item in supernode_args):
+        raise NodeError("give --superlink HOST:PORT (the coordinator's Fleet address)")
+    executable = Path(sys.executable).with_name("flower-supernode")
+    program = str(executable) if executable.exists() else shutil.which("flower-supernode")
+    if program is None:
+        raise NodeError("flower-supernode is not installed here; run scripts/setup.sh")
+    return [
+        program,
+        *supernode_args,
+        "--isolation",
+        "process",
+        "--superexec-auth-secret-file",
+        str(secret_file),
+    ]
+
+
+def _die_with_parent() -> None:
+    """In the SuperNode's process before it starts: SIGTERM when `privet node` dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def run_node(supernode_args: Sequence[str]) -> int:
+    """Start the SuperNode and serve its messages until it exits or this process is stopped.
+
+    Returns the SuperNode's exit status (0 when this process was stopped by a signal).
+    """
+    from privet.client import warm_exec
+
+    if not supernode_args:
+        raise NodeError("give flower-supernode's flags, e.g. --superlink HOST:PORT ...")
+    address = runtime_api_address(supernode_args)
+    secret_dir = Path(tempfile.mkdtemp(prefix="privet-node-"))  # mode 0700
+    secret_file = secret_dir / "superexec.secret"
+    secret = secrets.token_bytes(32)
+    try:
+        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secret)
+        command = supernode_command(supernode_args, secret_file)
+        print("privet node: loading torch, Opacus and Flower once for every message", flush=True)
+        warm_exec.warm_up()
+        supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        stopping = False
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        executor = warm_exec.ForkExecutor()
+
+        def keep_going() -> bool:
+            if executor.connected and secret_file.exists():
+                secret_file.unlink()  # the SuperNode answered, so it read the secret at start
+            return not stopping and supernode.poll() is None
+
+        print(f"privet node: serving the SuperNode's messages (Runtime API {address})", flush=True)
+        try:
+            warm_exec.serve_tasks(address, keep_going, executor, secret=secret)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if supernode.poll() is None:
+                supernode.terminate()
+                try:
+                    supernode.wait(timeout=STOP_SUPERNODE_WITHIN_S)
+                except subprocess.TimeoutExpired:
+                    supernode.kill()
+                    supernode.wait()
+        code = supernode.returncode
+        print(
+            f"privet node: stopped after {executor.finished} messages "
+            f"({executor.failed} failed); SuperNode exit status {code}",
+            flush=True,
+        )
+        if stopping:
+            return 0
+        return 1 if code < 0 else code  # < 0: the SuperNode was killed by a signal
+    finally:
+        shutil.rmtree(secret_dir, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""`privet node`: flower-supernode in process isolation with a warm, authenticated executor.
+
+A whole federation served by `privet node` is tests/test_real_federation.py (and the security
+scenario); here: the command line, the lifetimes tied both ways, and that only the node's own
+executor may take its tasks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+
+from privet.cli import main
+from privet.node import runtime_api_address
+from tests.federation import BIN, descendants, free_port, running, stop, wait_for
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "give flower-supernode's flags"),
+        (["--insecure"], "give --superlink HOST:PORT"),
+        (["--superlink", "127.0.0.1:1", "--isolation", "subprocess"], "sets --isolation itself"),
+        (
+            ["--superlink", "127.0.0.1:1", "--superexec-auth-secret-file=x"],
+            "sets --superexec-auth-secret-file itself",
+        ),
+        (["--superlink", "127.0.0.1:1", "--port", "99999"], "--port 99999 is not a port number"),
+    ],
+)
+def test_a_node_command_line_that_cannot_work_is_one_line(argv, expected, capsys):
+    assert main(["node", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err, err
+
+
+def test_other_commands_still_refuse_flags_they_do_not_know(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["budget", "--no-such-flag"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_the_runtime_address_is_the_supernodes_host_and_port_reached_on_loopback():
+    assert runtime_api_address(["--superlink", "x:1"]) == "127.0.0.1:9094"  # Flower's default
+    assert runtime_api_address(["--host", "0.0.0.0", "--port", "9301"]) == "127.0.0.1:9301"
+    assert runtime_api_address(["--host=10.0.0.5", "--port=9301"]) == "10.0.0.5:9301"
+    assert runtime_api_address(["--host", "::1", "--port", "9301"]) == "[::1]:9301"
+
+
+def start_node(tmp_path: Path, port: int) -> subprocess.Popen:
+    """`privet node` against a SuperLink that is not there (the SuperNode keeps retrying)."""
+    log = (tmp_path / "node.log").open("ab")
+    return subprocess.Popen(
+        [
+            str(BIN / "privet"),
+            "node",
+            "--superlink",
+            f"127.0.0.1:{free_port()}",
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home")},
+    )
+
+
+def supernode_of(node: subprocess.Popen, tmp_path: Path) -> tuple[int, list[str]]:
+    """The PID and command line of the flower-supernode that `privet node` started."""
+    found: list[tuple[int, list[str]]] = []
+
+    def started() -> bool:
+        for pid in descendants(node.pid):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if any(item.endswith("flower-supernode") for item in argv[:2]):
+                found.append((pid, argv))
+                return True
+        return False
+
+    wait_for(started, 60, lambda: (tmp_path / "node.log").read_text())
+    return found[0]
+
+
+def acquire_without_the_secret(port: int) -> int | None:
+    """The HTTP status the SuperNode gives an ask for a task that is not signed (None: it does
+    not listen yet)."""
+    try:
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/v1/runtime/acquire-task",
+            content=AcquireTaskRequest(supported_task_types=["clientapp"]).SerializeToString(),
+            headers={"content-type": "application/protobuf"},
+            timeout=10,
+        )
+    except httpx.TransportError:
+        return None
+    return reply.status_code
+
+
+def test_only_the_nodes_own_executor_takes_its_tasks_and_sigterm_stops_both(tmp_path):
+    port = free_port()
+    node = start_node(tmp_path, port)
+    try:
+        supernode, argv = supernode_of(node, tmp_path)
+        assert argv[argv.index("--isolation") + 1] == "process"
+        secret = Path(argv[argv.index("--superexec-auth-secret-file") + 1])
+        wait_for(
+            lambda: acquire_without_the_secret(port) is not None,
+            60,
+            lambda: (tmp_path / "node.log").read_text(),
+        )
+        assert acquire_without_the_secret(port) == 401
+        # Once the executor is in, the secret the SuperNode read at start is gone from disk.
+        wait_for(lambda: not secret.exists(), 30, lambda: f"{secret} stayed")
+        os.kill(node.pid, signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+        wait_for(lambda: not running(supernode), 20, lambda: "the SuperNode outlived privet node")
+        assert "privet node: stopped after 0 messages" in (tmp_path / "node.log").read_text()
+        assert not secret.parent.exists()
+    finally:
+        stop(node)
+
+
+def test_a_killed_node_takes_its_supernode_along_and_a_dead_supernode_ends_the_node(tmp_path):
+    first = start_node(tmp_path, free_port())
+    second = start_node(tmp_path, free_port())
+    try:
+        supernode, _ = supernode_of(first, tmp_path)
+        os.kill(first.pid, signal.SIGKILL)  # no handler runs: the kernel tells the SuperNode
+        wait_for(lambda: not running(supernode), 20, lambda: "the SuperNode outlived privet node")
+        supernode, _ = supernode_of(second, tmp_path)
+        os.kill(supernode, signal.SIGKILL)
+        assert second.wait(timeout=30) == 1  # the node cannot serve without its SuperNode
+    finally:
+        stop(first)
+        stop(second)
