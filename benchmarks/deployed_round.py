@@ -103,7 +103,8 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
                 return timing
             time.sleep(0.5)
         config = run_config(reference, output, nodes, rounds, mode == "secure")
-        config += f" node-clients='{federation.node_clients(dict(zip(names, range(nodes))))}'"
+        clients = federation.node_clients({name: k for k, name in enumerate(names)})
+        config += f" node-clients='{clients}'"
         ledger = root / "ledger-0" / "client-0.json"
         start = time.monotonic()
         federation.start(
