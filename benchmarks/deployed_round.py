@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=float, default=600, help="seconds a set-up may take")
     parser.add_argument("--json", type=Path, help="also write the timings here")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every federation started here is stopped by its PIDs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     setups = [s for s in args.setups.split(",") if s]
     unknown = [s for s in setups if s not in SETUPS]
     if unknown or args.nodes < 2 or args.rounds < 2:

@@ -58,6 +58,8 @@ ASK_WITHIN_S = 2.0
 """How long one ask for a task may retry a Runtime API that does not answer (the SuperNode is
 starting or has stopped) before the loop looks at `keep_going` again."""
 STOP_CHILDREN_WITHIN_S = 5.0
+PROFILE_ENV = "PRIVET_NODE_PROFILE"
+"""A folder: when set, each message's process writes its cProfile statistics there (diagnosis)."""
 ACQUIRE = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 """The Runtime API call that hands out a task: the one the SuperExec secret protects."""
 """How long a message's process gets to stop after SIGTERM when the node stops."""
@@ -74,6 +76,13 @@ def run_task_in_this_process(spec: ExecutionSpec) -> int:
     from flwr.supercore.tls import validate_and_resolve_root_certificates
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    profile_dir = os.environ.get(PROFILE_ENV)
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         run_clientapp(
             runtime_api_address=spec.runtime_api_address,
@@ -87,6 +96,10 @@ def run_task_in_this_process(spec: ExecutionSpec) -> int:
         )
     except SystemExit as done:  # Flower ends every task with sys.exit
         return done.code if isinstance(done.code, int) else 1
+    finally:
+        if profiler is not None and profile_dir:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_dir, f"task-{spec.task_id}.prof"))
     return 0
 
 

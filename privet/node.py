@@ -1,7 +1,9 @@
 """`privet node`: a partner's SuperNode with warm ClientApp processes.
 
 It starts Flower's own `flower-supernode` with the partner's arguments unchanged, in Flower's
-`--isolation process` mode, and serves that SuperNode's messages itself (privet.client.warm_exec):
+`--isolation process` mode and asking for messages promptly while a run is active
+(privet.client.prompt_supernode), and serves that SuperNode's messages itself
+(privet.client.warm_exec):
 each message runs in a fresh process forked from this one, which has already imported torch,
 Opacus, Flower and Privet's client, instead of a `flwr-clientapp` process that imports them again.
 Nothing else changes: the same TLS, node authentication, trusted app publishers, node config and
@@ -82,18 +84,20 @@ def runtime_api_address(supernode_args: Sequence[str]) -> str:
 
 
 def supernode_command(supernode_args: Sequence[str], secret_file: Path) -> list[str]:
-    """The flower-supernode command line: the partner's flags plus process isolation."""
+    """The SuperNode's command line.
+
+    Flower's flower-supernode with the partner's flags, process isolation and the executor's secret.
+    """
     for flag in REFUSED_SUPERNODE_FLAGS:
         if any(item == flag or item.startswith(flag + "=") for item in supernode_args):
             raise NodeError(f"privet node sets {flag} itself; leave it out")
     if not any(item == "--superlink" or item.startswith("--superlink=") for item in supernode_args):
         raise NodeError("give --superlink HOST:PORT (the coordinator's Fleet address)")
-    executable = Path(sys.executable).with_name("flower-supernode")
-    program = str(executable) if executable.exists() else shutil.which("flower-supernode")
-    if program is None:
-        raise NodeError("flower-supernode is not installed here; run scripts/setup.sh")
+    # Flower's flower-supernode entry point, with prompt polling (privet.client.prompt_supernode)
     return [
-        program,
+        sys.executable,
+        "-m",
+        "privet.client.prompt_supernode",
         *supernode_args,
         "--isolation",
         "process",

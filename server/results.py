@@ -66,6 +66,8 @@ class RoundRecord:
     bad_replies: list[dict[str, Any]] = field(default_factory=list)
     excluded: list[int] = field(default_factory=list)
     no_update: str | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """Clients' error replies: {"client": id or None, "stage": ..., "reason": one line}."""
 
 
 def round_warning(record: RoundRecord) -> str | None:
@@ -152,6 +154,8 @@ class RunResults:
     excluded: dict[int, tuple[int, str]] = field(default_factory=dict)
     epsilon_unknown: dict[int, tuple[int, str]] = field(default_factory=dict)
     missing_values: MissingValues | None = None  # tabular data: counts and the policy's action
+    left_out: dict[int, str] = field(default_factory=dict)
+    """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
 
     def rounds_without_update(self) -> list[int]:
         """The rounds in which no client's update reached the model."""
@@ -191,11 +195,33 @@ class RunResults:
             )
         for client, (at, why) in sorted(self.excluded.items()):
             lines.append(f"client {client} was excluded from sampling after round {at}: {why}")
+        for node, why in sorted(self.left_out.items()):
+            lines.append(f"node {node} took no part: {why}")
+        lines.extend(self.failure_lines())
         if self.model_worse_than_initial():
             lines.append(
                 f"the final model is worse than the initial one: test accuracy "
                 f"{self.rounds[-1].accuracy:.4f} after round {self.rounds[-1].round}, "
                 f"{self.initial_accuracy:.4f} before training"
+            )
+        return lines
+
+    def failure_lines(self) -> list[str]:
+        """One line per client whose node replied with an error: its rounds and last reason."""
+        failed: dict[object, tuple[list[int], str, str]] = {}
+        for record in self.rounds:
+            for failure in record.failures:
+                rounds, _, _ = failed.setdefault(failure["client"], ([], "", ""))
+                if record.round not in rounds:
+                    rounds.append(record.round)
+                failed[failure["client"]] = (rounds, str(failure["stage"]), str(failure["reason"]))
+        lines = []
+        for client, (rounds, stage, reason) in failed.items():
+            who = "a client of an unknown node" if client is None else f"client {client}"
+            where = ", ".join(map(str, rounds))
+            lines.append(
+                f"{who} failed in round{'s' if len(rounds) > 1 else ''} {where} "
+                f"(last at {stage}: {reason})"
             )
         return lines
 
@@ -319,6 +345,9 @@ class RunResults:
             "excluded": [
                 {"id": client, "round": at, "reason": why}
                 for client, (at, why) in sorted(self.excluded.items())
+            ],
+            "left_out": [
+                {"node": node, "reason": why} for node, why in sorted(self.left_out.items())
             ],
             "client_level": self.client_level,
             "secure_aggregation": self._secure_aggregation_summary(),

@@ -9,6 +9,7 @@ results.json (`server.app.RunRecorder`).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from flwr.app import Message, MetricRecord, RecordDict
@@ -42,6 +43,8 @@ class RoundOutcome:
     """Why no client's update reached the model this round (None when one did)."""
     first_error: str | None = None
     """The first error a client replied with this round (for `no_update`)."""
+    failures: list[dict[str, object]] = field(default_factory=list)
+    """Error replies this round: {"client": id or None, "stage": ..., "reason": one line}."""
 
 
 class RoundBook:
@@ -93,9 +96,29 @@ class RoundBook:
         replied.add(cid)
         return cid
 
-    def log_failure(self, server_round: int, reason: str | None) -> None:
-        """Log a client's error reply (its count and first reason are in the round's outcome)."""
-        logger.warning("a client failed in round %d: %s", server_round, reason)
+    def client_failed(
+        self, server_round: int, reply: Message, stage: str, *, counted: bool = True
+    ) -> None:
+        """Record a client's error reply.
+
+        Its client, stage and reason (one line) are kept for results.json and logged; `counted`
+        ones (train and masked-input replies) also count as the round's `failed` clients.
+        """
+        outcome = self.outcome(server_round)
+        raw = reply.error.reason
+        reason = error_text(raw)
+        client = self.client_of_node.get(reply.metadata.src_node_id)
+        if counted:
+            outcome.failed += 1
+            outcome.first_error = outcome.first_error or raw
+        outcome.failures.append({"client": client, "stage": stage, "reason": reason})
+        logger.warning(
+            "round %d: client %s failed at %s: %s",
+            server_round,
+            "?" if client is None else client,
+            stage,
+            reason,
+        )
 
     def bad_reply(self, server_round: int, client: int | None, stage: str, reason: str) -> None:
         """Drop a client's reply for this round, with a logged reason kept for results.json."""
@@ -152,3 +175,16 @@ class RoundBook:
                 "clients-declined": len(outcome.declined),
             }
         )
+
+
+def error_text(reason: str | None) -> str:
+    """A node's error reply as one readable line.
+
+    Flower writes a ClientApp's exception as "<class 'pkg.ErrorName'>:<'message'>", which becomes
+    "ErrorName: message".
+    """
+    text = " ".join(str(reason or "no reason given").split())
+    match = re.fullmatch(r"<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>", text)
+    if match:
+        text = f"{match.group(1)}: {match.group(2)}"
+    return text[:300]

@@ -44,6 +44,7 @@ class RunRecorder:
         results.declines = dict(strategy.declined_at)
         results.excluded = dict(strategy.excluded)
         results.epsilon_unknown = strategy.privacy.unknown()
+        results.left_out = strategy.left_out()
         results.client_level = strategy.release.summary()
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -53,6 +54,7 @@ class RunRecorder:
         results = self.results
         if server_round == 0:
             results.initial_accuracy, results.initial_loss = accuracy, loss
+            self.collect()  # who was left out at the start is known now
             return metrics
         strategy = self.strategy
         outcome = strategy.outcomes[server_round]
@@ -75,6 +77,7 @@ class RunRecorder:
             bad_replies=outcome.bad_replies,
             excluded=outcome.excluded,
             no_update=outcome.no_update,
+            failures=outcome.failures,
         )
         results.rounds.append(record)
         self.collect()

@@ -157,10 +157,7 @@ class SecureAggregation(AggregationStep):
                     )
                     continue
                 if reply.has_error():
-                    logger.warning("client %s dropped at '%s': %s", cid, stage, reply.error.reason)
-                    if stage == "masked_input":
-                        outcome.failed += 1
-                        outcome.first_error = outcome.first_error or reply.error.reason
+                    book.client_failed(server_round, reply, stage, counted=stage == "masked_input")
                     continue
                 if cid in replied:  # only its first report counts; the protocol drops it
                     answers.append((cid, {}))

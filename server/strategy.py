@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from privet.server.checkpoint import generator_state, restore_generator
 from privet.server.federation_privacy import ClientReportError, FederationPrivacy
 from privet.server.prompt_grid import PromptGrid, is_http_grid
-from privet.server.round_book import RoundBook, RoundOutcome
+from privet.server.round_book import RoundBook, RoundOutcome, error_text
 from privet.server.sampling import ClientSampler
 from privet.server.server_optimizer import ServerOptimizer, ServerSGD
 from privet.server.update_release import FedAvgRelease, UpdateRelease
@@ -91,8 +91,12 @@ class PrivetFedAvg(FedAvg):
         release: UpdateRelease | None = None,
         aggregation: AggregationStep | None = None,
         optimizer: ServerOptimizer | None = None,
+        min_trained: int | None = None,
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, min_available_nodes=1)
+        self.min_trained = min_trained
+        """The fewest clients whose updates must reach the model in a round (run setting)."""
+        self.too_few_trained: str | None = None
         self.book = RoundBook(privacy)
         self.sampler = sampler
         self.release = release if release is not None else FedAvgRelease()
@@ -166,14 +170,21 @@ class PrivetFedAvg(FedAvg):
         if allowed is None:
             _warn_if_deployment(grid)
         else:
-            for node in sorted(set(grid.get_node_ids()) - set(allowed)):
+            connected = set(grid.get_node_ids())
+            for node in sorted(connected - set(allowed)):
                 self._refuse(node, "it is not in node-clients (not contacted, never sampled)")
+            for node in sorted(set(allowed) - connected):
+                self._refuse(
+                    node,
+                    f"listed in node-clients as client {allowed[node]} but not connected within "
+                    f"{timeout:g} s (round-timeout)",
+                )
         node_ids = admissible()
         needed = self.aggregation.min_clients
         if len(node_ids) < needed:
             raise TimeoutError(
                 f"only {len(node_ids)} of {wanted} nodes came within {timeout:g} s; start the "
-                "nodes (flower-supernode), check node-clients, or raise round-timeout"
+                "nodes (privet node), check node-clients, or raise round-timeout"
             )
         if len(node_ids) < wanted:
             logger.warning(
@@ -190,7 +201,7 @@ class PrivetFedAvg(FedAvg):
         for reply in grid.send_and_receive(messages, timeout=timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
-                logger.warning("node %d did not say who it is", node)
+                self._refuse(node, f"it failed to say who it is: {error_text(reply.error.reason)}")
                 continue
             client = _claimed_client(reply)
             if client is None:
@@ -220,6 +231,11 @@ class PrivetFedAvg(FedAvg):
         if node not in self.refused_nodes:
             logger.warning("node %d refused: %s", node, reason)
         self.refused_nodes[node] = reason
+
+    def left_out(self) -> dict[int, str]:
+        """Nodes that took no part in the run, with why (results.json's `left_out`)."""
+        admitted = set(self.client_of_node)
+        return {node: why for node, why in self.refused_nodes.items() if node not in admitted}
 
     def sample_round(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid | None
@@ -383,6 +399,20 @@ class PrivetFedAvg(FedAvg):
                     server_round,
                     reason,
                 )
+        if self.min_trained is not None and self.too_few_trained is None:
+            reached = len(outcome.trained) if outcome.no_update is None else 0
+            if reached < self.min_trained:
+                why = f": {outcome.no_update}" if outcome.no_update else ""
+                failures = "; ".join(
+                    f"client {f['client']} failed at {f['stage']}: {f['reason']}"
+                    for f in outcome.failures[:3]
+                )
+                self.too_few_trained = (
+                    f"round {server_round}: {reached} client update"
+                    f"{'' if reached == 1 else 's'} reached the model, fewer than min-trained "
+                    f"{self.min_trained}{why}" + (f" ({failures})" if failures and not why else "")
+                )
+                logger.error("%s", self.too_few_trained)
         charged = self.privacy.clients_trained(server_round) > 0 or bool(outcome.epsilon_unknown)
         if outcome.trained or outcome.excluded:  # an exclusion may have removed the cause
             self.fruitless_streak = 0
@@ -457,6 +487,8 @@ class PrivetFedAvg(FedAvg):
 
     def failure_before(self, server_round: int) -> str | None:
         """Why the run fails before `server_round` (it cannot usefully go on), or None."""
+        if self.too_few_trained is not None:
+            return self.too_few_trained
         if self.fruitless_streak >= FRUITLESS_ROUNDS_TO_STOP:
             last = self.outcomes.get(server_round - 1)
             why = (
@@ -538,6 +570,8 @@ class PrivetFedAvg(FedAvg):
                 if metrics is not None:
                     result.evaluate_metrics_serverapp[server_round] = metrics
         result.arrays = arrays
+        if self.failure_reason is None and self.too_few_trained is not None:  # the last round
+            self.failure_reason = self.stop_reason = self.too_few_trained
         return result
 
 

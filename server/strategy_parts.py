@@ -93,4 +93,5 @@ def build_strategy(config: RunConfig, *, resuming: bool) -> PrivetFedAvg:
         release=release if release is not None else FedAvgRelease(),
         aggregation=aggregation_step(config),
         optimizer=ServerSGD(),
+        min_trained=config.min_trained,
     )

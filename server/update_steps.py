@@ -114,9 +114,7 @@ class PlainAggregation(AggregationStep):
         replied: set[int] = set()
         for reply in replies:
             if reply.has_error():
-                outcome.failed += 1
-                outcome.first_error = outcome.first_error or reply.error.reason
-                book.log_failure(server_round, reply.error.reason)
+                book.client_failed(server_round, reply, "train")
                 continue
             cid = book.sender(server_round, reply, "train", replied)
             if cid is None:

@@ -364,6 +364,13 @@ class RunConfig:
         section="run",
         help="seconds to wait for the nodes and for each round's replies (default: {default:g})",
     )
+    # A run whose rounds train too few clients has not done what was asked: it fails, loudly.
+    min_trained: int | None = setting(
+        None,
+        section="run",
+        help="fail the run (finished: false, non-zero exit) after a round in which fewer clients' "
+        "updates reached the model (default: no minimum)",
+    )
     device: str = setting(
         "auto", section="run", choices=_device_names, help="where clients train (default: auto)"
     )

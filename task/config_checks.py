@@ -241,6 +241,11 @@ def check_run(config: RunConfig) -> None:
     if not config.output:
         raise ConfigError("output must name a folder")
     _positive("round-timeout", config.round_timeout)
+    if config.min_trained is not None and not 1 <= config.min_trained <= config.clients:
+        raise ConfigError(
+            f"min-trained must be between 1 and clients ({config.clients}), got "
+            f"{config.min_trained}; leave it unset for no minimum"
+        )
 
 
 SECTION_CHECKS: dict[str, Callable[[RunConfig], None]] = {

@@ -35,7 +35,7 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     run_config = (
         f"dataset='csv' data-file='{reference}' label-column='label' clients=3 "
         f"rounds={ROUNDS} local-epochs=1 target-epsilon=4.0 secure-aggregation=true "
-        f"secagg-threshold=0.6 secagg-timeout=30 round-timeout=60 output='{output}'"
+        f"secagg-threshold=0.6 secagg-timeout=20 round-timeout=60 output='{output}'"
     )
 
     spec = federation.publish(app)  # the coordinator builds and signs the app

@@ -7,8 +7,10 @@ executor may take its tasks."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import time as time_module
 from pathlib import Path
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 
 from privet.cli import main
+from privet.client import prompt_supernode
 from privet.node import runtime_api_address
 from tests.federation import BIN, descendants, free_port, running, stop, wait_for
 
@@ -76,13 +79,13 @@ def start_node(tmp_path: Path, port: int) -> subprocess.Popen:
 
 
 def supernode_of(node: subprocess.Popen, tmp_path: Path) -> tuple[int, list[str]]:
-    """The PID and command line of the flower-supernode that `privet node` started."""
+    """The PID and command line of the SuperNode that `privet node` started."""
     found: list[tuple[int, list[str]]] = []
 
     def started() -> bool:
         for pid in descendants(node.pid):
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            if any(item.endswith("flower-supernode") for item in argv[:2]):
+            if "privet.client.prompt_supernode" in argv[:3]:
                 found.append((pid, argv))
                 return True
         return False
@@ -143,3 +146,43 @@ def test_a_killed_node_takes_its_supernode_along_and_a_dead_supernode_ends_the_n
     finally:
         stop(first)
         stop(second)
+
+
+def test_flowers_supernode_loop_still_reads_the_pauses_the_prompt_clock_replaces():
+    """The clock replaces `time` in flwr 1.42.0's SuperNode loop, whose pauses are 3 s after an
+    empty ask and 0.5 s between looks for a reply: if Flower changes them, this says so."""
+    import inspect
+
+    import flwr
+    from flwr.supernode import start_client_internal as loop
+
+    source = inspect.getsource(loop)
+    assert flwr.__version__ == prompt_supernode.FLOWER_VERSION
+    assert loop.time is time_module
+    assert "time.sleep(3)" in source and "time.sleep(0.5)" in source
+    assert set(re.findall(r"\btime\.(\w+)\(", source)) == {"sleep"}  # nothing else of `time`
+
+
+def test_the_prompt_clock_is_quick_while_active_and_flowers_own_when_idle(monkeypatch):
+    slept: list[float] = []
+    now = [1000.0]
+    monkeypatch.setattr(time_module, "sleep", slept.append)
+    monkeypatch.setattr(time_module, "monotonic", lambda: now[0])
+    clock = prompt_supernode.PromptClock()
+    clock.sleep(3)  # idle since start: Flower's pause
+    clock.sleep(0.5)  # a message is handled: looks for the reply every 0.05 s
+    clock.sleep(3)
+    clock.sleep(3)
+    clock.sleep(3)
+    assert slept == [3, 0.05, 0.1, 0.1 * 1.5, 0.1 * 1.5 * 1.5]
+    for _ in range(20):
+        clock.sleep(3)
+    assert slept[-1] == 3  # the pause grows back to Flower's
+    now[0] += prompt_supernode.ACTIVE_S  # idle for a minute
+    clock.sleep(0.5)
+    now[0] += prompt_supernode.ACTIVE_S + 1
+    clock.sleep(3)
+    assert slept[-1] == 3
+    clock.sleep(7)
+    assert slept[-1] == 7  # any other pause as asked
+    assert clock.monotonic() == now[0]  # the rest is the time module

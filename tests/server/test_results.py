@@ -56,11 +56,13 @@ def test_results_json_layout_and_atomic_write(tmp_path):
             "bad_replies": [],
             "excluded": [],
             "no_update": None,
+            "failures": [],
         }
     ]
     assert data["failure_reason"] is None and data["warnings"] == []
     assert data["rounds_without_update"] == [] and data["model_worse_than_initial"] is None
     assert data["excluded"] == [] and data["privacy"]["epsilon_unknown"] == []
+    assert data["left_out"] == []
     assert data["secure_aggregation"] is None  # off in this run
     assert data["declined"] == [{"id": 2, "round": 1}] and data["stop_reason"] == "budget"
     assert data["clients"][0] == {

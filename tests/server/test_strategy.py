@@ -457,6 +457,19 @@ def test_discovery_admits_only_the_listed_nodes_each_as_its_client(caplog):
     assert set(strategy.outcomes[1].sampled) <= {0, 1}
 
 
+def test_every_node_that_takes_no_part_is_listed_with_its_reason():
+    """results.json's `left_out`: refused nodes, and listed nodes that never connected."""
+    grid = claiming_grid([0, 1, 0], [])
+    strategy = strategy_for([])
+    strategy.client_of_node = {}
+    listed = {1001: 0, 1002: 1, 1009: 2}  # 1009 never connects
+    strategy.discover_clients(grid, expected=3, timeout=0.5, node_clients=listed)
+    assert strategy.left_out() == {
+        1003: "it is not in node-clients (not contacted, never sampled)",
+        1009: "listed in node-clients as client 2 but not connected within 0.5 s (round-timeout)",
+    }
+
+
 def test_discovery_without_node_clients_asks_every_node_and_names_a_double_claim():
     grid = claiming_grid([0, 1, 0], [])
     strategy = strategy_for([])

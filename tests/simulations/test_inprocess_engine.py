@@ -19,7 +19,7 @@ from privet.simulations.inprocess_engine import (
     run_in_process,
     server_task_identity,
 )
-from privet.task.config import RunConfig
+from privet.task.config import ConfigError, RunConfig
 from tests.reference_accounting import opacus_epsilon
 
 # Client-level DP with Poisson client sampling, adaptive clipping and secure aggregation: every
@@ -319,3 +319,40 @@ def test_a_run_that_breaks_after_it_started_says_so_in_results_json(tmp_path):
         "the run stopped on an error: ConnectionError: the federation's network went down"
     )
     assert [r["round"] for r in results["rounds"]] == [1]  # round 1's record is kept
+
+
+def test_a_client_that_fails_is_listed_with_its_reason_and_min_trained_fails_the_run(tmp_path):
+    """A node that fails is never silent: its client, stage and reason are in the round, the
+    warnings and the console; below `min-trained` the run ends with finished: false."""
+    drop = Dropout.at("train", [1], rounds=[2])
+    config = RunConfig(clients=3, rounds=3, local_epochs=1, reproducible=True, output=str(tmp_path))
+    results = run_in_process(config, client_mods=[drop])
+    data = strict_results(tmp_path)
+    assert results.finished is True and data["failure_reason"] is None  # no minimum asked
+    (failure,) = data["rounds"][1]["failures"]
+    assert failure["client"] == 1 and failure["stage"] == "train"
+    assert failure["reason"].startswith("InjectedDropoutError: ")
+    assert data["rounds"][0]["failures"] == [] and data["rounds"][2]["failures"] == []
+    assert any(
+        w.startswith("client 1 failed in round 2 (last at train: InjectedDropoutError: ")
+        for w in data["warnings"]
+    ), data["warnings"]
+
+    strict = tmp_path / "strict"
+    config = RunConfig(
+        clients=3, rounds=3, local_epochs=1, reproducible=True, min_trained=3, output=str(strict)
+    )
+    results = run_in_process(config, client_mods=[drop])
+    data = strict_results(strict)
+    assert results.finished is False and data["finished"] is False
+    assert [r["round"] for r in data["rounds"]] == [1, 2]  # stopped before round 3
+    assert data["failure_reason"].startswith(
+        "round 2: 2 client updates reached the model, fewer than min-trained 3 "
+        "(client 1 failed at train: InjectedDropoutError: "
+    ), data["failure_reason"]
+
+
+def test_min_trained_outside_one_to_clients_is_a_one_line_error():
+    expected = r"min-trained must be between 1 and clients \(3\), got 4"
+    with pytest.raises(ConfigError, match=expected):
+        RunConfig(clients=3, min_trained=4)
