@@ -46,6 +46,10 @@ WARM_MODULES: tuple[str, ...] = (
     "privet.client.app",
     "privet.client.training_round",
     "privet.client.trainer",
+    "privet.client.node_data",
+    "sklearn.model_selection",  # data splits (imported lazily by privet.task.splits)
+    "sklearn.datasets",
+    "torch._dynamo",  # torch.optim imports it on the first optimizer (2 s on a small machine)
 )
 """What the parent imports once, so that no message pays for it again."""
 

@@ -6,9 +6,13 @@ asks an accountant for ε(σ), which decreases monotonically in σ, and bisects.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable
 from numbers import Integral
+from pathlib import Path
 
 from privet.privacy.accountants import (
     DEFAULT_ACCOUNTANT,
@@ -20,6 +24,14 @@ from privet.privacy.events import ClientLevelRound, PoissonGaussianSteps, Privac
 
 # Above this σ DP-SGD learns nothing useful; a target that needs more is reported as unreachable.
 MAX_NOISE_MULTIPLIER = 1000.0
+CACHE_ENV = "PRIVET_CALIBRATION_CACHE"
+"""A private folder where calibrated noise multipliers are remembered across processes.
+
+`privet node` sets it: each of a node's messages runs in a fresh process, and without it every
+training message would calibrate σ again (a bisection of about 17 accountant evaluations, seconds
+on a small machine), although the node's plan is the same every round. A remembered σ is used only
+after one accountant evaluation confirms that it still meets the target, so a damaged or edited
+cache can never raise a client's ε above its target (at worst it costs noise)."""
 
 
 class CalibrationError(ValueError):
@@ -122,14 +134,80 @@ def noise_for_target_epsilon(
         PoissonGaussianSteps(1.0, sample_rate, int(steps))
     except ValueError as error:
         raise CalibrationError(str(error)) from None
-    return _calibrate(
+
+    def event_for(sigma: float) -> PrivacyEvent:
+        return PoissonGaussianSteps(sigma, sample_rate, int(steps))
+
+    key = {
+        "mechanism": "poisson_gaussian_steps",
+        "target_epsilon": float(target_epsilon),
+        "delta": float(delta),
+        "sample_rate": float(sample_rate),
+        "steps": int(steps),
+        "accountant": accountant if isinstance(accountant, str) else None,
+        "tolerance": float(tolerance),
+    }
+    remembered = _remembered_sigma(key, event_for, target_epsilon, delta)
+    if remembered is not None:
+        return remembered
+    sigma = _calibrate(
         target_epsilon,
         delta,
-        lambda sigma: PoissonGaussianSteps(sigma, sample_rate, int(steps)),
+        event_for,
         accountant,
         tolerance,
         f"{steps} steps at sample rate {sample_rate:.4g}",
     )
+    _remember_sigma(key, sigma)
+    return sigma
+
+
+def _cache_file(key: dict[str, object]) -> Path | None:
+    """Where `key`'s σ is remembered (None: no cache in this process, or no named accountant)."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder or key.get("accountant") is None:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(folder) / f"sigma-{digest}.json"
+
+
+def _remembered_sigma(
+    key: dict[str, object],
+    event_for: Callable[[float], PrivacyEvent],
+    target_epsilon: float,
+    delta: float,
+) -> float | None:
+    """The σ remembered for `key`, if one is there, is for this key and still meets the target."""
+    path = _cache_file(key)
+    if path is None:
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        sigma = float(stored["sigma"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if stored.get("key") != key or not (0 < sigma <= MAX_NOISE_MULTIPLIER):
+        return None
+    accountant = get_accountant(str(key["accountant"]))
+    try:
+        if accountant.epsilon([event_for(sigma)], delta) > target_epsilon:
+            return None
+    except (AccountingError, ValueError):
+        return None
+    return sigma
+
+
+def _remember_sigma(key: dict[str, object], sigma: float) -> None:
+    """Keep `key`'s σ for the next process (atomic; a cache that cannot be written is skipped)."""
+    path = _cache_file(key)
+    if path is None:
+        return
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(json.dumps({"key": key, "sigma": sigma}))
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
 
 
 def client_noise_for_target_epsilon(

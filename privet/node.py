@@ -130,6 +130,12 @@ def run_node(supernode_args: Sequence[str]) -> int:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(secret)
         command = supernode_command(supernode_args, secret_file)
+        from privet.privacy.calibration import CACHE_ENV
+
+        # The node's messages remember calibrated noise across their processes (private folder).
+        calibrations = secret_dir / "calibration"
+        calibrations.mkdir(mode=0o700)
+        os.environ[CACHE_ENV] = str(calibrations)
         print("privet node: loading torch, Opacus and Flower once for every message", flush=True)
         warm_exec.warm_up()
         supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509

@@ -148,3 +148,37 @@ def test_meaningless_calibration_inputs_are_refused(args, match):
 def test_unknown_accountant_in_calibration_is_refused():
     with pytest.raises(ValueError, match="unknown accountant"):
         noise_for_target_epsilon(1.0, 1e-5, 0.1, 10, "gdp")
+
+
+def test_a_nodes_processes_remember_sigma_and_never_trust_a_remembered_one_blindly(
+    tmp_path, monkeypatch
+):
+    """`privet node`'s messages share calibrations through PRIVET_CALIBRATION_CACHE: the same σ
+    as a fresh calibration, no bisection the second time, and an edited entry is not used."""
+    import json
+
+    from privet.privacy import calibration
+
+    args = (4.0, 1e-5, 0.05, 300)
+    fresh = calibration.noise_for_target_epsilon(*args)
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path))
+    assert calibration.noise_for_target_epsilon(*args) == fresh  # calibrated, then remembered
+    (entry,) = tmp_path.glob("sigma-*.json")
+    bisections = []
+    real = calibration._calibrate
+    monkeypatch.setattr(
+        calibration, "_calibrate", lambda *a, **k: bisections.append(1) or real(*a, **k)
+    )
+    assert calibration.noise_for_target_epsilon(*args) == fresh and bisections == []
+    # Another plan is not answered from this entry.
+    other = calibration.noise_for_target_epsilon(4.0, 1e-5, 0.05, 600)
+    assert bisections == [1] and other > fresh
+    # An entry edited to less noise (ε above the target) is ignored and calibrated again.
+    stored = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**stored, "sigma": fresh / 3}))
+    assert calibration.noise_for_target_epsilon(*args) == fresh and bisections == [1, 1]
+    # So is an entry whose key was changed, or one that is not JSON.
+    entry.write_text(json.dumps({"key": {**stored["key"], "steps": 1}, "sigma": fresh * 2}))
+    assert calibration.noise_for_target_epsilon(*args) == fresh and len(bisections) == 3
+    entry.write_text("not json")
+    assert calibration.noise_for_target_epsilon(*args) == fresh and len(bisections) == 4
