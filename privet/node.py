@@ -30,13 +30,23 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from privet.client.warm_exec import ForkExecutor
 
 SUPERNODE_DEFAULT_RUNTIME = ("127.0.0.1", 9094)
 """Flower 1.42's flower-supernode Runtime API address when --host/--port are not given."""
 STOP_SUPERNODE_WITHIN_S = 15.0
+RESTART_WITHIN_S = 90.0
+"""How long after `privet node` starts a SuperNode that fails (exit status 1) is started again:
+Flower's SuperLink refuses to activate a node it still sees online, and a node that crashed stays
+online for two heartbeat intervals (2 × 30 s in flwr 1.42), so a quick restart is refused."""
+RESTART_PAUSE_S = 5.0
 REFUSED_SUPERNODE_FLAGS = ("--isolation", "--superexec-auth-secret-file")
 """flower-supernode flags `privet node` sets itself."""
 _PR_SET_PDEATHSIG = 1
@@ -106,6 +116,53 @@ def supernode_command(supernode_args: Sequence[str], secret_file: Path) -> list[
     ]
 
 
+def _write_secret(path: Path, secret: bytes) -> None:
+    """The SuperExec secret, readable by this user only, for the SuperNode to read at start."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(secret)
+
+
+def _pause(seconds: float, stopped: Callable[[], bool]) -> None:
+    """Sleep `seconds`, or less if `stopped()` becomes true."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not stopped():
+        time.sleep(0.1)
+
+
+def _serve(
+    command: list[str],
+    address: str,
+    executor: ForkExecutor,
+    secret: bytes,
+    secret_file: Path,
+    stopped: Callable[[], bool],
+) -> int:
+    """Start the SuperNode and serve its messages until it exits or `stopped()`; its exit status."""
+    from privet.client import warm_exec
+
+    supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+    def keep_going() -> bool:
+        if executor.connected and secret_file.exists():
+            secret_file.unlink()  # the SuperNode answered, so it read the secret at start
+        return not stopped() and supernode.poll() is None
+
+    print(f"privet node: serving the SuperNode's messages (Runtime API {address})", flush=True)
+    try:
+        warm_exec.serve_tasks(address, keep_going, executor, secret=secret)
+    finally:
+        if supernode.poll() is None:
+            supernode.terminate()
+            try:
+                supernode.wait(timeout=STOP_SUPERNODE_WITHIN_S)
+            except subprocess.TimeoutExpired:
+                supernode.kill()
+                supernode.wait()
+    return supernode.returncode
+
+
 def _die_with_parent() -> None:
     """In the SuperNode's process before it starts: SIGTERM when `privet node` dies (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -126,9 +183,6 @@ def run_node(supernode_args: Sequence[str]) -> int:
     secret_file = secret_dir / "superexec.secret"
     secret = secrets.token_bytes(32)
     try:
-        descriptor = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(secret)
         command = supernode_command(supernode_args, secret_file)
         from privet.privacy.calibration import CACHE_ENV
 
@@ -138,7 +192,6 @@ def run_node(supernode_args: Sequence[str]) -> int:
         os.environ[CACHE_ENV] = str(calibrations)
         print("privet node: loading torch, Opacus and Flower once for every message", flush=True)
         warm_exec.warm_up()
-        supernode = subprocess.Popen(command, preexec_fn=_die_with_parent)  # noqa: PLW1509
         stopping = False
 
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -146,28 +199,25 @@ def run_node(supernode_args: Sequence[str]) -> int:
             stopping = True
 
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
         executor = warm_exec.ForkExecutor()
-
-        def keep_going() -> bool:
-            if executor.connected and secret_file.exists():
-                secret_file.unlink()  # the SuperNode answered, so it read the secret at start
-            return not stopping and supernode.poll() is None
-
-        print(f"privet node: serving the SuperNode's messages (Runtime API {address})", flush=True)
         try:
-            warm_exec.serve_tasks(address, keep_going, executor, secret=secret)
+            deadline = time.monotonic() + RESTART_WITHIN_S
+            while True:
+                _write_secret(secret_file, secret)
+                executor.connected = False
+                code = _serve(command, address, executor, secret, secret_file, lambda: stopping)
+                if stopping or code != 1 or time.monotonic() > deadline:
+                    break
+                print(
+                    f"privet node: the SuperNode stopped while starting (exit status 1; a node "
+                    f"that crashed stays online at the SuperLink for up to a minute and is refused "
+                    f"meanwhile); starting it again in {RESTART_PAUSE_S:g} s",
+                    flush=True,
+                )
+                _pause(RESTART_PAUSE_S, lambda: stopping)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if supernode.poll() is None:
-                supernode.terminate()
-                try:
-                    supernode.wait(timeout=STOP_SUPERNODE_WITHIN_S)
-                except subprocess.TimeoutExpired:
-                    supernode.kill()
-                    supernode.wait()
-        code = supernode.returncode
         print(
             f"privet node: stopped after {executor.finished} messages "
             f"({executor.failed} failed); SuperNode exit status {code}",

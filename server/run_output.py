@@ -468,6 +468,14 @@ class ResultsFile:
         return self._top.optional_text("failure_reason")
 
     @cached_property
+    def warnings(self) -> tuple[str, ...]:
+        """The run's warning lines: failed clients, nodes left out, rounds without update."""
+        values = self._top.items("warnings")
+        if not all(isinstance(value, str) for value in values):
+            raise self._top._bad("warnings", "a list of strings")
+        return tuple(values)
+
+    @cached_property
     def engine(self) -> str | None:
         """The engine's recorded name (see simulations.engines.RECORDED_NAMES)."""
         return self._top.optional_text("engine")
@@ -559,6 +567,7 @@ class ResultsFile:
             "finished",
             "stop_reason",
             "failure_reason",
+            "warnings",
             "engine",
             "privet_version",
             "wall_time_s",

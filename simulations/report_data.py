@@ -69,6 +69,8 @@ class RunData:
     path: Path
     finished: bool
     stop_reason: str | None
+    failure_reason: str | None
+    warnings: tuple[str, ...]
     engine: str | None
     version: str | None
     wall_time_s: float | None
@@ -110,6 +112,8 @@ def load_run(directory: str | Path) -> RunData:
         path=Path(directory),
         finished=results.finished,
         stop_reason=results.stop_reason,
+        failure_reason=results.failure_reason,
+        warnings=results.warnings,
         engine=results.engine,
         version=results.privet_version,
         wall_time_s=results.wall_time_s,

@@ -96,9 +96,14 @@ class RunSections:
         rows.append(("Engine", esc(run.engine or "—")))
         if run.finished:
             state = "yes" + (f" — stopped early: {run.stop_reason}" if run.stop_reason else "")
+        elif run.failure_reason:
+            state = f"no — the run failed: {run.failure_reason}"
         else:
             state = "no — the run did not finish; this report shows the rounds it recorded"
         rows.append(("Finished", esc(state)))
+        if run.warnings:
+            items = "".join(f"<li>{esc(line)}</li>" for line in run.warnings)
+            rows.append(("Warnings", f"<ul>{items}</ul>"))
         if run.resumed_after:
             rows.append(("Resumed after rounds", esc(", ".join(map(str, run.resumed_after)))))
         if run.rounds:

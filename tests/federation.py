@@ -409,6 +409,15 @@ class Federation:
         """The run config's node-clients for {node name: client id}."""
         return ",".join(f"{self.node_ids[name]}={client}" for name, client in clients.items())
 
+    def wait_connected(self, *names: str, starts: int = 1, timeout: float = 60) -> None:
+        """Wait until each named node's SuperNode has been activated by the SuperLink `starts`
+        times (its log's "SuperNode ID:" lines; cheaper than asking `flwr` over and over)."""
+
+        def connected() -> bool:
+            return all(self.log(name).count("SuperNode ID:") >= starts for name in names)
+
+        wait_for(connected, timeout, lambda: "\n".join(self.log(name) for name in names))
+
     def online_nodes(self) -> int:
         """How many registered nodes the SuperLink sees online."""
         nodes = self.flwr("supernode", "list")["nodes"]

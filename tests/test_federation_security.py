@@ -142,7 +142,8 @@ def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
             ],
             env=rogue.env,
         )
-        wait_for(lambda: federation.online_nodes() == 3, 60, lambda: federation.log("node0"))
+        federation.wait_connected("node0", "node1", "mole")
+        assert federation.online_nodes() == 3
 
         # The coordinator's run admits the two partners' nodes only.
         node_clients = federation.node_clients({"node0": 0, "node1": 1})

@@ -61,7 +61,8 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
         run_config += (
             f" node-clients='{federation.node_clients({f'node{k}': k for k in range(3)})}'"
         )
-        wait_for(lambda: federation.online_nodes() == 3, 60, lambda: federation.log("node0"))
+        federation.wait_connected("node0", "node1", "node2")
+        assert federation.online_nodes() == 3
         run()
         wait_for(
             lambda: checkpoint_round(output) >= 1,
@@ -78,10 +79,10 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
         killed_after = checkpoint_round(output)
         assert killed_after < ROUNDS, "the run finished before the server could be killed"
         federation.start_superlink()
-        # The crashed node is restarted too (with its own ledger), so the resumed run's discovery
-        # finds every listed node instead of waiting round-timeout for one that is gone.
+        # The crashed node is restarted too (with its own ledger). The SuperLink refuses it until
+        # its old session times out (up to a minute): `privet node` keeps starting its SuperNode,
+        # and the resumed run's discovery waits for the listed nodes (round-timeout).
         nodes[2] = start_node(2)
-        wait_for(lambda: federation.online_nodes() == 3, 120, lambda: federation.log("node2"))
         run(" resume=true")
         wait_for(
             lambda: json.loads((output / "results.json").read_text()).get("finished", False),

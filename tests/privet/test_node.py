@@ -186,3 +186,37 @@ def test_the_prompt_clock_is_quick_while_active_and_flowers_own_when_idle(monkey
     clock.sleep(7)
     assert slept[-1] == 7  # any other pause as asked
     assert clock.monotonic() == now[0]  # the rest is the time module
+
+
+def test_a_supernode_that_stops_while_starting_is_started_again_until_the_node_is_stopped(
+    tmp_path,
+):
+    """A crashed node restarted within a minute is refused by the SuperLink (it still sees it
+    online) and Flower's SuperNode exits with status 1: `privet node` starts it again."""
+    log = tmp_path / "node.log"
+    node = subprocess.Popen(
+        [
+            str(BIN / "privet"),
+            "node",
+            "--superlink",
+            f"127.0.0.1:{free_port()}",
+            "--insecure",
+            "--auth-supernode-private-key",
+            str(tmp_path / "missing.key"),  # the SuperNode exits with status 1 at start
+            "--port",
+            str(free_port()),
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: log.read_text().count("starting it again in 5 s") >= 2,
+            90,
+            lambda: log.read_text(),
+        )
+        os.kill(node.pid, signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+    finally:
+        stop(node)

@@ -404,6 +404,28 @@ def test_unfinished_run_is_reported_as_unfinished(runs, tmp_path):
     assert "1 / 2" in text
 
 
+def test_a_failed_run_shows_its_failure_reason_and_warnings(runs, tmp_path):
+    folder = tmp_path / "failed"
+    shutil.copytree(runs["plain"], folder)
+    results = json.loads((folder / "results.json").read_text())
+    results["finished"] = False
+    results["failure_reason"] = (
+        "round 2: 1 client update reached the model, fewer than min-trained 2"
+    )
+    results["warnings"] = ["client 1 failed in round 2 (last at train: ConfigError: <bad delta>)"]
+    (folder / "results.json").write_text(json.dumps(results))
+    page = build_report(folder)
+    assert_self_contained(page)
+    assert "&lt;bad delta&gt;" in page  # escaped
+    text = re.sub(r"<[^>]+>", "", page)
+    assert "no — the run failed: round 2: 1 client update reached the model" in text
+    assert "client 1 failed in round 2 (last at train: ConfigError:" in text
+    results["warnings"] = [3]
+    (folder / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ReportError, match="warnings"):
+        build_report(folder)
+
+
 # -- sweeps --------------------------------------------------------------------------------------
 
 
