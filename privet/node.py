@@ -47,6 +47,8 @@ RESTART_WITHIN_S = 90.0
 Flower's SuperLink refuses to activate a node it still sees online, and a node that crashed stays
 online for two heartbeat intervals (2 × 30 s in flwr 1.42), so a quick restart is refused."""
 RESTART_PAUSE_S = 5.0
+FOLDER_PREFIX = "privet-node-"
+"""A node's private temporary folder: the SuperExec secret, remembered σ, the node's PID."""
 REFUSED_SUPERNODE_FLAGS = ("--isolation", "--superexec-auth-secret-file")
 """flower-supernode flags `privet node` sets itself."""
 _PR_SET_PDEATHSIG = 1
@@ -116,6 +118,31 @@ def supernode_command(supernode_args: Sequence[str], secret_file: Path) -> list[
     ]
 
 
+def remove_stale_folders() -> None:
+    """Remove the private folders of this user's earlier `privet node` processes that are gone.
+
+    One killed with SIGKILL cannot remove its own; a folder whose process still runs is kept.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / "pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _write_secret(path: Path, secret: bytes) -> None:
     """The SuperExec secret, readable by this user only, for the SuperNode to read at start."""
     path.unlink(missing_ok=True)
@@ -179,7 +206,9 @@ def run_node(supernode_args: Sequence[str]) -> int:
     if not supernode_args:
         raise NodeError("give flower-supernode's flags, e.g. --superlink HOST:PORT ...")
     address = runtime_api_address(supernode_args)
-    secret_dir = Path(tempfile.mkdtemp(prefix="privet-node-"))  # mode 0700
+    remove_stale_folders()
+    secret_dir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700
+    (secret_dir / "pid").write_text(str(os.getpid()))
     secret_file = secret_dir / "superexec.secret"
     secret = secrets.token_bytes(32)
     try:

@@ -137,12 +137,20 @@ def test_a_killed_node_takes_its_supernode_along_and_a_dead_supernode_ends_the_n
     first = start_node(tmp_path, free_port())
     second = start_node(tmp_path, free_port())
     try:
-        supernode, _ = supernode_of(first, tmp_path)
+        supernode, argv = supernode_of(first, tmp_path)
+        folder = Path(argv[argv.index("--superexec-auth-secret-file") + 1]).parent
         os.kill(first.pid, signal.SIGKILL)  # no handler runs: the kernel tells the SuperNode
         wait_for(lambda: not running(supernode), 20, lambda: "the SuperNode outlived privet node")
+        assert folder.exists()  # a killed node cannot tidy up after itself ...
         supernode, _ = supernode_of(second, tmp_path)
         os.kill(supernode, signal.SIGKILL)
         assert second.wait(timeout=30) == 1  # the node cannot serve without its SuperNode
+        third = start_node(tmp_path, free_port())
+        try:
+            supernode_of(third, tmp_path)
+            assert not folder.exists()  # ... the next node on the machine does
+        finally:
+            stop(third)
     finally:
         stop(first)
         stop(second)
