@@ -10,9 +10,10 @@ hold their own CSV (digits, disjoint rows) and train with Opacus DP-SGD at targe
 - ``cold/plain`` and ``cold/secure``: nodes started with Flower's plain ``flower-supernode`` (a
   fresh ClientApp process, and fresh imports, for every message), the baseline.
 
-The reference is the in-process engine on the same configuration (the reference CSV split into
-``--nodes`` clients, so the clients' row counts differ from the nodes' files by a few tens of rows
-each; the model, DP plan, rounds and secure aggregation are the same).
+The reference is the in-process engine on the same configuration (the coordinator's test CSV,
+encoded with the same schema, split into ``--nodes`` clients, so the clients' row counts differ
+from the nodes' files by a few tens of rows each; the model, DP plan, rounds and secure
+aggregation are the same).
 
 Timing: the parent polls the server's ``checkpoint.json`` every 0.05 s and stamps the moment each
 round first appears there (after the round's aggregation, evaluation and checkpoint). A round's
@@ -40,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.federation import BIN, Federation, copy_app, node_files
+from tests.federation import BIN, Federation, FederationData, copy_app, node_files
 
 SETUPS = ("warm/plain", "warm/secure", "cold/plain", "cold/secure")
 
@@ -60,14 +61,25 @@ class Timing:
         return statistics.median(gaps) if gaps else None
 
 
-def run_config(reference: Path, output: Path, nodes: int, rounds: int, secure: bool) -> str:
+def run_config(data: FederationData, output: Path, nodes: int, rounds: int, secure: bool) -> str:
     """The run configuration every set-up shares (README's keys)."""
     return (
-        f"dataset='csv' data-file='{reference}' label-column='label' clients={nodes} "
+        f"{data.run_keys()} clients={nodes} "
         f"rounds={rounds} local-epochs=1 target-epsilon=4.0 "
         f"secure-aggregation={'true' if secure else 'false'} secagg-timeout=60 "
         f"round-timeout=120 output='{output}'"
     )
+
+
+def _released(ledgers: Path) -> bool:
+    """Whether node 0's ledger folder holds a ledger with a release (its first update)."""
+    for path in ledgers.glob("*.json"):
+        try:
+            if json.loads(path.read_text())["entries"]:
+                return True
+        except (OSError, ValueError, KeyError):
+            continue
+    return False
 
 
 def checkpoint_round(output: Path) -> int:
@@ -81,7 +93,7 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
     """One deployed run of `setup`; its round stamps."""
     kind, mode = setup.split("/")
     timing = Timing(setup)
-    reference, files = node_files(root, nodes)
+    data = node_files(root, nodes)
     output = root / "server-output"
     federation = Federation(root / "deploy")
     spec = federation.publish(copy_app(root))
@@ -94,7 +106,7 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
             federation.start_node(
                 name,
                 keys[name],
-                f"client-id={k} data-file='{files[k]}' ledger-dir='{root / f'ledger-{k}'}'",
+                f"client-id={k} {data.node_keys(k)} ledger-dir='{root / f'ledger-{k}'}'",
                 warm=kind == "warm",
             )
         deadline = time.monotonic() + 120
@@ -103,10 +115,10 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
                 timing.error = "the nodes did not come online within 120 s"
                 return timing
             time.sleep(0.5)
-        config = run_config(reference, output, nodes, rounds, mode == "secure")
+        config = run_config(data, output, nodes, rounds, mode == "secure")
         clients = federation.node_clients({name: k for k, name in enumerate(names)})
         config += f" node-clients='{clients}'"
-        ledger = root / "ledger-0" / "client-0.json"
+        ledgers = root / "ledger-0"
         start = time.monotonic()
         federation.start(
             "flwr-run", [str(BIN / "flwr"), "run", spec, "privet", "--run-config", config]
@@ -117,7 +129,7 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
             while seen < now:
                 seen += 1
                 timing.round_ends.append(time.monotonic() - start)
-            if timing.first_update is None and ledger.exists():
+            if timing.first_update is None and _released(ledgers):
                 timing.first_update = time.monotonic() - start
             time.sleep(0.05)
         if seen < rounds:
@@ -132,12 +144,12 @@ def time_in_process(root: Path, nodes: int, rounds: int, secure: bool) -> Timing
     from privet.simulations.engines import run_simulation_with
     from privet.task.config import RunConfig
 
-    reference, _ = node_files(root, nodes)
+    data = node_files(root, nodes)
     config = RunConfig.from_mapping(
         {
             "dataset": "csv",
-            "data-file": str(reference),
-            "label-column": "label",
+            "data-file": str(data.test),
+            "schema-file": str(data.schema),
             "clients": nodes,
             "rounds": rounds,
             "local-epochs": 1,

@@ -1,15 +1,31 @@
 """The Flower ClientApp: a thin adapter from Flower messages to `client.training_round`.
 
 The client's example-level privacy ledger lives in its per-node state (`Context.state`), so ε is
-cumulative over every round it took part in, and is mirrored, write-ahead, to
-`OUTPUT/ledgers/client-<id>.json` (or the node's `ledger-dir`) before any update leaves the client.
-A training round holds the ledger's lock from reading it to its last record, so a second process
-training as the same client is refused instead of overwriting this one's releases.
+cumulative over every round it took part in, and is mirrored, write-ahead, to its file before any
+update leaves the client. A training round holds the ledger's lock from reading it to its last
+record, so a second process training as the same client is refused instead of overwriting this
+one's releases.
+
+Where the file is (`ledger_path`). A deployment node names a `ledger-dir` in its node config; its
+ledger belongs to its *data*: with a `data-file` it is `ledger-dir/data-<first 16 hex digits of
+the file's SHA-256>.json`, so a node that changes its client-id, or a run that writes to another
+output folder, still continues the node's lifetime record, while another data file gets a ledger
+of its own. The ledger then composes every run the node took part in (its lifetime ε), and each
+entry carries the run's token (`privacy.ledger`, "Runs"), so each run reports its own ε too.
+Without a `data-file` the ledger-dir file is `client-<id>.json`; a simulation (no ledger-dir)
+keeps `OUTPUT/ledgers/client-<id>.json`.
+
+A node may cap its lifetime spending: node config `node-epsilon-budget` (a positive number; see
+`client.training_round.run_training_round` for when the node declines).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +35,9 @@ from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
+from privet.client.deployment_wording import deployment_wording
 from privet.client.node_data import NodeData, load_node_data
+from privet.client.schema_check import check_same_schema
 from privet.client.secure_aggregation import (
     PendingInput,
     SecAggRequest,
@@ -38,6 +56,7 @@ from privet.task.messages import (
     METRICS_RECORD,
     AdvertiseReply,
     EvaluateReply,
+    IdentityQuery,
     IdentityReply,
     SecAggInput,
     TrainInstructions,
@@ -46,6 +65,56 @@ from privet.task.messages import (
 
 STATE_KEY = "privet-ledger"
 SECAGG_STATE_KEY = "privet-secagg"
+LEDGER_DIR_KEY = "ledger-dir"
+DATA_FILE_KEY = "data-file"
+NODE_EPSILON_BUDGET_KEY = "node-epsilon-budget"  # training_round.NODE_BUDGET_NAME
+DATA_LEDGER_PREFIX = "data-"
+"""A data-keyed ledger's file name is this, 16 hex digits of the data's SHA-256, and ".json"."""
+_HASH_CHUNK = 1 << 20
+
+logger = logging.getLogger(__name__)
+_data_hashes: dict[str, tuple[int, int, str]] = {}
+
+
+def data_file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a node's data file, read in 1 MiB chunks.
+
+    Remembered per path while the file's modification time and size stay the same, so a node
+    hashes a large file once, not every round. A file that cannot be read is a ConfigError.
+    """
+    key = os.path.abspath(path)
+    try:
+        info = os.stat(key)
+        cached = _data_hashes.get(key)
+        if cached is not None and cached[:2] == (info.st_mtime_ns, info.st_size):
+            return cached[2]
+        digest = hashlib.sha256()
+        with open(key, "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read the node's data-file {path} to find its privacy ledger "
+            f"({error.strerror or error}); fix the node config's data-file"
+        ) from None
+    _data_hashes[key] = (info.st_mtime_ns, info.st_size, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def _node_text(node_config: Mapping[str, object] | None, key: str) -> str | None:
+    value = (node_config or {}).get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def ledger_owner(client_id: int, node_config: Mapping[str, object] | None = None) -> str:
+    """Whose ledger this node writes: "data-<SHA-256 of its data file>", or "client-<id>".
+
+    The data-keyed owner applies in a deployment with a `ledger-dir` and a `data-file`.
+    """
+    data_file = _node_text(node_config, DATA_FILE_KEY)
+    if _node_text(node_config, LEDGER_DIR_KEY) and data_file:
+        return DATA_LEDGER_PREFIX + data_file_sha256(Path(data_file).expanduser())
+    return f"client-{client_id}"
 
 
 def ledger_path(
@@ -55,36 +124,101 @@ def ledger_path(
 
     In a deployment each node should name a folder of its own (`--node-config
     "ledger-dir='/var/lib/privet'"`): the ledger is the node's record of what it released, kept
-    on the node across restarts.
+    on the node across restarts and runs. With a `data-file` the file is named after the data
+    (`data-<16 hex digits of its SHA-256>.json`, see the module's notes); without one, after the
+    client id.
     """
-    folder = (node_config or {}).get("ledger-dir")
-    if isinstance(folder, str) and folder:
-        return Path(folder) / f"client-{client_id}.json"
+    folder = _node_text(node_config, LEDGER_DIR_KEY)
+    if folder:
+        owner = ledger_owner(client_id, node_config)
+        if owner.startswith(DATA_LEDGER_PREFIX):
+            return Path(folder) / f"{owner[: len(DATA_LEDGER_PREFIX) + 16]}.json"
+        return Path(folder) / f"{owner}.json"
     return Path(config.output) / LEDGER_DIR / f"client-{client_id}.json"
+
+
+def node_epsilon_budget(node_config: Mapping[str, object] | None) -> float | None:
+    """The node's lifetime ε budget, node config `node-epsilon-budget` (None: none set).
+
+    A positive, finite number (numeric text is accepted); anything else is a one-line ConfigError.
+    """
+    raw = (node_config or {}).get(NODE_EPSILON_BUDGET_KEY)
+    if raw is None:
+        return None
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            f"node config {NODE_EPSILON_BUDGET_KEY} must be a positive number (this node's "
+            f"lifetime epsilon budget), got {str(raw)[:40]!r}; e.g. --node-config "
+            f'"{NODE_EPSILON_BUDGET_KEY}=8"'
+        )
+    return value
+
+
+def _adopt_client_ledger(folder: Path, client_id: int, owner: str, path: Path) -> bool:
+    """Continue a node's older `client-<id>.json` in `ledger-dir` as its data-keyed ledger.
+
+    Ledgers in a ledger-dir were once named by client id; the node's spending recorded there is
+    carried over (as earlier runs), so upgrading never resets a node's lifetime ε. The old file is
+    left as it is. Returns whether there was one to adopt.
+    """
+    old = folder / f"client-{client_id}.json"
+    if path.exists() or not old.exists():
+        return False
+    with ledger_lock(old).acquire():
+        earlier = PrivacyLedger.load(old)
+    if earlier.owner != f"client-{client_id}" or earlier.level != "example":
+        return False
+    earlier.copy_as(owner, path).save()
+    logger.warning(
+        "continuing the releases of %s in the data file's ledger %s (the old file is kept)",
+        old,
+        path,
+    )
+    return True
+
+
+def _owner_problem(path: Path, found: str, owner: str) -> str:
+    """Why a ledger file of another owner is refused, and what to do (one line)."""
+    return (
+        f"{path} is the ledger of {found}, not of {owner}: it holds another party's releases and "
+        "is never overwritten; move it back where it came from (or restore this node's own "
+        "ledger there) and train again"
+    )
 
 
 def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyLedger:
     """The node's ledger: from its file, else its per-node state, else new (first round).
 
     Call it holding `ledger_lock(path)` (as `train` does). The file must extend the copy in the
-    node's state: a file that lost entries the node recorded is refused (ConfigError).
+    node's state: a file that lost entries the node recorded is refused (ConfigError). The
+    ledger reports at the run's δ from now on (`PrivacyLedger.use_delta`): earlier runs at
+    another δ compose with this one, since their events are δ-free.
     """
     path = ledger_path(config, data.client_id, context.node_config)
+    owner = ledger_owner(data.client_id, context.node_config)
     remove_stale_ledger_temporaries(path)  # of writes cut short; we hold the ledger's lock
     kept = None
     if STATE_KEY in context.state.config_records:
         text = str(context.state.config_records[STATE_KEY]["json"])
         kept = PrivacyLedger.from_json(json.loads(text))
+        kept.use_delta(config.delta)
+    if owner.startswith(DATA_LEDGER_PREFIX) and kept is None:
+        _adopt_client_ledger(path.parent, data.client_id, owner, path)
     if path.exists():
         # The file is written ahead of every release, so it is never behind the node's state;
         # after a restart of the node (or a resumed run) it is the only record: never reset it.
         ledger = PrivacyLedger.load(path)
-        owner = f"client-{data.client_id}"
-        if ledger.owner != owner or ledger.delta != config.delta:
-            raise ConfigError(
-                f"{path} is the ledger of {ledger.owner} at delta {ledger.delta:g}, not of {owner} "
-                f"at delta {config.delta:g}; give each client its own output folder"
-            )
+        if ledger.owner != owner or ledger.level != "example":
+            raise ConfigError(_owner_problem(path, f"{ledger.owner} ({ledger.level} level)", owner))
+        ledger.use_delta(config.delta)
         if kept is not None and not ledger.extends(len(kept.entries), kept.digest()):
             raise ConfigError(
                 f"{path} lost or changed releases this node recorded ({len(kept.entries)} "
@@ -96,9 +230,7 @@ def load_ledger(context: Context, config: RunConfig, data: NodeData) -> PrivacyL
     if kept is not None:
         kept.path = path
         return kept
-    ledger = PrivacyLedger(
-        owner=f"client-{data.client_id}", level="example", delta=config.delta, path=path
-    )
+    ledger = PrivacyLedger(owner=owner, level="example", delta=config.delta, path=path)
     ledger.save()  # an empty ledger on disk says "this client took part and released nothing"
     return ledger
 
@@ -112,7 +244,7 @@ def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:
     return fixed if fixed is not None else RunConfig.from_mapping(context.run_config)
 
 
-def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | float]:
+def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | float | list[int]]:
     """The privacy part of a train reply's metrics."""
     return TrainReply(status.to_metrics(), declined).to_metrics()
 
@@ -227,14 +359,19 @@ def make_client_app(
 
     `mods` are Flower client mods wrapped around every handler (tests use them to inject faults).
     """
-    app = ClientApp(mods=mods)
+    wording: list[Mod] = [deployment_wording] if fixed_config is None else []
+    app = ClientApp(mods=[*wording, *(mods or [])])
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         """Say which client (data shard) this node is, so the server can sample reproducibly."""
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        metrics = metric_record(IdentityReply(data.client_id).to_metrics())
+        records = msg.content.config_records
+        query = IdentityQuery.from_config(records.get(CONFIG_RECORD, {}))
+        check_same_schema(query.schema_digest, data.schema_digest, context.node_config)
+        identity = IdentityReply(data.client_id, data.classes_present)
+        metrics = metric_record(identity.to_metrics())
         return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)
 
     @app.train()
@@ -257,10 +394,18 @@ def make_client_app(
         secure = RECORD_KEY in msg.content.config_records
         # One writer per ledger: held from reading the ledger to its last record (write-ahead),
         # so a second process training as this client is refused, naming this one's PID.
+        node_budget = node_epsilon_budget(context.node_config)
         with ledger_lock(ledger_path(config, data.client_id, context.node_config)).acquire():
             ledger = load_ledger(context, config, data)
             outcome = run_training_round(
-                config, data, global_weights, ledger, server_round, clip_norm
+                config,
+                data,
+                global_weights,
+                ledger,
+                server_round,
+                clip_norm,
+                run_token=instructions.run_token,
+                node_epsilon_budget=node_budget,
             )
             store_ledger(context, ledger)
         if isinstance(outcome, ClientDecline):

@@ -5,19 +5,24 @@ A node finds its examples in one of two ways, chosen by its node config:
 - **Its own local file** (a real federation): `data-file` names a CSV, NPZ or IDX file on the
   node, which is read there and never leaves it. The examples must fit the model the server
   builds from the run config's data set, so they are checked against it: image files against
-  the shape and classes that data set loads as, CSV files against the *reference* table the
-  run config names (the run config's `data-file` for dataset `csv`, `adult.data` in `data-dir`
-  for `adult`). Every node encodes its CSV with the schema fitted by the same code on that
-  reference file as the server, never with one fitted on its own rows, so the feature layout,
-  categories, standardisation and classes agree across all nodes and the server.
+  the shape and classes that data set loads as, tabular files against the agreed schema that
+  node config `schema-file` names (the partner's own copy of the coordinator's schema, written
+  by `privet schema`). A node never reads anyone else's data: not the run config's `data-file`
+  or `data-dir`. It encodes its CSV with that schema, never with one fitted on its own rows, so
+  the feature layout, categories, scaling and classes agree across all nodes and the server
+  (the digest of the schema it used is on `NodeData.schema_digest`, for comparison). The check
+  is strict: a missing or extra column, an unknown category or label, or a number outside a
+  declared range is an error naming the file, the column and a count, and the node does not
+  train. A file that holds fewer than two of the classes is accepted with a warning
+  (`NodeData.classes_present`).
 - **A shard of the run's data set** (a simulation): every virtual node derives its shard from
   the shared data set and its `partition-id`; the split is deterministic for a seed, so each
   node finds the same shard in any process.
 
 Either way, a slice of the node's examples is held out for its local evaluation and never
-trained on. Missing values in a CSV follow the run config's `missing` policy exactly as on the
-server (`task.datasets.apply_missing_policy`: a NaN, infinite or text cell in a numeric column is
-a missing value, never an error and never a new category); the node logs the counts. Errors are
+trained on. Missing values in a CSV follow the schema's `missing` policy, as on the server
+(`task.datasets.apply_missing_policy`: a NaN, infinite or text cell in a numeric column is a
+missing value, never an error and never a new category); the node logs the counts. Errors are
 one line naming the file and the fix, and never quote data values.
 """
 
@@ -26,10 +31,8 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import zipfile
-import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,6 @@ import numpy as np
 from privet.task.config import ConfigError, RunConfig
 from privet.task.datasets import (
     ADULT_COLUMNS,
-    ADULT_FILE,
     IMAGE_SPECS,
     ArrayDataset,
     CsvTable,
@@ -47,12 +49,18 @@ from privet.task.datasets import (
     TabularSchema,
     TrainTest,
     apply_missing_policy,
-    check_table_for_schema,
+    check_example_labels,
+    check_table_against_schema,
+    dataset_entry,
     encode_with_schema,
+    fit_example_shape,
+    load_schema_file,
     not_a_file_reason,
     read_csv_table,
     read_idx_images,
     read_idx_labels,
+    read_npz_examples,
+    schema_digest,
 )
 from privet.task.partition import partition_indices
 from privet.task.task import task_named
@@ -79,19 +87,25 @@ LOCAL_VALIDATION_FRACTION = 0.1
 DATA_FORMATS: tuple[str, ...] = ("csv", "npz", "idx")
 """Formats a node's `data-file` may have (node config `data-format`, else from its name)."""
 
-_TABULAR = ("csv", "adult")
-_NPZ_HINT = "save it with numpy.savez(path, x=features, y=labels)"
 _IDX_IMAGES_HINT = "data-file must name an IDX image file (idx3-ubyte, plain or .gz)"
 _IDX_LABELS_HINT = "label-file must name an IDX label file (idx1-ubyte, plain or .gz)"
 
 
 @dataclass(frozen=True)
 class NodeData:
-    """A node's training examples and its held-out local validation examples."""
+    """A node's training examples and its held-out local validation examples.
+
+    For a node's own file: `schema_digest` is the SHA-256 of the tabular schema it encoded with
+    (None for image data), so that a caller can compare it with the server's; `classes_present`
+    counts the distinct classes among its examples (fewer than 2 was logged as a warning). Both
+    are None for a shard of a simulation's data set.
+    """
 
     client_id: int
     train: ArrayDataset
     validation: ArrayDataset
+    schema_digest: str | None = None
+    classes_present: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,28 +113,31 @@ class LocalDataSpec:
     """Where a node's own examples are and how to read them, from its node config.
 
     `label_file` is the IDX label file (format `idx` only); `label_column` is the CSV column to
-    predict when it is named differently on this node than in the reference file (`csv` only).
+    predict when it is named differently on this node than in the schema (`csv` only);
+    `schema_file` is the node's copy of the agreed tabular schema (tabular runs only).
     """
 
     path: Path
     data_format: str
     label_file: Path | None = None
     label_column: str | None = None
+    schema_file: Path | None = None
 
 
 @dataclass(frozen=True)
 class LocalExamples:
     """A node's own examples, encoded for the run's model, and what encoding them noticed.
 
-    `unknown_categories` counts, per categorical CSV column, the cells whose category the
-    reference file does not have (they encode as all zeros); `missing` counts the CSV's missing
-    feature values and says what the run's policy did with them. Only counts are kept, never
-    values.
+    `missing` counts the CSV's missing feature values and says what the schema's policy did
+    with them; `classes_present` counts the distinct classes among the examples;
+    `schema_digest` identifies the tabular schema used (None for image data). Only counts are
+    kept, never values.
     """
 
     examples: ArrayDataset
-    unknown_categories: Mapping[str, int] = field(default_factory=dict)
     missing: MissingValues | None = None
+    classes_present: int = 0
+    schema_digest: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +212,8 @@ def load_node_data(config: RunConfig, node_config: Mapping[str, object]) -> Node
     if _text_value(node_config, "data-file") is None:
         return _partition_node_data(config, node_config)
     client_id = node_client_id(node_config)
-    examples = load_local_examples(config, node_config).examples
+    local = load_local_examples(config, node_config)
+    examples = local.examples
     train_idx, validation_idx = split_shard(
         np.arange(len(examples), dtype=np.int64), client_id, config.seed
     )
@@ -203,6 +221,8 @@ def load_node_data(config: RunConfig, node_config: Mapping[str, object]) -> Node
         client_id=client_id,
         train=examples.subset(train_idx),
         validation=examples.subset(validation_idx),
+        schema_digest=local.schema_digest,
+        classes_present=local.classes_present,
     )
 
 
@@ -315,6 +335,8 @@ def local_data_spec(config: RunConfig, node_config: Mapping[str, object]) -> Loc
             )
     label_file = _text_value(node_config, "label-file")
     label_column = _text_value(node_config, "label-column")
+    schema_file = _text_value(node_config, "schema-file")
+    tabular = _is_tabular(config)
     if fmt == "idx" and label_file is None:
         raise ConfigError(
             f"data file {path} is IDX images, which need their labels: add "
@@ -330,22 +352,39 @@ def local_data_spec(config: RunConfig, node_config: Mapping[str, object]) -> Loc
             f"node config label-column applies only to data-format csv, but data file {path} is "
             f"{fmt}; drop label-column"
         )
-    if fmt == "csv" and config.dataset not in _TABULAR:
+    if fmt == "csv" and not tabular:
         raise ConfigError(
             f"data file {path} is CSV but the run trains on the image data set "
             f"'{config.dataset}'; give this node an npz or idx file"
         )
-    if fmt == "idx" and config.dataset in _TABULAR:
+    if fmt == "idx" and tabular:
         raise ConfigError(
             f"data file {path} is IDX images but the run trains on the tabular data set "
             f"'{config.dataset}'; give this node a csv or npz file"
+        )
+    if schema_file is not None and not tabular:
+        raise ConfigError(
+            f"node config schema-file applies only to tabular runs, and '{config.dataset}' is "
+            "image data; drop schema-file"
+        )
+    if schema_file is None and tabular:
+        what = "CSV" if fmt == "csv" else "for a tabular run"
+        raise ConfigError(
+            f"this node's data file is {what} but its node config has no schema-file; add "
+            "schema-file='/path/schema.json' (the coordinator writes it with `privet schema`)"
         )
     return LocalDataSpec(
         path=path,
         data_format=fmt,
         label_file=None if label_file is None else Path(label_file).expanduser(),
         label_column=label_column,
+        schema_file=None if schema_file is None else Path(schema_file).expanduser(),
     )
+
+
+def _is_tabular(config: RunConfig) -> bool:
+    """Whether the run's data set is a table (its registration says so)."""
+    return dataset_entry(config.dataset).kind == "tabular"
 
 
 def _file_key(path: Path, role: str) -> tuple[Path, int, int]:
@@ -365,13 +404,15 @@ def _file_key(path: Path, role: str) -> tuple[Path, int, int]:
 def load_local_examples(config: RunConfig, node_config: Mapping[str, object]) -> LocalExamples:
     """Read the node's own `data-file`, checked and encoded for the model of the run config.
 
-    Cached per process (keyed by the files' modification times), so that the several messages
-    one process may serve read the file once. The cached arrays are read-only.
+    Cached per process (keyed by the files' modification times, the schema file's included),
+    so that the several messages one process may serve read the file once. The cached arrays
+    are read-only.
     """
     spec = local_data_spec(config, node_config)
     data_key = _file_key(spec.path, "data-file")
     label_key = None if spec.label_file is None else _file_key(spec.label_file, "label-file")
-    return _load_local_cached(config, spec, data_key, label_key)
+    schema_key = None if spec.schema_file is None else _file_key(spec.schema_file, "schema-file")
+    return _load_local_cached(config, spec, data_key, label_key, schema_key)
 
 
 @functools.lru_cache(maxsize=4)
@@ -380,51 +421,70 @@ def _load_local_cached(
     spec: LocalDataSpec,
     data_key: tuple[Path, int, int],
     label_key: tuple[Path, int, int] | None,
+    schema_key: tuple[Path, int, int] | None,
 ) -> LocalExamples:
     """Dispatch on the format; the keys only make a replaced file miss the cache."""
-    del data_key, label_key
+    del data_key, label_key, schema_key
+    schema = None if spec.schema_file is None else load_schema_file(spec.schema_file)
     if spec.data_format == "csv":
-        local = _load_local_csv(config, spec)
+        assert schema is not None  # local_data_spec requires it for csv
+        local = _load_local_csv(config, spec, schema)
     elif spec.data_format == "npz":
-        local = _load_local_npz(config, spec)
+        local = _load_local_npz(config, spec, schema)
     else:
         local = _load_local_idx(config, spec)
     local.examples.features.setflags(write=False)
     local.examples.labels.setflags(write=False)
     logger.info(
-        "node data file %s: %d examples, feature shape %s, %d classes",
+        "node data file %s: %d examples, feature shape %s, %d classes (%d present)%s",
         spec.path,
         len(local.examples),
         local.examples.feature_shape,
         local.examples.num_classes,
+        local.classes_present,
+        "" if local.schema_digest is None else f", schema {local.schema_digest}",
     )
+    if local.classes_present < 2:
+        logger.warning(
+            "data file %s: its examples hold only %d of the model's %d classes; this node "
+            "trains anyway, but its updates can only pull the model towards what it holds",
+            spec.path,
+            local.classes_present,
+            local.examples.num_classes,
+        )
     return local
 
 
+def _present(examples: ArrayDataset) -> int:
+    """How many distinct classes the examples hold."""
+    return int(np.unique(examples.labels).size)
+
+
+def _expected_examples(
+    config: RunConfig, schema: TabularSchema | None
+) -> tuple[tuple[int, ...], int]:
+    """(feature shape, number of classes) of the examples the run's model is built for.
+
+    From the image data set's registration, or the node's schema: never from anyone's data,
+    except an image data set registered without a fixed shape, whose shape only its files know.
+    """
+    if config.dataset in IMAGE_SPECS:
+        return IMAGE_SPECS[config.dataset]
+    if schema is not None:
+        return (schema.width,), schema.num_classes
+    reference = _reference(config)
+    return reference.train.feature_shape, reference.num_classes
+
+
 def _reference(config: RunConfig) -> TrainTest:
-    """The run's data set as the server loads it: the source of the schema and of the shapes."""
+    """An image data set registered without a fixed shape: its files give the shape."""
     try:
         return load_federated_data(config)
     except (DataError, ConfigError) as exc:
         raise DataError(
-            f"this node cannot load the run's reference data ({exc}); every node needs the "
-            "reference file that the run config names, at the same path"
+            f"this node cannot load the run's data set '{config.dataset}' to learn its example "
+            f"shape ({exc}); register the data set with its feature_shape and num_classes"
         ) from exc
-
-
-def _reference_name(config: RunConfig) -> str:
-    """The reference file of a tabular run, as the user named it in the run config."""
-    if config.data_file:
-        return str(Path(config.data_file).expanduser())
-    return str(Path(config.data_dir or ".").expanduser() / ADULT_FILE)
-
-
-def _expected_examples(config: RunConfig) -> tuple[tuple[int, ...], int]:
-    """(feature shape, number of classes) of the examples the run's model is built for."""
-    if config.dataset in IMAGE_SPECS:
-        return IMAGE_SPECS[config.dataset]
-    reference = _reference(config)
-    return reference.train.feature_shape, reference.num_classes
 
 
 def _require_examples(path: Path, count: int) -> None:
@@ -433,62 +493,35 @@ def _require_examples(path: Path, count: int) -> None:
         raise DataError(f"data file {path} holds no examples; give this node a file with data")
 
 
-def _check_labels(path: Path, labels: np.ndarray, num_classes: int, dataset: str) -> None:
-    """Labels must be classes of the run's model; say how many are not, never which values."""
-    outside = int(np.count_nonzero((labels < 0) | (labels >= num_classes)))
-    if outside:
-        raise DataError(
-            f"data file {path} has {outside} label(s) outside 0..{num_classes - 1}, the classes "
-            f"of the run's data set '{dataset}'; fix or drop those examples"
-        )
-
-
-def _fit_shape(
-    path: Path, features: np.ndarray, expected: tuple[int, ...], dataset: str
-) -> np.ndarray:
-    """Return features of shape (n, *expected); an image (h, w) gains its channel axis (1, h, w)."""
-    shape = tuple(int(s) for s in features.shape[1:])
-    if shape == expected:
-        return features
-    if len(expected) == 3 and expected[0] == 1 and shape == expected[1:]:
-        return features.reshape(features.shape[0], *expected)
-    raise DataError(
-        f"data file {path} has examples of shape {shape} but the run's data set '{dataset}' "
-        f"needs {expected}; convert the file to that shape"
+def _load_local_csv(config: RunConfig, spec: LocalDataSpec, schema: TabularSchema) -> LocalExamples:
+    """Encode the node's CSV with its copy of the agreed schema, after the strict checks."""
+    table = _read_adult_like(spec.path) if config.dataset == "adult" else read_csv_table(spec.path)
+    table = _rename_label(table, schema, spec)
+    check_table_against_schema(table, schema)
+    table, missing = apply_missing_policy(table, schema, schema.missing)
+    logger.info(
+        "data file %s: %d row(s), %d with missing feature values, %d dropped, %d imputed "
+        "(the schema's policy: %s)",
+        spec.path,
+        missing.rows,
+        missing.affected_rows,
+        missing.dropped_rows,
+        missing.affected_rows - missing.dropped_rows,
+        missing.policy,
     )
-
-
-def _load_local_csv(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
-    """Encode the node's CSV with the schema the server fits on the run's reference file."""
-    reference = _reference(config)
-    schema = reference.schema
-    if schema is None:  # pragma: no cover - tabular data sets always carry a schema
-        raise ConfigError(f"the run's data set '{config.dataset}' has no tabular schema")
-    adult = config.dataset == "adult"
-    table = _read_adult_like(spec.path) if adult else read_csv_table(spec.path)
-    table = _match_columns(table, schema, spec, _reference_name(config))
-    unknown = check_table_for_schema(table, schema)
-    for column, count in unknown.items():
-        logger.warning(
-            "data file %s: %d value(s) in column '%s' are categories the reference file does "
-            "not have; they encode as all zeros",
-            spec.path,
-            count,
-            column,
-        )
-    table, missing = apply_missing_policy(table, schema, config.missing)
     if missing.affected_rows:
         logger.warning("%s", missing.describe(f"data file {spec.path}"))
     if not table.rows:
         raise DataError(
             f"{missing.describe(f'data file {spec.path}')}, which leaves no examples; fill in "
-            "the missing values or run with --missing impute"
+            "the missing values or ask the coordinator for a schema whose missing is 'impute'"
         )
-    return LocalExamples(encode_with_schema(table, schema), dict(unknown), missing)
+    examples = encode_with_schema(table, schema)
+    return LocalExamples(examples, missing, _present(examples), schema_digest(schema))
 
 
 def _read_adult_like(path: Path) -> CsvTable:
-    """Read a node's UCI Adult file like the reference: header row optional, Adult's columns."""
+    """Read a node's UCI Adult file like the server: header row optional, Adult's columns."""
     table = read_csv_table(path, column_names=ADULT_COLUMNS)
     if table.rows[0] == table.header:
         table = CsvTable(table.source, table.header, table.rows[1:], table.line_numbers[1:])
@@ -496,14 +529,11 @@ def _read_adult_like(path: Path) -> CsvTable:
     return table
 
 
-def _match_columns(
-    table: CsvTable, schema: TabularSchema, spec: LocalDataSpec, reference: str
-) -> CsvTable:
-    """Check the node's columns are the reference's; return the table with its label renamed.
+def _rename_label(table: CsvTable, schema: TabularSchema, spec: LocalDataSpec) -> CsvTable:
+    """The table with the node's label column renamed to the schema's (node config label-column).
 
-    Column order may differ (encoding matches by name). The reference's partition column is not
-    a feature and may be absent. A node may name its label column differently (`label-column`);
-    it is renamed to the reference's name so that the schema finds it.
+    A node may name its label column differently; the schema's name is then given to it so that
+    the schema finds it. The columns themselves are checked by the strict check that follows.
     """
     label = spec.label_column or schema.label_column
     header = table.header
@@ -514,22 +544,8 @@ def _match_columns(
         )
     if label != schema.label_column and schema.label_column in header:
         raise ConfigError(
-            f"data file {spec.path} has the reference label column '{schema.label_column}' but "
+            f"data file {spec.path} has the schema's label column '{schema.label_column}' but "
             f"node config label-column names '{label}'; drop label-column from the node config"
-        )
-    present = [name for name in header if name not in (label, schema.partition_column)]
-    features = [column.name for column in schema.columns]
-    missing = [name for name in features if name not in present]
-    if missing:
-        raise DataError(
-            f"data file {spec.path} lacks column '{missing[0]}' of the reference file "
-            f"{reference} ({len(missing)} missing); give it exactly the reference file's columns"
-        )
-    extra = [name for name in present if name not in features]
-    if extra:
-        raise DataError(
-            f"data file {spec.path} has column '{extra[0]}' that the reference file {reference} "
-            f"lacks ({len(extra)} extra); give it exactly the reference file's columns"
         )
     if label == schema.label_column:
         return table
@@ -537,56 +553,14 @@ def _match_columns(
     return CsvTable(table.source, renamed, table.rows, table.line_numbers)
 
 
-def _load_local_npz(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
+def _load_local_npz(
+    config: RunConfig, spec: LocalDataSpec, schema: TabularSchema | None
+) -> LocalExamples:
     """Read arrays `x` (features) and `y` (integer labels) and check them against the run."""
     path = spec.path
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(
-            f"npz file {path} cannot be read ({type(exc).__name__}); {_NPZ_HINT}"
-        ) from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"data file {path} is a single .npy array, not an npz archive; {_NPZ_HINT}")
-    with archive:
-        for name in ("x", "y"):
-            if name not in archive.files:
-                held = ", ".join(archive.files) or "no arrays"
-                raise DataError(
-                    f"npz file {path} has no array '{name}' (it holds {held}); {_NPZ_HINT}"
-                )
-        try:
-            x = archive["x"]
-            y = archive["y"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise DataError(
-                f"npz file {path} is corrupt or holds non-numeric arrays "
-                f"({type(exc).__name__}); {_NPZ_HINT}"
-            ) from exc
-    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise DataError(
-            f"npz file {path}: x has dtype {x.dtype}, not real numbers; save x as float32"
-        )
-    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise DataError(
-            f"npz file {path}: y has dtype {y.dtype} and shape {y.shape}, not a 1-d array of "
-            "integer class labels; save y as integers, one per example"
-        )
-    if x.ndim < 2 or x.shape[0] != y.shape[0]:
-        raise DataError(
-            f"npz file {path}: x has shape {x.shape} but y has {y.shape[0]} labels; x needs one "
-            "row of features per label, shape (n, ...)"
-        )
-    _require_examples(path, int(y.shape[0]))
-    x = x.astype(np.float32, copy=False)
-    non_finite = int(np.count_nonzero(~np.isfinite(x)))
-    if non_finite:
-        raise DataError(
-            f"npz file {path}: x holds {non_finite} NaN or infinite value(s); fix or drop those "
-            "examples"
-        )
-    expected, num_classes = _expected_examples(config)
-    x = _fit_shape(path, x, expected, config.dataset)
+    x, y = read_npz_examples(path)
+    expected, num_classes = _expected_examples(config, schema)
+    x = fit_example_shape(path, x, expected, config.dataset)
     if config.dataset in IMAGE_SPECS:
         outside = int(np.count_nonzero((x < 0.0) | (x > 1.0)))
         if outside:
@@ -594,8 +568,10 @@ def _load_local_npz(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
                 f"npz file {path}: {outside} pixel value(s) lie outside [0, 1], the range the "
                 f"run's data set '{config.dataset}' is scaled to; scale x (e.g. uint8 / 255)"
             )
-    _check_labels(path, y, num_classes, config.dataset)
-    return LocalExamples(ArrayDataset(x, y.astype(np.int64), num_classes))
+    check_example_labels(path, y, num_classes, config.dataset)
+    examples = ArrayDataset(x, y.astype(np.int64), num_classes)
+    digest = None if schema is None else schema_digest(schema)
+    return LocalExamples(examples, None, _present(examples), digest)
 
 
 def _load_local_idx(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
@@ -610,7 +586,8 @@ def _load_local_idx(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
             "own label file"
         )
     _require_examples(spec.path, int(labels.shape[0]))
-    expected, num_classes = _expected_examples(config)
-    images = _fit_shape(spec.path, images, expected, config.dataset)
-    _check_labels(spec.label_file, labels, num_classes, config.dataset)
-    return LocalExamples(ArrayDataset(images, labels, num_classes))
+    expected, num_classes = _expected_examples(config, None)
+    images = fit_example_shape(spec.path, images, expected, config.dataset)
+    check_example_labels(spec.label_file, labels, num_classes, config.dataset)
+    examples = ArrayDataset(images, labels, num_classes)
+    return LocalExamples(examples, None, _present(examples))

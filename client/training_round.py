@@ -24,10 +24,13 @@ from privet.task.task import build_task_model, task_named
 
 logger = logging.getLogger(__name__)
 
+NODE_BUDGET_NAME = "node-epsilon-budget"
+"""The node config key of a node's lifetime ε budget (read by `client.app`)."""
+
 
 @dataclass(frozen=True)
 class ClientTrainReport:
-    """What a client releases after training: its model update and its privacy so far."""
+    """What a client releases after training: its model update and its privacy (run, lifetime)."""
 
     status: ClientPrivacy
     update: list[np.ndarray]
@@ -36,7 +39,7 @@ class ClientTrainReport:
 
 @dataclass(frozen=True)
 class ClientDecline:
-    """A client that did not train because the round would take it past its budget."""
+    """A client that did not train because the round would take it past a budget (`reason`)."""
 
     status: ClientPrivacy
     reason: str
@@ -54,7 +57,9 @@ def round_seed(config: RunConfig, server_round: int, client_id: int, purpose: in
 def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
     """The client's DP-SGD schedule for the whole run, from the run configuration.
 
-    With a target ε, σ is calibrated by the run's accountant, the one its ε is reported by.
+    With a target ε, σ is calibrated by the run's accountant, the one its ε is reported by, for
+    the run's own ε: earlier runs on the node's ledger do not change σ (a node's lifetime budget
+    is enforced by declining, see `budget_problem`).
     """
     return plan_local_training(
         num_examples=num_examples,
@@ -68,20 +73,89 @@ def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
     )
 
 
-def _status(
-    config: RunConfig, data: NodeData, plan: LocalPlan, ledger: PrivacyLedger
+def client_status(
+    config: RunConfig,
+    data: NodeData,
+    plan: LocalPlan,
+    ledger: PrivacyLedger,
+    run_token: str | None = None,
 ) -> ClientPrivacy:
-    steps = ledger.steps()
+    """What the client reports: this run's own ε, steps and rounds, and its lifetime figures.
+
+    The run's figures come from the ledger entries tagged `run_token` alone, the lifetime ones
+    from every entry (earlier runs included), both at the run's δ by the run's accountant; the
+    ledger's entry count and digest name the state they were computed from.
+    """
+    run_epsilon = ledger.run_epsilon(run_token, config.accountant, delta=config.delta)
+    only_this_run = ledger.only_run(run_token)
+    lifetime = run_epsilon if only_this_run else ledger.epsilon(config.accountant)
     return ClientPrivacy(
         client_id=data.client_id,
         num_examples=len(data.train),
-        epsilon=ledger.epsilon(config.accountant),
+        epsilon=run_epsilon,
         delta=config.delta,
         noise_multiplier=plan.noise_multiplier,
         sample_rate=plan.sample_rate,
-        steps=steps,
-        rounds_participated=len(ledger.rounds()),
+        steps=ledger.run_steps(run_token),
+        rounds_participated=len(ledger.run_rounds(run_token)),
+        lifetime_epsilon=lifetime,
+        lifetime_steps=ledger.steps(),
+        ledger_entries=len(ledger.entries),
+        ledger_digest=ledger.digest(),
     )
+
+
+def budget_problem(
+    config: RunConfig,
+    plan: LocalPlan,
+    ledger: PrivacyLedger,
+    server_round: int,
+    run_token: str | None = None,
+    node_epsilon_budget: float | None = None,
+) -> str | None:
+    """Why the client must decline `server_round` (one line naming the numbers), or None.
+
+    Three checks, all before any work, on the ledger's events plus what the round would add:
+
+    - the run's `epsilon_budget`: the run's own ε after this round;
+    - the node's lifetime budget (node config `node-epsilon-budget`), with a `target-epsilon`
+      run, at the run's first round on this node: σ is calibrated for the run's own ε, so if
+      the whole planned run at that σ would take the node's lifetime ε above its budget, the node
+      refuses the run outright (saying what earlier runs spent, where the plan would end, and the
+      budget) instead of dropping out part way;
+    - the node's lifetime budget: the lifetime ε (every run, at this run's δ) after this round.
+      With a fixed σ a node thus trains until its next round would exceed the budget.
+    """
+    planned = [PoissonGaussianSteps(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+    if config.epsilon_budget is not None:
+        after = ledger.run_epsilon_if_bounded(run_token, planned, config.accountant)
+        if after > config.epsilon_budget:
+            return (
+                f"round {server_round} would take epsilon to {after:.4g}, above the budget "
+                f"{config.epsilon_budget:g}"
+            )
+    if node_epsilon_budget is None:
+        return None
+    if config.target_epsilon is not None and not ledger.run_entries(run_token):
+        whole = PoissonGaussianSteps(plan.noise_multiplier, plan.sample_rate, plan.planned_steps)
+        end = ledger.epsilon_if_bounded([whole], config.accountant)
+        if end > node_epsilon_budget:
+            spent = ledger.epsilon(config.accountant)
+            return (
+                f"this node already spent epsilon {spent:.4g} in earlier runs, and this run's "
+                f"plan (target epsilon {config.target_epsilon:g}: sigma "
+                f"{plan.noise_multiplier:.4g} for {plan.planned_steps} steps) would take its "
+                f"lifetime epsilon to {end:.4g}, above its {NODE_BUDGET_NAME} "
+                f"{node_epsilon_budget:g}; raise that budget or give this run a smaller "
+                "target-epsilon"
+            )
+    after = ledger.epsilon_if_bounded(planned, config.accountant)
+    if after > node_epsilon_budget:
+        return (
+            f"round {server_round} would take this node's lifetime epsilon to {after:.4g}, "
+            f"above its {NODE_BUDGET_NAME} {node_epsilon_budget:g}"
+        )
+    return None
 
 
 def clip_update(update: list[np.ndarray], clip_norm: float) -> tuple[list[np.ndarray], bool]:
@@ -99,23 +173,23 @@ def run_training_round(
     ledger: PrivacyLedger,
     server_round: int,
     clip_norm: float | None = None,
+    *,
+    run_token: str | None = None,
+    node_epsilon_budget: float | None = None,
 ) -> ClientTrainReport | ClientDecline:
-    """Train one round from the global weights, unless that would exceed the client's budget.
+    """Train one round from the global weights, unless that would exceed a budget.
 
-    The round's DP-SGD events are recorded in `ledger` (and its file) before the update is
-    returned, so the ledger never under-reports what left the client.
+    The round's DP-SGD events are recorded in `ledger` (and its file), tagged with `run_token`,
+    before the update is returned, so the ledger never under-reports what left the client. The
+    ledger reports at the run's δ from here on; the budgets are those of `budget_problem`. With
+    a target ε, σ is calibrated for the run's own ε (`client_plan`), never for the lifetime.
     """
     plan = client_plan(config, len(data.train))
-    planned = [PoissonGaussianSteps(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
-    if config.epsilon_budget is not None:
-        after = ledger.epsilon_if_bounded(planned, config.accountant)
-        if after > config.epsilon_budget:
-            reason = (
-                f"round {server_round} would take epsilon to {after:.4g}, above the budget "
-                f"{config.epsilon_budget:g}"
-            )
-            logger.info("client %d declines: %s", data.client_id, reason)
-            return ClientDecline(_status(config, data, plan, ledger), reason)
+    ledger.use_delta(config.delta)
+    reason = budget_problem(config, plan, ledger, server_round, run_token, node_epsilon_budget)
+    if reason is not None:
+        logger.info("client %d declines: %s", data.client_id, reason)
+        return ClientDecline(client_status(config, data, plan, ledger, run_token), reason)
     task = task_named(config.task)
     model = build_task_model(
         task, config.model, data.train.feature_shape, data.train.num_classes, config.seed
@@ -133,7 +207,7 @@ def run_training_round(
         device=resolve_device(config.device),
         task=task,
     )
-    ledger.record(server_round, result.events)
+    ledger.record(server_round, result.events, run=run_token)
     # The update: the change of each travelling tensor, in state-dict order (the task's format).
     update = [
         (new.astype(np.float64) - old.astype(np.float64)).astype(np.float32)
@@ -142,7 +216,7 @@ def run_training_round(
     within: bool | None = None
     if clip_norm is not None:
         update, within = clip_update(update, clip_norm)
-    return ClientTrainReport(_status(config, data, plan, ledger), update, within)
+    return ClientTrainReport(client_status(config, data, plan, ledger, run_token), update, within)
 
 
 def run_local_evaluation(

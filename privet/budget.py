@@ -4,7 +4,12 @@
   also the classic conversion, so published figures (TF Privacy, older papers) can be compared.
 - σ for a target ε: the smallest noise multiplier that keeps the plan within the target.
 - A table and a PNG plot of ε over epochs or rounds for several σ, comparing the accountants.
-- `--verify RUN_DIR`: replay a finished run's ledgers and confirm or refute the ε it reported.
+- `--verify RUN_DIR`: replay a finished run's ledgers and confirm or refute the ε it reported. A
+  deployment's client ledgers stay on the nodes: for a client whose ledger is not in the run folder
+  the run's ε is replayed from the summary the node signed off with its report (its (σ, q, steps)
+  and its ledger's entry count and digest, kept in results.json), and the output says so.
+- `--verify-ledger DIR`: on a node, replay its own ledgers (its `ledger-dir`, or one file): each
+  run's ε and the node's lifetime ε, with checks that each file is well-formed and consistent.
 
 Bad input raises `BudgetError` (a ValueError) with one line naming the problem and the fix; the
 `privet` command prints it as `privet: error: ...` and exits with status 2.
@@ -13,8 +18,10 @@ Bad input raises `BudgetError` (a ValueError) with one line naming the problem a
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -142,6 +149,12 @@ def add_budget_parser(commands: argparse._SubParsersAction) -> None:
         help=f"points per curve (default: {DEFAULT_POINTS})",
     )
     out.add_argument("--verify", metavar="RUN_DIR", help="replay a finished run's ledgers")
+    out.add_argument(
+        "--verify-ledger",
+        metavar="DIR",
+        help="replay a node's own ledgers (its ledger-dir, or one ledger file): each run's ε and "
+        "the lifetime ε (with --accountant)",
+    )
 
 
 # -- plans --------------------------------------------------------------------------------------
@@ -311,6 +324,15 @@ def _client_plan(args: argparse.Namespace) -> BudgetPlan:
 def run_budget(args: argparse.Namespace) -> int:
     """Run `privet budget` with parsed flags; return the exit status (0 ok, 1 refuted)."""
     try:
+        if getattr(args, "verify_ledger", None) is not None:
+            given = [name for name in _given(args, _PLAN_FLAGS) if name != "accountant"]
+            if given or args.verify is not None:
+                extra = _flag(given[0]) if given else "--verify"
+                raise BudgetError(
+                    f"--verify-ledger replays a node's ledgers and takes only --accountant; drop "
+                    f"{extra}"
+                )
+            return verify_ledgers(Path(args.verify_ledger), args.accountant or "rdp")
         if args.verify is not None:
             given = _given(args, _PLAN_FLAGS)
             if given:
@@ -561,8 +583,8 @@ class Verdict:
 
     @property
     def confirmed(self) -> bool:
-        """True when the replayed ε equals the reported one."""
-        return self.status == "confirmed"
+        """True when the replayed ε equals the reported one (by its ledger or a node's summary)."""
+        return self.status.startswith("confirmed")
 
 
 def _reported_epsilon(value: object, where: str, results: Path) -> float:
@@ -587,7 +609,13 @@ def _replay(
     owner: str,
     delta: float,
     accountant: str,
+    run_token: str | None = None,
 ) -> Verdict:
+    """Replay one ledger file: the run's own ε (its entries of `run_token`) at the run's δ.
+
+    Without a token the ledger must hold one run only (as a run folder's ledgers do); the events
+    are δ-free, so a ledger whose latest run used another δ still replays at the run's.
+    """
     if not path.exists():
         return Verdict(label, reported, None, "refuted: ledger missing")
     try:
@@ -602,12 +630,21 @@ def _replay(
             f"refuted: ledger is {ledger.owner!r} at {ledger.level} level, expected {owner!r} "
             f"at {level} level",
         )
-    if ledger.delta != delta:
+    runs = [token for token, _ in ledger.runs()]
+    if run_token is not None and run_token in runs:
+        events = ledger.run_events(run_token)
+    elif len(runs) <= 1:
+        events = ledger.events()
+    else:
         return Verdict(
-            label, reported, None, f"refuted: ledger δ {ledger.delta:g} ≠ run δ {delta:g}"
+            label,
+            reported,
+            None,
+            f"refuted: the ledger holds {len(runs)} runs and results.json names none of them "
+            "(privacy.run_token)",
         )
     try:
-        replayed = ledger.epsilon(accountant)
+        replayed = epsilon_for(events, delta, accountant)
     except AccountingError as error:
         return Verdict(label, reported, None, f"refuted: cannot replay ({error})")
     if reported is None:
@@ -621,6 +658,44 @@ def _replay(
             f"({'; '.join(ledger.corrections)})",
         )
     status = "confirmed" if _same(reported, replayed) else "refuted: ε differs"
+    return Verdict(label, reported, replayed, status)
+
+
+def _replay_summary(
+    client: Mapping[str, Any], label: str, reported: float, delta: float, accountant: str
+) -> Verdict:
+    """Replay a client's run ε from the summary its node signed off (its ledger is on the node).
+
+    The run's releases are `steps` DP-SGD steps at (σ, q) = (noise_multiplier, sample_rate); the
+    node's lifetime ε covers them, so it may not be below the run's.
+    """
+    sigma, q, steps = (client.get(key) for key in ("noise_multiplier", "sample_rate", "steps"))
+    ledger = client.get("ledger")
+    try:
+        if not isinstance(ledger, Mapping) or set(ledger) != {"entries", "sha256"}:
+            raise ValueError("its ledger summary is not {entries, sha256}")
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"steps is {steps!r}, not a whole number")
+        if isinstance(sigma, bool) or isinstance(q, bool):
+            raise ValueError("sigma and q must be numbers")
+        event = PoissonGaussianSteps(float(sigma), float(q), steps)  # type: ignore[arg-type]
+        replayed = epsilon_for([event], delta, accountant) if steps else 0.0
+    except (TypeError, ValueError) as error:  # AccountingError included
+        return Verdict(label, reported, None, f"refuted: unusable node summary ({error})")
+    lifetime = client.get("lifetime_epsilon", reported)
+    lifetime_value = math.inf if lifetime == "inf" else lifetime
+    if (
+        isinstance(lifetime_value, bool)
+        or not isinstance(lifetime_value, int | float)
+        or (lifetime_value < replayed and not _same(float(lifetime_value), replayed))
+    ):
+        return Verdict(
+            label,
+            reported,
+            replayed,
+            f"refuted: lifetime ε {lifetime!r} is below the run's replayed ε",
+        )
+    status = "confirmed (node summary)" if _same(reported, replayed) else "refuted: ε differs"
     return Verdict(label, reported, replayed, status)
 
 
@@ -681,7 +756,11 @@ def verify_run(run_dir: Path) -> int:
         raise BudgetError(f"{results}: config.delta must be a number in (0, 1), got {delta!r}")
     folder = RunFolder(run_dir)
     ledgers = folder.ledgers
+    privacy = data.get("privacy")
+    token = privacy.get("run_token") if isinstance(privacy, dict) else None
+    token = token if isinstance(token, str) else None
     verdicts: list[Verdict] = []
+    summaries: list[str] = []
     reported_ids: set[int] = set()
     for index, client in enumerate(data["clients"]):
         client_id = client.get("id") if isinstance(client, dict) else None
@@ -690,13 +769,24 @@ def verify_run(run_dir: Path) -> int:
         reported_ids.add(client_id)
         reported = _reported_epsilon(client.get("epsilon"), f"clients[{index}]", results)
         name = f"client-{client_id}"
-        verdicts.append(
-            _replay(folder.ledger(name), name, reported, "example", name, delta, accountant)
-        )
+        path = folder.ledger(name)
+        if not path.exists() and client.get("ledger") is not None:
+            verdicts.append(_replay_summary(client, name, reported, delta, accountant))
+            summary = client["ledger"] if isinstance(client["ledger"], dict) else {}
+            summaries.append(
+                f"{name}: its ledger is on its node; checked the summary the node signed off "
+                f"(σ, q, steps; a ledger of {summary.get('entries')} entries, sha256 "
+                f"{str(summary.get('sha256'))[:16]}…), not the ledger file — run `privet budget "
+                "--verify-ledger LEDGER_DIR` on the node to check the file itself"
+            )
+            continue
+        verdicts.append(_replay(path, name, reported, "example", name, delta, accountant, token))
     for path in sorted(ledgers.glob("client-*.json")) if ledgers.is_dir() else []:
         suffix = path.stem.removeprefix("client-")
         if suffix.isdigit() and int(suffix) not in reported_ids:
-            verdicts.append(_replay(path, path.stem, None, "example", path.stem, delta, accountant))
+            verdicts.append(
+                _replay(path, path.stem, None, "example", path.stem, delta, accountant, token)
+            )
     verdicts.extend(_max_verdict(data, results, verdicts[: len(data["clients"])]))
     client_level = data.get("client_level")
     server = folder.ledger(SERVER_LEDGER_OWNER)
@@ -708,6 +798,8 @@ def verify_run(run_dir: Path) -> int:
     elif server.exists():
         verdicts.append(_replay(server, "server", None, "client", "server", delta, accountant))
     _print_verdicts(run_dir, accountant, delta, verdicts)
+    for line in summaries:
+        print(f"note: {line}")
     return EXIT_CONFIRMED if all(v.confirmed for v in verdicts) else EXIT_REFUTED
 
 
@@ -728,3 +820,138 @@ def _print_verdicts(run_dir: Path, accountant: str, delta: float, verdicts: list
         print(f"REFUTED: {len(refuted)} of {len(verdicts)} ledgers do not match the reported ε.")
     else:
         print(f"CONFIRMED: all {len(verdicts)} reported ε values match their ledgers.")
+
+
+# -- a node's own ledgers -----------------------------------------------------------------------
+
+_DATA_LEDGER = re.compile(r"^data-([0-9a-f]{16})$")
+_CLIENT_LEDGER = re.compile(r"^client-\d+$")
+
+
+@dataclass(frozen=True)
+class LedgerReplay:
+    """One ledger file replayed: each run's ε at its own δ, and the lifetime ε (None: bad file)."""
+
+    path: Path
+    runs: list[tuple[str, float, list[int], int, float]]
+    """(run token or "(untagged)", δ, rounds, steps, ε) per run, in order."""
+    lifetime: float | None
+    delta: float | None
+    problem: str | None
+
+
+def _name_problem(path: Path, ledger: PrivacyLedger) -> str | None:
+    """Whether the file's name fits its owner (a renamed or misplaced ledger), else None."""
+    stem = path.stem
+    data = _DATA_LEDGER.match(stem)
+    if data is not None:
+        full = ledger.owner.removeprefix("data-")
+        if not ledger.owner.startswith("data-") or not full.startswith(data.group(1)):
+            return (
+                f"the file is named for data {data.group(1)}… but is the ledger of {ledger.owner}"
+            )
+        return None
+    if (_CLIENT_LEDGER.match(stem) or stem == SERVER_LEDGER_OWNER) and ledger.owner != stem:
+        return f"the file is named {path.name} but is the ledger of {ledger.owner}"
+    return None
+
+
+def _stored_rdp(path: Path) -> object:
+    """The informational "epsilon_rdp" the file shows (read as text; the ledger is valid JSON)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("epsilon_rdp") if isinstance(data, dict) else None
+
+
+def replay_ledger(path: Path, accountant: str) -> LedgerReplay:
+    """Load and replay one ledger file, checking that it is well-formed and consistent.
+
+    Consistent: the file's name fits its owner; each run's rounds never go back; the ε the file
+    shows ("epsilon_rdp", informational) is what its entries give by RDP (else it was edited).
+    """
+    try:
+        ledger = PrivacyLedger.load(path)
+    except LedgerError as error:
+        return LedgerReplay(path, [], None, None, str(error))
+    problem = _name_problem(path, ledger)
+    rows: list[tuple[str, float, list[int], int, float]] = []
+    try:
+        for token, delta in ledger.runs():
+            rounds = [entry.round for entry in ledger.run_entries(token)]
+            if rounds != sorted(rounds):
+                problem = problem or f"run {token or '(untagged)'} has rounds out of order {rounds}"
+            rows.append(
+                (
+                    token or "(untagged)",
+                    delta,
+                    ledger.run_rounds(token),
+                    ledger.run_steps(token),
+                    ledger.run_epsilon(token, accountant),
+                )
+            )
+        lifetime = ledger.epsilon(accountant)
+        stored = _stored_rdp(path)
+        if (
+            isinstance(stored, int | float)
+            and not isinstance(stored, bool)
+            and not ledger.corrections
+        ) and not _same(float(stored), ledger.epsilon("rdp")):
+            problem = problem or (
+                f"its epsilon_rdp {stored:.6g} is not what its entries give "
+                f"({ledger.epsilon('rdp'):.6g}): the file was edited"
+            )
+    except (AccountingError, ValueError) as error:
+        return LedgerReplay(path, rows, None, ledger.delta, f"cannot replay it ({error})")
+    return LedgerReplay(path, rows, lifetime, ledger.delta, problem)
+
+
+def verify_ledgers(target: Path, accountant: str) -> int:
+    """`--verify-ledger`: replay every ledger in a node's ledger-dir (or one file) and print it.
+
+    Prints per run its δ, rounds, steps and ε, and each ledger's lifetime ε at its latest run's δ;
+    returns 0 when every file is well-formed and consistent, 1 (with one line naming the file and
+    the reason) when one is not. BudgetError (exit 2) for a path that holds no ledger.
+    """
+    if accountant not in ACCOUNTANTS:
+        raise BudgetError(f"--verify-ledger replays with one accountant ({', '.join(ACCOUNTANTS)})")
+    if target.is_file():
+        paths = [target]
+    elif target.is_dir():
+        paths = sorted(p for p in target.glob("*.json") if not p.name.startswith("."))
+        if not paths:
+            raise BudgetError(
+                f"--verify-ledger {target}: no ledger files (*.json) in that folder; give the "
+                "node's ledger-dir or a ledger file"
+            )
+    else:
+        raise BudgetError(
+            f"--verify-ledger {target}: no such file or folder; give the node's ledger-dir"
+        )
+    replays = [replay_ledger(path, accountant) for path in paths]
+    print(f"Replaying {len(paths)} ledger file(s) in {target} with the {accountant} accountant:")
+    rows = []
+    for replay in replays:
+        for token, delta, rounds, steps, epsilon in replay.runs:
+            span = f"{rounds[0]}–{rounds[-1]}" if rounds else "—"
+            rows.append([replay.path.name, token, f"{delta:g}", span, str(steps), _fmt6(epsilon)])
+        if replay.lifetime is not None and replay.delta is not None:
+            rows.append(
+                [replay.path.name, "lifetime", f"{replay.delta:g}", "", "", _fmt6(replay.lifetime)]
+            )
+    if rows:
+        _print_table(["ledger", "run", "δ", "rounds", "steps", "ε"], rows)
+    bad = [replay for replay in replays if replay.problem is not None]
+    for replay in bad:
+        print(f"REFUTED: {replay.path}: {replay.problem}")
+    if not bad:
+        print(
+            f"OK: {len(replays)} ledger file(s) are well-formed and consistent; the lifetime ε "
+            "composes every run at the δ of the latest one"
+        )
+    return EXIT_REFUTED if bad else EXIT_CONFIRMED
+
+
+def _fmt6(value: float) -> str:
+    return "∞" if math.isinf(value) else f"{value:.6f}"

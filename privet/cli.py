@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     from privet.node import add_node_parser
 
     add_node_parser(commands)
+    from privet.schema_command import add_schema_parser
+
+    add_schema_parser(commands)
     return parser
 
 
@@ -311,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from privet.node import run_node
 
             return run_node(rest)
+        if args.command == "schema":
+            from privet.schema_command import run_schema
+
+            return run_schema(args)
     except _user_errors() as error:
         print(f"privet: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -113,7 +113,8 @@ class SimulationConsole:
 
     def show_results(self, results: RunResults) -> None:
         """The per-round table, the per-client privacy table, and where the files are."""
-        rounds = Table(title="Rounds (server-side test set)")
+        where = results.evaluation or "the server-side test set"
+        rounds = Table(title=f"Rounds (scored on {escape(where)})")
         for column in ("round", "accuracy", "loss", "max ε"):
             rounds.add_column(column, justify="right")
         for record in results.rounds:

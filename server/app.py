@@ -38,8 +38,13 @@ from privet.server.secure_aggregation import conditional_rounding_ratio
 from privet.server.strategy import PrivetFedAvg
 from privet.server.strategy_parts import build_strategy
 from privet.task.config import ConfigError, RunConfig
+from privet.task.wording import for_deployment, reworded
 
 logger = logging.getLogger(__name__)
+
+
+FLWR_RUN_ENGINE = "flwr-run"
+"""The engine name of a run started by `flwr run` (a deployment, or Flower's own simulation)."""
 
 
 class RunFailedError(RuntimeError):
@@ -90,7 +95,15 @@ def _run_federated_training(
         check_same_run(checkpoint, config)
     else:
         prepare_output(output_dir)
-    results = RunResults(config=config, engine=engine, missing_values=evaluator.missing)
+    results = RunResults(
+        config=config,
+        engine=engine,
+        missing_values=evaluator.missing,
+        evaluation=evaluator.source,
+        test_examples=len(evaluator.test),
+    )
+    if engine == FLWR_RUN_ENGINE:  # `flwr run --stream` shows it before the first round
+        print(f"The server scores the model on {evaluator.source}.", flush=True)
     strategy = build_strategy(config, resuming=checkpoint is not None)
     if checkpoint is not None:
         try:
@@ -108,12 +121,18 @@ def _run_federated_training(
     except Exception as error:
         # Failure is never success, and never silent: a run that breaks after its folder is set
         # up leaves results.json saying so (finished: false, a one-line reason), then fails.
-        results.conclude(_crash_reason(error))
+        reason = _crash_reason(error)
+        results.conclude(in_words_of(engine, reason))
         try:
             write_results(output_dir, results)
         except OSError:
             logger.exception("could not record the failure in %s", output_dir / RESULTS_FILE)
         raise
+
+
+def in_words_of(engine: str, text: str) -> str:
+    """`text` as the user of `engine` sets things: run-config keys under `flwr run`, else flags."""
+    return for_deployment(text, RunConfig.key_names()) if engine == FLWR_RUN_ENGINE else text
 
 
 def _crash_reason(error: BaseException) -> str:
@@ -138,7 +157,11 @@ def _train(
     if checkpoint is not None:
         first_round, initial_weights = checkpoint.round + 1, checkpoint.weights
     strategy.discover_clients(
-        grid, config.clients, config.round_timeout, node_clients=config.node_client_map
+        grid,
+        config.clients,
+        config.round_timeout,
+        node_clients=config.node_client_map,
+        schema_digest=evaluator.schema_digest,
     )
     recorder = RunRecorder(config, strategy, results, evaluator, on_round)
     outcome = strategy.start(
@@ -194,9 +217,13 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = fixed_config or RunConfig.from_mapping(context.run_config)
-        progress = on_round if on_round is not None else ProgressPrinter(config.rounds)
-        results = run_federated_training(prompt(grid), config, engine, progress)
+        try:
+            config = fixed_config or RunConfig.from_mapping(context.run_config)
+            progress = on_round if on_round is not None else ProgressPrinter(config.rounds)
+            results = run_federated_training(prompt(grid), config, engine, progress)
+        except Exception as error:
+            # Under `flwr run` the fix is a run-config key, not a `privet simulate` flag.
+            raise reworded(error, in_words_of(engine, str(error))) from error
         if on_finish is not None:
             on_finish(results)
         elif not results.finished:
@@ -206,7 +233,7 @@ def make_server_app(
     return app
 
 
-app = make_server_app(engine="flwr-run")
+app = make_server_app(engine=FLWR_RUN_ENGINE)
 
 
 def clear_output(output_dir: Path) -> Path | None:

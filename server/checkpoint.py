@@ -22,9 +22,17 @@ The binding guards against damage and mistakes, not against someone who rewrites
 digests are not signatures).
 
 Client ledgers kept on the nodes of a deployment (`ledger-dir`) are not in the run folder, so the
-server cannot bind them. It binds what it can: each client's reported cumulative ε, which it keeps
-in the checkpoint and never lowers (`server.federation_privacy`); and the node refuses a ledger
-file that lost entries it holds in its own state (`client.app.load_ledger`).
+server cannot bind them. It binds what it can: each client's reported ε (the run's own and its
+lifetime), which it keeps in the checkpoint and never lowers (`server.federation_privacy`), with
+the ledger summary (entry count and digest) the node signed off with its report, which
+results.json keeps for `privet budget --verify`; and the node refuses a ledger file that lost
+entries it holds in its own state (`client.app.load_ledger`).
+
+The run token. A run is named by a token that the nodes tag their ledger entries with, so a
+node's ledger tells this run's releases from earlier runs' (`privacy.ledger`, "Runs"). It is made
+when a run starts fresh and kept in the checkpoint (the strategy's ``privacy.run_token``), so a
+resumed run goes on as the same run; a checkpoint of an older Privet has none, and its resumed
+run sends none (its nodes record untagged entries, as before).
 
 The run folder: one writer. `lock_run_folder` takes an exclusive lock (`.privet.lock`, see
 `privacy.storage.FileLock`) that a run holds from start to end; a second writer (another resume,

@@ -1,4 +1,9 @@
-"""Server-side evaluation of the global model on the data set's held-out test split."""
+"""Server-side evaluation of the global model on the run's test set, and what that set is.
+
+The test set is exactly what the run names: the whole `test-file` when one is given, else the
+data set's held-out split. `source` says which, with its size, so results.json and the console
+never report an accuracy without saying what it was measured on.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import torch
 from privet.task.config import RunConfig
 from privet.task.datasets import ArrayDataset, MissingValues, TrainTest
 from privet.task.models import get_weights, set_weights, weight_keys
+from privet.task.tabular import schema_digest
 from privet.task.task import Task, build_task_model, task_named
 
 
@@ -22,6 +28,10 @@ class ServerEvaluator:
         self.task: Task = task_named(config.task)
         data = data or self.task.load_data(config.dataset, config.dataset_options())
         self.test: ArrayDataset = data.test
+        self.source: str = data.test_source or f"the test split of {config.dataset}"
+        """What the model is scored on, with its size (results.json's `evaluation`)."""
+        self.schema_digest: str | None = None if data.schema is None else schema_digest(data.schema)
+        """The run's tabular schema, as nodes must have it (None for image data)."""
         # Tabular data: the missing values of the file and what the run's policy did with them.
         self.missing: MissingValues | None = data.missing
         self.feature_shape: tuple[int, ...] = data.train.feature_shape

@@ -1,4 +1,11 @@
-"""The run's results: per-round metrics, per-client privacy, the final model; written atomically."""
+"""The run's results: per-round metrics, per-client privacy, the final model; written atomically.
+
+Per client, results.json records the run's own ε, steps and rounds, the node's lifetime ε and
+steps (every run on its ledger), and the ledger summary the node signed off with its last report
+(`ledger`: entry count and digest), which `privet budget --verify` uses when the ledger stays on
+the node. `privacy.epsilon_max` is the run's own maximum, `privacy.lifetime_epsilon_max` the
+largest lifetime ε, and `privacy.run_token` the token the nodes tagged this run's entries with.
+"""
 
 from __future__ import annotations
 
@@ -154,8 +161,15 @@ class RunResults:
     excluded: dict[int, tuple[int, str]] = field(default_factory=dict)
     epsilon_unknown: dict[int, tuple[int, str]] = field(default_factory=dict)
     missing_values: MissingValues | None = None  # tabular data: counts and the policy's action
+    evaluation: str | None = None
+    """What the server scores the model on, with its size ("test-file /x.csv (400 examples)")."""
+    test_examples: int | None = None
     left_out: dict[int, str] = field(default_factory=dict)
+    data_notes: dict[int, str] = field(default_factory=dict)
+    """Client id -> what its own data lacks (fewer than two classes), from discovery."""
     """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
+    run_token: str | None = None
+    """The token the run's nodes tag their ledger entries with (`FederationPrivacy.run_token`)."""
 
     def rounds_without_update(self) -> list[int]:
         """The rounds in which no client's update reached the model."""
@@ -197,6 +211,7 @@ class RunResults:
             lines.append(f"client {client} was excluded from sampling after round {at}: {why}")
         for node, why in sorted(self.left_out.items()):
             lines.append(f"node {node} took no part: {why}")
+        lines.extend(note for _, note in sorted(self.data_notes.items()))
         lines.extend(self.failure_lines())
         if self.model_worse_than_initial():
             lines.append(
@@ -279,6 +294,7 @@ class RunResults:
             "rounds": strict_json(self.rounds_json()),
             "started_at": self.started_at,
             "resumed_after": list(self.resumed_after),
+            "run_token": self.run_token,
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -289,6 +305,8 @@ class RunResults:
         self.rounds = [round_record_from_json(item) for item in state["rounds"]]
         self.started_at = float(state["started_at"])
         self.resumed_after = [int(r) for r in state["resumed_after"]]
+        token = state.get("run_token")  # absent in a checkpoint of an older Privet
+        self.run_token = token if isinstance(token, str) else self.run_token
 
     def to_json_dict(self) -> dict[str, Any]:
         """The documented results.json layout (see README)."""
@@ -297,6 +315,7 @@ class RunResults:
         for client in self.clients:
             item: dict[str, Any] = dict(client.to_json_dict())
             item["epsilon"] = _json_number(client.epsilon)
+            item["lifetime_epsilon"] = _json_number(client.lifetime_epsilon)
             clients.append(item)
         return {
             "schema_version": RESULTS_SCHEMA_VERSION,
@@ -314,6 +333,7 @@ class RunResults:
             "missing_values": None
             if self.missing_values is None
             else self.missing_values.to_json(),
+            "evaluation": {"test_set": self.evaluation, "examples": self.test_examples},
             "privacy": {
                 "level": "example",
                 "accountant": self.config.accountant,
@@ -323,6 +343,13 @@ class RunResults:
                     if self.epsilon_unknown
                     else max((client.epsilon for client in self.clients), default=0.0)
                 ),
+                # Every run on the nodes' ledgers (a deployment node keeps its ledger for good).
+                "lifetime_epsilon_max": _json_number(
+                    math.inf
+                    if self.epsilon_unknown
+                    else max((client.lifetime_epsilon for client in self.clients), default=0.0)
+                ),
+                "run_token": self.run_token,
                 "epsilon_unknown": [
                     {"id": client, "round": at, "reason": why}
                     for client, (at, why) in sorted(self.epsilon_unknown.items())

@@ -58,6 +58,7 @@ __all__ = [
     "ClientData",
     "ClientLevelData",
     "JsonFields",
+    "LedgerSummary",
     "PrivacySummary",
     "ResultsError",
     "ResultsFile",
@@ -89,9 +90,13 @@ SWEEP_RUNS_DIR = "runs"
 SWEEP_FORMAT = "privet-sweep"
 SWEEP_VERSION = 1
 
-RESULTS_SCHEMA_VERSION = 2
-"""2: results.json records `schema_version`; 1: the same content, written before it did."""
-READABLE_RESULTS_VERSIONS = (1, 2)
+RESULTS_SCHEMA_VERSION = 3
+"""3: a client's `epsilon`, `steps` and `rounds_participated` are the run's own, beside its
+`lifetime_epsilon`, `lifetime_steps` and `ledger` summary, and `privacy` has
+`lifetime_epsilon_max` and `run_token` (before, a node's ledger carried over between runs was
+mixed into the run's figures); 2: results.json records `schema_version`; 1: the same content as
+2, written before it did. Every version reads: what an older file lacks reads as the run's."""
+READABLE_RESULTS_VERSIONS = (1, 2, 3)
 
 
 def __getattr__(name: str) -> Any:
@@ -322,8 +327,19 @@ class RoundData:
 
 
 @dataclass(frozen=True)
+class LedgerSummary:
+    """The ledger state a node signed off with its last report: entry count and digest."""
+
+    entries: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ClientData:
-    """One client's cumulative example-level privacy, with the parameters it came from."""
+    """One client's example-level privacy in the run (and its lifetime), with its parameters.
+
+    `lifetime_epsilon` / `lifetime_steps` are the run's figures in a file that does not have them.
+    """
 
     id: int
     num_examples: int | None
@@ -333,6 +349,9 @@ class ClientData:
     sample_rate: float
     steps: int
     rounds_participated: int | None
+    lifetime_epsilon: float | None = None
+    lifetime_steps: int | None = None
+    ledger: LedgerSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -360,6 +379,8 @@ class PrivacySummary:
     delta: float
     epsilon_max: float | None
     noise_source: str | None
+    lifetime_epsilon_max: float | None = None
+    run_token: str | None = None
 
 
 def _round_data(fields: JsonFields) -> RoundData:
@@ -395,18 +416,35 @@ def _round_data(fields: JsonFields) -> RoundData:
     )
 
 
+def _ledger_summary(fields: JsonFields) -> LedgerSummary | None:
+    ledger = fields.child("ledger")
+    if ledger is None:
+        return None
+    digest = ledger.optional_text("sha256")
+    if digest is None or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ledger._bad("sha256", "64 hex digits")
+    return LedgerSummary(entries=ledger.integer("entries"), sha256=digest)
+
+
 def _client_data(fields: JsonFields, delta: float) -> ClientData:
+    epsilon = fields.number("epsilon")
+    steps = fields.integer("steps")
     return ClientData(
         id=fields.integer("id"),
         num_examples=fields.integer("num_examples") if fields.has("num_examples") else None,
-        epsilon=fields.number("epsilon"),
+        epsilon=epsilon,
         delta=fields.optional_number("delta") or delta,
         noise_multiplier=fields.number("noise_multiplier"),
         sample_rate=fields.number("sample_rate"),
-        steps=fields.integer("steps"),
+        steps=steps,
         rounds_participated=(
             fields.integer("rounds_participated") if fields.has("rounds_participated") else None
         ),
+        lifetime_epsilon=(
+            fields.number("lifetime_epsilon") if fields.has("lifetime_epsilon") else epsilon
+        ),
+        lifetime_steps=fields.integer("lifetime_steps", default=steps),
+        ledger=_ledger_summary(fields),
     )
 
 
@@ -511,6 +549,12 @@ class ResultsFile:
             delta=privacy.number("delta"),
             epsilon_max=privacy.optional_number("epsilon_max"),
             noise_source=privacy.optional_text("noise_source"),
+            lifetime_epsilon_max=(
+                privacy.optional_number("lifetime_epsilon_max")
+                if privacy.has("lifetime_epsilon_max")
+                else privacy.optional_number("epsilon_max")
+            ),
+            run_token=privacy.optional_text("run_token"),
         )
 
     @cached_property

@@ -45,7 +45,9 @@ class RunRecorder:
         results.excluded = dict(strategy.excluded)
         results.epsilon_unknown = strategy.privacy.unknown()
         results.left_out = strategy.left_out()
+        results.data_notes = dict(strategy.data_notes)
         results.client_level = strategy.release.summary()
+        results.run_token = strategy.privacy.run_token
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate the model after `server_round` (0: the initial model) and record the round."""

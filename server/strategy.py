@@ -57,6 +57,7 @@ from privet.task.messages import (
     METRICS_RECORD,
     NUM_EXAMPLES,
     EvaluateReply,
+    IdentityQuery,
     IdentityReply,
     MessageError,
     TrainInstructions,
@@ -103,6 +104,7 @@ class PrivetFedAvg(FedAvg):
         self.aggregation = aggregation if aggregation is not None else PlainAggregation()
         self.optimizer = optimizer if optimizer is not None else ServerSGD()
         self.refused_nodes: dict[int, str] = {}  # node id -> why it was kept out
+        self.data_notes: dict[int, str] = {}  # client id -> what its data lacks
         self.stop_reason: str | None = None
         self.failure_reason: str | None = None
         self.bad_streak: dict[int, int] = {}
@@ -145,8 +147,12 @@ class PrivetFedAvg(FedAvg):
         expected: int,
         timeout: float,
         node_clients: Mapping[int, int] | None = None,
+        schema_digest: str | None = None,
     ) -> None:
         """Ask the nodes which client (data shard) each is, so sampling can be reproducible.
+
+        ``schema_digest`` (a tabular run's schema) goes with the question: a node that encodes its
+        own file with another schema answers with an error and is refused, naming the fix.
 
         With ``node_clients`` (a deployment's run-config key node-clients: node id -> client id)
         only the listed nodes are admitted: any other node the SuperLink lets in is refused
@@ -193,8 +199,15 @@ class PrivetFedAvg(FedAvg):
                 wanted,
                 timeout,
             )
+        query = IdentityQuery(schema_digest).to_config()
         messages = [
-            Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+            Message(
+                content=RecordDict({CONFIG_RECORD: ConfigRecord(dict(query))})
+                if query
+                else RecordDict(),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+            )
             for node in node_ids
         ]
         claims: dict[int, list[int]] = {}
@@ -204,6 +217,11 @@ class PrivetFedAvg(FedAvg):
                 self._refuse(node, f"it failed to say who it is: {error_text(reply.error.reason)}")
                 continue
             client = _claimed_client(reply)
+            present = _classes_present(reply)
+            if client is not None and present is not None and present < 2:
+                self.data_notes[client] = (
+                    f"client {client}'s training rows hold {present} class(es) of the run's labels"
+                )
             if client is None:
                 self._refuse(node, "its reply names no client id")
             elif allowed is not None and allowed.get(node) != client:
@@ -242,7 +260,7 @@ class PrivetFedAvg(FedAvg):
     ) -> RoundOutcome:
         """Sample the round's clients among those that have not declined, nor been excluded.
 
-        Adds the round's instructions (round number, client-level clip norm) to `config`.
+        Adds the round's instructions (round number, client-level clip norm, run token) to `config`.
         """
         self._current = arrays
         outcome = self.book.outcome(server_round)
@@ -255,7 +273,9 @@ class PrivetFedAvg(FedAvg):
         ]
         outcome.sampled = self.sampler.sample(active)
         clip_norm = self.release.clip_norm
-        config.update(TrainInstructions(server_round, clip_norm).to_config())
+        # The run token lets each node tell this run's ledger entries from earlier runs'.
+        instructions = TrainInstructions(server_round, clip_norm, run_token=self.privacy.run_token)
+        config.update(instructions.to_config())
         if clip_norm is not None:
             outcome.clip_norm = clip_norm
         return outcome
@@ -580,6 +600,16 @@ def _ids(clients: Iterable[int]) -> str:
     ordered = sorted(clients)
     text = ", ".join(map(str, ordered[:10]))
     return text + (f" and {len(ordered) - 10} more" if len(ordered) > 10 else "")
+
+
+def _classes_present(reply: Message) -> int | None:
+    """How many classes a node's QUERY reply says its training rows hold (None: not said)."""
+    for record in reply.content.metric_records.values():
+        try:
+            return IdentityReply.from_metrics(record).classes_present
+        except MessageError:
+            continue
+    return None
 
 
 def _claimed_client(reply: Message) -> int | None:

@@ -177,12 +177,23 @@ def run_in_process(
     on_round: RoundCallback | None = None,
     *,
     client_mods: list[Mod] | None = None,
+    node_config: Mapping[str, object] | None = None,
 ) -> RunResults:
     """Run `config` with every virtual client in this process and return the run's results.
 
-    ``client_mods`` wrap every client handler, as in `run_flower_simulation`.
+    ``client_mods`` wrap every client handler, as in `run_flower_simulation`. ``node_config``
+    entries are added to every virtual node's config: a shared ``ledger-dir`` makes the nodes
+    keep their ledgers there across runs, as deployment nodes do (each run then reports its own
+    ε and each node's lifetime ε). The server sends each node the run's token with every TRAIN
+    message, as in any engine.
     """
-    grid = InProcessGrid(make_client_app(config, mods=client_mods), config.clients)
+    configs = [
+        {PARTITION_ID_KEY: index, NUM_PARTITIONS_KEY: config.clients, **(node_config or {})}
+        for index in range(config.clients)
+    ]
+    grid = InProcessGrid(
+        make_client_app(config, mods=client_mods), config.clients, node_configs=configs
+    )
     with server_task_identity(RUN_ID):
         return run_federated_training(grid, config, ENGINE_NAME, on_round)
 

@@ -161,6 +161,22 @@ class RunConfig:
     partition_column: str | None = setting(
         None, section="data", help="column whose values split a CSV across clients"
     )
+    # Tabular data: encode with an agreed schema (`privet schema` writes one) instead of fitting
+    # one on data-file; every node encodes its own file with its copy of the same schema.
+    schema_file: str | None = setting(
+        None,
+        section="data",
+        help="tabular data: the schema JSON (from `privet schema`) to encode with instead of "
+        "fitting one on --data-file; its missing-value policy must equal --missing",
+    )
+    # The server's test set, whole: no held-out split of data-file (which becomes optional on a
+    # server that only evaluates, given schema-file for tabular data).
+    test_file: str | None = setting(
+        None,
+        section="data",
+        help="evaluate on exactly this file (CSV for tabular data, npz with arrays x and y for "
+        "images) instead of a held-out part of the data",
+    )
     # Tabular data: leave out ("drop") or impute examples with a missing feature value (blank,
     # "?", NaN, infinite, or text in a numeric column); the counts are reported either way.
     missing: str = setting(
@@ -454,6 +470,8 @@ class RunConfig:
             partition_column=self.partition_column,
             seed=self.seed,
             missing=self.missing,
+            schema_file=self.schema_file,
+            test_file=self.test_file,
         )
 
     @classmethod

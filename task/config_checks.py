@@ -287,13 +287,14 @@ def _validate_dataset_options(config: RunConfig) -> None:
         "data-file": config.data_file,
         "label-column": config.label_column,
     }
-    if entry.needs == ("data-dir",) and not config.data_dir:
+    needs = _needed_options(config, entry.kind, entry.needs)
+    if needs == ("data-dir",) and not config.data_dir:
         raise ConfigError(
             f"dataset {config.dataset!r} is read from local files: pass --data-dir with the folder "
             "that holds them"
         )
-    if not all(given[option] for option in entry.needs):
-        wanted = " and ".join(f"--{option} {_OPTION_VALUES[option]}" for option in entry.needs)
+    if not all(given[option] for option in needs):
+        wanted = " and ".join(f"--{option} {_OPTION_VALUES[option]}" for option in needs)
         if entry.kind == "tabular":
             wanted = wanted.replace("--data-file FILE", "--data-file FILE.csv")
         raise ConfigError(f"dataset {config.dataset!r} needs {wanted}")
@@ -304,6 +305,31 @@ def _validate_dataset_options(config: RunConfig) -> None:
         raise ConfigError(
             f"partition 'column' needs tabular data (--dataset {' or '.join(tabular)})"
         )
+
+
+def _needed_options(config: RunConfig, kind: str, needs: tuple[str, ...]) -> tuple[str, ...]:
+    """The options a data set needs, less those that schema-file and test-file stand in for.
+
+    A schema names the label column; a test file is the server's test set, so a server that
+    only evaluates needs no training files (data-file, data-dir). A schema without a test file
+    needs a file to split into training and test data, and schema-file applies to tables only.
+    """
+    if config.schema_file:
+        if kind != "tabular":
+            raise ConfigError(
+                f"schema-file applies only to tabular data sets, and {config.dataset!r} is "
+                f"{kind} data; drop schema-file"
+            )
+        needs = tuple(option for option in needs if option != "label-column")
+        if not config.test_file and not (config.data_file or config.data_dir):
+            raise ConfigError(
+                "schema-file alone gives the server nothing to evaluate on; add "
+                "test-file='/path/test.csv' (the server's test set, used whole) or a data-file "
+                "to split"
+            )
+    if config.test_file and (config.schema_file or kind == "image"):
+        needs = tuple(option for option in needs if option not in ("data-dir", "data-file"))
+    return needs
 
 
 MAX_NODE_ID = 2**64 - 1  # Flower's node ids are unsigned 64-bit integers

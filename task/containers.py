@@ -111,6 +111,10 @@ class TrainTest:
     integers) when one was requested, so that the 'column' partition can split clients by it.
     ``schema`` is the tabular encoding used (None for images); deployment nodes can reuse it.
     ``missing`` counts the tabular file's missing values and says what the policy did with them.
+    ``test_source`` says in words what the test split is, so that a server can print and record
+    what it evaluated on: e.g. "test-file /abs/test.csv (312 examples)" or "held-out 20% of
+    data-file /abs/x.csv (51 of 254 examples)". The training split may be empty (a server that
+    only evaluates a test file), but it still carries the feature shape and classes.
     """
 
     train: ArrayDataset
@@ -119,6 +123,7 @@ class TrainTest:
     groups: np.ndarray | None = None
     schema: "TabularSchema | None" = None
     missing: "MissingValues | None" = None
+    test_source: str = ""
 
     def __post_init__(self) -> None:
         """Check that the two splits are compatible and ``groups`` matches the training split."""

@@ -18,6 +18,7 @@ these (a test checks).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ METRICS_RECORD = "metrics"
 SERVER_ROUND = "server-round"
 CLIP_NORM = "clip-norm"
 WEIGHT = "weight"
+RUN_TOKEN = "run-token"
+_RUN_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # -- metric keys (client -> server) ---------------------------------------------------------------
 NUM_EXAMPLES = "num-examples"
@@ -48,6 +51,9 @@ LARGEST_COUNT = 2**53
 
 MetricValues = dict[str, int | float]
 ConfigValues = dict[str, int | float]
+TrainConfigValues = dict[str, int | float | str]
+ReportValue = int | float | list[int]
+"""A privacy report's metric value: a number, or a list of whole numbers (a ledger digest)."""
 
 
 class MessageError(ValueError):
@@ -122,30 +128,49 @@ class TrainInstructions:
     clip_norm: float | None = None
     """The client-level clip norm S the client clips its update to (None: no client-level DP)."""
     extra: Mapping[str, object] = field(default_factory=dict)
+    run_token: str | None = None
+    """The run's token (key ``run-token``): the client tags its ledger entries with it, so a
+    node's ledger tells this run's releases from earlier runs'. None: a server that sends none
+    (an older Privet); its releases are then recorded untagged."""
 
     def __post_init__(self) -> None:
         if isinstance(self.server_round, bool) or not 0 <= self.server_round <= LARGEST_COUNT:
             raise MessageError(f"train config key '{SERVER_ROUND}' is not a round number")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise MessageError(f"train config key '{CLIP_NORM}' must be above 0")
+        if self.run_token is not None and (
+            not isinstance(self.run_token, str) or not _RUN_TOKEN.match(self.run_token)
+        ):
+            raise MessageError(
+                f"train config key '{RUN_TOKEN}' must be 1 to 64 letters, digits, '-' or '_', "
+                f"not {_shown(self.run_token)}"
+            )
 
-    def to_config(self) -> ConfigValues:
+    def to_config(self) -> TrainConfigValues:
         """The contract's keys (the server adds them to its round config, after ``extra``)."""
-        values: ConfigValues = {SERVER_ROUND: self.server_round}
+        values: TrainConfigValues = {SERVER_ROUND: self.server_round}
         if self.clip_norm is not None:
             values[CLIP_NORM] = self.clip_norm
+        if self.run_token is not None:
+            values[RUN_TOKEN] = self.run_token
         return values
 
     @classmethod
     def from_config(cls, values: Mapping[str, object]) -> TrainInstructions:
-        """Parse a TRAIN message's config record."""
+        """Parse a TRAIN message's config record (``run-token`` is optional)."""
         if SERVER_ROUND not in values:
             raise MessageError(f"the train config has no '{SERVER_ROUND}' key")
         round_number = _read_number(values, SERVER_ROUND, "train config")
         if not round_number.is_integer():
             raise MessageError(f"train config key '{SERVER_ROUND}' is not a whole number")
-        extra = {k: v for k, v in values.items() if k not in (SERVER_ROUND, CLIP_NORM)}
-        return cls(int(round_number), _read_positive(values, CLIP_NORM, "train config"), extra)
+        token = values.get(RUN_TOKEN)
+        if token is not None and not isinstance(token, str):
+            raise MessageError(f"train config key '{RUN_TOKEN}' is not text: {_shown(token)}")
+        contract = (SERVER_ROUND, CLIP_NORM, RUN_TOKEN)
+        extra = {k: v for k, v in values.items() if k not in contract}
+        return cls(
+            int(round_number), _read_positive(values, CLIP_NORM, "train config"), extra, token
+        )
 
 
 @dataclass(frozen=True)
@@ -192,14 +217,14 @@ class TrainReply:
     ``quantization_clipped`` (secure rounds) are absent (None) otherwise.
     """
 
-    report: Mapping[str, int | float]
+    report: Mapping[str, ReportValue]
     declined: bool = False
     within_clip: bool | None = None
     quantization_clipped: int | None = None
 
-    def to_metrics(self) -> MetricValues:
+    def to_metrics(self) -> dict[str, ReportValue]:
         """The metric values, in the order the client always sent them."""
-        values: MetricValues = {**self.report, DECLINED: int(self.declined)}
+        values: dict[str, ReportValue] = {**self.report, DECLINED: int(self.declined)}
         if self.quantization_clipped is not None:
             values[QUANTIZATION_CLIPPED] = self.quantization_clipped
         if self.within_clip is not None:
@@ -231,6 +256,10 @@ class TrainReply:
         contract = (DECLINED, WITHIN_CLIP, QUANTIZATION_CLIPPED)
         report = {k: v for k, v in metrics.items() if k not in contract}
         for key, value in report.items():
+            if isinstance(value, list) and all(
+                isinstance(item, int) and not isinstance(item, bool) for item in value
+            ):
+                continue  # a ledger digest's words, checked by `privacy.report`
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise MessageError(f"its '{key}' is not a number: {_shown(value)}")
         clipped = (
@@ -278,15 +307,61 @@ class EvaluateReply:
         )
 
 
+SCHEMA_DIGEST = "schema-sha256"
+"""Config key of a discovery QUERY: the SHA-256 of the tabular schema the run encodes data with."""
+
+
+@dataclass(frozen=True)
+class IdentityQuery:
+    """The server's discovery (QUERY) message: which client is a node, and is its schema the run's.
+
+    ``schema_digest`` is `task.tabular.schema_digest` of the run's tabular schema (None for
+    image data): a node that encodes its own CSV with another schema would train a model whose
+    inputs mean something else, so it refuses before any round.
+    """
+
+    schema_digest: str | None = None
+
+    def to_config(self) -> dict[str, str]:
+        """The config values (none when there is no schema)."""
+        return {} if self.schema_digest is None else {SCHEMA_DIGEST: self.schema_digest}
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, object]) -> IdentityQuery:
+        """Parse the query's config; an absent key is a run without a tabular schema."""
+        value = values.get(SCHEMA_DIGEST)
+        if value is None:
+            return cls()
+        if not isinstance(value, str) or len(value) != 64 or not _is_hex(value):
+            raise MessageError(f"query config key '{SCHEMA_DIGEST}' is not a SHA-256 hex digest")
+        return cls(value)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+CLASSES_PRESENT = "classes-present"
+
+
 @dataclass(frozen=True)
 class IdentityReply:
-    """A node's discovery (QUERY) reply: which client, i.e. data shard, it is."""
+    """A node's discovery (QUERY) reply: which client, i.e. data shard, it is.
+
+    ``classes_present`` (a node with its own file) is how many of the run's classes its training
+    rows hold: a node with one class trains, and the server says so in the run's warnings (a
+    count, never which class).
+    """
 
     client_id: int
+    classes_present: int | None = None
 
     def to_metrics(self) -> MetricValues:
         """The metric values."""
-        return {CLIENT_ID: self.client_id}
+        values: MetricValues = {CLIENT_ID: self.client_id}
+        if self.classes_present is not None:
+            values[CLASSES_PRESENT] = self.classes_present
+        return values
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, object]) -> IdentityReply:
@@ -296,7 +371,8 @@ class IdentityReply:
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise MessageError(f"its '{CLIENT_ID}' is not a client id: {_shown(value)}")
-        return cls(value)
+        present = read_count(metrics, CLASSES_PRESENT) if CLASSES_PRESENT in metrics else None
+        return cls(value, present)
 
 
 @dataclass(frozen=True)
@@ -326,6 +402,7 @@ __all__ = [
     "METRICS_RECORD",
     "NUM_EXAMPLES",
     "QUANTIZATION_CLIPPED",
+    "RUN_TOKEN",
     "SERVER_ROUND",
     "WEIGHT",
     "WITHIN_CLIP",

@@ -1,13 +1,32 @@
 """Tabular data: reading CSV files, the tabular schema, missing values and encoding.
 
-A table (a user's CSV file, or UCI Adult) becomes arrays through a :class:`TabularSchema`: column
-kinds, numeric means/stds and one-hot category lists. A schema can be saved as plain JSON and
-agreed in advance, so that every deployment node encodes its own local CSV identically
-(:func:`read_csv_table`, :func:`check_table_for_schema`, :func:`apply_missing_policy`,
-:func:`encode_with_schema`). :func:`load_csv` and :func:`load_adult` do all of it for a whole
-file: read, apply the missing-value policy, split stratified, fit the schema on the training
-part and encode, cached in-process (keyed by the file's path, modification time and size, so a
-replaced file is read again) with read-only arrays.
+A table (a user's CSV file, or UCI Adult) becomes arrays through a :class:`TabularSchema`: the
+label column and its classes, the missing-value policy, and per feature column its kind and
+either numeric scaling constants (fitted mean/std, or a declared range mapped onto [-1, 1]) or
+a one-hot category list (fitted or declared).
+
+A schema is agreed in advance as a JSON file (:func:`save_schema_file`, :func:`load_schema_file`;
+``privet schema`` writes one), so that every deployment node encodes its own CSV identically
+without reading anyone else's data: :func:`check_table_against_schema` refuses a file that does
+not fit it exactly, then :func:`apply_missing_policy` and :func:`encode_with_schema`.
+:func:`schema_digest` identifies a schema's content, whatever the file's formatting.
+
+Schema JSON, version 2 (version 1, without ``missing``, ``source`` and ``range``, is still read)::
+
+    {"schema_version": 2, "label_column": "income", "classes": ["<=50K", ">50K"],
+     "partition_column": null, "missing": "drop",
+     "columns": [
+       {"name": "age", "kind": "numeric", "source": "data", "mean": 38.4, "std": 13.1},
+       {"name": "hours", "kind": "numeric", "source": "declared", "range": [0, 100]},
+       {"name": "sex", "kind": "categorical", "source": "declared",
+        "categories": ["Female", "Male"]}]}
+
+:func:`load_csv` and :func:`load_adult` load a run's files: without a schema file they fit the
+schema on the data file (column kinds on the whole file, numeric constants on its training part)
+and split it stratified; with one, they encode with it (its ``missing`` policy must be the
+run's); with a test file, the test set is exactly that whole file. Results are cached
+in-process (keyed by the files' paths, modification times and sizes, so a replaced file is read
+again) with read-only arrays.
 
 Missing values follow one explicit policy (:data:`MISSING_POLICIES`). A cell is missing when it
 is blank or "?", when it is NaN or infinite ("nan", "inf", ...), or when it is not a number in a
@@ -19,8 +38,13 @@ the counts, per column and never the values, are reported (:class:`MissingValues
 """
 
 import csv
+import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,19 +63,27 @@ __all__ = [
     "DEFAULT_MISSING_POLICY",
     "MISSING_POLICIES",
     "MISSING_VALUES",
+    "READABLE_SCHEMA_VERSIONS",
     "SCHEMA_VERSION",
+    "SOURCES",
+    "SOURCE_DATA",
+    "SOURCE_DECLARED",
     "CsvTable",
     "FeatureColumn",
     "MissingValues",
     "TabularSchema",
     "apply_missing_policy",
     "check_missing_policy",
+    "check_table_against_schema",
     "check_table_for_schema",
     "encode_with_schema",
     "fit_tabular_schema",
     "load_adult",
     "load_csv",
+    "load_schema_file",
     "read_csv_table",
+    "save_schema_file",
+    "schema_digest",
 ]
 
 ADULT_COLUMNS: tuple[str, ...] = (
@@ -84,8 +116,20 @@ MISSING_POLICIES: tuple[str, ...] = ("drop", "impute")
 
 DEFAULT_MISSING_POLICY = "drop"
 
-SCHEMA_VERSION = 1
-"""Schema version written by :meth:`TabularSchema.to_json`, the only one ``from_json`` reads."""
+SCHEMA_VERSION = 2
+"""Schema version written by :meth:`TabularSchema.to_json`.
+
+2 added the missing-value policy, declared numeric ranges and each column's ``source``.
+"""
+
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
+"""Schema versions :meth:`TabularSchema.from_json` reads."""
+
+SOURCE_DATA = "data"
+"""A column whose constants or categories were fitted on a data file (facts about that file)."""
+SOURCE_DECLARED = "declared"
+"""A column whose range or categories were declared by the coordinator, not fitted."""
+SOURCES: tuple[str, ...] = (SOURCE_DATA, SOURCE_DECLARED)
 
 _NUMERIC = "numeric"
 _CATEGORICAL = "categorical"
@@ -189,10 +233,13 @@ def _check_header(header: tuple[str, ...], file: Path, line: int | None = None) 
 
 @dataclass(frozen=True)
 class FeatureColumn:
-    """How one input column becomes features: numeric (1 standardised value) or one-hot.
+    """How one input column becomes features: numeric (1 scaled value) or one-hot.
 
-    Numeric: missing → ``mean``, then (x - mean) / std. Categorical: one indicator per entry of
-    ``categories`` (in order); missing or unknown values encode as all zeros.
+    Numeric: missing → ``mean``, then (x - mean) / std. The constants are fitted on data
+    (``source`` "data") or follow from a declared ``range`` (lo, hi) (``source`` "declared"):
+    mean is the range's midpoint and std its half-width, so the range maps onto [-1, 1] and no
+    statistic of anyone's data is released. Categorical: one indicator per entry of
+    ``categories`` (in order), fitted on data or declared; a missing value encodes as all zeros.
     """
 
     name: str
@@ -200,6 +247,8 @@ class FeatureColumn:
     mean: float = 0.0
     std: float = 1.0
     categories: tuple[str, ...] = ()
+    source: str = SOURCE_DATA
+    range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         """Validate the kind and parameters, so a hand-edited schema fails early."""
@@ -209,6 +258,17 @@ class FeatureColumn:
             raise DataError(
                 f"schema column '{self.name}' has kind {self.kind!r}; use 'numeric' or "
                 "'categorical'"
+            )
+        if self.source not in SOURCES:
+            raise DataError(
+                f"schema column '{self.name}' has source {self.source!r}; use 'data' or 'declared'"
+            )
+        if self.range is not None:
+            self._use_range()
+        elif self.kind == _NUMERIC and self.source == SOURCE_DECLARED:
+            raise DataError(
+                f"schema column '{self.name}' is a declared numeric column without a range; "
+                'give it "range": [lo, hi]'
             )
         if self.kind == _NUMERIC:
             if not math.isfinite(self.mean) or not math.isfinite(self.std) or self.std <= 0:
@@ -221,10 +281,40 @@ class FeatureColumn:
                 f"schema column '{self.name}' lists a category twice; list each category once"
             )
 
+    def _use_range(self) -> None:
+        """Check a declared range and derive the scaling constants from it."""
+        if self.kind != _NUMERIC:
+            raise DataError(
+                f"schema column '{self.name}' is categorical but has a range; ranges are for "
+                "numeric columns"
+            )
+        low, high = (float(value) for value in self.range or ())
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise DataError(
+                f"schema column '{self.name}' has range [{low:g}, {high:g}]; a range needs "
+                "finite bounds with lo < hi"
+            )
+        object.__setattr__(self, "range", (low, high))
+        object.__setattr__(self, "source", SOURCE_DECLARED)
+        object.__setattr__(self, "mean", (low + high) / 2.0)
+        object.__setattr__(self, "std", (high - low) / 2.0)
+
     @property
     def width(self) -> int:
         """Number of feature values this column produces."""
         return 1 if self.kind == _NUMERIC else len(self.categories)
+
+    def to_json(self) -> dict[str, Any]:
+        """The column as a plain dict: fitted constants, a declared range, or categories."""
+        item: dict[str, Any] = {"name": self.name, "kind": self.kind, "source": self.source}
+        if self.kind == _CATEGORICAL:
+            item["categories"] = list(self.categories)
+        elif self.range is not None:
+            item["range"] = [self.range[0], self.range[1]]
+        else:
+            item["mean"] = self.mean
+            item["std"] = self.std
+        return item
 
 
 @dataclass(frozen=True)
@@ -232,8 +322,11 @@ class TabularSchema:
     """Everything needed to encode a table identically on every node.
 
     ``columns`` lists the feature columns in encoding order; ``classes`` lists the label
-    strings, whose positions are the integer labels. Save it with :meth:`to_json` (plain
-    dicts/lists, JSON-serialisable) and restore it with :meth:`from_json`.
+    strings, whose positions are the integer labels; ``missing`` is the missing-value policy
+    (:data:`MISSING_POLICIES`) every node applies with it. Save it with :meth:`to_json` (plain
+    dicts/lists, JSON-serialisable; always the current :data:`SCHEMA_VERSION`) and restore it
+    with :meth:`from_json` (which also reads version 1); ``schema_version`` records the version
+    it was read as.
     """
 
     label_column: str
@@ -241,19 +334,32 @@ class TabularSchema:
     columns: tuple[FeatureColumn, ...]
     partition_column: str | None = None
     schema_version: int = SCHEMA_VERSION
+    missing: str = DEFAULT_MISSING_POLICY
 
     def __post_init__(self) -> None:
-        """Validate class and column lists."""
+        """Validate class and column lists and the missing-value policy."""
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise DataError(
-                f"schema needs at least 2 distinct classes, got {list(self.classes)}; "
-                "fit the schema on data with at least two label values"
+                f"schema needs at least 2 distinct classes, got {len(self.classes)} "
+                f"({len(set(self.classes))} distinct); list every class once"
             )
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names) or self.label_column in names:
             raise DataError(
                 "schema column names must be distinct and must not include the label column; "
                 "fit the schema again"
+            )
+        if self.partition_column is not None and (
+            self.partition_column in names or self.partition_column == self.label_column
+        ):
+            raise DataError(
+                f"schema partition column '{self.partition_column}' is also a feature or the "
+                "label column; name a column that is neither"
+            )
+        if self.missing not in MISSING_POLICIES:
+            raise DataError(
+                f"schema missing-value policy {self.missing!r} is not one of "
+                f'{", ".join(MISSING_POLICIES)}; fix "missing" in the schema'
             )
 
     @property
@@ -278,84 +384,99 @@ class TabularSchema:
         return tuple(names)
 
     def to_json(self) -> dict[str, Any]:
-        """Return the schema as plain dicts and lists (for json.dumps)."""
-        columns: list[dict[str, Any]] = []
-        for column in self.columns:
-            if column.kind == _NUMERIC:
-                columns.append(
-                    {"name": column.name, "kind": _NUMERIC, "mean": column.mean, "std": column.std}
-                )
-            else:
-                columns.append(
-                    {
-                        "name": column.name,
-                        "kind": _CATEGORICAL,
-                        "categories": list(column.categories),
-                    }
-                )
+        """Return the schema as plain dicts and lists (for json.dumps), in the current version."""
         return {
-            "schema_version": self.schema_version,
+            "schema_version": SCHEMA_VERSION,
             "label_column": self.label_column,
             "partition_column": self.partition_column,
             "classes": list(self.classes),
-            "columns": columns,
+            "missing": self.missing,
+            "columns": [column.to_json() for column in self.columns],
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TabularSchema":
-        """Rebuild a schema from :meth:`to_json` output, checking version and field types."""
+        """Rebuild a schema from :meth:`to_json` output (version 1 or 2), checking field types.
+
+        Version 1 has no ``missing`` (it reads as "drop") and only fitted numeric columns.
+        """
         if not isinstance(data, Mapping):
             raise DataError(f"a tabular schema must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
             raise DataError(
-                f"tabular schema version {version!r} is not supported (this release reads "
-                f"version {SCHEMA_VERSION}); re-create the schema with this release"
+                f"tabular schema version {version!r:.20} is not supported (this release reads "
+                f"versions {readable}); re-create the schema with this release"
             )
         try:
             label_column = data["label_column"]
             classes = data["classes"]
             raw_columns = data["columns"]
             partition_column = data.get("partition_column")
+            missing = data.get("missing", DEFAULT_MISSING_POLICY) if version >= 2 else None
             if not isinstance(label_column, str) or not isinstance(classes, list):
                 raise TypeError("label_column must be a string and classes a list")
             if not all(isinstance(c, str) for c in classes):
                 raise TypeError("classes must be strings")
             if partition_column is not None and not isinstance(partition_column, str):
                 raise TypeError("partition_column must be a string or null")
+            if missing is not None and not isinstance(missing, str):
+                raise TypeError("missing must be a string")
             if not isinstance(raw_columns, list):
                 raise TypeError("columns must be a list")
-            columns = tuple(_column_from_json(item) for item in raw_columns)
+            columns = tuple(_column_from_json(item, version) for item in raw_columns)
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, DataError):
                 raise
             raise DataError(
                 f"tabular schema is malformed ({type(exc).__name__}: {exc}); re-create it with "
-                "TabularSchema.to_json()"
+                "`privet schema`"
             ) from exc
         return cls(
             label_column=label_column,
             classes=tuple(classes),
             columns=columns,
             partition_column=partition_column,
-            schema_version=version,
+            schema_version=int(version),
+            missing=missing or DEFAULT_MISSING_POLICY,
         )
 
 
-def _column_from_json(item: Any) -> FeatureColumn:
-    """Rebuild one :class:`FeatureColumn` from its JSON dict."""
+def _number(value: Any, what: str) -> float:
+    """A JSON number as a float; booleans and strings are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number")
+    return float(value)
+
+
+def _column_from_json(item: Any, version: int = SCHEMA_VERSION) -> FeatureColumn:
+    """Rebuild one :class:`FeatureColumn` from its JSON dict (schema version ``version``)."""
     if not isinstance(item, Mapping):
         raise TypeError("each column must be an object")
+    name = item["name"]
+    if not isinstance(name, str):
+        raise TypeError("column name must be a string")
     kind = item["kind"]
+    source = item.get("source", SOURCE_DATA) if version >= 2 else SOURCE_DATA
+    if not isinstance(source, str):
+        raise TypeError(f"column {name!r}: source must be a string")
     if kind == _NUMERIC:
-        mean, std = item["mean"], item["std"]
-        if isinstance(mean, bool) or isinstance(std, bool):
-            raise TypeError("mean and std must be numbers")
-        return FeatureColumn(str(item["name"]), _NUMERIC, mean=float(mean), std=float(std))
+        if version >= 2 and "range" in item:
+            bounds = item["range"]
+            if not isinstance(bounds, list) or len(bounds) != 2:
+                raise TypeError(f"column {name!r}: range must be [lo, hi]")
+            low, high = (_number(bound, f"column {name!r}: range bound") for bound in bounds)
+            if source != SOURCE_DECLARED:
+                raise TypeError(f"column {name!r}: a range needs source 'declared'")
+            return FeatureColumn(name, _NUMERIC, source=source, range=(low, high))
+        mean = _number(item["mean"], f"column {name!r}: mean")
+        std = _number(item["std"], f"column {name!r}: std")
+        return FeatureColumn(name, _NUMERIC, mean=mean, std=std, source=source)
     categories = item["categories"] if kind == _CATEGORICAL else None
     if not isinstance(categories, list) or not all(isinstance(c, str) for c in categories):
-        raise TypeError(f"column {item.get('name')!r}: categories must be a list of strings")
-    return FeatureColumn(str(item["name"]), str(kind), categories=tuple(categories))
+        raise TypeError(f"column {name!r}: categories must be a list of strings")
+    return FeatureColumn(name, str(kind), categories=tuple(categories), source=source)
 
 
 def _is_missing(cell: str) -> bool:
@@ -597,6 +718,158 @@ def check_table_for_schema(table: CsvTable, schema: TabularSchema) -> dict[str, 
     return unknown
 
 
+def check_table_against_schema(table: CsvTable, schema: TabularSchema) -> None:
+    """Refuse a file that does not fit an agreed schema exactly: the strict check of a node.
+
+    The file's columns must be the schema's feature columns and its label column, in any
+    order (the schema's partition column may be present or not, and is not a feature). Every
+    present category must be one of its column's categories, every label one of the classes,
+    and every number in a column with a declared range inside that range. The first problem
+    found is a one-line DataError naming the file, the column, how many rows and the first
+    line; never a cell's value, since a node's error travels to the server's log. Missing
+    values are not problems here: :func:`apply_missing_policy` handles them.
+    """
+    optional = {schema.partition_column} if schema.partition_column is not None else set()
+    expected = [column.name for column in schema.columns] + [schema.label_column]
+    absent = [name for name in expected if name not in table.header]
+    if absent:
+        raise DataError(
+            f"{table.source} lacks column '{absent[0]}' of the schema ({len(absent)} schema "
+            f"column(s) missing); give the file exactly the schema's {len(schema.columns)} "
+            f"feature columns and the label column '{schema.label_column}'"
+        )
+    extra = [name for name in table.header if name not in expected and name not in optional]
+    if extra:
+        raise DataError(
+            f"{table.source} has column '{extra[0]}' that the schema does not have "
+            f"({len(extra)} extra column(s)); drop it from the file or agree a new schema"
+        )
+    for column in schema.columns:
+        index = table.column_index(column.name, "schema column")
+        if column.kind == _CATEGORICAL:
+            known = set(column.categories)
+            lines = [
+                line
+                for row, line in zip(table.rows, table.line_numbers, strict=True)
+                if not _is_absent(row[index], numeric=False) and row[index] not in known
+            ]
+            if lines:
+                raise DataError(
+                    f"{table.source}: column '{column.name}' holds {len(lines)} value(s) that "
+                    f"are not among the schema's {len(column.categories)} categories (first on "
+                    f"line {lines[0]}); fix or drop those rows, or have the coordinator add "
+                    "the category to the schema"
+                )
+        elif column.range is not None:
+            low, high = column.range
+            lines = []
+            for row, line in zip(table.rows, table.line_numbers, strict=True):
+                value = _parse_float(row[index])
+                if value is not None and not low <= value <= high:
+                    lines.append(line)
+            if lines:
+                raise DataError(
+                    f"{table.source}: column '{column.name}' holds {len(lines)} number(s) "
+                    f"outside its declared range [{low:g}, {high:g}] (first on line {lines[0]}); "
+                    "fix or drop those rows, or have the coordinator widen the range"
+                )
+    label_index = table.column_index(schema.label_column, "label column")
+    classes = set(schema.classes)
+    strangers = [
+        line
+        for label, line in zip(_label_strings(table, label_index), table.line_numbers, strict=True)
+        if label not in classes
+    ]
+    if strangers:
+        raise DataError(
+            f"{table.source}: label column '{schema.label_column}' holds {len(strangers)} "
+            f"label(s) that are not among the schema's classes ({', '.join(schema.classes)}) "
+            f"(first on line {strangers[0]}); fix or drop those rows"
+        )
+
+
+def schema_digest(schema: TabularSchema) -> str:
+    """SHA-256 (hex) of the schema's canonical JSON: the same for the same content.
+
+    The canonical form is :meth:`TabularSchema.to_json` with sorted keys and no whitespace, so
+    neither a file's formatting nor its key order (nor having been written as version 1)
+    changes the digest, while any change to a class, column, constant or policy does. Nodes
+    and the server can compare digests to prove they encode with the same schema.
+    """
+    canonical = json.dumps(
+        schema.to_json(),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_SCHEMA_FIX = "pass the schema JSON the coordinator wrote with `privet schema`"
+
+
+def load_schema_file(path: str | Path) -> TabularSchema:
+    """Read a schema JSON file (version 1 or 2); a one-line DataError names any problem."""
+    file = Path(path).expanduser()
+    problem = not_a_file_reason(file)
+    if problem is not None:
+        raise DataError(f"schema file {file} {problem}; {_SCHEMA_FIX}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(
+            f"cannot read schema file {file} ({exc.strerror or type(exc).__name__}); check its "
+            "permissions"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"schema file {file} is not UTF-8 text; {_SCHEMA_FIX}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"schema file {file} is not valid JSON ({exc.msg} at line {exc.lineno}); {_SCHEMA_FIX}"
+        ) from exc
+    try:
+        return TabularSchema.from_json(data)
+    except DataError as exc:
+        raise DataError(f"schema file {file}: {exc}") from exc
+
+
+def save_schema_file(schema: TabularSchema, path: str | Path) -> Path:
+    """Write ``schema`` as indented JSON to ``path`` atomically; return the path written.
+
+    The text goes to a temporary file in the same folder, is flushed to disk and then renamed
+    over ``path`` (``os.replace``), so a reader never sees half a schema and a failed write
+    leaves any earlier file as it was.
+    """
+    file = Path(path).expanduser()
+    text = json.dumps(schema.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    folder = file.parent if str(file.parent) else Path(".")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write schema file {file} ({exc.strerror or type(exc).__name__}); choose a "
+            "folder that exists and that you can write to"
+        ) from exc
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, file)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(
+                f"cannot write schema file {file} ({exc.strerror or type(exc).__name__}); "
+                "check the folder's permissions and free space"
+            ) from exc
+        raise
+    return file
+
+
 @dataclass(frozen=True)
 class MissingValues:
     """How many feature values of a table were missing, and what the policy did with them.
@@ -745,7 +1018,8 @@ def _split_table(
     partition_column: str | None,
     seed: int,
     test_fraction: float,
-    missing: str = DEFAULT_MISSING_POLICY,
+    missing: str,
+    role: str,
 ) -> TrainTest:
     """Apply the missing-value policy, split stratified by label, fit the schema, and encode.
 
@@ -753,11 +1027,7 @@ def _split_table(
     """
     whole = fit_tabular_schema(table, label_column, partition_column=partition_column)
     table, report = apply_missing_policy(table, whole, missing)
-    if not table.rows:
-        raise DataError(
-            f"{report.describe(table.source)}, which leaves no data; fill in the missing "
-            "values or pass --missing impute"
-        )
+    _require_rows(table, report, "data")
     classes = _classes_of(table, label_column)
     class_index = {label: i for i, label in enumerate(classes)}
     label_index = table.column_index(label_column, "label column")
@@ -771,6 +1041,7 @@ def _split_table(
         fit_rows=train_idx,
         kinds={column.name: column.kind for column in whole.columns},
     )
+    schema = dataclasses.replace(schema, missing=missing)
     encoded = encode_with_schema(table, schema)
     return TrainTest(
         train=encoded.subset(train_idx),
@@ -779,33 +1050,225 @@ def _split_table(
         groups=None if groups is None else groups[train_idx],
         schema=schema,
         missing=report,
+        test_source=_held_out(test_fraction, role, table.source, len(test_idx), len(encoded)),
     )
+
+
+def _held_out(test_fraction: float, role: str, source: str, test: int, total: int) -> str:
+    """The evaluation set of a split file, in words: what fraction of which file, how many."""
+    return f"held-out {test_fraction * 100:g}% of {role} {source} ({test} of {total} examples)"
+
+
+def _require_rows(table: CsvTable, report: MissingValues, what: str) -> None:
+    """A file that the missing-value policy empties is an error that says so and what to do."""
+    if not table.rows:
+        raise DataError(
+            f"{report.describe(table.source)}, which leaves no {what}; fill in the missing "
+            "values or pass --missing impute (with a schema file: one whose missing is 'impute')"
+        )
+
+
+def _read_table(path: Path, column_names: tuple[str, ...] | None) -> CsvTable:
+    """Read a table file; a header-less format's file that has a header anyway loses that row."""
+    table = read_csv_table(path, column_names=column_names)
+    if column_names is not None and table.rows[0] == table.header:
+        table = CsvTable(table.source, table.header, table.rows[1:], table.line_numbers[1:])
+        if not table.rows:
+            raise DataError(f"data file {path} has no data rows; pass a file with data rows")
+    return table
+
+
+def _encode_test_file(
+    path: Path, schema: TabularSchema, column_names: tuple[str, ...] | None
+) -> tuple[ArrayDataset, MissingValues, str]:
+    """The whole test file, strictly checked and encoded with ``schema`` under its policy.
+
+    Returns the examples, the missing-value counts and the evaluation set in words.
+    """
+    table = _read_table(path, column_names)
+    check_table_against_schema(table, schema)
+    table, report = apply_missing_policy(table, schema, schema.missing)
+    _require_rows(table, report, "test examples")
+    examples = encode_with_schema(table, schema)
+    dropped = (
+        f"; {report.dropped_rows} of {report.rows} rows dropped for missing values"
+        if report.dropped_rows
+        else ""
+    )
+    return examples, report, f"test-file {table.source} ({len(examples)} examples{dropped})"
+
+
+def _agree_with_schema(
+    schema: TabularSchema,
+    schema_file: Path,
+    label_column: str | None,
+    partition_column: str | None,
+    missing: str,
+) -> None:
+    """The run's data options must not contradict the schema it encodes with."""
+    if label_column is not None and label_column != schema.label_column:
+        raise DataError(
+            f"the run's label-column '{label_column}' is not the label column "
+            f"'{schema.label_column}' of schema file {schema_file}; drop label-column (the "
+            "schema names it) or use the schema written for this data"
+        )
+    if partition_column is not None and partition_column != schema.partition_column:
+        raise DataError(
+            f"the run's partition-column '{partition_column}' is not the partition column of "
+            f"schema file {schema_file} ({schema.partition_column or 'none'}); write the schema "
+            "with --partition-column, or drop partition-column"
+        )
+    if missing != schema.missing:
+        raise DataError(
+            f"schema file {schema_file} handles missing values by '{schema.missing}' but the "
+            f"run's missing is '{missing}'; set missing='{schema.missing}' (every node applies "
+            "the schema's policy)"
+        )
+
+
+def _empty_examples(schema: TabularSchema) -> ArrayDataset:
+    """No examples, with the schema's width and classes: a server that only evaluates."""
+    return ArrayDataset(
+        np.zeros((0, schema.width), dtype=np.float32),
+        np.zeros(0, dtype=np.int64),
+        schema.num_classes,
+    )
+
+
+FileKey = tuple[Path, int, int]
+"""(resolved path, mtime_ns, size): a file as a cache key that notices a replaced file."""
 
 
 @functools.lru_cache(maxsize=8)
 def _load_table_cached(
-    path: Path,
-    mtime_ns: int,
-    size: int,
+    data: FileKey | None,
+    test: FileKey | None,
+    schema_key: FileKey | None,
     column_names: tuple[str, ...] | None,
-    label_column: str,
+    label_column: str | None,
     partition_column: str | None,
     seed: int,
     test_fraction: float,
     missing: str,
+    role: str,
 ) -> TrainTest:
-    """Read, split and encode a table file once per process and argument set.
+    """Read, split or pair, and encode table files once per process and argument set.
 
-    ``mtime_ns`` and ``size`` are part of the cache key only, so that a replaced file is re-read.
+    The files' modification times and sizes are part of the cache key only, so that a replaced
+    file is read again.
     """
-    del mtime_ns, size
-    table = read_csv_table(path, column_names=column_names)
-    if column_names is not None and table.rows[0] == table.header:
-        # A header-less format given a file that has a header anyway: drop that row.
-        table = CsvTable(table.source, table.header, table.rows[1:], table.line_numbers[1:])
-        if not table.rows:
-            raise DataError(f"data file {path} has no data rows; pass a file with data rows")
-    return freeze(_split_table(table, label_column, partition_column, seed, test_fraction, missing))
+    return freeze(
+        _load_tables(
+            None if data is None else data[0],
+            None if test is None else test[0],
+            None if schema_key is None else schema_key[0],
+            column_names,
+            label_column,
+            partition_column,
+            seed,
+            test_fraction,
+            missing,
+            role,
+        )
+    )
+
+
+def _load_tables(
+    data_file: Path | None,
+    test_file: Path | None,
+    schema_file: Path | None,
+    column_names: tuple[str, ...] | None,
+    label_column: str | None,
+    partition_column: str | None,
+    seed: int,
+    test_fraction: float,
+    missing: str,
+    role: str,
+) -> TrainTest:
+    """The training and test examples of a tabular run, from whichever files it names.
+
+    Without a schema file the schema is fitted on the data file (as before); with one, every
+    file is strictly checked against it (:func:`check_table_against_schema`) and encoded with
+    it. Without a test file the data file is split stratified; with one, the test set is that
+    whole file and the data file (if any) all trains. A schema and a test file without a data
+    file make an empty training set of the schema's width: a server that only evaluates.
+    """
+    schema = None if schema_file is None else load_schema_file(schema_file)
+    if schema is not None:
+        assert schema_file is not None
+        _agree_with_schema(schema, schema_file, label_column, partition_column, missing)
+        label_column = schema.label_column
+    table = None if data_file is None else _read_table(data_file, column_names)
+    if label_column is None:
+        raise DataError("a tabular data set needs a label column; pass --label-column NAME")
+    if table is None:
+        if schema is None or test_file is None:
+            raise DataError(
+                "a tabular run needs a data file, or a schema-file and a test-file; pass "
+                "--data-file FILE.csv"
+            )
+        test, report, source = _encode_test_file(test_file, schema, column_names)
+        return TrainTest(
+            train=_empty_examples(schema),
+            test=test,
+            kind="tabular",
+            schema=schema,
+            missing=report,
+            test_source=source,
+        )
+    if schema is None and test_file is None:
+        return _split_table(
+            table, label_column, partition_column, seed, test_fraction, missing, role
+        )
+    if schema is None:
+        whole = fit_tabular_schema(table, label_column, partition_column=partition_column)
+        table, report = apply_missing_policy(table, whole, missing)
+        _require_rows(table, report, "data")
+        fitted = fit_tabular_schema(
+            table,
+            label_column,
+            partition_column=partition_column,
+            kinds={column.name: column.kind for column in whole.columns},
+        )
+        schema = dataclasses.replace(fitted, missing=missing)
+    else:
+        check_table_against_schema(table, schema)
+        table, report = apply_missing_policy(table, schema, schema.missing)
+        _require_rows(table, report, "data")
+    encoded = encode_with_schema(table, schema)
+    groups = _group_values(table, partition_column) if partition_column is not None else None
+    if test_file is None:
+        train_idx, test_idx = stratified_split(encoded.labels, test_fraction, seed, table.source)
+        return TrainTest(
+            train=encoded.subset(train_idx),
+            test=encoded.subset(test_idx),
+            kind="tabular",
+            groups=None if groups is None else groups[train_idx],
+            schema=schema,
+            missing=report,
+            test_source=_held_out(test_fraction, role, table.source, len(test_idx), len(encoded)),
+        )
+    test, _, source = _encode_test_file(test_file, schema, column_names)
+    return TrainTest(
+        train=encoded,
+        test=test,
+        kind="tabular",
+        groups=groups,
+        schema=schema,
+        missing=report,
+        test_source=source,
+    )
+
+
+def _existing(path: str | None, role: str, fix: str) -> FileKey | None:
+    """The cache key of a file the run names, or None when it names none; an error if absent."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    problem = not_a_file_reason(file)
+    if problem is not None:
+        raise DataError(f"{role} {file} {problem}; {fix}")
+    return file_key(file)
 
 
 def load_csv(
@@ -815,27 +1278,36 @@ def load_csv(
     seed: int,
     test_fraction: float,
     missing: str,
+    *,
+    schema_file: str | None = None,
+    test_file: str | None = None,
 ) -> TrainTest:
-    """Load a user CSV file with a header row."""
-    if data_file is None:
-        raise DataError("dataset 'csv' needs --data-file with the path of a CSV file")
-    if label_column is None:
-        raise DataError("dataset 'csv' needs --label-column naming the column to predict")
-    file = Path(data_file).expanduser()
-    problem = not_a_file_reason(file)
-    if problem is not None:
+    """Load a user CSV file with a header row, with an optional schema file and test file.
+
+    See :func:`_load_tables` for what the schema and test files change.
+    """
+    if data_file is None and (schema_file is None or test_file is None):
         raise DataError(
-            f"CSV file {file} {problem}; pass --data-file with the path of a CSV file "
-            "that has a header row"
+            "dataset 'csv' needs --data-file with the path of a CSV file (or, on a server that "
+            "only evaluates, schema-file and test-file)"
         )
+    if label_column is None and schema_file is None:
+        raise DataError("dataset 'csv' needs --label-column naming the column to predict")
     return _load_table_cached(
-        *file_key(file),
+        _existing(
+            data_file,
+            "CSV file",
+            "pass --data-file with the path of a CSV file that has a header row",
+        ),
+        _existing(test_file, "test file", "pass test-file with the path of a CSV file"),
+        _existing(schema_file, "schema file", _SCHEMA_FIX),
         None,
         label_column,
         partition_column,
         int(seed),
         float(test_fraction),
         missing,
+        "data-file",
     )
 
 
@@ -847,29 +1319,35 @@ def load_adult(
     seed: int,
     test_fraction: float,
     missing: str,
+    *,
+    schema_file: str | None = None,
+    test_file: str | None = None,
 ) -> TrainTest:
-    """Load UCI Adult (``adult.data``, no header) through the CSV code path."""
+    """Load UCI Adult (``adult.data``, no header) through the CSV code path.
+
+    A ``test_file`` in Adult's format (a header row optional) may replace the split; with a
+    ``schema_file`` too, the training file may be left out (a server that only evaluates).
+    """
+    fix = f"pass --data-dir pointing at a folder with {ADULT_FILE} (the UCI Adult training file)"
     if data_file is not None:
-        file = Path(data_file).expanduser()
+        file: str | None = data_file
+        role = "data-file"
     elif data_dir is not None:
-        file = Path(data_dir).expanduser() / ADULT_FILE
+        file = str(Path(data_dir).expanduser() / ADULT_FILE)
+        role = "data-dir file"
+    elif schema_file is not None and test_file is not None:
+        file, role = None, "data-file"
     else:
-        raise DataError(
-            f"dataset 'adult' needs its file: pass --data-dir pointing at a folder with "
-            f"{ADULT_FILE} (the UCI Adult training file)"
-        )
-    problem = not_a_file_reason(file)
-    if problem is not None:
-        raise DataError(
-            f"UCI Adult file {file} {problem}; pass --data-dir pointing at a folder with "
-            f"{ADULT_FILE} (the UCI Adult training file)"
-        )
+        raise DataError(f"dataset 'adult' needs its file: {fix}")
     return _load_table_cached(
-        *file_key(file),
+        _existing(file, "UCI Adult file", fix),
+        _existing(test_file, "test file", "pass test-file with the path of a UCI Adult file"),
+        _existing(schema_file, "schema file", _SCHEMA_FIX),
         ADULT_COLUMNS,
-        label_column or ADULT_LABEL,
+        label_column or (None if schema_file is not None else ADULT_LABEL),
         partition_column,
         int(seed),
         float(test_fraction),
         missing,
+        role,
     )

@@ -102,6 +102,8 @@ class Task(ABC):
             seed=options.seed,
             test_fraction=options.test_fraction,
             missing=options.missing,
+            schema_file=options.schema_file,
+            test_file=options.test_file,
         )
 
     def build_model(

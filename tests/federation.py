@@ -40,15 +40,39 @@ def write_csv(path: Path, features: np.ndarray, labels: np.ndarray) -> None:
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
 
 
-def node_files(root: Path, nodes: int = 3) -> tuple[Path, list[Path]]:
-    """The server's reference CSV (schema and test set) and `nodes` nodes' own, disjoint CSVs."""
+@dataclass(frozen=True)
+class FederationData:
+    """The coordinator's test file and schema, and each node's own CSV (digits, disjoint rows)."""
+
+    test: Path
+    schema: Path
+    files: list[Path]
+
+    def run_keys(self) -> str:
+        """The run-config keys of the data: the schema and the whole file the server scores on."""
+        return f"dataset='csv' schema-file='{self.schema}' test-file='{self.test}'"
+
+    def node_keys(self, k: int) -> str:
+        """Node k's node-config keys of its data: its own file and its copy of the schema."""
+        return f"data-file='{self.files[k]}' schema-file='{self.schema}'"
+
+
+def node_files(root: Path, nodes: int = 3) -> FederationData:
+    """The coordinator's test CSV and schema, and `nodes` nodes' own, disjoint CSVs.
+
+    The schema declares every pixel a number in 0..16 and the labels 0..9, as the README's
+    `privet schema` step does, so it releases nothing about any file.
+    """
     from sklearn.datasets import load_digits
+
+    from privet.schema_command import fitted_schema
+    from privet.task.tabular import read_csv_table, save_schema_file
 
     x, y = load_digits(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(y))
     x, y = x[order], y[order]
-    reference = root / "reference.csv"
-    write_csv(reference, x[:400], y[:400])
+    test = root / "test.csv"
+    write_csv(test, x[:400], y[:400])
     files = []
     for k, rows in enumerate(np.array_split(np.arange(400, len(y)), nodes)):
         features = x[rows].copy()
@@ -56,7 +80,12 @@ def node_files(root: Path, nodes: int = 3) -> tuple[Path, list[Path]]:
             features[0, 5] = SENTINEL
         files.append(root / f"node-{k}.csv")
         write_csv(files[-1], features, y[rows])
-    return reference, files
+    table = read_csv_table(test)
+    pixels = {name: (0.0, 16.0) for name in table.header if name != "label"}
+    classes = tuple(str(c) for c in range(10))
+    schema = root / "schema.json"
+    save_schema_file(fitted_schema(table, "label", ranges=pixels, classes=classes), schema)
+    return FederationData(test, schema, files)
 
 
 def free_port() -> int:

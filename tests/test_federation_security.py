@@ -94,7 +94,7 @@ def evil_app(root: Path) -> Path:
 @pytest.mark.long(60)
 def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
     started = time.monotonic()
-    reference, files = node_files(tmp_path)
+    data = node_files(tmp_path)
     output = tmp_path / "server-output"
     marker = tmp_path / "stolen"
     federation = Federation(tmp_path / "deploy")
@@ -118,9 +118,9 @@ def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
             federation.start_node(
                 f"node{k}",
                 keys[f"node{k}"],
-                f"client-id={k} data-file='{files[k]}' ledger-dir='{tmp_path / f'ledger-{k}'}'",
+                f"client-id={k} {data.node_keys(k)} ledger-dir='{tmp_path / f'ledger-{k}'}'",
             )
-        federation.start_node("mole", keys["mole"], f"client-id=0 data-file='{files[2]}'")
+        federation.start_node("mole", keys["mole"], f"client-id=0 {data.node_keys(2)}")
         stranger = federation.start(  # the rogue's own, unregistered node
             "stranger",
             [
@@ -132,7 +132,7 @@ def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
                 "--auth-supernode-private-key",
                 str(rogue_keys.private_key),
                 "--node-config",
-                f"client-id=0 data-file='{files[2]}'",
+                f"client-id=0 {data.node_keys(2)}",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -148,7 +148,7 @@ def test_a_rogue_with_the_ca_certificate_controls_nothing(tmp_path):
         # The coordinator's run admits the two partners' nodes only.
         node_clients = federation.node_clients({"node0": 0, "node1": 1})
         run_config = (
-            f"dataset='csv' data-file='{reference}' label-column='label' clients=2 rounds=1 "
+            f"{data.run_keys()} clients=2 rounds=1 "
             f"local-epochs=1 target-epsilon=4.0 round-timeout=120 output='{output}' "
             f"node-clients='{node_clients}'"
         )

@@ -5,6 +5,7 @@ then the server side is killed, the node restarted, and the run resumed from its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -28,12 +29,12 @@ def checkpoint_round(output: Path) -> int:
 
 @pytest.mark.long(240)
 def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
-    reference, files = node_files(tmp_path)
+    data = node_files(tmp_path)
     output = tmp_path / "server-output"
     app = copy_app(tmp_path)
     federation = Federation(tmp_path / "deploy")
     run_config = (
-        f"dataset='csv' data-file='{reference}' label-column='label' clients=3 "
+        f"{data.run_keys()} clients=3 "
         f"rounds={ROUNDS} local-epochs=1 target-epsilon=4.0 secure-aggregation=true "
         f"secagg-threshold=0.6 secagg-timeout=20 round-timeout=60 output='{output}'"
     )
@@ -53,7 +54,7 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
 
         def start_node(k: int) -> subprocess.Popen:
             node_config = (
-                f"client-id={k} data-file='{files[k]}' ledger-dir='{tmp_path / f'ledger-{k}'}'"
+                f"client-id={k} {data.node_keys(k)} ledger-dir='{tmp_path / f'ledger-{k}'}'"
             )
             return federation.start_node(f"node{k}", keys[f"node{k}"], node_config)
 
@@ -111,10 +112,17 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     eps = [r["epsilon_by_client"] for r in results["rounds"]]
     for k in ("0", "1"):
         assert all(a[k] < b[k] for a, b in zip(eps, eps[1:], strict=False))
-        ledger = PrivacyLedger.load(tmp_path / f"ledger-{k}" / f"client-{k}.json")
+        # The node's ledger belongs to its data file (named by its SHA-256), on the node.
+        digest = hashlib.sha256(data.files[int(k)].read_bytes()).hexdigest()
+        ledger = PrivacyLedger.load(tmp_path / f"ledger-{k}" / f"data-{digest[:16]}.json")
         assert ledger.rounds() == list(range(1, ROUNDS + 1))
         assert abs(ledger.epsilon("rdp") - eps[-1][k]) < 1e-9
     assert results["rounds"][-1]["accuracy"] > 0.5
+    # Scored on exactly the coordinator's test file, and it says so.
+    assert results["evaluation"] == {
+        "test_set": f"test-file {data.test} (400 examples)",
+        "examples": 400,
+    }
     # No raw data in anything the server side wrote.
     server_side = (
         federation.log("superlink") + federation.log("flwr-run") + federation.log("gateway")

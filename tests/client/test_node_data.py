@@ -22,7 +22,16 @@ from privet.client.node_data import (
 )
 from privet.server.evaluation import ServerEvaluator
 from privet.task.config import ConfigError, RunConfig
-from privet.task.datasets import ADULT_COLUMNS, IMAGE_SPECS, DataError, load_dataset
+from privet.task.datasets import (
+    ADULT_COLUMNS,
+    IMAGE_SPECS,
+    DataError,
+    FeatureColumn,
+    TabularSchema,
+    load_dataset,
+    save_schema_file,
+    schema_digest,
+)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SECRET = "SECRET-4417"  # a data value that must never appear in an error message or log
@@ -47,14 +56,28 @@ def reference_rows() -> list[list[str]]:
 
 
 def csv_config(tmp_path: Path, **extra) -> RunConfig:
+    """A csv run whose server splits reference.csv, and the schema its nodes are given.
+
+    The schema (tmp_path/schema.json) is the one the server fits on the reference file, with
+    the run's missing-value policy: what a coordinator would hand to every partner.
+    """
     ref = write_csv(tmp_path / "reference.csv", REF_HEADER, reference_rows())
-    return RunConfig(
+    config = RunConfig(
         dataset="csv", data_file=str(ref), label_column="label", output=str(tmp_path), **extra
     )
+    fitted = load_dataset("csv", data_file=str(ref), label_column="label", missing=config.missing)
+    assert fitted.schema is not None
+    save_schema_file(fitted.schema, tmp_path / "schema.json")
+    return config
 
 
 def node(path: Path, client_id: int = 0, **extra) -> dict:
     return {"data-file": str(path), "client-id": client_id, **extra}
+
+
+def csv_node(path: Path, client_id: int = 0, **extra) -> dict:
+    """A tabular node: its file and its copy of the schema (schema.json next to its file)."""
+    return node(path, client_id, **{"schema-file": str(path.parent / "schema.json"), **extra})
 
 
 def one_line_naming(exc: BaseException, path: Path) -> str:
@@ -128,51 +151,57 @@ def test_image_specs_match_what_the_loaders_yield():
 # ------------------------------------------------------------------- CSV nodes
 
 
-def test_two_csv_nodes_share_the_reference_schema(tmp_path, caplog):
+def test_two_csv_nodes_share_the_schema(tmp_path, caplog):
     config = csv_config(tmp_path, missing="impute")  # node B's missing age is imputed, kept
-    server = load_dataset("csv", data_file=config.data_file, label_column="label", seed=0)
+    server = load_dataset(
+        "csv", data_file=config.data_file, label_column="label", seed=0, missing="impute"
+    )
     schema = server.schema
+    assert schema is not None
     age, score = schema.columns[0], schema.columns[2]
     # Node A: large ages and scores (its own statistics differ wildly from the reference's).
     rows_a = [[str(100 + i), "red", f"{50 + i}", "yes" if i % 2 else "no"] for i in range(30)]
-    # Node B: columns in another order, an unseen colour in two rows, a missing age.
+    # Node B: columns in another order, a missing age.
     header_b = ["label", "score", "color", "age"]
-    rows_b = [["no", "1.5", "green", "21"], ["yes", "3.0", SECRET, ""], ["no", "2", SECRET, "22"]]
+    rows_b = [["no", "1.5", "green", "21"], ["yes", "3.0", "red", ""], ["no", "2", "red", "22"]]
     rows_b += [["yes", "1.0", "blue", "30"]] * 7
     file_a = write_csv(tmp_path / "a.csv", REF_HEADER, rows_a)
     file_b = write_csv(tmp_path / "b.csv", header_b, rows_b)
     with caplog.at_level(logging.INFO, logger="privet.client.node_data"):
-        a = load_node_data(config, node(file_a, 0))
-        b = load_node_data(config, node(file_b, 1))
+        a = load_node_data(config, csv_node(file_a, 0))
+        b = load_node_data(config, csv_node(file_b, 1))
     for data, n in ((a, 30), (b, 10)):
         assert data.train.feature_shape == server.train.feature_shape == (schema.width,)
         assert data.train.num_classes == server.num_classes == 2
         assert len(data.validation) == int(n * LOCAL_VALIDATION_FRACTION)
         assert len(data.train) + len(data.validation) == n
-    # standardised with the reference statistics, not the node's own
+        assert data.schema_digest == schema_digest(schema)
+        assert data.classes_present == 2
+    # standardised with the schema's statistics, not the node's own
     everything_a = np.concatenate([a.train.features, a.validation.features])
     ages = np.sort(everything_a[:, 0])
     np.testing.assert_allclose(ages, (np.arange(100, 130) - age.mean) / age.std, rtol=1e-5)
     assert abs(float(ages.mean())) > 1.0  # a locally fitted standardisation would centre it
-    local = load_local_examples(config, node(file_b, 1))
+    local = load_local_examples(config, csv_node(file_b, 1))
     np.testing.assert_allclose(
         local.examples.features[0],
         [(21 - age.mean) / age.std, 0, 1, 0, (1.5 - score.mean) / score.std],
         rtol=1e-5,
     )
-    np.testing.assert_allclose(local.examples.features[1, :4], [0, 0, 0, 0])  # missing, unseen
+    np.testing.assert_allclose(local.examples.features[1, 0], 0.0)  # missing age: the mean
     np.testing.assert_array_equal(local.examples.labels[:3], [0, 1, 0])  # classes (no, yes)
-    assert local.unknown_categories == {"color": 2}
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("2 value(s) in column 'color'" in w for w in warnings)
-    assert all(SECRET not in r.getMessage() for r in caplog.records)
+    assert local.missing is not None and local.missing.by_column == {"age": 1}
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(
+        "10 row(s), 1 with missing feature values, 0 dropped, 1 imputed" in m for m in logged
+    )
 
 
 def test_same_rows_encode_identically_on_every_node_and_the_server(tmp_path):
     config = csv_config(tmp_path)
     rows = reference_rows()
-    one = load_local_examples(config, node(write_csv(tmp_path / "1.csv", REF_HEADER, rows), 1))
-    two = load_local_examples(config, node(write_csv(tmp_path / "2.csv", REF_HEADER, rows), 2))
+    one = load_local_examples(config, csv_node(write_csv(tmp_path / "1.csv", REF_HEADER, rows), 1))
+    two = load_local_examples(config, csv_node(write_csv(tmp_path / "2.csv", REF_HEADER, rows), 2))
     np.testing.assert_array_equal(one.examples.features, two.examples.features)
     server = load_dataset("csv", data_file=config.data_file, label_column="label", seed=0)
     server_rows = np.concatenate([server.train.features, server.test.features])
@@ -184,9 +213,9 @@ def test_same_rows_encode_identically_on_every_node_and_the_server(tmp_path):
 def test_validation_split_is_deterministic_per_client(tmp_path):
     config = csv_config(tmp_path)
     path = write_csv(tmp_path / "a.csv", REF_HEADER, reference_rows())
-    first = load_node_data(config, node(path, 3))
-    again = load_node_data(config, node(path, 3))
-    other = load_node_data(config, node(path, 4))
+    first = load_node_data(config, csv_node(path, 3))
+    again = load_node_data(config, csv_node(path, 3))
+    other = load_node_data(config, csv_node(path, 4))
     np.testing.assert_array_equal(first.validation.features, again.validation.features)
     assert len(first.validation) == 4
     assert not np.array_equal(first.validation.features, other.validation.features)
@@ -196,11 +225,11 @@ def test_node_may_name_its_label_column(tmp_path):
     config = csv_config(tmp_path)
     rows = reference_rows()[:10]
     path = write_csv(tmp_path / "t.csv", ["age", "color", "score", "target"], rows)
-    data = load_node_data(config, node(path, 0, **{"label-column": "target"}))
+    data = load_node_data(config, csv_node(path, 0, **{"label-column": "target"}))
     assert data.train.feature_shape == (5,)
     both = write_csv(tmp_path / "both.csv", [*REF_HEADER, "target"], [r + ["x"] for r in rows])
     with pytest.raises(ConfigError, match="drop label-column") as info:
-        load_node_data(config, node(both, 0, **{"label-column": "target"}))
+        load_node_data(config, csv_node(both, 0, **{"label-column": "target"}))
     one_line_naming(info.value, both)
 
 
@@ -214,39 +243,93 @@ def test_csv_partition_column_is_optional_on_a_node(tmp_path):
         partition_column="site",
         output=str(tmp_path),
     )
+    fitted = load_dataset("csv", data_file=str(ref), label_column="label", partition_column="site")
+    assert fitted.schema is not None and fitted.schema.partition_column == "site"
+    save_schema_file(fitted.schema, tmp_path / "schema.json")
     without = write_csv(tmp_path / "n.csv", REF_HEADER, reference_rows()[:10])
-    assert load_node_data(config, node(without, 0)).train.feature_shape == (5,)
+    assert load_node_data(config, csv_node(without, 0)).train.feature_shape == (5,)
+    with_it = write_csv(tmp_path / "w.csv", [*REF_HEADER, "site"], ref_rows[:10])
+    assert load_node_data(config, csv_node(with_it, 0)).train.feature_shape == (5,)
 
 
 @pytest.mark.parametrize(
     ("header", "match"),
     [
-        (["age", "color", "label"], "lacks column 'score' of the reference file"),
-        (["age", "color", "score", "height", "label"], "has column 'height' that the reference"),
+        (["age", "color", "label"], "lacks column 'score' of the schema .1 schema column"),
+        (["age", "color", "score", "height", "label"], "has column 'height' that the schema"),
         (["age", "color", "score", "y"], "has no label column 'label'"),
     ],
 )
-def test_csv_columns_must_be_the_references(tmp_path, header, match):
+def test_csv_columns_must_be_the_schemas(tmp_path, header, match):
     config = csv_config(tmp_path)
     rows = [["1"] * len(header), ["2"] * len(header)]
     path = write_csv(tmp_path / "bad.csv", header, rows)
     with pytest.raises(DataError, match=match) as info:
-        load_node_data(config, node(path))
-    text = one_line_naming(info.value, path)
-    if "reference file" in text:
-        assert config.data_file in text
+        load_node_data(config, csv_node(path))
+    one_line_naming(info.value, path)
 
 
-def test_unknown_label_is_an_error_naming_it(tmp_path):
+def test_unknown_label_is_an_error_with_a_count_not_the_value(tmp_path):
     config = csv_config(tmp_path)
     rows = [["1", "red", "1", "yes"], ["2", "red", "2", "maybe"], ["3", "red", "3", "maybe"]]
     path = write_csv(tmp_path / "l.csv", REF_HEADER, rows)
     with pytest.raises(DataError) as info:
-        load_node_data(config, node(path))
+        load_node_data(config, csv_node(path))
     text = one_line_naming(info.value, path)
-    assert "the label on line 3 (2 row(s) in all) is not one of the reference classes" in text
+    assert "label column 'label' holds 2 label(s) that are not among the schema's classes" in text
+    assert "(no, yes)" in text and "first on line 3" in text
     assert "maybe" not in text  # a node's values never travel to the server in an error
-    assert "(no, yes)" in text
+
+
+def test_unknown_category_is_refused_not_encoded_as_zeros(tmp_path, caplog):
+    config = csv_config(tmp_path)
+    rows = [["1", SECRET, "1", "yes"], ["2", "red", "2", "no"], ["3", SECRET, "3", "no"]]
+    path = write_csv(tmp_path / "c.csv", REF_HEADER, rows)
+    with (
+        caplog.at_level(logging.DEBUG, logger="privet.client.node_data"),
+        pytest.raises(DataError) as info,
+    ):
+        load_node_data(config, csv_node(path))
+    text = one_line_naming(info.value, path)
+    assert "column 'color' holds 2 value(s) that are not among the schema's 3 categories" in text
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+def test_a_number_outside_a_declared_range_is_refused(tmp_path):
+    config = csv_config(tmp_path)
+    schema = TabularSchema(
+        label_column="label",
+        classes=("no", "yes"),
+        columns=(
+            FeatureColumn("age", "numeric", range=(0.0, 120.0)),
+            FeatureColumn("color", "categorical", categories=("blue", "green", "red")),
+            FeatureColumn("score", "numeric", mean=10.0, std=5.0),
+        ),
+    )
+    save_schema_file(schema, tmp_path / "schema.json")
+    good = write_csv(tmp_path / "g.csv", REF_HEADER, reference_rows()[:10])
+    local = load_local_examples(config, csv_node(good))
+    np.testing.assert_allclose(local.examples.features[:, 0], (np.arange(20, 30) - 60) / 60)
+    rows = reference_rows()[:10]
+    rows[3][0], rows[7][0] = "4417", "-3"
+    bad = write_csv(tmp_path / "b.csv", REF_HEADER, rows)
+    with pytest.raises(DataError) as info:
+        load_node_data(config, csv_node(bad))
+    text = one_line_naming(info.value, bad)
+    assert "column 'age' holds 2 number(s) outside its declared range [0, 120]" in text
+    assert "4417" not in text
+
+
+def test_a_node_with_one_class_trains_with_a_warning(tmp_path, caplog):
+    config = csv_config(tmp_path)
+    rows = [r for r in reference_rows() if r[3] == "yes"]
+    path = write_csv(tmp_path / "one.csv", REF_HEADER, rows)
+    with caplog.at_level(logging.WARNING, logger="privet.client.node_data"):
+        data = load_node_data(config, csv_node(path))
+    assert data.classes_present == 1
+    assert data.train.num_classes == 2  # the model still has the schema's classes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("hold only 1 of the model's 2 classes" in w for w in warnings)
 
 
 @pytest.mark.parametrize("cell", ["nan", "-inf", SECRET])
@@ -255,71 +338,110 @@ def test_bad_numbers_are_missing_values_counted_not_quoted(tmp_path, caplog, cel
     rows = [["1", "red", "1", "yes"], [cell, "red", "2", "no"], [cell, "red", "3", "no"]]
     rows += [[str(i), "blue", "4", "yes"] for i in range(7)]
     path = write_csv(tmp_path / "n.csv", REF_HEADER, rows)
+    config = csv_config(tmp_path)
     with caplog.at_level(logging.WARNING, logger="privet.client.node_data"):
-        dropped = load_local_examples(csv_config(tmp_path), node(path))
+        dropped = load_local_examples(config, csv_node(path))
     assert len(dropped.examples) == 8 and dropped.examples.feature_shape == (5,)
     assert dropped.missing is not None
     assert dropped.missing.by_column == {"age": 2} and dropped.missing.not_numbers == {"age": 2}
     logged = " ".join(r.getMessage() for r in caplog.records)
     assert "2 of 10 row(s) have missing feature values" in logged
     assert "dropped 2 example(s)" in logged and SECRET not in logged
-    config = csv_config(tmp_path, missing="impute")
-    kept = load_local_examples(config, node(path))
+    config = csv_config(tmp_path, missing="impute")  # the schema's policy is now impute
+    kept = load_local_examples(config, csv_node(path))
     assert len(kept.examples) == 10 and kept.missing is not None
     np.testing.assert_array_equal(kept.examples.features[1:3, 0], [0.0, 0.0])  # the mean
     everyone = write_csv(tmp_path / "all.csv", REF_HEADER, [r[:] for r in rows[1:3]])
+    dropping = csv_config(tmp_path)  # the schema's policy is drop again
     with pytest.raises(DataError, match="leaves no examples") as info:
-        load_local_examples(csv_config(tmp_path), node(everyone))
-    assert "--missing impute" in one_line_naming(info.value, everyone)
+        load_local_examples(dropping, csv_node(everyone))
+    assert "missing is 'impute'" in one_line_naming(info.value, everyone)
 
 
 def test_empty_and_missing_csv_files(tmp_path):
     config = csv_config(tmp_path)
     header_only = write_csv(tmp_path / "h.csv", REF_HEADER, [])
     with pytest.raises(DataError, match="has no data rows") as info:
-        load_node_data(config, node(header_only))
+        load_node_data(config, csv_node(header_only))
     one_line_naming(info.value, header_only)
     empty = tmp_path / "e.csv"
     empty.write_text("")
     with pytest.raises(DataError, match="is empty") as info:
-        load_node_data(config, node(empty))
+        load_node_data(config, csv_node(empty))
     one_line_naming(info.value, empty)
     missing = tmp_path / "nowhere.csv"
     with pytest.raises(DataError, match="does not exist on this node") as info:
-        load_node_data(config, node(missing))
+        load_node_data(config, csv_node(missing))
     one_line_naming(info.value, missing)
     not_text = tmp_path / "bin.csv"
     not_text.write_bytes(b"\xff\xfe\x00\x81 binary")
     with pytest.raises(DataError, match="not UTF-8") as info:
-        load_node_data(config, node(not_text))
+        load_node_data(config, csv_node(not_text))
     one_line_naming(info.value, not_text)
 
 
-def test_node_without_the_reference_file_is_told_so(tmp_path):
+def test_a_csv_node_without_schema_file_is_told_how_to_get_one(tmp_path):
+    config = csv_config(tmp_path)
     path = write_csv(tmp_path / "a.csv", REF_HEADER, reference_rows()[:5])
+    with pytest.raises(ConfigError) as info:
+        load_node_data(config, node(path))
+    assert str(info.value) == (
+        "this node's data file is CSV but its node config has no schema-file; add "
+        "schema-file='/path/schema.json' (the coordinator writes it with `privet schema`)"
+    )
+    with pytest.raises(DataError, match="schema-file .*nope.json does not exist on this node"):
+        load_node_data(config, node(path, **{"schema-file": str(tmp_path / "nope.json")}))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json is not valid JSON"):
+        load_node_data(config, node(path, **{"schema-file": str(tmp_path / "bad.json")}))
+
+
+def test_a_csv_node_never_reads_the_runs_reference_file(tmp_path):
+    csv_config(tmp_path)  # writes schema.json
+    path = write_csv(tmp_path / "a.csv", REF_HEADER, reference_rows()[:20])
     gone = RunConfig(
         dataset="csv",
-        data_file=str(tmp_path / "gone.csv"),
+        data_file=str(tmp_path / "gone" / "reference.csv"),
         label_column="label",
         output=str(tmp_path),
     )
-    with pytest.raises(DataError, match="cannot load the run's reference data") as info:
-        load_node_data(gone, node(path))
-    assert "\n" not in str(info.value)
+    data = load_node_data(gone, csv_node(path))
+    assert data.train.feature_shape == (5,) and len(data.train) + len(data.validation) == 20
 
 
-def test_adult_nodes_use_the_adult_reference(tmp_path):
+def test_a_replaced_schema_file_is_read_again(tmp_path):
+    config = csv_config(tmp_path)
+    path = write_csv(tmp_path / "a.csv", REF_HEADER, reference_rows()[:20])
+    before = load_node_data(config, csv_node(path))
+    schema = TabularSchema(
+        label_column="label",
+        classes=("no", "yes"),
+        columns=(
+            FeatureColumn("age", "numeric", range=(0.0, 100.0)),
+            FeatureColumn("color", "categorical", categories=("blue", "green", "red")),
+            FeatureColumn("score", "numeric", range=(0.0, 50.0)),
+        ),
+    )
+    save_schema_file(schema, tmp_path / "schema.json")
+    after = load_node_data(config, csv_node(path))
+    assert after.schema_digest == schema_digest(schema) != before.schema_digest
+
+
+def test_adult_nodes_use_the_schema(tmp_path):
     adult = SHARED / "uci-adult" / "adult.data"
     config = RunConfig(dataset="adult", data_dir=str(adult.parent), output=str(tmp_path))
+    server = load_federated_data(config)
+    assert server.schema is not None
+    save_schema_file(server.schema, tmp_path / "schema.json")
     lines = [line for line in adult.read_text().splitlines() if line.strip()][:200]
     headerless = tmp_path / "site-a.csv"
     headerless.write_text("\n".join(lines) + "\n")
     with_header = tmp_path / "site-b.csv"
     with_header.write_text(",".join(ADULT_COLUMNS) + "\n" + "\n".join(lines[:100]) + "\n")
-    server = load_federated_data(config)
-    a = load_node_data(config, node(headerless, 0))
-    b = load_node_data(config, node(with_header, 1))
-    # rows with "?" in a feature column are left out (--missing drop, the default), as on the server
+    elsewhere = RunConfig(dataset="adult", data_dir=str(tmp_path / "none"), output=str(tmp_path))
+    a = load_node_data(elsewhere, csv_node(headerless, 0))
+    b = load_node_data(elsewhere, csv_node(with_header, 1))
+    # rows with "?" in a feature column are left out (the schema's policy: drop), as on the server
     complete = ["?" not in line.rsplit(",", 1)[0] for line in lines]
     assert sum(complete) < 200
     assert len(a.train) + len(a.validation) == sum(complete)
@@ -359,11 +481,14 @@ def test_npz_for_a_tabular_run_must_have_the_schema_width(tmp_path):
     config = csv_config(tmp_path)
     good = tmp_path / "g.npz"
     np.savez(good, x=np.zeros((10, 5)), y=np.arange(10) % 2)
-    assert load_node_data(config, node(good)).train.feature_shape == (5,)
+    data = load_node_data(config, csv_node(good))
+    assert data.train.feature_shape == (5,) and data.schema_digest is not None
     bad = tmp_path / "b.npz"
     np.savez(bad, x=np.zeros((10, 4)), y=np.arange(10) % 2)
     with pytest.raises(DataError, match=r"shape \(4,\) but the run's data set 'csv' needs \(5,\)"):
-        load_node_data(config, node(bad))
+        load_node_data(config, csv_node(bad))
+    with pytest.raises(ConfigError, match="is for a tabular run but its node config has no schema"):
+        load_node_data(config, node(good))
 
 
 @pytest.mark.parametrize(
@@ -500,7 +625,7 @@ def test_idx_errors(tmp_path):
 def test_node_config_errors(tmp_path, extra, match):
     config = csv_config(tmp_path)
     path = write_csv(tmp_path / "a.csv", REF_HEADER, reference_rows()[:5])
-    node_config = {k: v for k, v in {**node(path), **extra}.items() if v is not None}
+    node_config = {k: v for k, v in {**csv_node(path), **extra}.items() if v is not None}
     with pytest.raises(ConfigError, match=match) as info:
         load_node_data(config, node_config)
     assert "\n" not in str(info.value)
@@ -509,10 +634,15 @@ def test_node_config_errors(tmp_path, extra, match):
 def test_client_id_falls_back_to_partition_id(tmp_path):
     config = csv_config(tmp_path)
     path = write_csv(tmp_path / "a.csv", REF_HEADER, reference_rows()[:10])
-    assert load_node_data(config, {"data-file": str(path), "partition-id": 4}).client_id == 4
-    assert load_node_data(config, {"data-file": str(path), "client-id": "9"}).client_id == 9
+    schema = {"schema-file": str(tmp_path / "schema.json")}
+    assert (
+        load_node_data(config, {"data-file": str(path), "partition-id": 4, **schema}).client_id == 4
+    )
+    assert (
+        load_node_data(config, {"data-file": str(path), "client-id": "9", **schema}).client_id == 9
+    )
     both = {"data-file": str(path), "client-id": 2, "partition-id": 4, "num-partitions": 99}
-    assert load_node_data(config, both).client_id == 2
+    assert load_node_data(config, {**both, **schema}).client_id == 2
 
 
 def test_format_is_inferred_or_named(tmp_path):
@@ -534,6 +664,8 @@ def test_format_is_inferred_or_named(tmp_path):
         load_node_data(mnist_config(tmp_path), node(images))
     with pytest.raises(ConfigError, match="label-column applies only to data-format csv"):
         load_node_data(digits, node(odd, **{"data-format": "npz", "label-column": "y"}))
+    with pytest.raises(ConfigError, match="schema-file applies only to tabular runs"):
+        load_node_data(digits, node(odd, **{"data-format": "npz", "schema-file": "/s.json"}))
 
 
 # ------------------------------------------------------------------- through the ClientApp
@@ -558,7 +690,7 @@ def test_a_csv_node_trains_the_model_the_server_builds(tmp_path, task_identity):
     rows = [[str(30 + i), "blue", f"{i}", "yes" if i % 3 else "no"] for i in range(60)]
     path = write_csv(tmp_path / "site.csv", REF_HEADER, rows)
     context = Context(
-        run_id=1, node_id=7, node_config=node(path, 1), state=RecordDict(), run_config={}
+        run_id=1, node_id=7, node_config=csv_node(path, 1), state=RecordDict(), run_config={}
     )
     weights = ServerEvaluator(config).initial_weights()
     reply = make_client_app(config)(train_message(weights), context)
@@ -575,7 +707,10 @@ def test_node_config_as_flower_parses_it_from_the_command_line(tmp_path):
 
     config = csv_config(tmp_path)
     path = write_csv(tmp_path / "site a.csv", REF_HEADER, reference_rows()[:20])
-    node_config = parse_config_args([f"client-id=3 data-file='{path}' data-format='csv'"])
+    schema = tmp_path / "schema.json"
+    node_config = parse_config_args(
+        [f"client-id=3 data-file='{path}' data-format='csv' schema-file='{schema}'"]
+    )
     data = load_node_data(config, node_config)
     assert data.client_id == 3 and len(data.train) == 18 and len(data.validation) == 2
 
@@ -586,8 +721,8 @@ def test_a_data_file_that_is_a_folder_or_a_device_says_so(tmp_path):
     folder = tmp_path / "site.csv"
     folder.mkdir()
     with pytest.raises(DataError, match="is a folder, not a file; point data-file at") as info:
-        load_node_data(config, node(folder))
+        load_node_data(config, csv_node(folder))
     one_line_naming(info.value, folder)
     with pytest.raises(DataError, match="is a character device, not a regular file") as info:
-        load_node_data(config, node(Path("/dev/zero"), **{"data-format": "csv"}))
+        load_node_data(config, csv_node(Path("/dev/zero"), **{"data-format": "csv"}))
     one_line_naming(info.value, Path("/dev/zero"))

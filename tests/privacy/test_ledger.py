@@ -390,7 +390,7 @@ def test_a_schema_1_adaptive_ledger_is_recharged_for_the_raw_count_it_released(t
     # The next write stores schema 2 with the corrected events; reading it changes nothing more.
     ledger.record(31, [ClientLevelRound(1.2, 0.05, 1, count_noise_std=2.0, count_sensitivity=0.5)])
     again = PrivacyLedger.load(path)
-    assert strict_load(path)["schema_version"] == LEDGER_SCHEMA_VERSION == 2
+    assert strict_load(path)["schema_version"] == LEDGER_SCHEMA_VERSION == 3
     assert again.corrections == [] and again.events() == ledger.events()
 
 
@@ -406,9 +406,9 @@ def test_an_unknown_schema_version_is_refused_in_one_line(tmp_path):
     path = tmp_path / "server.json"
     schema_1_server_ledger(path, 4.0, rounds=1)
     data = json.loads(path.read_text())
-    data["schema_version"] = 3
+    data["schema_version"] = 4
     path.write_text(json.dumps(data))
-    with pytest.raises(LedgerError, match="schema version 3") as error:
+    with pytest.raises(LedgerError, match="schema version 4") as error:
         PrivacyLedger.load(path)
     assert "\n" not in str(error.value)
 

@@ -74,8 +74,12 @@ def test_results_json_layout_and_atomic_write(tmp_path):
         "sample_rate": 0.1,
         "steps": 20,
         "rounds_participated": 1,
+        "lifetime_epsilon": 2.5,  # no earlier run on its ledger: the run's own
+        "lifetime_steps": 20,
+        "ledger": None,  # a report without a ledger summary (an older client)
     }
     assert data["clients"][1]["epsilon"] == "inf"  # valid JSON, never a bare Infinity
+    assert data["clients"][1]["lifetime_epsilon"] == "inf"
     assert data["privacy"]["epsilon_max"] == "inf"
     assert data["config"]["clients"] == 5 and "privet_version" in data
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left behind

@@ -61,7 +61,7 @@ def test_what_the_writer_writes_reads_back_typed(tmp_path):
     written = written_run(tmp_path)
     read = read_results(tmp_path).validate()
     assert read.path == tmp_path / "results.json" == RunFolder(tmp_path).results
-    assert read.schema_version == RESULTS_SCHEMA_VERSION == read.raw["schema_version"] == 2
+    assert read.schema_version == RESULTS_SCHEMA_VERSION == read.raw["schema_version"] == 3
     assert read.finished is True and read.failure_reason is None and read.stop_reason is None
     assert read.engine == "in-process" and read.privet_version == read.raw["privet_version"]
     assert read.config == written.config.to_json_dict() and read.planned_rounds == 3
@@ -90,8 +90,8 @@ def test_what_the_writer_writes_reads_back_typed(tmp_path):
     assert second.epsilon_by_client == {"0": math.inf} and second.failed == 1
     assert second.clip_norm == 0.5
     assert read.clients == (  # the file's order; δ and counts as the clients reported them
-        ClientData(1, 90, 1.0, 1e-5, 1.3, 0.125, 16, 1),
-        ClientData(0, 100, math.inf, 1e-5, 1.1, 0.1, 20, 2),
+        ClientData(1, 90, 1.0, 1e-5, 1.3, 0.125, 16, 1, 1.0, 16),
+        ClientData(0, 100, math.inf, 1e-5, 1.1, 0.1, 20, 2, math.inf, 20),
     )
     assert read.declined == ((2, 1),) and read.resumed_after == (1,)
     level = read.client_level
@@ -138,7 +138,7 @@ BAD_FILES = {
     "a list": (lambda folder: write(folder, "[1, 2]"), "the file is list, expected an object"),
     "newer": (
         lambda folder: write(folder, '{"schema_version": 99}'),
-        "schema_version 99 is not one this Privet reads (1, 2)",
+        "schema_version 99 is not one this Privet reads (1, 2, 3)",
     ),
 }
 

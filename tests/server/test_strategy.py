@@ -493,3 +493,33 @@ def test_discovery_fails_in_one_line_when_no_listed_node_comes_or_is_admitted():
         strategy.discover_clients(
             claiming_grid([5, 6], []), expected=2, timeout=5, node_clients={1001: 0, 1002: 1}
         )
+
+
+def test_discovery_sends_the_schema_digest_and_notes_a_node_with_one_class():
+    """A node's own rows holding one class are trained on, and named in the run's warnings."""
+    from flwr.clientapp import ClientApp
+
+    from privet.server.results import RunResults
+    from privet.simulations.inprocess_engine import InProcessGrid
+    from privet.task.config import RunConfig
+
+    app, asked = ClientApp(), []
+
+    @app.query()
+    def query(msg, context):
+        asked.append(dict(msg.content.config_records["config"]))
+        claim = context.node_id - 1001
+        present = {"classes-present": 1} if claim == 1 else {"classes-present": 10}
+        metrics = MetricRecord({"client-id": claim, **present})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    strategy = strategy_for([])
+    strategy.client_of_node = {}
+    strategy.discover_clients(InProcessGrid(app, num_nodes=2), 2, 5, schema_digest="ab" * 32)
+    assert asked == [{"schema-sha256": "ab" * 32}] * 2
+    assert strategy.data_notes == {
+        1: "client 1's training rows hold 1 class(es) of the run's labels"
+    }
+    results = RunResults(config=RunConfig(), engine="in-process")
+    results.data_notes = dict(strategy.data_notes)
+    assert strategy.data_notes[1] in results.warnings()

@@ -508,7 +508,7 @@ def test_schema_json_round_trip_and_second_file(tmp_path):
     schema = fit_tabular_schema(table, "label", partition_column="site")
     restored = TabularSchema.from_json(json.loads(json.dumps(schema.to_json())))
     assert restored == schema
-    assert schema.to_json()["schema_version"] == 1
+    assert schema.to_json()["schema_version"] == 2
     # a second node's file: different row set, columns in another order, an extra column,
     # and a category ("purple") the schema has never seen
     header = ["label", "extra", "score", "color", "age"]
