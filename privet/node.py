@@ -48,7 +48,10 @@ Flower's SuperLink refuses to activate a node it still sees online, and a node t
 online for two heartbeat intervals (2 × 30 s in flwr 1.42), so a quick restart is refused."""
 RESTART_PAUSE_S = 5.0
 FOLDER_PREFIX = "privet-node-"
-"""A node's private temporary folder: the SuperExec secret, remembered σ, the node's PID."""
+"""A node's private runtime folder: the SuperExec secret, remembered σ, the node's PID. It lives in
+the node's own Flower home (`FLWR_HOME`, as the README gives each partner) when one is set, else
+in the system's temporary folder, so that nodes of several partners on one machine never look
+into each other's folders (not even when tidying up after a killed one)."""
 REFUSED_SUPERNODE_FLAGS = ("--isolation", "--superexec-auth-secret-file")
 """flower-supernode flags `privet node` sets itself."""
 _PR_SET_PDEATHSIG = 1
@@ -118,12 +121,18 @@ def supernode_command(supernode_args: Sequence[str], secret_file: Path) -> list[
     ]
 
 
-def remove_stale_folders() -> None:
-    """Remove the private folders of this user's earlier `privet node` processes that are gone.
+def runtime_root() -> Path:
+    """Where this node's private folder goes: its `FLWR_HOME` if set, else the temporary folder."""
+    home = os.environ.get("FLWR_HOME")
+    return Path(home).expanduser() if home else Path(tempfile.gettempdir())
+
+
+def remove_stale_folders(root: Path) -> None:
+    """Remove the private folders in `root` of earlier `privet node` processes that are gone.
 
     One killed with SIGKILL cannot remove its own; a folder whose process still runs is kept.
     """
-    for folder in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+    for folder in root.glob(f"{FOLDER_PREFIX}*"):
         try:
             if folder.stat().st_uid != os.getuid():
                 continue
@@ -206,8 +215,10 @@ def run_node(supernode_args: Sequence[str]) -> int:
     if not supernode_args:
         raise NodeError("give flower-supernode's flags, e.g. --superlink HOST:PORT ...")
     address = runtime_api_address(supernode_args)
-    remove_stale_folders()
-    secret_dir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700
+    root = runtime_root()
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(root)
+    secret_dir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=root))  # mode 0700
     (secret_dir / "pid").write_text(str(os.getpid()))
     secret_file = secret_dir / "superexec.secret"
     secret = secrets.token_bytes(32)
@@ -219,6 +230,9 @@ def run_node(supernode_args: Sequence[str]) -> int:
         calibrations = secret_dir / "calibration"
         calibrations.mkdir(mode=0o700)
         os.environ[CACHE_ENV] = str(calibrations)
+        # torch looks for its compile cache in a folder shared by the machine's user; the node's
+        # own keeps partners on one machine out of each other's way.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(secret_dir / "torchinductor"))
         print("privet node: loading torch, Opacus and Flower once for every message", flush=True)
         warm_exec.warm_up()
         stopping = False

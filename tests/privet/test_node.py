@@ -139,6 +139,7 @@ def test_a_killed_node_takes_its_supernode_along_and_a_dead_supernode_ends_the_n
     try:
         supernode, argv = supernode_of(first, tmp_path)
         folder = Path(argv[argv.index("--superexec-auth-secret-file") + 1]).parent
+        assert folder.parent == tmp_path / "flwr-home"  # the node's own Flower home, not /tmp
         os.kill(first.pid, signal.SIGKILL)  # no handler runs: the kernel tells the SuperNode
         wait_for(lambda: not running(supernode), 20, lambda: "the SuperNode outlived privet node")
         assert folder.exists()  # a killed node cannot tidy up after itself ...
