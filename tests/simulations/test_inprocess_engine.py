@@ -72,6 +72,7 @@ def test_both_engines_give_identical_results_for_the_same_seed(tmp_path):
             assert b.secure_aggregation[key] == a.secure_aggregation[key]
     assert flower.rounds[1].secure_aggregation["dropped"] == [0]
     assert local.rounds[1].secure_aggregation["dropped"] == [0]
+
     # Equal but for the ledgers' digests: each run tags its entries with its own run token.
     def untagged(clients):
         return [dataclasses.replace(client, ledger_digest=None) for client in clients]
