@@ -67,7 +67,7 @@ def run_config(data: FederationData, output: Path, nodes: int, rounds: int, secu
         f"{data.run_keys()} clients={nodes} "
         f"rounds={rounds} local-epochs=1 target-epsilon=4.0 "
         f"secure-aggregation={'true' if secure else 'false'} secagg-timeout=60 "
-        f"round-timeout=120 output='{output}'"
+        f"round-timeout=120 local-evaluation='last-round' output='{output}'"
     )
 
 
@@ -155,6 +155,7 @@ def time_in_process(root: Path, nodes: int, rounds: int, secure: bool) -> Timing
             "local-epochs": 1,
             "target-epsilon": 4.0,
             "secure-aggregation": secure,
+            "local-evaluation": "last-round",
             "output": str(root / "in-process"),
         }
     )

@@ -8,10 +8,12 @@ whole run in process). Neither pause is configurable in 1.42.
 
 What: this module runs Flower's own SuperNode entry point unchanged, with one difference: the
 `time` module that loop sees is a `PromptClock`, which turns the idle 3 s pause into a short one
-(PROMPT_S, growing by half per empty ask) for ACTIVE_S after the node last handled a message, and
-back to Flower's 3 s when it has been idle that long; and looks for a finished reply every
-REPLY_LOOK_S instead of 0.5 s. An idle node therefore asks the SuperLink exactly as often as
-Flower's does; an active one asks up to 1/PROMPT_S times a second.
+(PROMPT_S, growing by half per empty ask up to ACTIVE_PAUSE_S) for ACTIVE_S after the node last
+handled a message, and back to Flower's 3 s when it has been idle that long; and looks for a
+finished reply every REPLY_LOOK_S instead of 0.5 s. An idle node therefore asks the SuperLink
+exactly as often as Flower's does; an active one asks up to 1/PROMPT_S times a second, and at
+least every ACTIVE_PAUSE_S (the server's next message of a round, after its aggregation and
+evaluation, is seen within that).
 
 The clock is installed only where the loop still reads the `time` module under that name in
 flwr 1.42.0 (checked at start; otherwise the SuperNode runs with Flower's pauses and says so).
@@ -32,6 +34,7 @@ REPLY_PAUSE_S = 0.5
 """Flower's pause between looks for a finished reply (start_client_internal)."""
 PROMPT_S = 0.1
 REPLY_LOOK_S = 0.05
+ACTIVE_PAUSE_S = 0.5
 ACTIVE_S = 60.0
 
 
@@ -50,7 +53,7 @@ class PromptClock:
             time.sleep(REPLY_LOOK_S)
         elif seconds == IDLE_PAUSE_S and now - self.last_active < ACTIVE_S:
             time.sleep(self.pause)
-            self.pause = min(IDLE_PAUSE_S, self.pause * 1.5)
+            self.pause = min(ACTIVE_PAUSE_S, self.pause * 1.5)
         else:
             time.sleep(seconds)
 

@@ -23,6 +23,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,9 +71,21 @@ ACQUIRE = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 
 
 def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> None:
-    """Import the modules every ClientApp message needs (no torch code runs, no device opens)."""
+    """Import the modules every ClientApp message needs (no torch code runs, no device opens).
+
+    Also makes Flower's object pulls prompt (`task.flower_pulls`) for every message's process.
+    """
+    from privet.task.flower_pulls import FLOWER_VERSION, prompt_object_pulls
+
     for name in modules:
         importlib.import_module(name)
+    if not prompt_object_pulls():
+        print(
+            f"privet node: this flwr is not {FLOWER_VERSION}; its object pulls keep Flower's "
+            "back-off (1 s and up)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_task_in_this_process(spec: ExecutionSpec) -> int:

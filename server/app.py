@@ -38,6 +38,8 @@ from privet.server.secure_aggregation import conditional_rounding_ratio
 from privet.server.strategy import PrivetFedAvg
 from privet.server.strategy_parts import build_strategy
 from privet.task.config import ConfigError, RunConfig
+from privet.task.flower_pulls import FLOWER_VERSION as FLOWER
+from privet.task.flower_pulls import prompt_object_pulls
 from privet.task.wording import for_deployment, reworded
 
 logger = logging.getLogger(__name__)
@@ -195,10 +197,15 @@ class ProgressPrinter:
 def prompt(grid: Grid) -> Grid:
     """A `flwr run` grid (Flower's HttpGrid) that picks replies up as they come (`PromptGrid`).
 
-    Other grids (the in-process engine's, Flower's in-memory simulation grid) are returned as
-    they are: they hand replies over without a fixed poll.
+    Flower's object pulls are made prompt too (`task.flower_pulls`). Other grids (the in-process
+    engine's, Flower's in-memory simulation grid) are returned as they are: they hand replies
+    over without a fixed poll.
     """
-    return PromptGrid(grid) if is_http_grid(grid) else grid
+    if not is_http_grid(grid):
+        return grid
+    if not prompt_object_pulls():
+        logger.warning("this flwr is not %s: replies are pulled with Flower's back-off", FLOWER)
+    return PromptGrid(grid)
 
 
 def make_server_app(

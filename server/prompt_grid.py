@@ -3,8 +3,9 @@
 Flower's `HttpGrid.send_and_receive` (the grid of every `flwr run`, deployed or on the simulation
 runtime) looks for replies every 3 s, so each exchange of a round waits 1.5 s on average after
 its last reply came, and a secure round has five exchanges. `PromptGrid` wraps such a grid and
-looks after 0.1 s, then backs off by half each time up to Flower's 3 s: a quick exchange ends
-almost at once and a long one costs no more requests than Flower's own loop. Everything else
+looks after 0.1 s, then backs off by half each time up to 0.5 s: a quick exchange ends almost at
+once, and a long one (local training) ends at most 0.5 s after its last reply, for at most two
+light requests a second to the SuperLink while the ServerApp waits. Everything else
 (pushing, pulling, nodes, the run) is the wrapped grid's.
 """
 
@@ -22,8 +23,8 @@ FIRST_POLL_S = 0.1
 """The first wait before looking for replies."""
 BACKOFF = 1.5
 """Each later wait is this much longer than the one before..."""
-LONGEST_POLL_S = 3.0
-"""...up to Flower's own interval."""
+LONGEST_POLL_S = 0.5
+"""...up to this (Flower's own loop waits 3 s between looks)."""
 
 
 def is_http_grid(grid: Grid) -> bool:

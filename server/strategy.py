@@ -93,8 +93,13 @@ class PrivetFedAvg(FedAvg):
         aggregation: AggregationStep | None = None,
         optimizer: ServerOptimizer | None = None,
         min_trained: int | None = None,
+        local_evaluation: str = "every-round",
     ) -> None:
         super().__init__(weighted_by_key=WEIGHT_KEY, min_available_nodes=1)
+        self.local_evaluation = local_evaluation
+        """When the clients that trained evaluate the new model (run setting local-evaluation)."""
+        self.last_round: int | None = None
+        """The run's last round, known once `start` runs (for local-evaluation last-round)."""
         self.min_trained = min_trained
         """The fewest clients whose updates must reach the model in a round (run setting)."""
         self.too_few_trained: str | None = None
@@ -345,7 +350,15 @@ class PrivetFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Local evaluation on the clients that trained this round (held-out examples only)."""
+        """Local evaluation on the clients that trained this round (held-out examples only).
+
+        Every round, only after the last one, or never (`local_evaluation`): in a deployment each
+        evaluation is one more exchange through the SuperLink.
+        """
+        if self.local_evaluation == "never" or (
+            self.local_evaluation == "last-round" and server_round != self.last_round
+        ):
+            return []
         outcome = self.outcomes.get(server_round, RoundOutcome())
         record = RecordDict({ARRAYS_RECORD: arrays, CONFIG_RECORD: config})
         return [
@@ -553,6 +566,7 @@ class PrivetFedAvg(FedAvg):
         """
         result = Result()
         arrays = result.arrays = initial_arrays
+        self.last_round = num_rounds
         if evaluate_fn is not None and first_round == 1:
             initial = evaluate_fn(0, arrays)
             if initial is not None:

@@ -94,4 +94,5 @@ def build_strategy(config: RunConfig, *, resuming: bool) -> PrivetFedAvg:
         aggregation=aggregation_step(config),
         optimizer=ServerSGD(),
         min_trained=config.min_trained,
+        local_evaluation=config.local_evaluation,
     )

@@ -99,6 +99,10 @@ def _client_sampling_names() -> tuple[str, ...]:
     return CLIENT_SAMPLING_NAMES
 
 
+LOCAL_EVALUATION_CHOICES: tuple[str, ...] = ("every-round", "last-round", "never")
+"""When clients evaluate the global model locally (run setting `local-evaluation`)."""
+
+
 def _missing_policy_names() -> tuple[str, ...]:
     return MISSING_POLICY_NAMES
 
@@ -386,6 +390,15 @@ class RunConfig:
         section="run",
         help="fail the run (finished: false, non-zero exit) after a round in which fewer clients' "
         "updates reached the model (default: no minimum)",
+    )
+    # Each local evaluation is one more message exchange with every node that trained: cheap in
+    # process, a round trip through the SuperLink in a deployment.
+    local_evaluation: str = setting(
+        "every-round",
+        section="run",
+        choices=lambda: LOCAL_EVALUATION_CHOICES,
+        help="when the clients score the global model on their held-out examples: every-round "
+        "(default), last-round or never (the server's test set is scored every round regardless)",
     )
     device: str = setting(
         "auto", section="run", choices=_device_names, help="where clients train (default: auto)"

@@ -68,6 +68,6 @@ def test_polls_back_off_to_flowers_interval_and_the_timeout_is_kept(monkeypatch)
     assert replies == []
     assert waits[0] == prompt_grid.FIRST_POLL_S
     assert all(b >= a for a, b in zip(waits[:-2], waits[1:-1], strict=True))  # backs off
-    assert max(waits) == prompt_grid.LONGEST_POLL_S  # never slower than Flower's own loop
+    assert max(waits) == prompt_grid.LONGEST_POLL_S < 3  # quicker than Flower's own loop (3 s)
     assert abs(sum(waits) - 40) < 1e-9  # waited exactly the timeout, then gave up
     assert nodes.pulls == len(waits) + 1

@@ -362,3 +362,25 @@ def test_min_trained_outside_one_to_clients_is_a_one_line_error():
     expected = r"min-trained must be between 1 and clients \(3\), got 4"
     with pytest.raises(ConfigError, match=expected):
         RunConfig(clients=3, min_trained=4)
+
+
+@pytest.mark.parametrize(
+    ("when", "evaluated_rounds"), [("every-round", [1, 2, 3]), ("last-round", [3]), ("never", [])]
+)
+def test_local_evaluation_sends_evaluate_messages_only_when_asked(tmp_path, when, evaluated_rounds):
+    """Each local evaluation is an exchange with every node that trained: count the messages."""
+    seen: list[tuple[str, int]] = []
+
+    def count(msg, context, call_next):
+        if msg.metadata.message_type == MessageType.EVALUATE:
+            seen.append((msg.metadata.message_type, int(msg.metadata.group_id)))
+        return call_next(msg, context)
+
+    config = RunConfig(clients=2, rounds=3, local_evaluation=when, output=str(tmp_path))
+    results = run_in_process(config, client_mods=[count])
+    assert results.finished
+    assert sorted({at for _, at in seen}) == evaluated_rounds
+    assert len(seen) == 2 * len(evaluated_rounds)  # both clients trained in every round
+    local = [r.round for r in results.rounds if r.local_accuracy is not None]
+    assert local == evaluated_rounds
+    assert all(r.accuracy > 0 for r in results.rounds)  # the server scores every round anyway
