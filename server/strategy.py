@@ -221,8 +221,9 @@ class PrivetFedAvg(FedAvg):
             if reply.has_error():
                 self._refuse(node, f"it failed to say who it is: {error_text(reply.error.reason)}")
                 continue
-            client = _claimed_client(reply)
-            present = _classes_present(reply)
+            identity = _identity(reply)
+            client = None if identity is None else identity.client_id
+            present = None if identity is None else identity.classes_present
             if client is not None and present is not None and present < 2:
                 self.data_notes[client] = (
                     f"client {client}'s training rows hold {present} class(es) of the run's labels"
@@ -616,21 +617,11 @@ def _ids(clients: Iterable[int]) -> str:
     return text + (f" and {len(ordered) - 10} more" if len(ordered) > 10 else "")
 
 
-def _classes_present(reply: Message) -> int | None:
-    """How many classes a node's QUERY reply says its training rows hold (None: not said)."""
+def _identity(reply: Message) -> IdentityReply | None:
+    """What a node's QUERY reply says it is (client id, classes present), or None when unusable."""
     for record in reply.content.metric_records.values():
         try:
-            return IdentityReply.from_metrics(record).classes_present
-        except MessageError:
-            continue
-    return None
-
-
-def _claimed_client(reply: Message) -> int | None:
-    """The client id a node's QUERY reply names, or None when it names no usable one."""
-    for record in reply.content.metric_records.values():
-        try:
-            return IdentityReply.from_metrics(record).client_id
+            return IdentityReply.from_metrics(record)
         except MessageError:
             continue
     return None

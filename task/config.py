@@ -27,6 +27,7 @@ import numpy as np
 from privet.task.config_checks import (
     CLIENT_SAMPLING_NAMES,
     DEVICE_NAMES,
+    LOCAL_EVALUATION_CHOICES,
     MAX_CLIP_LEARNING_RATE,
     MAX_CLIP_NORM,
     MAX_NODE_ID,
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_SECAGG_THRESHOLD",
     "DEFAULT_TARGET_EPSILON",
     "DEVICE_NAMES",
+    "LOCAL_EVALUATION_CHOICES",
     "MAX_CLIP_LEARNING_RATE",
     "MAX_CLIP_NORM",
     "MAX_NODE_ID",
@@ -97,10 +99,6 @@ def _device_names() -> tuple[str, ...]:
 
 def _client_sampling_names() -> tuple[str, ...]:
     return CLIENT_SAMPLING_NAMES
-
-
-LOCAL_EVALUATION_CHOICES: tuple[str, ...] = ("every-round", "last-round", "never")
-"""When clients evaluate the global model locally (run setting `local-evaluation`)."""
 
 
 def _missing_policy_names() -> tuple[str, ...]:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
+LOCAL_EVALUATION_CHOICES: tuple[str, ...] = ("every-round", "last-round", "never")
+"""When clients evaluate the global model locally (run setting `local-evaluation`)."""
 CLIENT_SAMPLING_NAMES: tuple[str, ...] = ("poisson", "fixed")
 # What happens to a tabular example with a missing feature value: the data layer's policies.
 MISSING_POLICY_NAMES: tuple[str, ...] = MISSING_POLICIES
@@ -238,6 +240,7 @@ def check_run(config: RunConfig) -> None:
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")
     _one_of("device", config.device, DEVICE_NAMES)
+    _one_of("local-evaluation", config.local_evaluation, LOCAL_EVALUATION_CHOICES)
     if not config.output:
         raise ConfigError("output must name a folder")
     _positive("round-timeout", config.round_timeout)

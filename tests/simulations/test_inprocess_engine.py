@@ -384,3 +384,8 @@ def test_local_evaluation_sends_evaluate_messages_only_when_asked(tmp_path, when
     local = [r.round for r in results.rounds if r.local_accuracy is not None]
     assert local == evaluated_rounds
     assert all(r.accuracy > 0 for r in results.rounds)  # the server scores every round anyway
+
+
+def test_an_unknown_local_evaluation_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="local-evaluation.*every-round.*last-round.*never"):
+        RunConfig.from_mapping({"local-evaluation": "sometimes"})

@@ -260,3 +260,11 @@ def test_client_server_and_simulations_spell_no_contract_key_themselves():
         if pattern.search(line)
     ]
     assert found == []
+
+
+def test_a_discovery_reply_with_a_bad_classes_present_count_names_the_key():
+    assert IdentityReply.from_metrics({"client-id": 2, "classes-present": 1}).classes_present == 1
+    assert IdentityReply.from_metrics({"client-id": 2}).classes_present is None
+    for bad in (-1, 1.5, float("nan")):
+        with pytest.raises(MessageError, match="classes-present"):
+            IdentityReply.from_metrics({"client-id": 2, "classes-present": bad})

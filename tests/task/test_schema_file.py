@@ -383,3 +383,11 @@ def test_run_config_accepts_the_server_only_forms(tmp_path):
             values.get("schema-file"),
             values.get("test-file"),
         )
+
+
+def test_a_test_file_that_does_not_exist_is_one_line_naming_it(tmp_path):
+    schema, _, _ = schema_and_files(tmp_path)
+    missing = tmp_path / "nowhere.csv"
+    with pytest.raises(DataError, match="test file .*nowhere.csv does not exist") as raised:
+        load_dataset("csv", schema_file=str(schema), test_file=str(missing))
+    assert "\n" not in str(raised.value)
