@@ -36,7 +36,8 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     run_config = (
         f"{data.run_keys()} clients=3 "
         f"rounds={ROUNDS} local-epochs=1 target-epsilon=4.0 secure-aggregation=true "
-        f"secagg-threshold=0.6 secagg-timeout=20 round-timeout=60 output='{output}'"
+        f"secagg-threshold=0.6 secagg-timeout=20 round-timeout=60 local-evaluation='last-round' "
+        f"output='{output}'"
     )
 
     spec = federation.publish(app)  # the coordinator builds and signs the app
@@ -93,11 +94,14 @@ def test_federation_survives_a_node_crash_and_a_server_crash(tmp_path):
     finally:
         federation.close()
 
-    # Every node served its messages from warm forks (privet node), one process per message.
+    # Every node served its messages from warm forks (privet node), one process per message, and
+    # stopped cleanly. Node 2's first instance was killed (no summary line); its restarted one may
+    # serve nothing when the resumed run ends before the SuperLink lets it back in (up to a minute).
     for k in range(3):
         log = federation.log(f"node{k}")
         served = re.findall(r"privet node: stopped after (\d+) messages", log)
-        assert served and int(served[-1]) > 0, log
+        assert served, log[-3000:]
+        assert k == 2 or int(served[-1]) > 0, log[-3000:]
     results = json.loads((output / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
     assert results["resumed_after_rounds"] == [killed_after]
