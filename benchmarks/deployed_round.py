@@ -54,6 +54,15 @@ class Timing:
     round_ends: list[float] = field(default_factory=list)
     first_update: float | None = None
     error: str | None = None
+    link_check: dict | None = None
+    """results.json's ``link_check`` (bare exchanges timed before round 1), deployed set-ups."""
+
+    @property
+    def link_check_s(self) -> float:
+        """Seconds the link check took before round 1 (0 without one)."""
+        if not self.link_check:
+            return 0.0
+        return float(sum(self.link_check["empty_s"]) + sum(self.link_check["model_s"]))
 
     @property
     def steady(self) -> float | None:
@@ -61,10 +70,19 @@ class Timing:
         return statistics.median(gaps) if gaps else None
 
 
-def run_config(data: FederationData, output: Path, nodes: int, rounds: int, secure: bool) -> str:
+RESULTS_WITHIN_S = 60.0
+"""How long after its last round the server may take to write results.json."""
+STAGES = {"plain": 1, "secure": 4}
+"""Exchanges of a steady round: TRAIN; or advertise keys, share keys, TRAIN + masked input,
+unmask (local evaluation runs in the last round only)."""
+
+
+def run_config(
+    data: FederationData, output: Path, nodes: int, rounds: int, secure: bool, link_checks: int
+) -> str:
     """The run configuration every set-up shares (README's keys)."""
     return (
-        f"{data.run_keys()} clients={nodes} "
+        f"{data.run_keys()} clients={nodes} link-check={link_checks} "
         f"rounds={rounds} local-epochs=1 target-epsilon=4.0 "
         f"secure-aggregation={'true' if secure else 'false'} secagg-timeout=60 "
         f"round-timeout=120 local-evaluation='last-round' output='{output}'"
@@ -89,7 +107,9 @@ def checkpoint_round(output: Path) -> int:
         return 0
 
 
-def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: float) -> Timing:
+def time_deployment(  # noqa: PLR0913
+    root: Path, setup: str, nodes: int, rounds: int, limit_s: float, link_checks: int
+) -> Timing:
     """One deployed run of `setup`; its round stamps."""
     kind, mode = setup.split("/")
     timing = Timing(setup)
@@ -115,16 +135,21 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
                 timing.error = "the nodes did not come online within 120 s"
                 return timing
             time.sleep(0.5)
-        config = run_config(data, output, nodes, rounds, mode == "secure")
+        config = run_config(data, output, nodes, rounds, mode == "secure", link_checks)
         clients = federation.node_clients({name: k for k, name in enumerate(names)})
         config += f" node-clients='{clients}'"
         ledgers = root / "ledger-0"
         start = time.monotonic()
-        federation.start(
+        flwr_run = federation.start(
             "flwr-run", [str(BIN / "flwr"), "run", spec, "privet", "--run-config", config]
         )
         seen = 0
         while seen < rounds and time.monotonic() - start < limit_s:
+            if flwr_run.poll() not in (None, 0):  # refused (the run never started)
+                timing.error = f"flwr run exited with {flwr_run.returncode}: " + " | ".join(
+                    federation.log("flwr-run").strip().splitlines()[-3:]
+                )
+                return timing
             now = checkpoint_round(output)
             while seen < now:
                 seen += 1
@@ -134,9 +159,22 @@ def time_deployment(root: Path, setup: str, nodes: int, rounds: int, limit_s: fl
             time.sleep(0.05)
         if seen < rounds:
             timing.error = f"{seen} of {rounds} rounds within {limit_s:.0f} s"
+        else:
+            timing.link_check = _link_check(output, RESULTS_WITHIN_S)
     finally:
         federation.close()
     return timing
+
+
+def _link_check(output: Path, limit_s: float) -> dict | None:
+    """results.json's link check, once the run has written its results (None if it has none)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            return json.loads((output / "results.json").read_text())["link_check"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.2)
+    return None
 
 
 def time_in_process(root: Path, nodes: int, rounds: int, secure: bool) -> Timing:
@@ -169,6 +207,31 @@ def time_in_process(root: Path, nodes: int, rounds: int, secure: bool) -> Timing
     return timing
 
 
+def _row(timing: Timing, reference: Timing | None) -> str:
+    """One set-up's figures; for a deployment, its bound: 3x in process + one RTT per stage."""
+    mode = timing.setup.split("/")[1]
+    deployed = not timing.setup.startswith("in-")
+    lead = timing.link_check_s  # the link check runs before round 1: not part of the run's work
+    first = f"{timing.first_update - lead:.1f}" if timing.first_update is not None else ""
+    steady = f"{timing.steady:.2f}" if timing.steady else ""
+    ratio = bound = within = empty = model = ""
+    if deployed and timing.steady and reference and reference.steady:
+        ratio = f"{timing.steady / reference.steady:.1f}x"
+    link = timing.link_check
+    if deployed and link and timing.steady and reference and reference.steady:
+        empty, model = f"{link['empty_median_s']:.2f}", f"{link['model_median_s']:.2f}"
+        limit = (
+            3 * reference.steady
+            + link["model_median_s"]
+            + (STAGES[mode] - 1) * link["empty_median_s"]
+        )
+        bound, within = f"{limit:.2f}", "yes" if timing.steady <= limit else "no"
+    return (
+        f"{timing.round_ends[0] - lead:>10.1f}{steady:>10}{first:>14}{ratio:>15}"
+        f"{empty:>13}{model:>13}{bound:>9}{within:>8}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=4)
@@ -176,13 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"of {', '.join(SETUPS)}")
     parser.add_argument("--limit", type=float, default=600, help="seconds a set-up may take")
     parser.add_argument("--json", type=Path, help="also write the timings here")
+    parser.add_argument(
+        "--link-checks", type=int, default=3, help="bare exchanges of each kind before round 1"
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every federation started here is stopped by its PIDs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     setups = [s for s in args.setups.split(",") if s]
     unknown = [s for s in setups if s not in SETUPS]
-    if unknown or args.nodes < 2 or args.rounds < 2:
-        parser.error(f"choose set-ups from {SETUPS}, at least 2 nodes and 2 rounds")
+    if unknown or args.nodes < 2 or args.rounds < 2 or not 1 <= args.link_checks <= 100:
+        parser.error(
+            f"choose set-ups from {SETUPS}, at least 2 nodes and 2 rounds, 1 to 100 link checks"
+        )
     timings: dict[str, Timing] = {}
     with tempfile.TemporaryDirectory(prefix="privet-deployed-") as tmp:
         root = Path(tmp)
@@ -197,28 +265,23 @@ def main(argv: list[str] | None = None) -> int:
             folder = root / setup.replace("/", "-")
             folder.mkdir()
             print(f"running {setup} ...", file=sys.stderr, flush=True)
-            timings[setup] = time_deployment(folder, setup, args.nodes, args.rounds, args.limit)
+            timings[setup] = time_deployment(
+                folder, setup, args.nodes, args.rounds, args.limit, args.link_checks
+            )
     print(
         f"\nDeployed rounds, {args.nodes} nodes on 127.0.0.1 (TLS, node authentication, gateway), "
         f"{args.rounds} rounds, digits CSV, Opacus DP-SGD at target ε 4"
     )
     print(
         f"{'set-up':<20}{'round 1 s':>10}{'steady s':>10}{'1st update s':>14}{'vs in-process':>15}"
+        f"{'empty RTT s':>13}{'model RTT s':>13}{'bound s':>9}{'within':>8}"
     )
     for name, timing in timings.items():
         if timing.error:
             print(f"{name:<20}ERROR: {timing.error}")
             continue
-        mode = name.split("/")[1]
-        reference = timings.get(f"in-process/{mode}")
-        ratio = (
-            f"{timing.steady / reference.steady:.1f}x"
-            if timing.steady and reference and reference.steady and not name.startswith("in-")
-            else ""
-        )
-        first = f"{timing.first_update:.1f}" if timing.first_update is not None else ""
-        steady = f"{timing.steady:.2f}" if timing.steady else ""
-        print(f"{name:<20}{timing.round_ends[0]:>10.1f}{steady:>10}{first:>14}{ratio:>15}")
+        reference = timings.get("in-process/" + name.split("/")[1])
+        print(f"{name:<20}{_row(timing, reference)}")
     for kind in ("warm", "cold"):
         plain, secure = timings.get(f"{kind}/plain"), timings.get(f"{kind}/secure")
         if plain and secure and plain.steady and secure.steady:

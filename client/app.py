@@ -53,6 +53,7 @@ from privet.task.config import ConfigError, RunConfig
 from privet.task.messages import (
     ARRAYS_RECORD,
     CONFIG_RECORD,
+    LINK_CHECK_ACTION,
     METRICS_RECORD,
     AdvertiseReply,
     EvaluateReply,
@@ -449,6 +450,16 @@ def make_client_app(
     @app.query(STAGE_ACTIONS["unmask"])
     def secagg_unmask(msg: Message, context: Context) -> Message:
         return answer_secagg("unmask", msg, context)
+
+    @app.query(LINK_CHECK_ACTION)
+    def link_check(msg: Message, context: Context) -> Message:
+        """What the server sent, back at once: no data read, no ledger (server.link_check)."""
+        del context
+        arrays = msg.content.array_records.get(ARRAYS_RECORD)
+        return Message(
+            content=RecordDict({ARRAYS_RECORD: arrays}) if arrays is not None else RecordDict(),
+            reply_to=msg,
+        )
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

@@ -15,6 +15,11 @@ exactly as often as Flower's does; an active one asks up to 1/PROMPT_S times a s
 least every ACTIVE_PAUSE_S (the server's next message of a round, after its aggregation and
 evaluation, is seen within that).
 
+The SuperNode lists a message for its ClientApp before it has pulled the message's objects from
+the SuperLink, and pulls them with Flower's back-off (a first retry after 1 s when the ServerApp
+has not finished pushing them); `main` also makes those pulls prompt (`task.flower_pulls`), as a
+message's process and the ServerApp already do.
+
 The clock is installed only where the loop still reads the `time` module under that name in
 flwr 1.42.0 (checked at start; otherwise the SuperNode runs with Flower's pauses and says so).
 """
@@ -79,11 +84,26 @@ def install_prompt_clock() -> PromptClock | None:
     return clock
 
 
+def make_prompt() -> None:
+    """Install the PromptClock and prompt object pulls in this (the SuperNode's) process."""
+    from privet.task.flower_pulls import FLOWER_VERSION as PULLS_VERSION
+    from privet.task.flower_pulls import prompt_object_pulls
+
+    install_prompt_clock()
+    if not prompt_object_pulls():
+        print(
+            f"privet node: this flwr is not {PULLS_VERSION}; the SuperNode's object pulls keep "
+            "Flower's back-off (1 s and up)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def main() -> None:
     """`python -m privet.client.prompt_supernode FLOWER_SUPERNODE_FLAGS...`."""
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    install_prompt_clock()
+    make_prompt()
     sys.argv[0] = "flower-supernode"  # Flower names the process by it (usage, exit messages)
     flower_supernode()
 

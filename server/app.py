@@ -24,6 +24,7 @@ from privet.server.checkpoint import (
     set_aside_run,
 )
 from privet.server.evaluation import ServerEvaluator
+from privet.server.link_check import check_links
 from privet.server.prompt_grid import PromptGrid, is_http_grid
 from privet.server.results import (
     RoundCallback,
@@ -165,12 +166,21 @@ def _train(
         node_clients=config.node_client_map,
         schema_digest=evaluator.schema_digest,
     )
+    start_weights = evaluator.initial_weights() if initial_weights is None else initial_weights
+    if config.link_check:
+        results.link_check = check_links(
+            grid,
+            sorted(strategy.book.client_of_node),
+            ArrayRecord(start_weights),
+            config.link_check,
+            config.round_timeout,
+        )
+        if results.engine == FLWR_RUN_ENGINE:  # `flwr run --stream` shows it
+            print(results.link_check.line(), flush=True)
     recorder = RunRecorder(config, strategy, results, evaluator, on_round)
     outcome = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(
-            evaluator.initial_weights() if initial_weights is None else initial_weights
-        ),
+        initial_arrays=ArrayRecord(start_weights),
         num_rounds=config.rounds,
         first_round=first_round,
         timeout=config.round_timeout,

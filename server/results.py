@@ -25,6 +25,7 @@ from torch import nn
 
 from privet.privacy import atomic_write_bytes
 from privet.server.federation_privacy import ClientPrivacy
+from privet.server.link_check import LinkCheck
 from privet.server.run_output import (
     MODEL_FILE,
     RESULTS_FILE,
@@ -168,6 +169,8 @@ class RunResults:
     data_notes: dict[int, str] = field(default_factory=dict)
     """Client id -> what its own data lacks (fewer than two classes), from discovery."""
     """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
+    link_check: LinkCheck | None = None
+    """Bare exchanges timed before round 1 (run setting link-check), else None."""
     run_token: str | None = None
     """The token the run's nodes tag their ledger entries with (`FederationPrivacy.run_token`)."""
 
@@ -334,6 +337,7 @@ class RunResults:
             if self.missing_values is None
             else self.missing_values.to_json(),
             "evaluation": {"test_set": self.evaluation, "examples": self.test_examples},
+            "link_check": None if self.link_check is None else self.link_check.to_json(),
             "privacy": {
                 "level": "example",
                 "accountant": self.config.accountant,

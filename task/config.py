@@ -398,6 +398,13 @@ class RunConfig:
         help="when the clients score the global model on their held-out examples: every-round "
         "(default), last-round or never (the server's test set is scored every round regardless)",
     )
+    # A deployment's transport cost per stage, measured (server.link_check); 0 in most runs.
+    link_check: int = setting(
+        0,
+        section="run",
+        help="before round 1, time this many bare exchanges of each kind (empty, and the model "
+        "out and back) with every node and report them (default: {default}, none)",
+    )
     device: str = setting(
         "auto", section="run", choices=_device_names, help="where clients train (default: auto)"
     )

@@ -59,6 +59,10 @@ def accountant_names() -> tuple[str, ...]:
     return registered()
 
 
+MAX_LINK_CHECKS = 100
+"""Most bare exchanges of each kind a link check times (each is a round trip with every node)."""
+
+
 def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
@@ -244,6 +248,11 @@ def check_run(config: RunConfig) -> None:
     if not config.output:
         raise ConfigError("output must name a folder")
     _positive("round-timeout", config.round_timeout)
+    if not 0 <= config.link_check <= MAX_LINK_CHECKS:
+        raise ConfigError(
+            f"link-check must be between 0 and {MAX_LINK_CHECKS}, got {config.link_check}; "
+            "it is the number of bare exchanges timed before round 1 (0: none)"
+        )
     if config.min_trained is not None and not 1 <= config.min_trained <= config.clients:
         raise ConfigError(
             f"min-trained must be between 1 and clients ({config.clients}), got "

@@ -29,6 +29,9 @@ CONFIG_RECORD = "config"
 """The round's instructions to a client, a ConfigRecord (`TrainInstructions`)."""
 METRICS_RECORD = "metrics"
 """A client's reply values, a MetricRecord (`TrainReply`, `EvaluateReply`, ...)."""
+LINK_CHECK_ACTION = "link_check"
+"""Flower query action of a link check (message type ``query.link_check``, `server.link_check`):
+the node sends back what it got, without reading its data or its ledger."""
 
 # -- config keys (server -> client) ---------------------------------------------------------------
 SERVER_ROUND = "server-round"
