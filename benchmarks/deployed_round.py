@@ -25,7 +25,15 @@ the same way through its round callback.
 Ratios printed: deployed steady round / in-process steady round, and secure / plain for each kind
 of node. A set-up that does not finish all rounds is an error, not a measurement.
 
-    .venv/bin/python -m benchmarks.deployed_round                # 4 nodes, 4 rounds (~6-10 min)
+The issue's bound for a deployed round is 3x the in-process round plus one network round trip per
+stage. Each deployed run measures its round trips itself: with ``link-check`` (``--link-checks``,
+default 3) the server times bare exchanges with every node before round 1 (`server.link_check`):
+an empty message (the size of a key stage) and the model out and back (the size of a TRAIN
+stage). ``bound`` is 3 x in-process steady + model RTT + (stages - 1) x empty RTT, with 1 stage
+plain and 4 secure; ``within`` says whether the steady round is at most that. Round 1 and
+``first update`` are printed without the link check's time (it runs before round 1).
+
+    .venv/bin/python -m benchmarks.deployed_round                # 4 nodes, 4 rounds (~8-12 min)
     .venv/bin/python -m benchmarks.deployed_round --setups warm/plain,warm/secure --rounds 3
 """
 

@@ -185,6 +185,12 @@ def _shards_cached(
     alpha: float,
 ) -> tuple[np.ndarray, ...]:
     data = _load_cached(task, dataset, options)
+    if len(data.train) == 0 and options.test_file and not options.data_file:
+        # A deployment server needs only the test-file; simulated clients need rows to train on.
+        raise DataError(
+            f"test-file {options.test_file} is only the server's test set, and the simulated "
+            "clients have no rows to train on; add --data-file (split among the clients)"
+        )
     shards = partition_indices(
         data.train.labels, clients, partition, alpha=alpha, groups=data.groups, seed=options.seed
     )

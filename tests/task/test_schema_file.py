@@ -306,6 +306,19 @@ def test_a_server_that_only_evaluates_needs_no_training_file(tmp_path):
     assert loaded.missing is not None and loaded.missing.rows == 13
 
 
+def test_a_simulation_with_only_a_test_file_says_its_clients_need_a_data_file(tmp_path):
+    """The deployment server above needs no training file; simulated clients do."""
+    from privet.client.node_data import client_shards
+
+    schema, _, test = schema_and_files(tmp_path)
+    config = RunConfig(
+        dataset="csv", schema_file=str(schema), test_file=str(test), output=str(tmp_path)
+    )
+    with pytest.raises(DataError, match="no rows to train on; add --data-file") as raised:
+        client_shards(config)
+    assert "\n" not in str(raised.value) and str(test) in str(raised.value)
+
+
 def test_schema_with_data_file_splits_and_encodes_with_the_schema(tmp_path):
     schema, data, _ = schema_and_files(tmp_path)
     loaded = load_dataset("csv", data_file=str(data), schema_file=str(schema))
