@@ -166,9 +166,9 @@ class RunResults:
     """What the server scores the model on, with its size ("test-file /x.csv (400 examples)")."""
     test_examples: int | None = None
     left_out: dict[int, str] = field(default_factory=dict)
+    """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
     data_notes: dict[int, str] = field(default_factory=dict)
     """Client id -> what its own data lacks (fewer than two classes), from discovery."""
-    """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
     link_check: LinkCheck | None = None
     """Bare exchanges timed before round 1 (run setting link-check), else None."""
     run_token: str | None = None

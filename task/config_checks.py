@@ -248,11 +248,13 @@ def check_run(config: RunConfig) -> None:
     if not config.output:
         raise ConfigError("output must name a folder")
     _positive("round-timeout", config.round_timeout)
-    if not 0 <= config.link_check <= MAX_LINK_CHECKS:
-        raise ConfigError(
-            f"link-check must be between 0 and {MAX_LINK_CHECKS}, got {config.link_check}; "
-            "it is the number of bare exchanges timed before round 1 (0: none)"
-        )
+    _in_range(
+        "link-check",
+        config.link_check,
+        0,
+        MAX_LINK_CHECKS,
+        "the number of bare exchanges timed before round 1 (0: none)",
+    )
     if config.min_trained is not None and not 1 <= config.min_trained <= config.clients:
         raise ConfigError(
             f"min-trained must be between 1 and clients ({config.clients}), got "
