@@ -30,8 +30,10 @@ stage. Each deployed run measures its round trips itself: with ``link-check`` (`
 default 3) the server times bare exchanges with every node before round 1 (`server.link_check`):
 an empty message (the size of a key stage) and the model out and back (the size of a TRAIN
 stage). ``bound`` is 3 x in-process steady + model RTT + (stages - 1) x empty RTT, with 1 stage
-plain and 4 secure; ``within`` says whether the steady round is at most that. Round 1 and
-``first update`` are printed without the link check's time (it runs before round 1).
+plain and 2 secure (a steady secure round's keys were exchanged during the round before: stage
+folding, `server.secure_aggregation.KeysAhead`); ``within`` says whether the steady round is at
+most that. Round 1 and ``first update`` are printed without the link check's time (it runs
+before round 1).
 
     .venv/bin/python -m benchmarks.deployed_round                # 4 nodes, 4 rounds (~8-12 min)
     .venv/bin/python -m benchmarks.deployed_round --setups warm/plain,warm/secure --rounds 3
@@ -61,6 +63,8 @@ class Timing:
     setup: str
     round_ends: list[float] = field(default_factory=list)
     first_update: float | None = None
+    exchanges: list[int] = field(default_factory=list)
+    """Exchanges with the nodes each round took (results.json; 1 for a plain round)."""
     error: str | None = None
     link_check: dict | None = None
     """results.json's ``link_check`` (bare exchanges timed before round 1), deployed set-ups."""
@@ -80,9 +84,9 @@ class Timing:
 
 RESULTS_WITHIN_S = 60.0
 """How long after its last round the server may take to write results.json."""
-STAGES = {"plain": 1, "secure": 4}
-"""Exchanges of a steady round: TRAIN; or advertise keys, share keys, TRAIN + masked input,
-unmask (local evaluation runs in the last round only)."""
+STAGES = {"plain": 1, "secure": 2}
+"""Exchanges of a steady round: TRAIN; or TRAIN + masked input and unmask, which carry the next
+round's advertise-keys and share-keys stages (local evaluation runs in the last round only)."""
 
 
 def run_config(
@@ -168,21 +172,29 @@ def time_deployment(  # noqa: PLR0913
         if seen < rounds:
             timing.error = f"{seen} of {rounds} rounds within {limit_s:.0f} s"
         else:
-            timing.link_check = _link_check(output, RESULTS_WITHIN_S)
+            results = _results(output, RESULTS_WITHIN_S)
+            timing.link_check = results.get("link_check")
+            timing.exchanges = [
+                int((r.get("secure_aggregation") or {}).get("exchanges", 1))
+                for r in results.get("rounds", [])
+            ]
     finally:
         federation.close()
     return timing
 
 
-def _link_check(output: Path, limit_s: float) -> dict | None:
-    """results.json's link check, once the run has written its results (None if it has none)."""
+def _results(output: Path, limit_s: float) -> dict:
+    """results.json, once the run has written the link check into it ({} if it never does)."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         try:
-            return json.loads((output / "results.json").read_text())["link_check"]
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.2)
-    return None
+            results = json.loads((output / "results.json").read_text())
+            if "link_check" in results:
+                return results
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return {}
 
 
 def time_in_process(root: Path, nodes: int, rounds: int, secure: bool) -> Timing:
@@ -290,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         reference = timings.get("in-process/" + name.split("/")[1])
         print(f"{name:<20}{_row(timing, reference)}")
+    for name, timing in timings.items():
+        if timing.exchanges and name.endswith("secure"):
+            print(f"exchanges per round ({name}): {', '.join(map(str, timing.exchanges))}")
     for kind in ("warm", "cold"):
         plain, secure = timings.get(f"{kind}/plain"), timings.get(f"{kind}/secure")
         if plain and secure and plain.steady and secure.steady:

@@ -124,7 +124,7 @@ def fixed_vector_client_app(num_params: int, seed: int, log_dir: str) -> ClientA
     @app.query(STAGE_ACTIONS["advertise_keys"])
     def advertise(msg: Message, context: Context) -> Message:
         cid = int(context.node_config["partition-id"])  # type: ignore[call-overload]
-        return advertise_secagg(msg, context, cid, num_params, 1)
+        return advertise_secagg(msg, context, cid, 1)
 
     for stage in ("share_keys", "unmask"):
         action = STAGE_ACTIONS[stage]

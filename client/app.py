@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,15 @@ from privet.client.secure_aggregation import (
 from privet.privacy import ClientPrivacy, PrivacyLedger
 from privet.privacy.ledger import LEDGER_DIR, ledger_lock, remove_stale_ledger_temporaries
 from privet.privacy.secagg.protocol import ClientState
-from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS
+from privet.privacy.secagg.wire import (
+    INPUT_KEY,
+    NEXT_INPUT_KEY,
+    NEXT_METRICS_KEY,
+    NEXT_RECORD_KEY,
+    RECORD_KEY,
+    STAGE_ACTIONS,
+    round_of,
+)
 from privet.task.config import ConfigError, RunConfig
 from privet.task.messages import (
     ARRAYS_RECORD,
@@ -66,6 +74,8 @@ from privet.task.messages import (
 
 STATE_KEY = "privet-ledger"
 SECAGG_STATE_KEY = "privet-secagg"
+"""Prefix of the node-state records that hold a secure-aggregation round's client state, one per
+round (``privet-secagg:<round id>``)."""
 LEDGER_DIR_KEY = "ledger-dir"
 DATA_FILE_KEY = "data-file"
 NODE_EPSILON_BUDGET_KEY = "node-epsilon-budget"  # training_round.NODE_BUDGET_NAME
@@ -260,61 +270,120 @@ def metric_record(values: Mapping[str, MetricRecordValues]) -> MetricRecord:
     return MetricRecord(dict(values))
 
 
-def forget_secagg(context: Context) -> None:
-    """Drop the node's secure-aggregation state (the round is over for this node)."""
-    context.state.config_records.pop(SECAGG_STATE_KEY, None)
+def _state_key(round_id: object) -> str:
+    return f"{SECAGG_STATE_KEY}:{round_id}"
 
 
-def _secagg_state(context: Context, stage: str) -> dict[str, object]:
-    if SECAGG_STATE_KEY not in context.state.config_records:
+def forget_secagg(context: Context, keep: Iterable[int] = ()) -> None:
+    """Drop the node's secure-aggregation states, except those of the rounds in ``keep``.
+
+    A node holds at most two: the round in progress, and with stage folding the next round's,
+    whose keys go out with this round's TRAIN reply (`server.secure_aggregation.KeysAhead`).
+    """
+    kept = {_state_key(round_id) for round_id in keep}
+    records = context.state.config_records
+    for key in list(records):
+        if (key == SECAGG_STATE_KEY or key.startswith(f"{SECAGG_STATE_KEY}:")) and key not in kept:
+            records.pop(key, None)
+
+
+def _secagg_state(context: Context, stage: str, round_id: int | None) -> dict[str, object]:
+    key = _state_key(round_id)
+    if round_id is None or key not in context.state.config_records:
         raise RuntimeError(
-            f"secure aggregation stage '{stage}' requested, but this node has no round in progress"
+            f"secure aggregation stage '{stage}' requested, but this node has no such round in "
+            "progress"
         )
-    return dict(context.state.config_records[SECAGG_STATE_KEY])
+    return dict(context.state.config_records[key])
 
 
-def advertise_secagg(
-    msg: Message, context: Context, client_id: int, num_params: int | None, num_examples: int
-) -> Message:
-    """Stage 0: fresh keys for this round; the reply also says how many examples will train."""
-    forget_secagg(context)
-    values = SecAggInput.from_config(msg.content.config_records[INPUT_KEY])
+def _begin_secagg(
+    settings: ConfigRecord, context: Context, client_id: int, num_examples: int
+) -> RecordDict:
+    """Fresh keys for the round ``settings`` name: the advertised keys and the example count."""
+    values = SecAggInput.from_config(settings)
     request = SecAggRequest.from_train_config(values.settings, values.clip_norm)
     if request is None:
         raise RuntimeError("secure aggregation keys requested without the round's settings")
-    state, advertised = begin(client_id, request, num_params)
-    context.state.config_records[SECAGG_STATE_KEY] = config_record(state)
-    content = RecordDict(
+    state, advertised = begin(client_id, request, None)
+    _keep_secagg(context, state)
+    return RecordDict(
         {
             RECORD_KEY: config_record(advertised),
             METRICS_RECORD: metric_record(AdvertiseReply(num_examples).to_metrics()),
         }
     )
+
+
+def advertise_secagg(msg: Message, context: Context, client_id: int, num_examples: int) -> Message:
+    """Stage 0: fresh keys for this round; the reply also says how many examples will train."""
+    forget_secagg(context)
+    content = _begin_secagg(msg.content.config_records[INPUT_KEY], context, client_id, num_examples)
     return Message(content=content, reply_to=msg)
+
+
+def advertise_ahead(
+    msg: Message, context: Context, client_id: int, num_examples: int, current: int | None
+) -> dict[str, ConfigRecord | MetricRecord]:
+    """The next round's keys, asked for with this round's TRAIN message (stage folding).
+
+    Returns the reply's extra records, or none if the request cannot be answered (logged): the
+    client then sits out the next round's fold, and this round's reply still goes back.
+    """
+    forget_secagg(context, keep=() if current is None else (current,))
+    try:
+        content = _begin_secagg(
+            msg.content.config_records[NEXT_INPUT_KEY], context, client_id, num_examples
+        )
+    except Exception as error:  # the next round's keys must never cost this round's update
+        logger.warning("client %d: no keys for the next round: %s", client_id, error)
+        return {}
+    return {
+        NEXT_RECORD_KEY: content.config_records[RECORD_KEY],
+        NEXT_METRICS_KEY: content.metric_records[METRICS_RECORD],
+    }
 
 
 def _keep_secagg(context: Context, state: ClientState) -> None:
     """Store the state for the next stage, or drop it if the round is over (answered or refused)."""
+    key = _state_key(state.get("round_id"))
     if is_done(state):
-        forget_secagg(context)
+        context.state.config_records.pop(key, None)
     else:
-        context.state.config_records[SECAGG_STATE_KEY] = config_record(state)
+        context.state.config_records[key] = config_record(state)
+
+
+def _answer_stage(stage: str, context: Context, message: Mapping[str, object]) -> ConfigRecord:
+    """The share-keys or unmask answer of the round ``message`` names; a failure drops it."""
+    round_id = round_of(message)
+    state = _secagg_state(context, stage, round_id)
+    try:
+        new_state, reply, _ = answer(stage, state, dict(message))
+    except Exception:
+        context.state.config_records.pop(_state_key(round_id), None)
+        raise
+    _keep_secagg(context, new_state)
+    return config_record(reply)
 
 
 def answer_secagg(stage: str, msg: Message, context: Context) -> Message:
     """The share-keys or unmask stage on this node; any failure ends its part in the round.
 
     A refusal (the client's own checks, e.g. a threshold that is not a strict majority of its
-    neighbourhood) is a normal reply holding a `Refusal`, so the server can count it.
+    neighbourhood) is a normal reply holding a `Refusal`, so the server can count it. An unmask
+    request may carry the next round's key broadcast (stage folding): its shares go back in
+    `NEXT_RECORD_KEY`, or nothing if that part fails (logged), so this round still unmasks.
     """
-    state = _secagg_state(context, stage)
-    try:
-        new_state, reply, _ = answer(stage, state, dict(msg.content.config_records[RECORD_KEY]))
-    except Exception:
-        forget_secagg(context)
-        raise
-    _keep_secagg(context, new_state)
-    return Message(content=RecordDict({RECORD_KEY: config_record(reply)}), reply_to=msg)
+    records = msg.content.config_records
+    content = RecordDict({RECORD_KEY: _answer_stage(stage, context, records[RECORD_KEY])})
+    if stage == "unmask" and NEXT_RECORD_KEY in records:
+        try:
+            content[NEXT_RECORD_KEY] = _answer_stage(
+                "share_keys", context, records[NEXT_RECORD_KEY]
+            )
+        except Exception as error:  # the next round's shares must never cost this unmask
+            logger.warning("no key shares for the next round: %s", error)
+    return Message(content=content, reply_to=msg)
 
 
 def mask_update(
@@ -332,10 +401,11 @@ def mask_update(
     (`client_level`) the rounding keeps the update's norm within the clip norm the server's noise
     is calibrated to (`privacy.secagg.quantization`, conditional rounding).
     """
-    state = _secagg_state(context, "masked_input")
     values = SecAggInput.from_config(msg.content.config_records[INPUT_KEY])
     request = SecAggRequest.from_train_config(values.settings, values.clip_norm)
     assert request is not None
+    round_id = request.config.round_id
+    state = _secagg_state(context, "masked_input", round_id)
     bound = float(request.spec.clip_norm) if client_level else None
     pending = PendingInput(update, within_clip, request.spec, dither_seed, bound)
     try:
@@ -347,7 +417,7 @@ def mask_update(
             values.weight,
         )
     except Exception:
-        forget_secagg(context)
+        context.state.config_records.pop(_state_key(round_id), None)
         raise
     _keep_secagg(context, new_state)
     return config_record(reply), clipped
@@ -427,6 +497,11 @@ def make_client_app(
             content = RecordDict(
                 {METRICS_RECORD: metric_record(reply.to_metrics()), RECORD_KEY: masked}
             )
+            if NEXT_INPUT_KEY in msg.content.config_records:
+                current = round_of(msg.content.config_records[INPUT_KEY])
+                ahead = advertise_ahead(msg, context, data.client_id, len(data.train), current)
+                for key, record in ahead.items():
+                    content[key] = record
             return Message(content=content, reply_to=msg)
         reply = TrainReply(outcome.status.to_metrics(), within_clip=outcome.within_clip)
         content = RecordDict(
@@ -441,7 +516,7 @@ def make_client_app(
     def secagg_advertise_keys(msg: Message, context: Context) -> Message:
         config = _config_of(context, fixed_config)
         data = load_node_data(config, context.node_config)
-        return advertise_secagg(msg, context, data.client_id, None, len(data.train))
+        return advertise_secagg(msg, context, data.client_id, len(data.train))
 
     @app.query(STAGE_ACTIONS["share_keys"])
     def secagg_share_keys(msg: Message, context: Context) -> Message:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from privet.client import node_data_cache
 from privet.task.config import ConfigError, RunConfig
 from privet.task.datasets import (
     ADULT_COLUMNS,
@@ -418,7 +419,70 @@ def load_local_examples(config: RunConfig, node_config: Mapping[str, object]) ->
     data_key = _file_key(spec.path, "data-file")
     label_key = None if spec.label_file is None else _file_key(spec.label_file, "label-file")
     schema_key = None if spec.schema_file is None else _file_key(spec.schema_file, "schema-file")
-    return _load_local_cached(config, spec, data_key, label_key, schema_key)
+    # Under `privet node`, the node's earlier messages may have encoded these very files already.
+    name = node_data_cache.entry_name((config, spec, data_key, label_key, schema_key))
+    kept = node_data_cache.load(name)
+    if kept is not None:
+        restored = _restore_local(*kept)
+        if restored is not None:
+            return restored
+    local = _load_local_cached(config, spec, data_key, label_key, schema_key)
+    node_data_cache.store(name, *_keepable_local(local))
+    return local
+
+
+def _keepable_local(local: LocalExamples) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """A node's encoded examples as arrays and JSON counts (`client.node_data_cache`)."""
+    arrays = {"features": local.examples.features, "labels": local.examples.labels}
+    missing = local.missing
+    meta: dict[str, object] = {
+        "num_classes": local.examples.num_classes,
+        "classes_present": local.classes_present,
+        "schema_digest": local.schema_digest,
+        "missing": None
+        if missing is None
+        else {
+            "policy": missing.policy,
+            "rows": missing.rows,
+            "affected_rows": missing.affected_rows,
+            "by_column": dict(missing.by_column),
+            "not_numbers": dict(missing.not_numbers),
+        },
+    }
+    return arrays, meta
+
+
+def _restore_local(arrays: dict[str, np.ndarray], meta: dict[str, object]) -> LocalExamples | None:
+    """`_keepable_local` undone; None if the entry does not hold what it should."""
+    try:
+        missing_meta = meta["missing"]
+        missing = None
+        if missing_meta is not None:
+            assert isinstance(missing_meta, dict)
+            missing = MissingValues(
+                str(missing_meta["policy"]),
+                int(missing_meta["rows"]),
+                int(missing_meta["affected_rows"]),
+                {str(k): int(v) for k, v in missing_meta["by_column"].items()},
+                {str(k): int(v) for k, v in missing_meta["not_numbers"].items()},
+            )
+        digest = meta["schema_digest"]
+        examples = ArrayDataset(
+            arrays["features"],
+            arrays["labels"],
+            int(meta["num_classes"]),  # type: ignore[call-overload]
+        )
+        local = LocalExamples(
+            examples,
+            missing,
+            int(meta["classes_present"]),  # type: ignore[call-overload]
+            None if digest is None else str(digest),
+        )
+    except (KeyError, TypeError, ValueError, AssertionError, DataError):
+        return None
+    local.examples.features.setflags(write=False)
+    local.examples.labels.setflags(write=False)
+    return local
 
 
 @functools.lru_cache(maxsize=4)

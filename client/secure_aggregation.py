@@ -9,6 +9,10 @@ data between the four messages of a round:
   never stored between messages;
 - ``query.secagg_unmask``: `answer` returns the shares that remove the masks.
 
+With stage folding the next round's first two stages ride in this round's TRAIN and unmask
+messages (`server.secure_aggregation.KeysAhead`), so a node can hold two rounds' states at once;
+the ClientApp keeps one per round id (`client.app`).
+
 Secrets come from ``os.urandom`` in every engine; only the stochastic-rounding dither (not a
 secret) is seeded, so a simulation stays reproducible. Once a round is over, or a stage failed,
 the state holds no secret.

@@ -21,6 +21,7 @@ from privet.privacy.accountants import (
     get_accountant,
 )
 from privet.privacy.events import ClientLevelRound, PoissonGaussianSteps, PrivacyEvent
+from privet.privacy.seal import is_sealed, seal
 
 # Above this σ DP-SGD learns nothing useful; a target that needs more is reported as unreachable.
 MAX_NOISE_MULTIPLIER = 1000.0
@@ -32,6 +33,11 @@ training message would calibrate σ again (a bisection of about 17 accountant ev
 on a small machine), although the node's plan is the same every round. A remembered σ is used only
 after one accountant evaluation confirms that it still meets the target, so a damaged or edited
 cache can never raise a client's ε above its target (at worst it costs noise)."""
+# With the node's secret (`privacy.seal`), a σ that one of its processes calibrated or checked is
+# stored sealed, and a sealed entry is used without checking it again (one accountant evaluation
+# is most of a small node's training message). Without the secret, or when the seal does not match
+# (another node's entry, an edit, damage), the entry is checked with the accountant as before, and
+# sealed if it passes.
 
 
 class CalibrationError(ValueError):
@@ -188,13 +194,21 @@ def _remembered_sigma(
         return None
     if stored.get("key") != key or not (0 < sigma <= MAX_NOISE_MULTIPLIER):
         return None
+    if is_sealed(_sealed_payload(key, sigma), stored.get("seal")):
+        return sigma  # this node's processes checked this very entry
     accountant = get_accountant(str(key["accountant"]))
     try:
         if accountant.epsilon([event_for(sigma)], delta) > target_epsilon:
             return None
     except (AccountingError, ValueError):
         return None
+    if seal(_sealed_payload(key, sigma)) is not None:
+        _remember_sigma(key, sigma)  # checked: sealed for the node's next processes
     return sigma
+
+
+def _sealed_payload(key: dict[str, object], sigma: float) -> bytes:
+    return json.dumps({"key": key, "sigma": sigma}, sort_keys=True).encode()
 
 
 def _remember_sigma(key: dict[str, object], sigma: float) -> None:
@@ -203,8 +217,12 @@ def _remember_sigma(key: dict[str, object], sigma: float) -> None:
     if path is None:
         return
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    entry: dict[str, object] = {"key": key, "sigma": sigma}
+    sealed = seal(_sealed_payload(key, sigma))
+    if sealed is not None:
+        entry["seal"] = sealed
     try:
-        temporary.write_text(json.dumps({"key": key, "sigma": sigma}))
+        temporary.write_text(json.dumps(entry))
         os.replace(temporary, path)
     except OSError:
         temporary.unlink(missing_ok=True)

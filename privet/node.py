@@ -225,11 +225,20 @@ def run_node(supernode_args: Sequence[str]) -> int:
     try:
         command = supernode_command(supernode_args, secret_file)
         from privet.privacy.calibration import CACHE_ENV
+        from privet.privacy.seal import SEAL_ENV
 
-        # The node's messages remember calibrated noise across their processes (private folder).
+        # The node's messages remember calibrated noise across their processes (private folder);
+        # entries this node checked carry a seal under a secret only its processes hold.
         calibrations = secret_dir / "calibration"
         calibrations.mkdir(mode=0o700)
         os.environ[CACHE_ENV] = str(calibrations)
+        os.environ[SEAL_ENV] = secrets.token_hex(32)
+        # ... and the node's data file, encoded once (client.node_data_cache).
+        from privet.client.node_data_cache import CACHE_ENV as DATA_CACHE_ENV
+
+        encoded = secret_dir / "data"
+        encoded.mkdir(mode=0o700)
+        os.environ[DATA_CACHE_ENV] = str(encoded)
         # torch looks for its compile cache in a folder shared by the machine's user; the node's
         # own keeps partners on one machine out of each other's way.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(secret_dir / "torchinductor"))

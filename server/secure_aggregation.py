@@ -21,24 +21,28 @@ the settings that make that possible at run start.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from privet.privacy.secagg import (
     AdvertiseKeys,
+    KeysBroadcast,
     MaskedInput,
     QuantizationSpec,
     Refusal,
     SecAggConfig,
+    SecAggError,
     SecAggProtocolError,
     SecAggResult,
     SecAggServer,
     ShareKeys,
+    SharesDelivery,
     UnmaskShares,
     build_graph,
     default_degree,
@@ -198,6 +202,20 @@ class SecAggRoundPlan:
         """The keys a client needs, sent with the TRAIN message (its clip norm is sent apart)."""
         return dict(encode_request(self.config, self.spec))
 
+    def with_clip_norm(self, clip_norm: float) -> SecAggRoundPlan:
+        """The same round with the clip norm known when it trains.
+
+        A plan made a round ahead has the clip norm of the round before; the bit width does not
+        depend on it.
+        """
+        spec = QuantizationSpec(
+            clip_norm=clip_norm,
+            num_clients=self.spec.num_clients,
+            levels=self.spec.levels,
+            bits=self.spec.bits,
+        )
+        return dataclasses.replace(self, spec=spec)
+
 
 def plan_round(
     settings: SecAggSettings,
@@ -274,14 +292,125 @@ def run_secure_sum(plan: SecAggRoundPlan, exchange: Exchange) -> SecAggResult:
     must then be skipped. Clients dropped for bad replies or refusals are in
     ``plan.server.rejected`` and ``plan.server.refusals`` either way.
     """
+
+    def one_lane(now: Lane, ahead: Lane | None) -> tuple[Replies, Replies]:
+        return exchange(now.stage, now.messages), ()
+
+    return run_folded_sum(plan, one_lane, None, None)
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One stage of one round's secure sum in an exchange: the stage and its messages."""
+
+    stage: str
+    messages: Mapping[int, WireMessage]
+
+
+LaneExchange = Callable[[Lane, Lane | None], tuple[Replies, Replies]]
+"""One exchange that can carry two rounds' stages at once: this round's (``now``) and the next
+round's (``ahead``, or None). A client in both lanes gets one message holding both parts; a client
+in one lane gets that lane's message alone. Returns the replies of each lane (a client whose
+message failed is absent from both; one whose ahead part failed, from the ahead lane only)."""
+
+
+@dataclass
+class KeysAhead:
+    """The next round's secure sum, begun during this round's exchanges (stage folding).
+
+    SecAgg+'s first two stages (advertise keys, share keys) depend on nothing a round produces,
+    so round r + 1's ride along with round r's last two (its keys are asked for with round r's
+    TRAIN message, its shares exchanged with round r's unmask): a round whose keys came ahead
+    needs two exchanges (TRAIN + masked input, unmask), not four. Its clients are sampled when
+    round r starts (`server.strategy.PrivetFedAvg.presample`); if the clients round r + 1 really
+    samples differ (a node declined, was excluded or went offline in round r), or any part of
+    the fold failed, round r + 1 runs its four stages from the start with a fresh plan.
+    """
+
+    server_round: int
+    plan: SecAggRoundPlan
+    counts: dict[int, int] = field(default_factory=dict)
+    """Example counts the clients sent with their keys (their aggregation weights)."""
+    deliveries: dict[int, SharesDelivery] | None = None
+    """Each surviving client's shares, once the ahead key exchange finished (then it is ready)."""
+    failure: str | None = None
+    """Why the fold was given up (the round then runs all four stages)."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether the round can start at its masked-input stage."""
+        return self.deliveries is not None and self.failure is None
+
+    def give_up(self, reason: str) -> None:
+        """Abandon the fold; the round it was for starts from its first stage."""
+        if self.failure is None:
+            self.failure = reason
+            logger.info(
+                "round %d's keys could not be exchanged ahead (%s); it will run all four stages",
+                self.server_round,
+                reason,
+            )
+
+
+def run_folded_sum(
+    plan: SecAggRoundPlan,
+    exchange: LaneExchange,
+    deliveries: Mapping[int, SharesDelivery] | None,
+    ahead: KeysAhead | None,
+) -> SecAggResult:
+    """One round's secure sum, carrying the next round's key exchange in its last two stages.
+
+    ``deliveries``: this round's shares when its keys were exchanged ahead (the round starts at
+    its masked input); None runs the first two stages now. ``ahead``, when given, is advertised
+    and keyed in this round's masked-input and unmask exchanges; it is left ready, or with the
+    reason it was given up. Errors as in `run_secure_sum`; a round that fails before its unmask
+    stage gives up the fold.
+    """
     server = plan.server
-    advertised = exchange("advertise_keys", {u: {} for u in sorted(plan.graph)})
-    broadcasts = server.receive_keys(_parse(AdvertiseKeys, advertised, "advertise_keys", server))
-    replies = exchange("share_keys", {u: to_wire(m) for u, m in broadcasts.items()})
-    deliveries = server.route_shares(_parse(ShareKeys, replies, "share_keys", server))
-    replies = exchange("masked_input", {u: to_wire(m) for u, m in deliveries.items()})
-    requests = server.collect_masked(_parse(MaskedInput, replies, "masked_input", server))
-    replies = exchange("unmask", {u: to_wire(m) for u, m in requests.items()})
+    if deliveries is None:
+        advertised, _ = exchange(Lane("advertise_keys", {u: {} for u in sorted(plan.graph)}), None)
+        broadcasts = server.receive_keys(
+            _parse(AdvertiseKeys, advertised, "advertise_keys", server)
+        )
+        replies, _ = exchange(
+            Lane("share_keys", {u: to_wire(m) for u, m in broadcasts.items()}), None
+        )
+        deliveries = server.route_shares(_parse(ShareKeys, replies, "share_keys", server))
+    next_lane = None if ahead is None else Lane("advertise_keys", {u: {} for u in ahead.plan.graph})
+    replies, ahead_replies = exchange(
+        Lane("masked_input", {u: to_wire(m) for u, m in deliveries.items()}), next_lane
+    )
+    next_broadcasts: dict[int, KeysBroadcast] | None = None
+    if ahead is not None:
+        next_server = ahead.plan.server
+        try:
+            next_broadcasts = next_server.receive_keys(
+                _parse(AdvertiseKeys, ahead_replies, "advertise_keys", next_server)
+            )
+        except SecAggError as exc:
+            ahead.give_up(f"advertise keys: {exc}")
+    try:
+        requests = server.collect_masked(_parse(MaskedInput, replies, "masked_input", server))
+    except SecAggError:
+        if ahead is not None:
+            ahead.give_up(f"round {ahead.server_round - 1} ended before its unmask stage")
+        raise
+    next_lane = (
+        None
+        if ahead is None or next_broadcasts is None
+        else Lane("share_keys", {u: to_wire(m) for u, m in next_broadcasts.items()})
+    )
+    replies, ahead_replies = exchange(
+        Lane("unmask", {u: to_wire(m) for u, m in requests.items()}), next_lane
+    )
+    if ahead is not None and next_broadcasts is not None:
+        next_server = ahead.plan.server
+        try:
+            ahead.deliveries = next_server.route_shares(
+                _parse(ShareKeys, ahead_replies, "share_keys", next_server)
+            )
+        except SecAggError as exc:
+            ahead.give_up(f"share keys: {exc}")
     return server.unmask(_parse(UnmaskShares, replies, "unmask", server))
 
 

@@ -18,19 +18,29 @@ import logging
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.typing import ConfigRecordValues
 
 from privet.privacy.secagg import QuantizationError, SecAggError
-from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, WireMessage
+from privet.privacy.secagg.wire import (
+    INPUT_KEY,
+    NEXT_INPUT_KEY,
+    NEXT_METRICS_KEY,
+    NEXT_RECORD_KEY,
+    RECORD_KEY,
+    STAGE_ACTIONS,
+)
 from privet.server.federation_privacy import ClientPrivacy
 from privet.server.round_book import RoundBook, RoundOutcome
 from privet.server.secure_aggregation import (
+    KeysAhead,
+    Lane,
+    Replies,
     SecAggRoundPlan,
     SecAggSettings,
     decode_secure_sum,
     plan_round,
-    run_secure_sum,
+    run_folded_sum,
 )
 from privet.server.update_release import UpdateRelease
 from privet.server.update_steps import AggregationStep, TrainRound
@@ -54,7 +64,12 @@ def _config_record(values: Mapping[str, ConfigRecordValues]) -> ConfigRecord:
 
 
 class SecureAggregation(AggregationStep):
-    """SecAgg+ over the sampled clients; the release part sees only the unmasked sum."""
+    """SecAgg+ over the sampled clients; the release part sees only the unmasked sum.
+
+    Stage folding: each round also begins the next round's secure sum (`KeysAhead`): its keys
+    are asked for with this round's TRAIN messages and its shares exchanged with this round's
+    unmask, so a round whose keys came ahead takes two exchanges instead of four.
+    """
 
     min_clients = 2
 
@@ -63,18 +78,36 @@ class SecureAggregation(AggregationStep):
         self.update_clip_norm = update_clip_norm
         """The clip norm of a round without client-level DP (updates are still bounded to be
         quantized within the ring)."""
+        self._ahead: KeysAhead | None = None
+        """The next round's secure sum, begun during the last round's exchanges."""
+
+    def _prepared(self, server_round: int, sampled: list[int]) -> KeysAhead | None:
+        """The round's secure sum begun a round ahead, if it is ready for these clients."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead.server_round != server_round:
+            return None
+        if ahead.ready and set(ahead.plan.graph) != set(sampled):
+            ahead.give_up("its sampled clients changed (declined, excluded or offline)")
+        return ahead if ahead.ready else None
 
     def plan(
         self, book: RoundBook, release: UpdateRelease, train: TrainRound
-    ) -> SecAggRoundPlan | None:
-        """Fix this round's secure sum and add its keys to the train config; None: skip round."""
+    ) -> tuple[SecAggRoundPlan, KeysAhead | None] | None:
+        """Fix this round's secure sum and add its keys to the train config; None: skip round.
+
+        Returns the plan and, when the round's keys were exchanged a round ahead, that fold.
+        """
         server_round = train.server_round
         outcome = book.outcome(server_round)
         client_level_clip = release.clip_norm
         clip = client_level_clip if client_level_clip is not None else self.update_clip_norm
         num_params = sum(int(a.size) for a in train.arrays.to_numpy_ndarrays())
+        prepared = self._prepared(server_round, outcome.sampled)
         try:
-            plan = plan_round(self.settings, outcome.sampled, num_params, clip)
+            if prepared is not None:
+                plan = prepared.plan.with_clip_norm(clip)
+            else:
+                plan = plan_round(self.settings, outcome.sampled, num_params, clip)
         except SecAggError as exc:
             fail_secure_round(server_round, outcome, str(exc))
             return None
@@ -91,32 +124,66 @@ class SecureAggregation(AggregationStep):
             # update, and the sensitivity of the sum, is at most the clip norm (norm_bound).
             "rounding": "conditional" if client_level_clip is not None else "stochastic",
             "norm_bound": client_level_clip,
+            # 2 when the round's keys were exchanged during the round before (stage folding).
+            "exchanges": 2 if prepared is not None else 4,
             "refusals": 0,
             "refused": [],
             "rejected_replies": [],
         }
-        return plan
+        return plan, prepared
+
+    def _begin_ahead(self, train: TrainRound, plan: SecAggRoundPlan) -> KeysAhead | None:
+        """Sample the next round now and plan its secure sum, to fold its key stages into ours."""
+        if train.sample_next is None:
+            return None
+        sampled = train.sample_next()
+        if len(sampled) < self.min_clients:
+            return None
+        try:
+            ahead_plan = plan_round(
+                self.settings, sampled, plan.config.vector_length - 1, float(plan.spec.clip_norm)
+            )
+        except SecAggError:
+            return None  # the next round plans itself, and records why it cannot run
+        return KeysAhead(train.server_round + 1, ahead_plan)
 
     def run(
         self, book: RoundBook, release: UpdateRelease, train: TrainRound
     ) -> list[np.ndarray] | None:
         """One round under secure aggregation: keys, shares, TRAIN + masked input, unmask."""
         server_round = train.server_round
-        plan = self.plan(book, release, train)
+        planned = self.plan(book, release, train)
         outcome = book.outcome(server_round)
         summary = outcome.secure_aggregation
-        if plan is None or summary is None or summary.get("status") != "running":
+        if planned is None or summary is None or summary.get("status") != "running":
             book.privacy.record(server_round, [], trained=[])
             return None
+        plan, prepared = planned
+        ahead = self._begin_ahead(train, plan)
         settings = plan.train_config()
         clip_norm = float(plan.spec.clip_norm)
-        counts: dict[int, int] = {}
+        counts: dict[int, int] = dict(prepared.counts) if prepared is not None else {}
         reports: list[ClientPrivacy] = []
         trained: list[int] = []
         clipped = 0
 
-        def message(cid: int, stage: str, wire: WireMessage) -> Message:
-            if stage == "masked_input":
+        def ahead_input() -> ConfigRecord:
+            assert ahead is not None
+            return _config_record(SecAggInput(ahead.plan.train_config(), clip_norm).to_config())
+
+        def message(cid: int, now: Lane | None, later: Lane | None) -> Message:
+            """One client's message of an exchange: this round's stage, the next's, or both."""
+            if now is None:  # the next round's stage alone
+                assert later is not None and ahead is not None
+                content = RecordDict(
+                    {INPUT_KEY: ahead_input()}
+                    if later.stage == "advertise_keys"
+                    else {RECORD_KEY: _config_record(later.messages[cid])}
+                )
+                kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[later.stage]}"
+                return book.message(cid, content, kind, server_round + 1)
+            wire = now.messages[cid]
+            if now.stage == "masked_input":
                 weight = release.secure_weight(counts[cid], max(counts.values()))
                 secagg_input = SecAggInput(settings, clip_norm, weight)
                 content = RecordDict(
@@ -127,24 +194,84 @@ class SecureAggregation(AggregationStep):
                         INPUT_KEY: _config_record(secagg_input.to_config()),
                     }
                 )
+                if later is not None:
+                    content[NEXT_INPUT_KEY] = ahead_input()
                 kind = str(MessageType.TRAIN)
             else:
                 content = RecordDict(
                     {INPUT_KEY: _config_record(SecAggInput(settings, clip_norm).to_config())}
-                    if stage == "advertise_keys"
+                    if now.stage == "advertise_keys"
                     else {RECORD_KEY: _config_record(wire)}
                 )
-                kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[stage]}"
+                if later is not None:
+                    content[NEXT_RECORD_KEY] = _config_record(later.messages[cid])
+                kind = f"{MessageType.QUERY}.{STAGE_ACTIONS[now.stage]}"
             return book.message(cid, content, kind, server_round)
 
-        def exchange(
-            stage: str, messages: Mapping[int, WireMessage]
-        ) -> list[tuple[int, dict[str, object]]]:
+        def read_now(stage: str, cid: int, reply: Message) -> dict[str, object] | None:
+            """The current round's part of a reply, or None when it is dropped (recorded)."""
             nonlocal clipped
+            if stage == "masked_input":
+                report = book.take_report(server_round, cid, reply, reports, "masked_input")
+                if report is None:
+                    return None
+                trained.append(cid)
+                metrics = reply.content.metric_records[METRICS_RECORD]
+                try:
+                    clipped += TrainReply.quantization_clipped_in(metrics)
+                except MessageError as error:
+                    plan.server.reject(cid, stage, str(error))
+                    return None
+            if stage == "advertise_keys":
+                try:
+                    counts[cid] = advertised_count(reply.content.metric_records.get(METRICS_RECORD))
+                except MessageError as error:
+                    plan.server.reject(cid, stage, str(error))
+                    return None
+            record = reply.content.config_records.get(RECORD_KEY)
+            if record is None:
+                plan.server.reject(cid, stage, "the reply has no protocol message")
+                return None
+            return dict(record)
+
+        def read_ahead(
+            stage: str, cid: int, reply: Message, alone: bool
+        ) -> dict[str, object] | None:
+            """The next round's part of a reply (its own reply when ``alone``), or None."""
+            assert ahead is not None
+            record_key, metrics_key = (
+                (RECORD_KEY, METRICS_RECORD) if alone else (NEXT_RECORD_KEY, NEXT_METRICS_KEY)
+            )
+            record = reply.content.config_records.get(record_key)
+            if record is None:  # the client could not answer the next round's part (it logged why)
+                ahead.plan.server.reject(cid, stage, "the reply has no protocol message")
+                return None
+            if stage == "advertise_keys":
+                try:
+                    ahead.counts[cid] = advertised_count(
+                        reply.content.metric_records.get(metrics_key)
+                    )
+                except MessageError as error:
+                    ahead.plan.server.reject(cid, stage, str(error))
+                    return None
+            return dict(record)
+
+        def exchange(now: Lane, later: Lane | None) -> tuple[Replies, Replies]:
+            stage = now.stage
             timeout = train.timeout if stage == "masked_input" else self.settings.stage_timeout
-            sent = [message(cid, stage, wire) for cid, wire in messages.items()]
+            ahead_ids = set(later.messages) if later is not None else set()
+            ids = sorted(set(now.messages) | ahead_ids)
+            sent = [
+                message(
+                    cid,
+                    now if cid in now.messages else None,
+                    later if cid in ahead_ids else None,
+                )
+                for cid in ids
+            ]
             # Pairs, not a dict: a client that replies twice must reach the protocol as such.
             answers: list[tuple[int, dict[str, object]]] = []
+            ahead_answers: list[tuple[int, dict[str, object]]] = []
             replied: set[int] = set()
             for reply in train.grid.send_and_receive(sent, timeout=timeout):
                 cid = book.client_of_node.get(reply.metadata.src_node_id)
@@ -156,49 +283,41 @@ class SecureAggregation(AggregationStep):
                         f"a reply from unknown node {reply.metadata.src_node_id}",
                     )
                     continue
+                in_now = cid in now.messages
                 if reply.has_error():
-                    book.client_failed(server_round, reply, stage, counted=stage == "masked_input")
+                    if in_now:
+                        book.client_failed(
+                            server_round, reply, stage, counted=stage == "masked_input"
+                        )
+                    elif later is not None:
+                        book.client_failed(server_round + 1, reply, later.stage, counted=False)
                     continue
                 if cid in replied:  # only its first report counts; the protocol drops it
-                    answers.append((cid, {}))
+                    (answers if in_now else ahead_answers).append((cid, {}))
                     continue
                 replied.add(cid)
-                if stage == "masked_input":
-                    report = book.take_report(server_round, cid, reply, reports, "masked_input")
-                    if report is None:
-                        continue
-                    trained.append(cid)
-                    metrics = reply.content.metric_records[METRICS_RECORD]
-                    try:
-                        clipped += TrainReply.quantization_clipped_in(metrics)
-                    except MessageError as error:
-                        plan.server.reject(cid, stage, str(error))
-                        continue
-                if stage == "advertise_keys":
-                    advertised = reply.content.metric_records.get(METRICS_RECORD)
-                    try:
-                        if advertised is None:
-                            raise MessageError("the reply has no metrics")
-                        counts[cid] = max(1, AdvertiseReply.from_metrics(advertised).num_examples)
-                    except MessageError as error:
-                        plan.server.reject(cid, stage, str(error))
-                        continue
-                record = reply.content.config_records.get(RECORD_KEY)
-                if record is None:
-                    plan.server.reject(cid, stage, "the reply has no protocol message")
-                    continue
-                answers.append((cid, dict(record)))
-            return answers
+                if in_now:
+                    part = read_now(stage, cid, reply)
+                    if part is not None:
+                        answers.append((cid, part))
+                if later is not None and cid in ahead_ids:
+                    part = read_ahead(later.stage, cid, reply, alone=not in_now)
+                    if part is not None:
+                        ahead_answers.append((cid, part))
+            return answers, ahead_answers
 
         shapes = [w.shape for w in train.arrays.to_numpy_ndarrays()]
         try:
-            result = run_secure_sum(plan, exchange)
+            delivered = None if prepared is None else prepared.deliveries
+            result = run_folded_sum(plan, exchange, delivered, ahead)
             secure = decode_secure_sum(plan, result, shapes)
         except (SecAggError, QuantizationError) as exc:
             book.privacy.record(server_round, reports, trained=sorted(trained))
             record_protocol_drops(outcome, plan)
             fail_secure_round(server_round, outcome, str(exc))
             return None
+        finally:
+            self._ahead = ahead if ahead is not None and ahead.ready else None
         book.privacy.record(server_round, reports, trained=sorted(trained))
         record_protocol_drops(outcome, plan)
         survivors = list(secure.survivors)
@@ -216,6 +335,13 @@ class SecureAggregation(AggregationStep):
         update = release.release_secure_sum(book, server_round, secure, weights)
         outcome.trained = survivors
         return update
+
+
+def advertised_count(metrics: MetricRecord | None) -> int:
+    """The example count a client sent with its keys (its aggregation weight), at least 1."""
+    if metrics is None:
+        raise MessageError("the reply has no metrics")
+    return max(1, AdvertiseReply.from_metrics(metrics).num_examples)
 
 
 def record_protocol_drops(outcome: RoundOutcome, plan: SecAggRoundPlan) -> None:

@@ -105,6 +105,8 @@ class PrivetFedAvg(FedAvg):
         self.too_few_trained: str | None = None
         self.book = RoundBook(privacy)
         self.sampler = sampler
+        self.presampled: dict[int, list[int]] = {}
+        """Rounds whose clients were drawn a round early (`presample`), not yet started."""
         self.release = release if release is not None else FedAvgRelease()
         self.aggregation = aggregation if aggregation is not None else PlainAggregation()
         self.optimizer = optimizer if optimizer is not None else ServerSGD()
@@ -270,14 +272,12 @@ class PrivetFedAvg(FedAvg):
         """
         self._current = arrays
         outcome = self.book.outcome(server_round)
-        # Nodes the SuperLink has lost are not sampled (a grid-less caller samples them all).
-        online = set(grid.get_node_ids()) if grid is not None else set(self.client_of_node)
-        active = [
-            c
-            for node, c in sorted(self.client_of_node.items(), key=lambda item: item[1])
-            if c not in self.declined_at and c not in self.excluded and node in online
-        ]
-        outcome.sampled = self.sampler.sample(active)
+        active = self._active(grid)
+        drawn = self.presampled.pop(server_round, None)
+        if drawn is not None:  # drawn a round ahead: those of them still active train
+            outcome.sampled = [c for c in drawn if c in active]
+        else:
+            outcome.sampled = self.sampler.sample(active)
         clip_norm = self.release.clip_norm
         # The run token lets each node tell this run's ledger entries from earlier runs'.
         instructions = TrainInstructions(server_round, clip_norm, run_token=self.privacy.run_token)
@@ -285,6 +285,27 @@ class PrivetFedAvg(FedAvg):
         if clip_norm is not None:
             outcome.clip_norm = clip_norm
         return outcome
+
+    def _active(self, grid: Grid | None) -> list[int]:
+        """The clients that can be sampled now: admitted, not declined, not excluded, online."""
+        # Nodes the SuperLink has lost are not sampled (a grid-less caller samples them all).
+        online = set(grid.get_node_ids()) if grid is not None else set(self.client_of_node)
+        return [
+            c
+            for node, c in sorted(self.client_of_node.items(), key=lambda item: item[1])
+            if c not in self.declined_at and c not in self.excluded and node in online
+        ]
+
+    def presample(self, server_round: int, grid: Grid | None) -> list[int]:
+        """Draw `server_round`'s clients now, a round early (for stage folding).
+
+        The draw is the one `sample_round` would make (same sampler, same generator, in round
+        order), over the clients active now; when the round comes, those still active train. It
+        is kept in checkpoints, so a resumed run trains the clients an uninterrupted one would.
+        """
+        if server_round not in self.presampled:
+            self.presampled[server_round] = self.sampler.sample(self._active(grid))
+        return list(self.presampled[server_round])
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -318,7 +339,15 @@ class PrivetFedAvg(FedAvg):
     ) -> tuple[ArrayRecord, MetricRecord]:
         """One round's training with the strategy's parts: sample, aggregate, release, step."""
         self.sample_round(server_round, arrays, config, grid)
-        train = TrainRound(server_round, arrays, config, grid, timeout)
+        following = server_round + 1
+
+        def sample_next() -> list[int]:
+            return self.presample(following, grid)
+
+        last = self.last_round is not None and server_round >= self.last_round
+        train = TrainRound(
+            server_round, arrays, config, grid, timeout, None if last else sample_next
+        )
         update = self.aggregation.run(self.book, self.release, train)
         return self._next_model(server_round, arrays.to_numpy_ndarrays(), update)
 
@@ -493,6 +522,8 @@ class PrivetFedAvg(FedAvg):
             "excluded": {str(c): [r, why] for c, (r, why) in self.excluded.items()},
             "fruitless_streak": self.fruitless_streak,
         }
+        if self.presampled:
+            state["presampled"] = {str(r): list(c) for r, c in self.presampled.items()}
         state.update(self.release.checkpoint_state())
         optimizer_state = self.optimizer.checkpoint_state()
         if optimizer_state:
@@ -512,6 +543,9 @@ class PrivetFedAvg(FedAvg):
         self.bad_streak = {int(c): int(n) for c, n in streaks.items()}
         self.excluded = {int(c): (int(r), str(why)) for c, (r, why) in excluded.items()}
         self.fruitless_streak = int(state.get("fruitless_streak", 0))  # type: ignore[call-overload]
+        presampled = state.get("presampled", {})
+        assert isinstance(presampled, dict)
+        self.presampled = {int(r): [int(c) for c in drawn] for r, drawn in presampled.items()}
         self.release.restore_state(state)
         optimizer_state = state.get("server_optimizer", {})
         assert isinstance(optimizer_state, dict)

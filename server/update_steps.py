@@ -10,7 +10,7 @@ every step; secure aggregation is `server.secure_round.SecureAggregation`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +57,10 @@ class TrainRound:
     config: ConfigRecord
     grid: Grid
     timeout: float
+    sample_next: Callable[[], list[int]] | None = None
+    """Samples the next round's clients now (None: this is the last round). A step that folds the
+    next round's first stages into this round's exchanges calls it once; the next round then
+    trains the clients drawn here that are still active."""
 
 
 class AggregationStep(ABC):

@@ -3,6 +3,12 @@
 Real federations lose clients mid-round; a simulation that never does says little about how a
 protocol copes. `Dropout` is a Flower client mod: the chosen clients raise instead of answering,
 so the server sees exactly what it sees when a node crashes (an error reply, then silence).
+
+With secure aggregation's stage folding, round r + 1's advertise-keys and share-keys stages ride
+in round r's TRAIN and unmask messages (`server.secure_aggregation.KeysAhead`). A dropout at one
+of those stages also hits that part of the carrying message: the part is taken out before the
+client sees it, so the client answers its own round and sends nothing for the next one, which is
+what a client whose next-round part fails sends (`client.app.advertise_ahead`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from flwr.app import Context, Message
+
+from privet.privacy.secagg.wire import NEXT_INPUT_KEY, NEXT_RECORD_KEY, STAGE_ACTIONS
+
+FOLDED_PARTS = {
+    f"query.{STAGE_ACTIONS['advertise_keys']}": ("train", NEXT_INPUT_KEY),
+    f"query.{STAGE_ACTIONS['share_keys']}": (f"query.{STAGE_ACTIONS['unmask']}", NEXT_RECORD_KEY),
+}
+"""A folded stage's message type -> (the message type that carries it a round early, the key)."""
 
 
 class InjectedDropoutError(RuntimeError):
@@ -43,9 +57,20 @@ class Dropout:
         """Fail if this client, message type and round are chosen; else pass the message on."""
         client = int(context.node_config.get("partition-id", -1))
         group = msg.metadata.group_id
-        in_round = self.rounds is None or (group.isdigit() and int(group) in self.rounds)
-        if msg.metadata.message_type == self.message_type and client in self.clients and in_round:
+        if client not in self.clients:
+            return call_next(msg, context)
+        server_round = int(group) if group.isdigit() else None
+        kind = msg.metadata.message_type
+        if kind == self.message_type and self._in(server_round):
             raise InjectedDropoutError(
                 f"client {client} drops out at {self.message_type} in round {group}"
             )
+        carrier, key = FOLDED_PARTS.get(self.message_type, (None, ""))
+        following = None if server_round is None else server_round + 1
+        if kind == carrier and self._in(following) and key in msg.content.config_records:
+            del msg.content.config_records[key]  # this client fails the next round's part only
         return call_next(msg, context)
+
+    def _in(self, server_round: int | None) -> bool:
+        """Whether the fault applies to a message of ``server_round`` (None: before round 1)."""
+        return self.rounds is None or (server_round is not None and server_round in self.rounds)

@@ -42,6 +42,16 @@ RECORD_KEY = "secagg"
 INPUT_KEY = "secagg-input"
 """Content key of the round's settings (threshold, bits, clip norm, ...; and the client's
 aggregation weight with the TRAIN message)."""
+NEXT_INPUT_KEY = "secagg-next-input"
+"""With stage folding, a TRAIN message's request for the next round's keys: that round's
+settings, as in `INPUT_KEY` (the reply holds the keys in `NEXT_RECORD_KEY` and the example count
+in `NEXT_METRICS_KEY`)."""
+NEXT_RECORD_KEY = "secagg-next"
+"""With stage folding, the next round's protocol message riding in this round's message or reply
+(its advertised keys with the TRAIN reply; its key broadcast, and the shares it sends in answer,
+with the unmask request and reply)."""
+NEXT_METRICS_KEY = "secagg-next-metrics"
+"""With stage folding, the metrics of the next round's advertised keys (the example count)."""
 
 ROUND_KEY = "secagg-round"
 THRESHOLD_KEY = "secagg-threshold"
@@ -51,6 +61,16 @@ CLIENTS_KEY = "secagg-clients"
 LENGTH_KEY = "secagg-length"
 REQUEST_KEYS = (ROUND_KEY, THRESHOLD_KEY, BITS_KEY, LEVELS_KEY, CLIENTS_KEY, LENGTH_KEY)
 """The round's settings in the `INPUT_KEY` record (`encode_request`), in their wire order."""
+
+
+def round_of(values: Mapping[str, object]) -> int | None:
+    """The round id a stage message or a settings record names (None when it names none)."""
+    for key in ("round-id", ROUND_KEY):
+        value = values.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
 
 WireValue = int | bytes | str | list[int] | list[bytes]
 WireMessage = dict[str, WireValue]

@@ -726,3 +726,66 @@ def test_a_data_file_that_is_a_folder_or_a_device_says_so(tmp_path):
     with pytest.raises(DataError, match="is a character device, not a regular file") as info:
         load_node_data(config, csv_node(Path("/dev/zero"), **{"data-format": "csv"}))
     one_line_naming(info.value, Path("/dev/zero"))
+
+
+def test_a_nodes_messages_share_its_encoded_file_only_under_its_seal(tmp_path, monkeypatch):
+    """Under `privet node` (a data cache folder and the node's secret), the first message encodes
+    the file and the next ones load the same arrays and counts; a changed file misses, and an
+    entry edited or sealed by another node is encoded again, never used."""
+    import secrets
+
+    from privet.client import node_data, node_data_cache
+    from privet.privacy.seal import SEAL_ENV
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(node_data_cache.CACHE_ENV, str(cache))
+    monkeypatch.setenv(SEAL_ENV, secrets.token_hex(32))
+    rows = [["1", "red", "1", "yes"], ["", "red", "2", "no"]]
+    rows += [[str(i), "blue", "4", "yes" if i % 2 else "no"] for i in range(8)]
+    path = write_csv(tmp_path / "n.csv", REF_HEADER, rows)
+    config = csv_config(tmp_path, missing="impute")
+    encodings = []
+    real = node_data._load_local_cached.__wrapped__
+
+    def counted(*args):
+        encodings.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(node_data, "_load_local_cached", counted)
+    first = load_local_examples(config, csv_node(path))
+    assert encodings == [1] and len(list(cache.glob("*.npz"))) == 1
+    again = load_local_examples(config, csv_node(path))
+    assert encodings == [1]  # loaded, not encoded
+    np.testing.assert_array_equal(again.examples.features, first.examples.features)
+    np.testing.assert_array_equal(again.examples.labels, first.examples.labels)
+    assert again.missing == first.missing and again.missing.affected_rows == 1
+    assert (again.classes_present, again.schema_digest) == (
+        first.classes_present,
+        first.schema_digest,
+    )
+    assert not again.examples.features.flags.writeable
+    # A changed file is another entry.
+    write_csv(path, REF_HEADER, rows + [["3", "green", "1", "no"]])
+    assert len(load_local_examples(config, csv_node(path)).examples) == 11
+    assert encodings == [1, 1]
+    # An edited entry (one label flipped) fails its seal: encoded again, the truth returned.
+    newest = max(cache.glob("*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    with np.load(newest) as arrays:
+        features, labels = arrays["features"], arrays["labels"].copy()
+    labels[0] = 1 - labels[0]
+    with newest.open("wb") as handle:
+        np.savez(handle, features=features, labels=labels)
+    truth = load_local_examples(config, csv_node(path))
+    assert encodings == [1, 1, 1] and truth.examples.labels[0] != labels[0]
+    # Another node's secret: not trusted either.
+    monkeypatch.setenv(SEAL_ENV, secrets.token_hex(32))
+    load_local_examples(config, csv_node(path))
+    assert encodings == [1, 1, 1, 1]
+    # Without the secret (a simulation) nothing is kept.
+    monkeypatch.delenv(SEAL_ENV)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(node_data_cache.CACHE_ENV, str(empty))
+    load_local_examples(config, csv_node(path))
+    assert not list(empty.iterdir())

@@ -4,6 +4,8 @@ Three ClientApps train with DP, keep their updates on the node, and answer the t
 queries; the server side is the plain driver of `server.secure_aggregation`.
 """
 
+import logging
+
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -18,7 +20,15 @@ from privet.privacy.secagg import (
     SecAggProtocolError,
     ShareKeys,
 )
-from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY, STAGE_ACTIONS, read_reply, to_wire
+from privet.privacy.secagg.wire import (
+    INPUT_KEY,
+    NEXT_INPUT_KEY,
+    NEXT_RECORD_KEY,
+    RECORD_KEY,
+    STAGE_ACTIONS,
+    read_reply,
+    to_wire,
+)
 from privet.server.evaluation import ServerEvaluator
 from privet.server.secure_aggregation import (
     SecAggSettings,
@@ -29,6 +39,11 @@ from privet.server.secure_aggregation import (
 from privet.task.config import RunConfig
 
 CLIP = 10.0
+
+
+def secagg_states(state) -> list[str]:
+    """The node-state records that hold a secure-aggregation round (keys or shares)."""
+    return [key for key in state.config_records if key.startswith(SECAGG_STATE_KEY)]
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +68,11 @@ def query(stage, content):
     )
 
 
-def secure_round(tmp_path, tamper=None, **overrides):
-    """One round of three ClientApps; ``tamper(stage, client, wire)`` plays a lying server."""
+def secure_round(tmp_path, tamper=None, extra=None, **overrides):
+    """One round of three ClientApps; ``tamper(stage, client, wire)`` plays a lying server.
+
+    ``extra(stage)``: records added to each message of that stage (the next round's parts).
+    """
     config = RunConfig(
         clients=3,
         rounds=1,
@@ -95,6 +113,8 @@ def secure_round(tmp_path, tamper=None, **overrides):
                 )
             else:
                 msg = query(stage, {RECORD_KEY: ConfigRecord(wire)})
+            for key, record in (extra(stage) if extra is not None else {}).items():
+                msg.content.config_records[key] = record
             reply = app(msg, contexts[u])
             assert not reply.has_error(), reply.error
             if stage == "advertise_keys":
@@ -119,7 +139,7 @@ def test_a_full_round_through_the_client_app_leaves_no_update_or_secret_behind(t
         train_reply = seen[("masked_input", u)].content["metrics"]
         assert int(train_reply["quantization-clipped"]) == 0 and train_reply["epsilon"] > 0
         state = contexts[u].state
-        assert SECAGG_STATE_KEY not in state.config_records  # no key or share left behind
+        assert not secagg_states(state)  # no key or share left behind
         assert not state.array_records  # the plain update was never stored
         assert "privet-ledger" in state.config_records  # privacy accounting is kept
 
@@ -133,7 +153,7 @@ def test_a_replayed_stage_is_refused_and_ends_the_clients_round(tmp_path):
         "dropped-ids": [],
     }
     replay = query("unmask", {RECORD_KEY: ConfigRecord(request)})
-    with pytest.raises(RuntimeError, match="no round in progress"):
+    with pytest.raises(RuntimeError, match="no such round in progress"):
         app(replay, contexts[0])  # Flower's runtime turns this into an error reply
 
 
@@ -147,7 +167,7 @@ def test_a_stage_out_of_order_ends_the_round_for_that_client(tmp_path):
     context = context_for(1)
     round_settings = {**plan.train_config(), "clip-norm": CLIP}
     reply = app(query("advertise_keys", {INPUT_KEY: ConfigRecord(round_settings)}), context)
-    assert not reply.has_error() and SECAGG_STATE_KEY in context.state.config_records
+    assert not reply.has_error() and secagg_states(context.state)
     early = {
         "round-id": plan.config.round_id,
         "client-id": 1,
@@ -157,7 +177,7 @@ def test_a_stage_out_of_order_ends_the_round_for_that_client(tmp_path):
     with pytest.raises(SecAggProtocolError, match="out of order"):
         app(query("unmask", {RECORD_KEY: ConfigRecord(early)}), context)
     # The keys are gone: nothing more can be asked of this client this round.
-    assert SECAGG_STATE_KEY not in context.state.config_records
+    assert not secagg_states(context.state)
 
 
 def test_train_config_with_partial_secure_aggregation_keys_is_refused():
@@ -203,7 +223,7 @@ def test_a_weak_threshold_is_refused_with_a_normal_reply_and_no_state_is_left(tm
         "share_keys",
     )
     assert "threshold 1 is not a strict majority of its closed neighbourhood of 3" in refusal.reason
-    assert SECAGG_STATE_KEY not in context.state.config_records  # no key left behind
+    assert not secagg_states(context.state)  # no key left behind
 
 
 def test_a_client_told_all_its_neighbours_dropped_refuses_to_mask_but_reports_its_privacy(
@@ -223,7 +243,7 @@ def test_a_client_told_all_its_neighbours_dropped_refuses_to_mask_but_reports_it
     assert "1 live neighbourhood members, needs 2" in refusal.reason
     assert plan.server.refusals == {0: "masked_input"}
     assert result.survivor_ids == (1, 2) and result.dropped_ids == (0,)
-    assert SECAGG_STATE_KEY not in contexts[0].state.config_records
+    assert not secagg_states(contexts[0].state)
 
 
 @pytest.mark.parametrize("client_level", [False, True])
@@ -253,3 +273,26 @@ def test_under_client_level_dp_the_client_app_rounds_within_the_clip_norm(
             assert norm_bound == CLIP and norm <= CLIP
         else:
             assert norm_bound is None
+
+
+def test_a_next_round_part_that_fails_costs_the_client_nothing_of_this_round(tmp_path, caplog):
+    """Stage folding: the next round's parts ride in this round's TRAIN and unmask messages. A
+    part the client cannot answer is left out of its reply (and logged); this round completes."""
+    broken = {
+        # Settings lacking most secagg-* keys: the next round's keys cannot be made.
+        "masked_input": {NEXT_INPUT_KEY: ConfigRecord({"secagg-round": 7, "clip-norm": CLIP})},
+        # A key broadcast for a round this client holds no keys for.
+        "unmask": {NEXT_RECORD_KEY: ConfigRecord({"round-id": 7, "client-id": 0})},
+    }
+    with caplog.at_level(logging.WARNING):
+        config, app, plan, result, contexts, seen, weights = secure_round(
+            tmp_path, extra=lambda stage: broken.get(stage, {})
+        )
+    assert result.survivor_ids == (0, 1, 2)  # this round's sum was formed
+    for u in range(3):
+        for stage in ("masked_input", "unmask"):
+            assert NEXT_RECORD_KEY not in seen[(stage, u)].content.config_records
+        assert not secagg_states(contexts[u].state)
+    assert "no keys for the next round" in caplog.text
+    assert "no key shares for the next round" in caplog.text
+    assert "no such round in progress" in caplog.text

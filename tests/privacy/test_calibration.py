@@ -182,3 +182,47 @@ def test_a_nodes_processes_remember_sigma_and_never_trust_a_remembered_one_blind
     assert calibration.noise_for_target_epsilon(*args) == fresh and len(bisections) == 3
     entry.write_text("not json")
     assert calibration.noise_for_target_epsilon(*args) == fresh and len(bisections) == 4
+
+
+def test_a_sealed_sigma_is_used_without_a_check_and_a_broken_seal_is_checked_again(
+    tmp_path, monkeypatch
+):
+    """With the node's secret (PRIVET_NODE_SEAL) an entry its processes checked is used
+    as it is; an entry edited after sealing, or sealed under another secret, is checked."""
+    import json
+    import secrets
+
+    from privet.privacy import calibration
+    from privet.privacy.seal import SEAL_ENV
+
+    args = (4.0, 1e-5, 0.05, 300)
+    monkeypatch.setenv(calibration.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(SEAL_ENV, secrets.token_hex(32))
+    fresh = calibration.noise_for_target_epsilon(*args)
+    (entry,) = tmp_path.glob("sigma-*.json")
+    assert "seal" in json.loads(entry.read_text())
+    checks = []
+    real = calibration.get_accountant
+
+    class Counting:
+        def __init__(self, name):
+            self.inner = real(name)
+
+        def epsilon(self, events, delta):
+            checks.append(1)
+            return self.inner.epsilon(events, delta)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(calibration, "get_accountant", Counting)
+    assert calibration.noise_for_target_epsilon(*args) == fresh and checks == []
+    # Edited to less noise, seal kept: the seal fails, the check fails, σ is calibrated again.
+    stored = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**stored, "sigma": fresh / 3}))
+    assert calibration.noise_for_target_epsilon(*args) == fresh and len(checks) > 1
+    # Sealed under another node's secret: checked once, then sealed under this one's.
+    monkeypatch.setenv(SEAL_ENV, secrets.token_hex(32))
+    checks.clear()
+    assert calibration.noise_for_target_epsilon(*args) == fresh and checks == [1]
+    assert calibration.noise_for_target_epsilon(*args) == fresh and checks == [1]

@@ -11,9 +11,10 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 
+from privet.cli import main
 from privet.client.app import make_client_app
-from privet.privacy.secagg.wire import INPUT_KEY, RECORD_KEY
-from privet.server import secure_aggregation
+from privet.privacy.secagg.wire import INPUT_KEY, NEXT_INPUT_KEY, NEXT_RECORD_KEY, RECORD_KEY
+from privet.server import secure_aggregation, secure_round
 from privet.server.app import run_federated_training
 from privet.simulations.faults import Dropout
 from privet.simulations.inprocess_engine import (
@@ -352,3 +353,136 @@ def test_a_bad_metric_in_a_secure_round_drops_only_its_sender(
         assert first["epsilon_max"] != "inf"
     assert second["epsilon_max"] != "inf" and data["privacy"]["epsilon_unknown"] == []
     assert data["finished"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage folding (issue 14): round r + 1's advertise-keys and share-keys stages ride in round r's
+# TRAIN and unmask messages, so a round whose keys came ahead takes two exchanges, not four.
+
+
+def message_log():
+    """A client mod recording (round, message type, client, the next round's parts it carries)."""
+    seen = []
+
+    def log(msg, context, call_next):
+        records = msg.content.config_records
+        if not msg.metadata.group_id.isdigit():  # the identity query before round 1
+            return call_next(msg, context)
+        carried = sorted(key for key in (NEXT_INPUT_KEY, NEXT_RECORD_KEY) if key in records)
+        seen.append((int(msg.metadata.group_id), msg.metadata.message_type, client_of(context)))
+        seen.append(("carried", msg.metadata.message_type, tuple(carried)))
+        return call_next(msg, context)
+
+    return seen, log
+
+
+def kinds_by_round(seen):
+    """Round -> the message types the clients received in it (stand-alone messages)."""
+    rounds = {}
+    for server_round, kind, _ in (entry for entry in seen if entry[0] != "carried"):
+        rounds.setdefault(server_round, set()).add(kind)
+    return rounds
+
+
+def test_folded_rounds_take_two_exchanges_and_release_what_four_stages_would(tmp_path, monkeypatch):
+    config = secure_config(tmp_path, rounds=3, secagg_threshold=0.6, seed=3, reproducible=True)
+    seen, log = message_log()
+    run_in_process(config, client_mods=[log])
+    folded = results_of(tmp_path / "run")
+    summaries = [r["secure_aggregation"] for r in folded["rounds"]]
+    assert [s["exchanges"] for s in summaries] == [4, 2, 2]
+    assert all(s["status"] == "ok" and s["survivors"] == [0, 1, 2, 3, 4] for s in summaries)
+    stages = {"query.secagg_advertise_keys", "query.secagg_share_keys"}
+    kinds = kinds_by_round(seen)
+    assert stages <= kinds[1]  # round 1 exchanges its own keys ...
+    assert not stages & (kinds[2] | kinds[3])  # ... rounds 2 and 3 got theirs a round ahead
+    assert kinds[2] == kinds[3] == {"train", "query.secagg_unmask", "evaluate"}
+    carried = [entry[1:] for entry in seen if entry[0] == "carried"]
+    # 5 TRAIN and 5 unmask messages carry round 2's key stages, as many carry round 3's; the last
+    # round's messages carry nothing.
+    assert carried.count(("train", (NEXT_INPUT_KEY,))) == 10
+    assert carried.count(("query.secagg_unmask", (NEXT_RECORD_KEY,))) == 10
+    # The same run with folding disabled: four exchanges a round, and bit for bit the same
+    # model, losses and ε (masks cancel exactly; the sampling draws come in the same order).
+    monkeypatch.setattr(
+        secure_round.SecureAggregation, "_begin_ahead", lambda self, train, plan: None
+    )
+    unfolded_config = secure_config(
+        tmp_path / "unfolded", rounds=3, secagg_threshold=0.6, seed=3, reproducible=True
+    )
+    run_in_process(unfolded_config)
+    unfolded = results_of(tmp_path / "unfolded" / "run")
+    assert [r["secure_aggregation"]["exchanges"] for r in unfolded["rounds"]] == [4, 4, 4]
+    for a, b in zip(folded["rounds"], unfolded["rounds"], strict=True):
+        assert (a["sampled"], a["loss"], a["accuracy"]) == (b["sampled"], b["loss"], b["accuracy"])
+        assert a["epsilon_by_client"] == b["epsilon_by_client"]
+    for a, b in zip(
+        final_weights(tmp_path / "run"), final_weights(tmp_path / "unfolded" / "run"), strict=True
+    ):
+        assert np.array_equal(a, b)
+
+
+def test_a_client_lost_in_a_folded_round_sits_out_the_next_and_rounds_go_on(tmp_path):
+    config = secure_config(tmp_path, rounds=4, secagg_threshold=0.6)
+    run_in_process(
+        config,
+        client_mods=[
+            # Client 1 crashes while training in round 2: its keys for round 3 never left.
+            Dropout.at("train", [1], rounds=[2]),
+            # Client 4 fails only round 4's share-keys part of round 3's unmask message.
+            Dropout.at("query.secagg_share_keys", [4], rounds=[4]),
+        ],
+    )
+    rounds = results_of(tmp_path / "run")["rounds"]
+    summaries = [r["secure_aggregation"] for r in rounds]
+    assert [s["status"] for s in summaries] == ["ok"] * 4
+    assert [s["exchanges"] for s in summaries] == [4, 2, 2, 2]
+    assert summaries[1]["dropped"] == [1] and rounds[1]["clients_trained"] == 4
+    # Round 3: client 1 was sampled but has no keys this round; the others' sum is released.
+    assert summaries[2]["dropped"] == [1] and summaries[2]["survivors"] == [0, 2, 3, 4]
+    # Round 3's own unmask went through for client 4: only round 4 is without it.
+    assert summaries[3]["dropped"] == [4] and summaries[3]["survivors"] == [0, 1, 2, 3]
+    assert rounds[3]["loss"] != rounds[2]["loss"]
+
+
+def test_a_fold_whose_next_round_falls_below_the_threshold_runs_that_round_in_full(tmp_path):
+    config = secure_config(tmp_path, rounds=3, secagg_threshold=0.6)
+    # Three of five fail round 3's share-keys part (carried by round 2's unmask): the fold cannot
+    # reach t = 3, so round 3 starts over with four exchanges and all five clients.
+    run_in_process(config, client_mods=[Dropout.at("query.secagg_share_keys", [0, 1, 2], [3])])
+    rounds = results_of(tmp_path / "run")["rounds"]
+    summaries = [r["secure_aggregation"] for r in rounds]
+    assert [s["exchanges"] for s in summaries] == [4, 2, 4]
+    assert summaries[2]["status"] == "failed" and "share_keys" in summaries[2]["reason"]
+
+
+def test_a_folded_run_killed_after_a_round_resumes_to_the_uninterrupted_results(tmp_path):
+    class CrashError(RuntimeError):
+        pass
+
+    def crash(record):
+        if record.round == 1:
+            raise CrashError("the server dies after round 1's checkpoint")
+
+    values = dict(rounds=3, clients_per_round=3, secagg_threshold=0.6, seed=7, reproducible=True)
+    straight = secure_config(tmp_path / "straight", **values)
+    run_in_process(straight)
+    killed = secure_config(tmp_path / "killed", **values)
+    with pytest.raises(CrashError):
+        run_in_process(killed, crash)
+    # Round 2's clients were drawn during round 1 (for its keys): the checkpoint keeps the draw.
+    checkpoint = json.loads((tmp_path / "killed" / "run" / "checkpoint.json").read_text())
+    assert list(checkpoint["strategy"]["presampled"]) == ["2"]
+    assert main(["resume", str(tmp_path / "killed" / "run")]) == 0
+    a = results_of(tmp_path / "straight" / "run")
+    b = results_of(tmp_path / "killed" / "run")
+    assert b["resumed_after_rounds"] == [1] and b["finished"] is True
+    # The resumed round 2 had no keys ahead (the server that exchanged them is gone): 4 exchanges.
+    assert [r["secure_aggregation"]["exchanges"] for r in a["rounds"]] == [4, 2, 2]
+    assert [r["secure_aggregation"]["exchanges"] for r in b["rounds"]] == [4, 4, 2]
+    for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+        assert (rb["sampled"], rb["loss"], rb["accuracy"]) == (
+            ra["sampled"],
+            ra["loss"],
+            ra["accuracy"],
+        )
