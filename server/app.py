@@ -104,6 +104,7 @@ def _run_federated_training(
         missing_values=evaluator.missing,
         evaluation=evaluator.source,
         test_examples=len(evaluator.test),
+        init_from=evaluator.init_from,
     )
     if engine == FLWR_RUN_ENGINE:  # `flwr run --stream` shows it before the first round
         print(f"The server scores the model on {evaluator.source}.", flush=True)

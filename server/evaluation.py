@@ -7,12 +7,22 @@ never report an accuracy without saying what it was measured on.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from privet.task.config import RunConfig
 from privet.task.datasets import ArrayDataset, MissingValues, TrainTest
-from privet.task.models import get_weights, set_weights, weight_keys
+from privet.task.models import (
+    STATE_FILE_IN_FOLDER,
+    get_weights,
+    load_initial_state,
+    load_state_file,
+    set_weights,
+    weight_keys,
+)
 from privet.task.tabular import schema_digest
 from privet.task.task import Task, build_task_model, task_named
 
@@ -39,12 +49,25 @@ class ServerEvaluator:
         self.model = build_task_model(
             self.task, config.model, self.feature_shape, self.num_classes, config.seed
         )
+        self.init_from: dict[str, str] | None = None
+        """Where the first global model came from (run setting init-from): path and SHA-256."""
+        if config.init_from:
+            path = Path(config.init_from)
+            state = load_state_file(path)
+            load_initial_state(self.model, state, str(path))
+            file = path / STATE_FILE_IN_FOLDER if path.is_dir() else path
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            self.init_from = {"file": str(file), "sha256": digest}
         self.travelling: tuple[str, ...] = weight_keys(self.model)
         """The state-dict keys of the weights this evaluator takes and gives, in order."""
         self.device = torch.device("cpu")
 
     def initial_weights(self) -> list[np.ndarray]:
-        """The seeded initial global model's travelling tensors, as every client builds them."""
+        """The first global model's travelling tensors.
+
+        The seeded model every client builds, or the weights of init-from (sent to the clients
+        with round 1's TRAIN messages).
+        """
         return get_weights(self.model)
 
     def __call__(self, weights: list[np.ndarray]) -> tuple[float, float]:

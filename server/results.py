@@ -165,6 +165,8 @@ class RunResults:
     evaluation: str | None = None
     """What the server scores the model on, with its size ("test-file /x.csv (400 examples)")."""
     test_examples: int | None = None
+    init_from: dict[str, str] | None = None
+    """The warm start's state-dict file and its SHA-256 (run setting init-from), or None."""
     left_out: dict[int, str] = field(default_factory=dict)
     """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
     data_notes: dict[int, str] = field(default_factory=dict)
@@ -337,6 +339,7 @@ class RunResults:
             if self.missing_values is None
             else self.missing_values.to_json(),
             "evaluation": {"test_set": self.evaluation, "examples": self.test_examples},
+            "init_from": self.init_from,
             "link_check": None if self.link_check is None else self.link_check.to_json(),
             "privacy": {
                 "level": "example",

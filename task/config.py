@@ -214,6 +214,14 @@ class RunConfig:
         help="model (default: {default}), or your own builder (feature_shape, num_classes) -> "
         "torch.nn.Module named as module:function, e.g. mypkg.nets:build",
     )
+    # Warm start: the run's first global model is read from a state dict trained elsewhere (on
+    # public data, say); the server alone reads it and sends it with round 1's TRAIN messages.
+    init_from: str | None = setting(
+        None,
+        section="model",
+        help="start from these weights: a state-dict file (torch.save, read with "
+        "weights_only=True) or a folder holding model.pt (e.g. an earlier run's output)",
+    )
     # -- federation ---------------------------------------------------------------------------
     clients: int = setting(5, section="federation", help="virtual clients (default: {default})")
     rounds: int = setting(5, section="federation", help="federated rounds (default: {default})")

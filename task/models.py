@@ -18,12 +18,14 @@ import functools
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 ModelBuilder = Callable[[tuple[int, ...], int], "nn.Module"]
@@ -336,3 +338,72 @@ def set_weights(
             )
         new_state[key] = torch.as_tensor(np.asarray(array), dtype=current.dtype)
     model.load_state_dict(new_state)
+
+
+# --------------------------------------------------------------------------------------------
+# A warm start: weights trained elsewhere (run setting init-from)
+
+STATE_FILE_IN_FOLDER = "model.pt"
+"""The state-dict file `load_state_file` takes from a folder (the name a Privet run writes)."""
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``path`` (a ``torch.save`` file, or a folder holding ``model.pt``).
+
+    Read with ``weights_only=True``: tensors and plain containers only, never arbitrary pickled
+    objects, so a file from elsewhere cannot run code here. Any problem is a one-line
+    `ModelError` naming the file and what to do.
+    """
+    import torch
+
+    file = path / STATE_FILE_IN_FOLDER if path.is_dir() else path
+    if not file.is_file():
+        where = f"folder {path} has no {STATE_FILE_IN_FOLDER}" if path.is_dir() else f"{path}"
+        raise ModelError(
+            f"init-from: {where} does not exist; give a state-dict file or a run's output folder"
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise ModelError(
+            f"init-from: {file} is not a state dict that loads with weights_only=True "
+            f"({type(error).__name__}); save the model's state_dict() with torch.save"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise ModelError(
+            f"init-from: {file} holds no state dict (names to tensors); save the model's "
+            "state_dict() with torch.save"
+        )
+    return dict(state)
+
+
+def load_initial_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Put ``state`` into ``model``: every tensor, names and shapes exactly the model's.
+
+    A missing or extra name, or a shape that differs, is a one-line `ModelError` naming the
+    first one and how many differ (a file for another model, or another data set's model).
+    """
+    import torch
+
+    own = model.state_dict()
+    missing = [key for key in own if key not in state]
+    extra = [key for key in state if key not in own]
+    for keys, what in ((missing, "lacks"), (extra, "has a tensor the model has not:")):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise ModelError(
+                f"init-from: {source} {what} {keys[0]!r}{more}; it is not a state dict of this "
+                "run's model (check --model and the data set)"
+            )
+    for key, tensor in own.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ModelError(
+                f"init-from: {source} gives {key!r} the shape {tuple(state[key].shape)}, the "
+                f"model {tuple(tensor.shape)}; check --model and the data set"
+            )
+        if not torch.isfinite(state[key]).all() and state[key].is_floating_point():
+            raise ModelError(f"init-from: {source} has non-finite values in {key!r}")
+    with torch.no_grad():
+        model.load_state_dict({key: state[key].to(own[key].dtype) for key in own})
