@@ -493,7 +493,12 @@ def make_client_app(
                 round_seed(config, server_round, data.client_id, purpose=1),
                 client_level=config.client_level_dp,
             )
-            reply = TrainReply(outcome.status.to_metrics(), quantization_clipped=clipped)
+            reply = TrainReply(
+                outcome.status.to_metrics(),
+                quantization_clipped=clipped,
+                train_seconds=outcome.train_seconds,
+                round_steps=outcome.steps,
+            )
             content = RecordDict(
                 {METRICS_RECORD: metric_record(reply.to_metrics()), RECORD_KEY: masked}
             )
@@ -503,7 +508,12 @@ def make_client_app(
                 for key, record in ahead.items():
                     content[key] = record
             return Message(content=content, reply_to=msg)
-        reply = TrainReply(outcome.status.to_metrics(), within_clip=outcome.within_clip)
+        reply = TrainReply(
+            outcome.status.to_metrics(),
+            within_clip=outcome.within_clip,
+            train_seconds=outcome.train_seconds,
+            round_steps=outcome.steps,
+        )
         content = RecordDict(
             {
                 ARRAYS_RECORD: ArrayRecord(outcome.update),

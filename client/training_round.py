@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,10 @@ class ClientTrainReport:
     status: ClientPrivacy
     update: list[np.ndarray]
     within_clip: bool | None
+    train_seconds: float | None = None
+    """Wall-clock seconds of the round's local DP training (model built, Opacus, every step)."""
+    steps: int | None = None
+    """DP-SGD steps the round ran."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ def run_training_round(
         task, config.model, data.train.feature_shape, data.train.num_classes, config.seed
     )
     set_weights(model, global_weights)  # the travelling tensors; the rest stay as built
+    started = time.perf_counter()
     result = train_locally(
         model,
         data.train,
@@ -207,6 +213,7 @@ def run_training_round(
         device=resolve_device(config.device),
         task=task,
     )
+    train_seconds = time.perf_counter() - started
     ledger.record(server_round, result.events, run=run_token)
     # The update: the change of each travelling tensor, in state-dict order (the task's format).
     update = [
@@ -216,7 +223,8 @@ def run_training_round(
     within: bool | None = None
     if clip_norm is not None:
         update, within = clip_update(update, clip_norm)
-    return ClientTrainReport(client_status(config, data, plan, ledger, run_token), update, within)
+    status = client_status(config, data, plan, ledger, run_token)
+    return ClientTrainReport(status, update, within, train_seconds, result.steps)
 
 
 def run_local_evaluation(

@@ -105,6 +105,8 @@ def _run_federated_training(
         evaluation=evaluator.source,
         test_examples=len(evaluator.test),
         init_from=evaluator.init_from,
+        trainable_parameters=evaluator.trainable_parameters,
+        total_parameters=evaluator.total_parameters,
     )
     if engine == FLWR_RUN_ENGINE:  # `flwr run --stream` shows it before the first round
         print(f"The server scores the model on {evaluator.source}.", flush=True)

@@ -24,7 +24,7 @@ from privet.task.models import (
     weight_keys,
 )
 from privet.task.tabular import schema_digest
-from privet.task.task import Task, build_task_model, task_named
+from privet.task.task import Task, build_task_model, task_named, trainable_names
 
 
 class ServerEvaluator:
@@ -60,6 +60,11 @@ class ServerEvaluator:
             self.init_from = {"file": str(file), "sha256": digest}
         self.travelling: tuple[str, ...] = weight_keys(self.model)
         """The state-dict keys of the weights this evaluator takes and gives, in order."""
+        trains = set(trainable_names(self.task, self.model))
+        self.total_parameters = sum(p.numel() for p in self.model.parameters())
+        self.trainable_parameters = sum(
+            p.numel() for name, p in self.model.named_parameters() if name in trains
+        )
         self.device = torch.device("cpu")
 
     def initial_weights(self) -> list[np.ndarray]:

@@ -76,6 +76,8 @@ class RoundRecord:
     no_update: str | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
     """Clients' error replies: {"client": id or None, "stage": ..., "reason": one line}."""
+    cost: dict[str, Any] | None = None
+    """Bytes each client was sent and sent back, seconds per local DP-SGD step (`RoundOutcome`)."""
 
 
 def round_warning(record: RoundRecord) -> str | None:
@@ -167,6 +169,10 @@ class RunResults:
     test_examples: int | None = None
     init_from: dict[str, str] | None = None
     """The warm start's state-dict file and its SHA-256 (run setting init-from), or None."""
+    trainable_parameters: int | None = None
+    """Parameters that train on the clients (and travel): the task's trainable ones."""
+    total_parameters: int | None = None
+    """Every parameter of the model, frozen ones included."""
     left_out: dict[int, str] = field(default_factory=dict)
     """Nodes kept out of the run at its start (node id -> why): refused, silent, or absent."""
     data_notes: dict[int, str] = field(default_factory=dict)
@@ -340,6 +346,8 @@ class RunResults:
             else self.missing_values.to_json(),
             "evaluation": {"test_set": self.evaluation, "examples": self.test_examples},
             "init_from": self.init_from,
+            "trainable_parameters": self.trainable_parameters,
+            "total_parameters": self.total_parameters,
             "link_check": None if self.link_check is None else self.link_check.to_json(),
             "privacy": {
                 "level": "example",

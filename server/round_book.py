@@ -45,6 +45,25 @@ class RoundOutcome:
     """The first error a client replied with this round (for `no_update`)."""
     failures: list[dict[str, object]] = field(default_factory=list)
     """Error replies this round: {"client": id or None, "stage": ..., "reason": one line}."""
+    bytes_down: int | None = None
+    """Bytes of model arrays each sampled client was sent with its TRAIN message."""
+    bytes_up: list[int] = field(default_factory=list)
+    """Bytes of each update that came back (its arrays, or its masked vector when secure)."""
+    step_seconds: list[float] = field(default_factory=list)
+    """Seconds per local DP-SGD step, one per client that said (its training time / its steps)."""
+
+    def cost(self) -> dict[str, object] | None:
+        """What the round cost (results.json's round `cost`), or None if nothing was measured."""
+        if self.bytes_down is None and not self.step_seconds:
+            return None
+        ups = sorted(self.bytes_up)
+        steps = sorted(self.step_seconds)
+        return {
+            "bytes_down_per_client": self.bytes_down,
+            "bytes_up_per_client": ups[len(ups) // 2] if ups else None,
+            "step_seconds_median": steps[len(steps) // 2] if steps else None,
+            "step_seconds_max": steps[-1] if steps else None,
+        }
 
 
 class RoundBook:
@@ -159,6 +178,13 @@ class RoundBook:
             self.bad_reply(server_round, cid, stage, f"unusable privacy report: {error}")
             return None
         reports.append(report)
+        try:
+            step = TrainReply.step_seconds_in(metrics)
+        except MessageError as error:
+            self.bad_reply(server_round, cid, stage, f"unusable timing: {error}")
+            step = None
+        if step is not None:
+            outcome.step_seconds.append(step)
         if declined:
             self.declined_at[report.client_id] = server_round
             outcome.declined.append(report.client_id)

@@ -80,6 +80,7 @@ class RunRecorder:
             excluded=outcome.excluded,
             no_update=outcome.no_update,
             failures=outcome.failures,
+            cost=outcome.cost(),
         )
         results.rounds.append(record)
         self.collect()

@@ -159,6 +159,7 @@ class SecureAggregation(AggregationStep):
             book.privacy.record(server_round, [], trained=[])
             return None
         plan, prepared = planned
+        outcome.bytes_down = train.arrays.count_bytes()
         ahead = self._begin_ahead(train, plan)
         settings = plan.train_config()
         clip_norm = float(plan.spec.clip_norm)
@@ -232,6 +233,9 @@ class SecureAggregation(AggregationStep):
             if record is None:
                 plan.server.reject(cid, stage, "the reply has no protocol message")
                 return None
+            masked = record.get("masked")
+            if stage == "masked_input" and isinstance(masked, bytes):
+                outcome.bytes_up.append(len(masked))
             return dict(record)
 
         def read_ahead(

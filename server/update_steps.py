@@ -85,6 +85,7 @@ class PlainAggregation(AggregationStep):
     def messages(self, book: RoundBook, train: TrainRound) -> list[Message]:
         """The TRAIN messages of the round's sampled clients (the global model and instructions)."""
         record = RecordDict({ARRAYS_RECORD: train.arrays, CONFIG_RECORD: train.config})
+        book.outcome(train.server_round).bytes_down = train.arrays.count_bytes()
         return [
             book.message(client, record, MessageType.TRAIN, train.server_round)
             for client in book.outcome(train.server_round).sampled
@@ -133,6 +134,8 @@ class PlainAggregation(AggregationStep):
                 problem = update_problem(arrays, shapes)
             except MessageError as error:
                 problem = str(error)
+            if arrays is not None:
+                outcome.bytes_up.append(arrays.count_bytes())
             if problem is not None:
                 book.bad_reply(server_round, cid, "train", f"update rejected: {problem}")
                 outcome.rejected.append(cid)

@@ -48,6 +48,8 @@ ACCURACY = "accuracy"
 DECLINED = "declined"
 WITHIN_CLIP = "within-clip"
 QUANTIZATION_CLIPPED = "quantization-clipped"
+TRAIN_SECONDS = "train-seconds"
+ROUND_STEPS = "round-steps"
 
 LARGEST_COUNT = 2**53
 """Counts above 2^53 are not even exact as metric floats: no real message has them."""
@@ -224,6 +226,10 @@ class TrainReply:
     declined: bool = False
     within_clip: bool | None = None
     quantization_clipped: int | None = None
+    train_seconds: float | None = None
+    """Wall-clock seconds of the round's local training (None: not said, e.g. a decline)."""
+    round_steps: int | None = None
+    """DP-SGD steps the round ran (with ``train_seconds``: the step time)."""
 
     def to_metrics(self) -> dict[str, ReportValue]:
         """The metric values, in the order the client always sent them."""
@@ -232,7 +238,22 @@ class TrainReply:
             values[QUANTIZATION_CLIPPED] = self.quantization_clipped
         if self.within_clip is not None:
             values[WITHIN_CLIP] = int(self.within_clip)
+        if self.train_seconds is not None and self.round_steps is not None:
+            values[TRAIN_SECONDS] = self.train_seconds
+            values[ROUND_STEPS] = self.round_steps
         return values
+
+    @staticmethod
+    def step_seconds_in(metrics: Mapping[str, object]) -> float | None:
+        """Seconds per DP-SGD step of the round's local training (None: not said or no step)."""
+        seconds, steps = metrics.get(TRAIN_SECONDS), metrics.get(ROUND_STEPS)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            return None
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            return None
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise MessageError(f"its '{TRAIN_SECONDS}' is not a duration: {_shown(seconds)}")
+        return float(seconds) / steps
 
     @staticmethod
     def declined_in(metrics: Mapping[str, object]) -> bool:
@@ -256,7 +277,7 @@ class TrainReply:
         The server reads the parts one at a time (`declined_in`, ...) because each kind of
         malformed value drops the reply at its own step, with its own reason.
         """
-        contract = (DECLINED, WITHIN_CLIP, QUANTIZATION_CLIPPED)
+        contract = (DECLINED, WITHIN_CLIP, QUANTIZATION_CLIPPED, TRAIN_SECONDS, ROUND_STEPS)
         report = {k: v for k, v in metrics.items() if k not in contract}
         for key, value in report.items():
             if isinstance(value, list) and all(
@@ -268,11 +289,14 @@ class TrainReply:
         clipped = (
             read_count(metrics, QUANTIZATION_CLIPPED) if QUANTIZATION_CLIPPED in metrics else None
         )
+        step = cls.step_seconds_in(metrics)
         return cls(
             report,  # type: ignore[arg-type]  # checked above
             cls.declined_in(metrics),
             cls.within_clip_in(metrics),
             clipped,
+            None if step is None else float(metrics[TRAIN_SECONDS]),  # type: ignore[arg-type]
+            None if step is None else int(metrics[ROUND_STEPS]),  # type: ignore[call-overload]
         )
 
 
@@ -405,6 +429,8 @@ __all__ = [
     "METRICS_RECORD",
     "NUM_EXAMPLES",
     "QUANTIZATION_CLIPPED",
+    "ROUND_STEPS",
+    "TRAIN_SECONDS",
     "RUN_TOKEN",
     "SERVER_ROUND",
     "WEIGHT",

@@ -57,6 +57,7 @@ def test_results_json_layout_and_atomic_write(tmp_path):
             "excluded": [],
             "no_update": None,
             "failures": [],
+            "cost": None,
         }
     ]
     assert data["failure_reason"] is None and data["warnings"] == []

@@ -268,3 +268,17 @@ def test_a_discovery_reply_with_a_bad_classes_present_count_names_the_key():
     for bad in (-1, 1.5, float("nan")):
         with pytest.raises(MessageError, match="classes-present"):
             IdentityReply.from_metrics({"client-id": 2, "classes-present": bad})
+
+
+def test_a_train_reply_carries_its_step_time_and_a_bad_one_is_refused():
+    reply = TrainReply(REPORT.to_metrics(), train_seconds=0.5, round_steps=5)
+    metrics = reply.to_metrics()
+    assert metrics["train-seconds"] == 0.5 and metrics["round-steps"] == 5
+    assert TrainReply.step_seconds_in(metrics) == pytest.approx(0.1)
+    assert TrainReply.from_metrics(metrics) == reply
+    # Not said (an older node, a decline) or no step: no step time, and the report is unchanged.
+    assert TrainReply.step_seconds_in(REPORT.to_metrics()) is None
+    assert TrainReply.step_seconds_in({**metrics, "round-steps": 0}) is None
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(MessageError, match="'train-seconds' is not a duration"):
+            TrainReply.step_seconds_in({**metrics, "train-seconds": bad})

@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from flwr.app import ArrayRecord
 from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,6 +23,7 @@ from privet.cli import build_parser
 from privet.client.local_plan import plan_local_training
 from privet.client.trainer import train_locally
 from privet.privacy import epsilon_for
+from privet.privacy.secagg.crypto import word_bytes
 from privet.server.evaluation import ServerEvaluator
 from privet.simulations.inprocess_engine import run_in_process
 from privet.task.config import ConfigError, RunConfig
@@ -301,6 +303,21 @@ def test_a_registered_task_runs_a_federation_with_its_backbone_frozen(tmp_path, 
     # each client's ε is Opacus' for the steps its ledger says ran
     recorded = json.loads((tmp_path / "run" / "results.json").read_text())
     assert recorded["config"]["task"] == "test-frozen-backbone"
+    # What the run cost: the head trains out of the whole model, and only its bytes travel.
+    head_size = sum(initial[key].numel() for key in head)
+    assert recorded["trainable_parameters"] == head_size
+    assert recorded["total_parameters"] == sum(value.numel() for value in initial.values())
+    assert recorded["trainable_parameters"] < recorded["total_parameters"]
+    head_bytes = ArrayRecord([initial[key].numpy() for key in head]).count_bytes()
+    for entry in recorded["rounds"]:
+        cost = entry["cost"]
+        assert cost["bytes_down_per_client"] == head_bytes
+        if secure:  # the masked vector: every head value and the within-clip flag, in ring words
+            words = word_bytes(entry["secure_aggregation"]["bits"])
+            assert cost["bytes_up_per_client"] == (head_size + 1) * words
+        else:
+            assert cost["bytes_up_per_client"] == head_bytes
+        assert 0 < cost["step_seconds_median"] <= cost["step_seconds_max"]
     for client in recorded["clients"]:
         expected = opacus_epsilon(
             client["sample_rate"], client["noise_multiplier"], client["steps"], DELTA
