@@ -1,0 +1,244 @@
+"""Text examples for fine-tuning a pretrained model: a file's texts and labels, and their tokens.
+
+Issue 15's first layer, below the text task and the ``hf:`` models that will use it:
+
+- `read_text_file` reads a CSV or TSV with a header row, or JSON Lines, and keeps two named
+  columns: the text and its label. TSV is read with quoting off (a quote is part of a message,
+  as in the UCI SMS Spam Collection).
+- `label_index` fixes the class of each label: the sorted distinct labels. Every party that
+  sees the same label set numbers it the same way.
+- `load_tokenizer` opens the tokenizer of a local Hugging Face folder with
+  ``local_files_only=True``, so it never downloads. A folder without one is a one-line error
+  that says what is missing.
+- `encode_texts` turns texts into token ids and attention masks, padded and truncated to
+  ``max_length``. Both are stored as the float32 features of an `ArrayDataset` of shape
+  (n, 2, max_length), so text goes through the same containers, splits and partitions as every
+  other data set. float32 holds every integer below 2^24 exactly, and a tokenizer with a larger
+  vocabulary is refused.
+
+Errors are `DataError`s: one line naming the file, the column or the line, and the fix. They
+never quote a text or a label, because a message may be private.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from privet.task.containers import ArrayDataset, DataError
+from privet.task.local_files import not_a_file_reason
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+TEXT_FORMATS = ("csv", "tsv", "jsonl")
+"""The text file formats, by suffix (``.csv``, ``.tsv``/``.tab``/``.txt``, ``.jsonl``)."""
+EXACT_IDS_BELOW = 2**24
+"""float32 features hold every token id below this exactly."""
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl"}
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A text file's examples: each text and its label, in file order."""
+
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def text_format(path: Path) -> str:
+    """The format ``path``'s suffix names, or a DataError listing the known ones."""
+    fmt = _SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"text file {path}: cannot tell its format from the suffix {path.suffix!r}; name it "
+            ".csv, .tsv or .jsonl"
+        )
+    return fmt
+
+
+def read_text_file(
+    path: Path, text_column: str, label_column: str, fmt: str | None = None
+) -> TextTable:
+    """The texts and labels of ``path`` (CSV/TSV with a header row, or JSON Lines)."""
+    problem = not_a_file_reason(path)
+    if problem is not None:
+        raise DataError(f"text file {path} {problem}; point --data-file at a text file")
+    fmt = fmt or text_format(path)
+    if fmt not in TEXT_FORMATS:
+        raise DataError(f"unknown text format {fmt!r}; choose one of: {', '.join(TEXT_FORMATS)}")
+    rows = _json_rows(path) if fmt == "jsonl" else _delimited_rows(path, fmt)
+    texts: list[str] = []
+    labels: list[str] = []
+    for number, row in rows:
+        for column in (text_column, label_column):
+            if column not in row:
+                raise DataError(
+                    f"text file {path}, line {number}: no column {column!r}; name the text and "
+                    "label columns with --text-column and --label-column"
+                )
+        text, label = row[text_column], row[label_column]
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(
+                f"text file {path}, line {number}: the {text_column!r} value is empty or not "
+                "text; remove the line or fill it in"
+            )
+        if isinstance(label, bool) or not isinstance(label, str | int) or str(label) == "":
+            raise DataError(
+                f"text file {path}, line {number}: the {label_column!r} value is empty or not "
+                "a string or whole number"
+            )
+        texts.append(text)
+        labels.append(str(label))
+    if not texts:
+        raise DataError(f"text file {path} holds no examples; give it a header and some rows")
+    return TextTable(tuple(texts), tuple(labels))
+
+
+def _delimited_rows(path: Path, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a CSV (quoted fields) or TSV (quoting off) with a header row."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            if fmt == "tsv":
+                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                reader = csv.reader(handle)
+            lines = list(reader)
+    except UnicodeDecodeError:
+        raise DataError(f"text file {path} is not UTF-8 text; save it as UTF-8") from None
+    except csv.Error as error:
+        raise DataError(f"text file {path} is not valid {fmt.upper()}: {error}") from None
+    if not lines:
+        raise DataError(f"text file {path} is empty; give it a header row and some rows")
+    header = [name.strip() for name in lines[0]]
+    rows = []
+    for number, fields in enumerate(lines[1:], start=2):
+        if not fields:
+            continue  # a blank line
+        if len(fields) != len(header):
+            raise DataError(
+                f"text file {path}, line {number}: {len(fields)} fields where the header has "
+                f"{len(header)}; check the delimiter (a TSV is read with quoting off)"
+            )
+        rows.append((number, dict(zip(header, fields, strict=True))))
+    return rows
+
+
+def _json_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSON Lines file (one object per non-blank line)."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"text file {path} is not UTF-8 text; save it as UTF-8") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(
+                f"text file {path}, line {number}: not a JSON object; each line of a .jsonl "
+                "file must be one"
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(f"text file {path}, line {number}: not a JSON object")
+        rows.append((number, row))
+    return rows
+
+
+def label_index(labels: Sequence[str]) -> dict[str, int]:
+    """Each distinct label's class: its position among the sorted distinct labels."""
+    return {label: index for index, label in enumerate(sorted(set(labels)))}
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a local Hugging Face folder (``save_pretrained``); never a download.
+
+    A missing folder, or one without a tokenizer (``tokenizer.json`` or a vocabulary with its
+    ``tokenizer_config.json``), is a one-line DataError that says what is missing. A tokenizer
+    without a padding token, or with more ids than float32 holds exactly, is refused.
+    """
+    if not folder.is_dir():
+        raise DataError(
+            f"model folder {folder} does not exist; give a local folder written by "
+            "save_pretrained (models are never downloaded)"
+        )
+    if (
+        not (folder / "tokenizer.json").is_file()
+        and not (folder / "tokenizer_config.json").is_file()
+    ):
+        raise DataError(
+            f"model folder {folder} has no tokenizer (tokenizer.json or tokenizer_config.json); "
+            "save the tokenizer there with tokenizer.save_pretrained"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise DataError(f"model folder {folder}: its tokenizer does not load ({first})") from None
+    if tokenizer.pad_token_id is None:
+        raise DataError(
+            f"model folder {folder}: its tokenizer has no padding token; set pad_token and "
+            "save it again"
+        )
+    if len(tokenizer) > EXACT_IDS_BELOW:
+        raise DataError(
+            f"model folder {folder}: its tokenizer has {len(tokenizer)} ids, more than the "
+            f"{EXACT_IDS_BELOW} Privet carries exactly"
+        )
+    return tokenizer
+
+
+def encode_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
+) -> np.ndarray:
+    """Token ids and attention masks of ``texts``, (n, 2, max_length) float32 (exact)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise DataError(f"max length must be a whole number of at least 2, got {max_length!r}")
+    encoded = tokenizer(
+        list(texts),
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_attention_mask=True,
+    )
+    ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+    mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
+    if ids.size and int(ids.max()) >= EXACT_IDS_BELOW:
+        raise DataError(f"a token id reached {int(ids.max())}, beyond float32's exact integers")
+    return np.stack([ids, mask], axis=1).astype(np.float32)
+
+
+def text_dataset(
+    table: TextTable,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    classes: dict[str, int],
+) -> ArrayDataset:
+    """``table`` tokenized, with its labels numbered by ``classes`` (`label_index`)."""
+    unknown = sorted({label for label in table.labels if label not in classes})
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} label value(s) are not in the run's label set of {len(classes)}; "
+            "every party must use the same labels"
+        )
+    features = encode_texts(tokenizer, table.texts, max_length)
+    labels = np.asarray([classes[label] for label in table.labels], dtype=np.int64)
+    return ArrayDataset(features, labels, len(classes))
+
+
+def token_ids(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_texts`' features back to (input ids, attention mask), as int64."""
+    return features[:, 0].astype(np.int64), features[:, 1].astype(np.int64)
