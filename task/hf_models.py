@@ -1,0 +1,91 @@
+"""Pretrained Hugging Face classifiers from a local folder, as models Privet can train (issue 15).
+
+`load_sequence_classifier` opens a folder written by ``save_pretrained`` with
+``local_files_only=True``, so it never downloads. It returns `TokenClassifier`, an ``nn.Module``
+that takes the features `privet.task.text.encode_texts` makes and returns class logits. The
+features are token ids and attention masks carried as exact float32, shape (n, 2, length).
+Privet's trainer, evaluation and wire format then treat it like any other model.
+
+A folder without a model configuration or weights is a one-line `ModelError` that names what is
+missing. So is a model whose number of labels differs from the run's classes.
+
+This is the layer below ``--model hf:PATH``, which will build it for text runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from privet.task.models import ModelError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+"""Any one of these in the folder holds the weights (``save_pretrained``'s names)."""
+
+
+def load_sequence_classifier(folder: Path, num_classes: int) -> nn.Module:
+    """The folder's sequence classifier, wrapped to take token features (`TokenClassifier`)."""
+    if not folder.is_dir():
+        raise ModelError(
+            f"model folder {folder} does not exist; give a local folder written by "
+            "save_pretrained (models are never downloaded)"
+        )
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {folder} has no config.json; save the model there")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ModelError(
+            f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[:2])}); save the "
+            "model there with save_pretrained"
+        )
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), local_files_only=True
+        )
+    except (OSError, ValueError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise ModelError(f"model folder {folder}: the model does not load ({first})") from None
+    labels = int(model.config.num_labels)
+    if labels != num_classes:
+        raise ModelError(
+            f"model folder {folder} classifies into {labels} labels, the run's data has "
+            f"{num_classes} classes; save the model with num_labels={num_classes}"
+        )
+    # from_pretrained leaves the model in eval mode; Privet's models start in training mode
+    # like any freshly built module (Opacus records per-example inputs only in training mode).
+    return TokenClassifier(model).train()
+
+
+class TokenClassifier(nn.Module):
+    """A Hugging Face sequence classifier that takes (n, 2, length) token features.
+
+    Position and token-type ids are passed explicitly, one row per example (when the model takes
+    them): a model that builds them itself broadcasts one row over the batch, and Opacus would
+    then see its position embeddings' input without the batch dimension that per-example
+    gradients need.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        accepted = inspect.signature(model.forward).parameters
+        self._positions = "position_ids" in accepted
+        self._token_types = "token_type_ids" in accepted
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits of the texts whose ids and masks are ``features[:, 0]``, ``[:, 1]``."""
+        # Contiguous: Opacus' per-example norms of an embedding view the ids flat.
+        ids = features[:, 0].long().contiguous()
+        mask = features[:, 1].long().contiguous()
+        extra: dict[str, torch.Tensor] = {}
+        if self._positions:
+            length = ids.shape[1]
+            positions = torch.arange(length, device=ids.device).unsqueeze(0)
+            extra["position_ids"] = positions.repeat(ids.shape[0], 1)
+        if self._token_types:
+            extra["token_type_ids"] = torch.zeros_like(ids)
+        return self.model(input_ids=ids, attention_mask=mask, **extra).logits
