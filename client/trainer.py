@@ -159,6 +159,9 @@ def train_locally(
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; Privet states the noise source in its results.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        # Opacus asks a Hugging Face model whether it checkpoints activations by transformers'
+        # old name, which transformers 5 deprecates with a warning on every call.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
         engine = PrivacyEngine(accountant="rdp")
         made = engine.make_private(
             module=model,

@@ -197,7 +197,12 @@ def run_training_round(
         return ClientDecline(client_status(config, data, plan, ledger, run_token), reason)
     task = task_named(config.task)
     model = build_task_model(
-        task, config.model, data.train.feature_shape, data.train.num_classes, config.seed
+        task,
+        config.model,
+        data.train.feature_shape,
+        data.train.num_classes,
+        config.seed,
+        lora=config.lora,
     )
     set_weights(model, global_weights)  # the travelling tensors; the rest stay as built
     started = time.perf_counter()
@@ -233,7 +238,12 @@ def run_local_evaluation(
     """(examples, loss, accuracy) of the global model on the node's held-out validation slice."""
     task = task_named(config.task)
     model = build_task_model(
-        task, config.model, data.train.feature_shape, data.train.num_classes, config.seed
+        task,
+        config.model,
+        data.train.feature_shape,
+        data.train.num_classes,
+        config.seed,
+        lora=config.lora,
     )
     set_weights(model, global_weights)
     metrics = task.evaluate(model, data.validation, resolve_device(config.device))

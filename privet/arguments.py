@@ -22,20 +22,20 @@ def positive_int(text: str) -> int:
 
 
 def model_name(text: str) -> str:
-    """An argparse type: a registered model name, or a builder named as ``module:function``.
+    """An argparse type: a registered model name, ``hf:FOLDER``, or a ``module:function``.
 
     An unknown name is argparse's one-line usage error listing the registered ones. A
     ``module:function`` is only recognised here; it is imported when the configuration is
     validated (the same check as for a config file or Flower's run config).
     """
-    from privet.task.models import is_builder_path, model_names
+    from privet.task.models import is_builder_path, model_names, scheme_of
 
-    if text in model_names() or is_builder_path(text):
+    if text in model_names() or is_builder_path(text) or scheme_of(text) is not None:
         return text
     choices = ", ".join(repr(name) for name in model_names())
     raise argparse.ArgumentTypeError(
-        f"invalid choice: {text!r} (choose from {choices}, or name your own builder as "
-        "module:function)"
+        f"invalid choice: {text!r} (choose from {choices}, a pretrained model as hf:FOLDER, or "
+        "your own builder as module:function)"
     )
 
 

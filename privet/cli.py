@@ -122,7 +122,7 @@ def _flag_options(item: Setting) -> dict[str, Any]:
         options["type"] = item.kind
     if item.builder_path and item.choices is not None:
         options["type"] = model_name
-        options["metavar"] = "{" + ",".join((*item.choices(), "MODULE:FUNCTION")) + "}"
+        options["metavar"] = "{" + ",".join((*item.choices(), "hf:FOLDER", "MODULE:FUNCTION")) + "}"
     elif item.choices is not None:
         options["choices"] = item.choices()
     return options
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     from privet.schema_command import add_schema_parser
 
     add_schema_parser(commands)
+    from privet.model_folder_command import add_model_folder_parser
+
+    add_model_folder_parser(commands)
     return parser
 
 
@@ -318,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from privet.schema_command import run_schema
 
             return run_schema(args)
+        if args.command == "model-folder":
+            from privet.model_folder_command import run_model_folder
+
+            return run_model_folder(args)
     except _user_errors() as error:
         print(f"privet: error: {error}", file=sys.stderr)
         return EXIT_USAGE

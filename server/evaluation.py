@@ -47,7 +47,12 @@ class ServerEvaluator:
         self.feature_shape: tuple[int, ...] = data.train.feature_shape
         self.num_classes: int = data.train.num_classes
         self.model = build_task_model(
-            self.task, config.model, self.feature_shape, self.num_classes, config.seed
+            self.task,
+            config.model,
+            self.feature_shape,
+            self.num_classes,
+            config.seed,
+            lora=config.lora,
         )
         self.init_from: dict[str, str] | None = None
         """Where the first global model came from (run setting init-from): path and SHA-256."""

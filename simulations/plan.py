@@ -61,6 +61,7 @@ def plan_simulation(config: RunConfig) -> SimulationPlan:
         data.train.feature_shape,
         data.train.num_classes,
         config.seed,
+        lora=config.lora,
     )
     # Secure aggregation's grid is sized for the update: the tensors that travel.
     conditional_rounding_ratio(config, sum(int(w.size) for w in get_weights(model)))

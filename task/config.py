@@ -44,8 +44,9 @@ from privet.task.config_checks import (
     parse_node_clients,
     validate,
 )
-from privet.task.datasets import DatasetOptions, dataset_names
-from privet.task.models import MODELS, model_names
+from privet.task.datasets import DatasetOptions, dataset_entry, dataset_names
+from privet.task.lora import LoraSettings
+from privet.task.models import MODELS, model_folder, model_names
 from privet.task.settings import Setting, declared_settings, sections_of, setting
 from privet.task.task import DEFAULT_TASK, task_names
 
@@ -107,7 +108,10 @@ def _missing_policy_names() -> tuple[str, ...]:
 
 def _model_note() -> str:
     builtin = ", ".join(MODELS)
-    return f'a registered model ({builtin}) or your own builder as "module:function"'
+    return (
+        f'a registered model ({builtin}), a pretrained classifier as "hf:FOLDER", or your own '
+        'builder as "module:function"'
+    )
 
 
 # The features some settings need (`needs=` below): what the feature is called in an error, how to
@@ -138,6 +142,16 @@ _FEATURES: dict[str, tuple[str, str, Callable[[RunConfig], bool]]] = {
         "add --partition dirichlet",
         lambda config: config.partition == "dirichlet",
     ),
+    "text": (
+        "text data",
+        "use --dataset text",
+        lambda config: dataset_entry(config.dataset).kind == "text",
+    ),
+    "lora": (
+        "LoRA adapters",
+        "add --lora-rank R",
+        lambda config: config.lora_rank > 0,
+    ),
 }
 
 
@@ -157,9 +171,26 @@ class RunConfig:
         None, section="data", help="folder with mnist/fashion-mnist IDX .gz files or adult.data"
     )
     data_file: str | None = setting(
-        None, section="data", help="CSV file for --dataset csv (header row required)"
+        None,
+        section="data",
+        help="CSV file for --dataset csv (header row required); for --dataset text a CSV/TSV "
+        "with a header, or JSON Lines",
     )
-    label_column: str | None = setting(None, section="data", help="label column of a CSV file")
+    label_column: str | None = setting(
+        None, section="data", help="label column of a CSV file or text file"
+    )
+    # Text data (--dataset text): the column of the texts, and the token length every text is
+    # padded or truncated to by the model folder's tokenizer (one text is one DP example).
+    text_column: str = setting(
+        "text", section="data", needs="text", help="text data: the column of the texts"
+    )
+    max_length: int = setting(
+        128,
+        section="data",
+        needs="text",
+        help="text data: tokens per text; longer texts are truncated, shorter ones padded "
+        "(default: {default})",
+    )
     partition_column: str | None = setting(
         None, section="data", help="column whose values split a CSV across clients"
     )
@@ -211,8 +242,29 @@ class RunConfig:
         choices=model_names,
         builder_path=True,
         toml_note=_model_note,
-        help="model (default: {default}), or your own builder (feature_shape, num_classes) -> "
+        help="model (default: {default}); a pretrained Hugging Face classifier in a local folder "
+        "as hf:FOLDER (text data); or your own builder (feature_shape, num_classes) -> "
         "torch.nn.Module named as module:function, e.g. mypkg.nets:build",
+    )
+    # LoRA (PEFT) on an hf: model: only the adapters and the task head train and travel.
+    lora_rank: int = setting(
+        0,
+        section="model",
+        help="add LoRA adapters of this rank to an hf: model and train only them and its head "
+        "(default: 0, every parameter trains)",
+    )
+    lora_alpha: float | None = setting(
+        None,
+        section="model",
+        needs="lora",
+        help="LoRA scaling alpha: adapters add alpha/rank × B·A (default: twice the rank)",
+    )
+    lora_targets: str | None = setting(
+        None,
+        section="model",
+        needs="lora",
+        help="LoRA: the modules to adapt, comma-separated, e.g. query,value (default: PEFT's "
+        "for the architecture)",
     )
     # Warm start: the run's first global model is read from a state dict trained elsewhere (on
     # public data, say); the server alone reads it and sends it with round 1's TRAIN messages.
@@ -498,7 +550,18 @@ class RunConfig:
             missing=self.missing,
             schema_file=self.schema_file,
             test_file=self.test_file,
+            text_column=self.text_column,
+            max_length=self.max_length,
+            model_folder=model_folder(self.model),
         )
+
+    @property
+    def lora(self) -> LoraSettings | None:
+        """The LoRA adapters the model gets, or None (every parameter trains)."""
+        if self.lora_rank == 0:
+            return None
+        alpha = 2.0 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
+        return LoraSettings(self.lora_rank, alpha, LoraSettings.parse_targets(self.lora_targets))
 
     @classmethod
     def key_names(cls) -> tuple[str, ...]:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from privet.task.datasets import MISSING_POLICIES, DataError, dataset_entry, dataset_names
-from privet.task.models import ModelError, resolve_builder
+from privet.task.lora import MAX_LORA_RANK, LoraSettings
+from privet.task.models import ModelError, model_folder, resolve_builder
 from privet.task.settings import SECTION_NAMES
 from privet.task.task import task_names
 
@@ -109,10 +110,29 @@ def check_data(config: RunConfig) -> None:
 
 
 def check_model(config: RunConfig) -> None:
-    """A registered task, and a registered model or a `module:function` builder (imported here)."""
+    """A registered task, a registered model, an ``hf:`` folder or a `module:function` builder.
+
+    LoRA settings: a rank in 0..MAX_LORA_RANK on an ``hf:`` model, a positive alpha, and
+    target names that are module names.
+    """
     _one_of("task", config.task, task_names())
     try:
         resolve_builder(config.model)
+    except ModelError as error:
+        raise ConfigError(str(error)) from None
+    if not 0 <= config.lora_rank <= MAX_LORA_RANK:
+        raise ConfigError(
+            f"lora-rank must be between 0 (no adapters) and {MAX_LORA_RANK}, got {config.lora_rank}"
+        )
+    if config.lora_rank and model_folder(config.model) is None:
+        raise ConfigError(
+            f"lora-rank adds adapters to a pretrained model, and --model {config.model} is "
+            "not one; give --model hf:FOLDER, or drop --lora-rank"
+        )
+    if config.lora_alpha is not None:
+        _positive("lora-alpha", config.lora_alpha)
+    try:
+        LoraSettings.parse_targets(config.lora_targets)
     except ModelError as error:
         raise ConfigError(str(error)) from None
 
@@ -312,6 +332,8 @@ def _validate_dataset_options(config: RunConfig) -> None:
         if entry.kind == "tabular":
             wanted = wanted.replace("--data-file FILE", "--data-file FILE.csv")
         raise ConfigError(f"dataset {config.dataset!r} needs {wanted}")
+    if entry.kind == "text":
+        _validate_text_options(config)
     if config.partition == "column" and not config.partition_column:
         raise ConfigError("partition 'column' needs --partition-column NAME (a column of the data)")
     if config.partition == "column" and entry.kind != "tabular":
@@ -319,6 +341,27 @@ def _validate_dataset_options(config: RunConfig) -> None:
         raise ConfigError(
             f"partition 'column' needs tabular data (--dataset {' or '.join(tabular)})"
         )
+
+
+MAX_TEXT_LENGTH = 8192
+"""The longest token sequence a text run may ask for (memory grows with its square)."""
+
+
+def _validate_text_options(config: RunConfig) -> None:
+    """Text data is tokenized by the model folder's tokenizer: an hf: model, a sane length."""
+    if model_folder(config.model) is None:
+        raise ConfigError(
+            f"dataset {config.dataset!r} is tokenized by the model's own tokenizer, and --model "
+            f"{config.model} has none; give --model hf:FOLDER (a local Hugging Face folder)"
+        )
+    if not 2 <= config.max_length <= MAX_TEXT_LENGTH:
+        raise ConfigError(
+            f"max-length must be between 2 and {MAX_TEXT_LENGTH} tokens, got {config.max_length}"
+        )
+    if not config.text_column.strip():
+        raise ConfigError("text-column is empty; name the column of the texts")
+    if config.schema_file:
+        raise ConfigError("schema-file applies only to tabular data sets; drop it for text data")
 
 
 def _needed_options(config: RunConfig, kind: str, needs: tuple[str, ...]) -> tuple[str, ...]:

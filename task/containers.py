@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # annotations only: privet.task.tabular imports this module a
 
 __all__ = ["KINDS", "ArrayDataset", "DataError", "TrainTest", "freeze", "read_only"]
 
-KINDS = ("image", "tabular")
-"""The kinds of data set: images (a fixed feature shape) or tables (encoded by a schema)."""
+KINDS = ("image", "tabular", "text")
+"""The kinds of data set: images (a fixed feature shape), tables (encoded by a schema) and texts
+(token ids and masks from a model folder's tokenizer, :mod:`privet.task.text`)."""
 
 
 class DataError(ValueError):

@@ -152,6 +152,9 @@ class DatasetOptions:
     missing: str = DEFAULT_MISSING_POLICY
     schema_file: str | None = None
     test_file: str | None = None
+    text_column: str = "text"
+    max_length: int = 128
+    model_folder: str | None = None
 
 
 DatasetLoader = Callable[[DatasetOptions], TrainTest]
@@ -162,11 +165,12 @@ DatasetLoader = Callable[[DatasetOptions], TrainTest]
 class DatasetEntry:
     """A named data set: how to load it, and what a run must know about it before loading.
 
-    ``kind`` is "image" (options for tables are refused) or "tabular" (a partition column may
-    split it across clients). ``feature_shape`` and ``num_classes`` are given when they are fixed
-    in advance (images): a deployment node checks its own files against them without the data
-    set, and every load is checked against them. ``needs`` are the run options (Flower's
-    spelling, e.g. "data-dir") the data set cannot be loaded without.
+    ``kind`` is "image" (options for tables are refused), "tabular" (a partition column may
+    split it across clients) or "text" (tokenized with the run's model folder's tokenizer).
+    ``feature_shape`` and ``num_classes`` are given when they are fixed in advance (images): a
+    deployment node checks its own files against them without the data set, and every load is
+    checked against them. ``needs`` are the run options (Flower's spelling, e.g. "data-dir")
+    the data set cannot be loaded without.
     """
 
     name: str
@@ -375,6 +379,14 @@ def _csv(options: DatasetOptions) -> TrainTest:
     )
 
 
+@register_dataset("text", kind="text", needs=("data-file", "label-column"))
+def _text(options: DatasetOptions) -> TrainTest:
+    """A user's texts (CSV/TSV with a header, or JSON Lines), tokenized by the model folder's."""
+    from privet.task.text import load_text_data  # lazy: transformers only for text runs
+
+    return load_text_data(options)
+
+
 DATASETS: tuple[str, ...] = dataset_names()
 """The built-in data set names (what this module registers); :func:`dataset_names` has them all."""
 
@@ -391,6 +403,9 @@ def load_dataset(
     missing: str = DEFAULT_MISSING_POLICY,
     schema_file: str | None = None,
     test_file: str | None = None,
+    text_column: str = "text",
+    max_length: int = 128,
+    model_folder: str | None = None,
 ) -> TrainTest:
     """Load data set ``name`` (one of :func:`dataset_names`) as train and test arrays.
 
@@ -399,6 +414,8 @@ def load_dataset(
       [0, 1]; the split is the files' own 60k/10k one (``seed``/``test_fraction`` unused).
     - adult: UCI ``adult.data`` in ``data_dir`` (or ``data_file``), label "income".
     - csv: ``data_file`` with a header row; ``label_column`` required (unless a schema names it).
+    - text: ``data_file`` (CSV/TSV with a header, or JSON Lines) with ``text_column`` and
+      ``label_column``, tokenized to ``max_length`` by the tokenizer in ``model_folder``.
     - any data set added with :func:`register_dataset`.
 
     Tabular data sets may name a ``partition_column``: it is left out of the features and its
@@ -443,6 +460,9 @@ def load_dataset(
         missing,
         schema_file=schema_file,
         test_file=test_file,
+        text_column=text_column,
+        max_length=max_length,
+        model_folder=_option(model_folder),
     )
     if entry.kind == "image" and test_file is not None:
         return _with_image_test_file(entry, options, test_file)

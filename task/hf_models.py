@@ -9,7 +9,7 @@ Privet's trainer, evaluation and wire format then treat it like any other model.
 A folder without a model configuration or weights is a one-line `ModelError` that names what is
 missing. So is a model whose number of labels differs from the run's classes.
 
-This is the layer below ``--model hf:PATH``, which will build it for text runs.
+``--model hf:FOLDER`` (`privet.task.models`) builds it for text runs.
 """
 
 from __future__ import annotations
@@ -20,28 +20,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from privet.task.models import ModelError
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
-"""Any one of these in the folder holds the weights (``save_pretrained``'s names)."""
+from privet.task.models import ModelError, check_model_folder
 
 
-def load_sequence_classifier(folder: Path, num_classes: int) -> nn.Module:
-    """The folder's sequence classifier, wrapped to take token features (`TokenClassifier`)."""
-    if not folder.is_dir():
-        raise ModelError(
-            f"model folder {folder} does not exist; give a local folder written by "
-            "save_pretrained (models are never downloaded)"
-        )
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"model folder {folder} has no config.json; save the model there")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise ModelError(
-            f"model folder {folder} has no weights ({' or '.join(WEIGHT_FILES[:2])}); save the "
-            "model there with save_pretrained"
-        )
+def load_sequence_classifier(
+    folder: Path, num_classes: int, max_length: int | None = None
+) -> nn.Module:
+    """The folder's sequence classifier, wrapped to take token features (`TokenClassifier`).
+
+    ``max_length``, when given, is the texts' token length: a model with fewer positions is
+    refused in one line (it would fail inside its embeddings on the first batch).
+    """
+    check_model_folder(folder)
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per client message would drown the run's own
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(folder), local_files_only=True
@@ -54,6 +48,12 @@ def load_sequence_classifier(folder: Path, num_classes: int) -> nn.Module:
         raise ModelError(
             f"model folder {folder} classifies into {labels} labels, the run's data has "
             f"{num_classes} classes; save the model with num_labels={num_classes}"
+        )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if max_length is not None and isinstance(positions, int) and positions < max_length:
+        raise ModelError(
+            f"model folder {folder} takes texts of at most {positions} tokens, and the run "
+            f"tokenizes to --max-length {max_length}; lower --max-length"
         )
     # from_pretrained leaves the model in eval mode; Privet's models start in training mode
     # like any freshly built module (Opacus records per-example inputs only in training mode).

@@ -81,9 +81,44 @@ def model_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+ModelScheme = Callable[[str], ModelBuilder]
+"""Turns what follows ``scheme:`` in a model name (a folder, say) into a builder, or refuses."""
+
+_SCHEMES: dict[str, ModelScheme] = {}
+
+
+def register_model_scheme(scheme: str) -> Callable[[ModelScheme], ModelScheme]:
+    """Register a prefix of model names (a decorator): ``--model SCHEME:REST`` asks it for REST.
+
+    ``hf`` is registered below: ``--model hf:FOLDER`` builds the Hugging Face classifier saved
+    in FOLDER. A scheme takes precedence over a ``module:function`` of the same first part, so
+    a scheme is a short lowercase word no Python package is expected to be called.
+    """
+    if not scheme.isidentifier() or scheme != scheme.lower():
+        raise ModelError(f"model scheme must be a lowercase identifier, got {scheme!r}")
+
+    def register(factory: ModelScheme) -> ModelScheme:
+        _SCHEMES[scheme] = factory
+        return factory
+
+    return register
+
+
+def scheme_of(name: str) -> tuple[str, str] | None:
+    """(scheme, rest) when `name` starts with a registered scheme (``hf:FOLDER``), else None."""
+    scheme, colon, rest = name.partition(":")
+    return (scheme, rest) if colon and scheme in _SCHEMES else None
+
+
+def model_folder(name: str) -> str | None:
+    """The local folder an ``hf:FOLDER`` model name names (its tokenizer reads text), or None."""
+    parts = scheme_of(name)
+    return parts[1] if parts is not None and parts[0] == HF_SCHEME else None
+
+
 def is_builder_path(name: str) -> bool:
     """Whether `name` names a user's builder as ``module:function`` rather than a registered one."""
-    return ":" in name
+    return ":" in name and scheme_of(name) is None
 
 
 def resolve_builder(name: str) -> ModelBuilder:
@@ -95,6 +130,9 @@ def resolve_builder(name: str) -> ModelBuilder:
     """
     if name in _REGISTRY:
         return _REGISTRY[name]
+    parts = scheme_of(name)
+    if parts is not None:
+        return _SCHEMES[parts[0]](parts[1])
     if not is_builder_path(name):
         raise ModelError(
             f"unknown model {name!r}; choose one of: {', '.join(model_names())}, or name your "
@@ -223,6 +261,55 @@ def _cnn(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         nn.ReLU(),
         nn.Linear(64, num_classes),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Pretrained models from a local Hugging Face folder: --model hf:FOLDER
+# --------------------------------------------------------------------------------------------
+
+HF_SCHEME = "hf"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+"""Any one of these in a model folder holds the weights (``save_pretrained``'s names)."""
+
+
+def check_model_folder(folder: Path) -> None:
+    """A one-line ModelError unless ``folder`` holds a saved model: config.json and weights.
+
+    Cheap (no torch): the configuration checks ``--model hf:FOLDER`` with it before any work.
+    """
+    if not folder.is_dir():
+        raise ModelError(
+            f"model folder {folder} does not exist; give a local folder written by "
+            "save_pretrained (models are never downloaded)"
+        )
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"model folder {folder} has no config.json; save the model there")
+    if not any((folder / name).is_file() for name in HF_WEIGHT_FILES):
+        raise ModelError(
+            f"model folder {folder} has no weights ({' or '.join(HF_WEIGHT_FILES[:2])}); save "
+            "the model there with save_pretrained"
+        )
+
+
+@register_model_scheme(HF_SCHEME)
+def _hf(folder_text: str) -> ModelBuilder:
+    """The builder of the sequence classifier saved in a local folder (text data)."""
+    if not folder_text.strip():
+        raise ModelError("model hf: names no folder; write --model hf:/path/to/model-folder")
+    folder = Path(folder_text).expanduser()
+    check_model_folder(folder)
+
+    def pretrained(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        if len(feature_shape) != 2 or feature_shape[0] != 2:
+            raise ModelError(
+                f"model hf:{folder_text} classifies texts, and the data has examples of shape "
+                f"{tuple(feature_shape)}; use --dataset text"
+            )
+        from privet.task.hf_models import load_sequence_classifier
+
+        return load_sequence_classifier(folder, num_classes, max_length=feature_shape[1])
+
+    return pretrained
 
 
 MODELS: tuple[str, ...] = model_names()

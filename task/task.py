@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from privet.task.datasets import ArrayDataset, DatasetOptions, TrainTest, load_dataset
+from privet.task.lora import LoraSettings, add_adapters
 from privet.task.models import ModelError, build_model, mark_travelling
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ class Task(ABC):
             missing=options.missing,
             schema_file=options.schema_file,
             test_file=options.test_file,
+            text_column=options.text_column,
+            max_length=options.max_length,
+            model_folder=options.model_folder,
         )
 
     def build_model(
@@ -170,9 +174,13 @@ class Task(ABC):
         aggregation masks exactly that list. What does not travel is built identically by
         every party from the run's seed (:meth:`build_model`) and never changes. Every trainable
         parameter must travel (its training would otherwise be lost after each round). The
-        default: the whole state dict.
+        default: the whole state dict when every parameter trains; when the model froze some
+        (a pretrained backbone under LoRA adapters), only the parameters that train.
         """
-        return list(model.state_dict())
+        parameters = list(model.named_parameters())
+        if all(parameter.requires_grad for _, parameter in parameters):
+            return list(model.state_dict())
+        return [name for name, parameter in parameters if parameter.requires_grad]
 
     def optimizer(
         self, parameters: Iterable[torch.nn.Parameter], learning_rate: float
@@ -314,9 +322,14 @@ def freeze_for_training(task: Task, model: nn.Module) -> tuple[str, ...]:
 
 
 def build_task_model(
-    task: Task, name: str, feature_shape: tuple[int, ...], num_classes: int, seed: int
+    task: Task,
+    name: str,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+    lora: LoraSettings | None = None,
 ) -> nn.Module:
-    """`task`'s model `name`, marked with the keys that travel.
+    """`task`'s model `name` (with LoRA adapters when `lora` is given), marked with what travels.
 
     :func:`privet.task.models.get_weights` and :func:`~privet.task.models.set_weights` then
     move exactly those tensors of it, in state-dict order: the update format of the run.
@@ -329,6 +342,8 @@ def build_task_model(
             f"task {_name_of(task)!r} built {type(model).__name__}, not a torch.nn.Module; make "
             f"{_qualified(type(task))}.build_model return the model"
         )
+    if lora is not None:
+        model = add_adapters(model, lora, seed)
     mark_travelling(model, travelling_keys(task, model))
     return model
 

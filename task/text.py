@@ -1,6 +1,6 @@
 """Text examples for fine-tuning a pretrained model: a file's texts and labels, and their tokens.
 
-Issue 15's first layer, below the text task and the ``hf:`` models that will use it:
+The text layer of issue 15, below the ``hf:`` models that use it:
 
 - `read_text_file` reads a CSV or TSV with a header row, or JSON Lines, and keeps two named
   columns: the text and its label. TSV is read with quoting off (a quote is part of a message,
@@ -16,6 +16,9 @@ Issue 15's first layer, below the text task and the ``hf:`` models that will use
   other data set. float32 holds every integer below 2^24 exactly, and a tokenizer with a larger
   vocabulary is refused.
 
+`load_text_data` is the ``text`` data set (``--dataset text``) built from these: a file's texts
+tokenized by the run's model folder (``--model hf:FOLDER``), split like any other data set.
+
 Errors are `DataError`s: one line naming the file, the column or the line, and the fix. They
 never quote a text or a label, because a message may be private.
 """
@@ -23,6 +26,7 @@ never quote a text or a label, because a message may be private.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,11 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from privet.task.containers import ArrayDataset, DataError
-from privet.task.local_files import not_a_file_reason
+from privet.task.containers import ArrayDataset, DataError, TrainTest, freeze
+from privet.task.local_files import file_key, not_a_file_reason
+from privet.task.splits import stratified_split
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from privet.task.datasets import DatasetOptions
 
 TEXT_FORMATS = ("csv", "tsv", "jsonl")
 """The text file formats, by suffix (``.csv``, ``.tsv``/``.tab``/``.txt``, ``.jsonl``)."""
@@ -161,7 +168,71 @@ def label_index(labels: Sequence[str]) -> dict[str, int]:
     return {label: index for index, label in enumerate(sorted(set(labels)))}
 
 
+def folder_label_index(folder: Path) -> dict[str, int] | None:
+    """The label names a model folder's ``config.json`` fixes (``id2label``), or None.
+
+    A folder saved with ``id2label={0: "ham", 1: "spam"}`` fixes every party's numbering, so a
+    node whose own file lacks a class still numbers the rest as everyone else does. Hugging
+    Face's placeholder names (``LABEL_0``, ...) fix nothing: then the data's sorted labels do.
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    names = config.get("id2label") if isinstance(config, dict) else None
+    if not isinstance(names, dict) or not names:
+        return None
+    try:
+        ordered = {int(index): str(name) for index, name in names.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(ordered) != list(range(len(ordered))) or len(set(ordered.values())) < len(ordered):
+        return None
+    if all(name == f"LABEL_{index}" for index, name in ordered.items()):
+        return None
+    return {name: index for index, name in ordered.items()}
+
+
+def text_classes(folder: Path, labels: Sequence[str]) -> dict[str, int]:
+    """The run's classes: the model folder's label names when it has them, else `label_index`."""
+    named = folder_label_index(folder)
+    if named is None:
+        return label_index(labels)
+    unknown = {label for label in labels if label not in named}
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} label value(s) of the data are not among the {len(named)} label "
+            f"names (id2label) of model folder {folder}; use the folder's names in the label "
+            "column, or save the model with the data's labels"
+        )
+    return named
+
+
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``folder`` (`open_tokenizer`), opened once per process per folder state."""
+    return _tokenizer_cached(folder.expanduser().resolve(), _folder_state(folder))
+
+
+def _folder_state(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and times of a folder's files: a changed tokenizer is opened afresh."""
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in sorted(folder.iterdir())
+        if entry.is_file()
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_cached(
+    folder: Path, state: tuple[tuple[str, int, int], ...]
+) -> PreTrainedTokenizerBase:
+    del state  # part of the cache key only
+    return open_tokenizer(folder)
+
+
+def open_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a local Hugging Face folder (``save_pretrained``); never a download.
 
     A missing folder, or one without a tokenizer (``tokenizer.json`` or a vocabulary with its
@@ -242,3 +313,101 @@ def text_dataset(
 def token_ids(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`encode_texts`' features back to (input ids, attention mask), as int64."""
     return features[:, 0].astype(np.int64), features[:, 1].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# The "text" data set: a file's texts, tokenized by the run's model folder
+# --------------------------------------------------------------------------------------------
+
+
+def load_text_data(options: DatasetOptions) -> TrainTest:
+    """The ``text`` data set: ``data_file`` tokenized by ``model_folder``'s tokenizer, split.
+
+    The test set is a stratified held-out part of ``data_file``, or the whole ``test_file``
+    (a text file of the same form). The classes are the model folder's label names when it
+    names them (`text_classes`), else the sorted distinct labels of the files.
+    """
+    if options.model_folder is None:
+        raise DataError(
+            "dataset 'text' is tokenized by the model's own tokenizer: give --model hf:FOLDER "
+            "(a local Hugging Face folder)"
+        )
+    if options.label_column is None:
+        raise DataError("dataset 'text' needs --label-column NAME (the column of the labels)")
+    if options.data_file is None and options.test_file is None:
+        raise DataError("dataset 'text' needs --data-file FILE (CSV, TSV or JSONL with a header)")
+    keys = tuple(
+        file_key(Path(name).expanduser())
+        if name is not None and Path(name).expanduser().is_file()
+        else None
+        for name in (options.data_file, options.test_file)
+    )
+    folder = Path(options.model_folder).expanduser()
+    return _load_text_cached(
+        options.data_file,
+        options.test_file,
+        keys,
+        options.text_column,
+        options.label_column,
+        folder,
+        _folder_state(folder),
+        options.max_length,
+        options.seed,
+        options.test_fraction,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_text_cached(
+    data_file: str | None,
+    test_file: str | None,
+    keys: tuple[object, ...],
+    text_column: str,
+    label_column: str,
+    folder: Path,
+    folder_state: tuple[tuple[str, int, int], ...],
+    max_length: int,
+    seed: int,
+    test_fraction: float,
+) -> TrainTest:
+    del keys, folder_state  # part of the cache key only: a changed file is read afresh
+    tokenizer = load_tokenizer(folder)
+    table = (
+        None
+        if data_file is None
+        else read_text_file(Path(data_file).expanduser(), text_column, label_column)
+    )
+    tests = (
+        None
+        if test_file is None
+        else read_text_file(Path(test_file).expanduser(), text_column, label_column)
+    )
+    labels = (table.labels if table else ()) + (tests.labels if tests else ())
+    classes = text_classes(folder, labels)
+    whole = (
+        text_dataset(table, tokenizer, max_length, classes)
+        if table is not None
+        else ArrayDataset(
+            np.zeros((0, 2, max_length), np.float32), np.zeros(0, np.int64), len(classes)
+        )
+    )
+    if tests is not None:
+        test = text_dataset(tests, tokenizer, max_length, classes)
+        return freeze(
+            TrainTest(
+                train=whole,
+                test=test,
+                kind="text",
+                test_source=f"test-file {test_file} ({len(test)} examples)",
+            )
+        )
+    train_idx, test_idx = stratified_split(whole.labels, test_fraction, seed, "the text file")
+    return freeze(
+        TrainTest(
+            train=whole.subset(train_idx),
+            test=whole.subset(test_idx),
+            kind="text",
+            test_source=f"held-out {test_fraction * 100:g}% of data-file {data_file} "
+            f"({len(test_idx)} of {len(whole)} examples)",
+        )
+    )

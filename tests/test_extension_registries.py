@@ -172,8 +172,8 @@ def test_a_registration_is_checked_and_enforced():
         register_model("mine:build")
     with pytest.raises(ModelError, match=r"cannot be called as builder\(feature_shape"):
         register_model("test-no-arguments")(lambda: nn.Linear(1, 1))
-    with pytest.raises(DataError, match="kind must be one of image, tabular"):
-        register_dataset("test-text", kind="text")
+    with pytest.raises(DataError, match="kind must be one of image, tabular, text"):
+        register_dataset("test-audio", kind="audio")
     assert "test-no-arguments" not in model_names()
 
 

@@ -234,6 +234,10 @@ def test_settings_a_feature_needs_and_the_noise_pairs_come_from_the_declaration(
             "clip-count-stddev",
             "client-sampling",
             "alpha",
+            "text-column",
+            "max-length",
+            "lora-alpha",
+            "lora-targets",
         ]
     )
     assert list(ignored_settings(RunConfig(), needing)) == [
@@ -248,6 +252,10 @@ def test_settings_a_feature_needs_and_the_noise_pairs_come_from_the_declaration(
         "clip-count-stddev",
         "client-sampling",
         "alpha",
+        "text-column",
+        "max-length",
+        "lora-alpha",
+        "lora-targets",
     ]  # the order the one-line error names the first of
     assert NOISE_KEYS == ("noise-multiplier", "target-epsilon")
     assert CLIENT_NOISE_KEYS == ("client-noise-multiplier", "client-target-epsilon")

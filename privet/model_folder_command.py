@@ -1,0 +1,78 @@
+"""`privet model-folder`: make a small local Hugging Face model folder from a text file.
+
+    privet model-folder --data-file public.csv --label-column label --out FOLDER
+        [--text-column text] [--hidden-size 64] [--layers 2] [--heads 2]
+        [--intermediate-size 256] [--max-positions 512] [--vocab-size 8000] [--seed 0]
+
+It trains a WordPiece tokenizer on the file's texts and saves it with a randomly initialised BERT
+classifier whose labels are the file's (`privet.task.model_folder`). ``--model hf:FOLDER`` then
+fine-tunes it. Real work starts from a pretrained folder instead (any ``save_pretrained`` folder
+of a sequence classifier with its tokenizer); this command exists so that text runs can be tried
+with nothing downloaded. The tokenizer's vocabulary comes from the texts: give it public text,
+never a partner's private data. Exit status: 0 written, 2 a problem (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from privet.task.model_folder import BertSize, make_text_model_folder
+from privet.task.text import read_text_file
+
+__all__ = ["add_model_folder_parser", "run_model_folder"]
+
+
+def add_model_folder_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the `model-folder` subcommand."""
+    parser = commands.add_parser(
+        "model-folder",
+        help="make a small local model folder (tokenizer and BERT) for --model hf:FOLDER",
+        description=(
+            "Train a WordPiece tokenizer on a text file's texts and save it with a randomly "
+            "initialised BERT classifier for the file's labels, as save_pretrained does. Use "
+            "public text: the vocabulary is a release of facts about it."
+        ),
+    )
+    parser.add_argument(
+        "--data-file", metavar="FILE", required=True, help="CSV/TSV with a header, or JSONL"
+    )
+    parser.add_argument("--text-column", metavar="NAME", default="text", help="(default: text)")
+    parser.add_argument("--label-column", metavar="NAME", required=True, help="the labels")
+    parser.add_argument("--out", metavar="FOLDER", required=True, help="a new folder to write")
+    defaults = BertSize()
+    for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_positions"):
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        parser.add_argument(flag, type=int, default=default, help=f"(default: {default})")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=defaults.vocab_size,
+        help=f"the tokenizer's largest vocabulary (default: {defaults.vocab_size})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights (default: 0)")
+
+
+def run_model_folder(args: argparse.Namespace) -> int:
+    """Write the folder and say what it holds; returns the exit status."""
+    table = read_text_file(Path(args.data_file).expanduser(), args.text_column, args.label_column)
+    size = BertSize(
+        hidden_size=args.hidden_size,
+        layers=args.layers,
+        heads=args.heads,
+        intermediate_size=args.intermediate_size,
+        max_positions=args.max_positions,
+        vocab_size=args.vocab_size,
+    )
+    out = Path(args.out).expanduser()
+    make_text_model_folder(out, table.texts, table.labels, size, seed=args.seed)
+    labels = ", ".join(sorted(set(table.labels)))
+    print(
+        f"wrote {out}: a BERT classifier ({size.layers} layers, hidden size {size.hidden_size}) "
+        f"for labels {labels}, and a tokenizer trained on {len(table)} texts; use it with "
+        f"--model hf:{out}",
+        file=sys.stdout,
+    )
+    return 0

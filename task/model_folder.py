@@ -1,0 +1,133 @@
+"""A small pretrained-style model folder made locally: a tokenizer and a BERT classifier.
+
+``privet model-folder`` writes one, so that text fine-tuning can be tried (and tested, and
+benchmarked) with no download: a WordPiece tokenizer trained with Hugging Face ``tokenizers`` on
+a text file's texts, and a randomly initialised ``BertForSequenceClassification`` of the size
+asked, both saved with ``save_pretrained`` exactly as a downloaded model folder is. Its
+``id2label`` holds the file's labels, so every party numbers the classes the same way
+(`privet.task.text.text_classes`).
+
+The tokenizer's vocabulary is a release of facts about the texts it was trained on: make the
+folder from public text (the server's own, say), never from a partner's private data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from privet.task.containers import DataError
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class BertSize:
+    """The shape of the BERT encoder a model folder holds."""
+
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate_size: int = 256
+    max_positions: int = 512
+    vocab_size: int = 8000
+
+    def check(self) -> None:
+        """One-line DataErrors for sizes that cannot make a BERT."""
+        for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_positions"):
+            if int(getattr(self, name)) < 1:
+                raise DataError(f"{name.replace('_', '-')} must be at least 1")
+        if self.hidden_size % self.heads:
+            raise DataError(
+                f"hidden-size {self.hidden_size} must be a multiple of heads {self.heads}"
+            )
+        if self.vocab_size < len(SPECIAL_TOKENS) + 2:
+            raise DataError(f"vocab-size must be at least {len(SPECIAL_TOKENS) + 2}")
+
+
+def make_text_model_folder(
+    folder: Path,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    size: BertSize = BertSize(),
+    seed: int = 0,
+) -> Path:
+    """Write a tokenizer trained on ``texts`` and a random BERT for ``labels`` into ``folder``.
+
+    The folder is written next to its final place and renamed into it, so a failure leaves
+    nothing half-written; an existing folder is refused.
+    """
+    size.check()
+    if folder.exists():
+        raise DataError(f"{folder} already exists; choose a new folder for the model")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(f"the labels hold {len(classes)} distinct value(s); a classifier needs 2")
+    import torch
+    import transformers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    transformers.utils.logging.disable_progress_bar()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=size.vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        )
+        tokenizer.train_from_iterator(list(texts), trainer)
+        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        fast = transformers.PreTrainedTokenizerFast(
+            tokenizer_object=tokenizer,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            model_max_length=size.max_positions,
+        )
+        fast.save_pretrained(str(staging))
+        config = transformers.BertConfig(
+            vocab_size=len(fast),
+            hidden_size=size.hidden_size,
+            num_hidden_layers=size.layers,
+            num_attention_heads=size.heads,
+            intermediate_size=size.intermediate_size,
+            max_position_embeddings=size.max_positions,
+            num_labels=len(classes),
+            id2label=dict(enumerate(classes)),
+            label2id={name: index for index, name in enumerate(classes)},
+            pad_token_id=fast.pad_token_id,
+        )
+        generator_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            model = transformers.BertForSequenceClassification(config)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        model.save_pretrained(str(staging))
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
