@@ -37,7 +37,7 @@ from flwr.clientapp.typing import Mod
 
 from privet.client.deployment_wording import deployment_wording
 from privet.client.node_data import NodeData, load_node_data
-from privet.client.schema_check import check_same_schema
+from privet.client.schema_check import check_same_backbone, check_same_schema
 from privet.client.secure_aggregation import (
     PendingInput,
     SecAggRequest,
@@ -251,6 +251,22 @@ def store_ledger(context: Context, ledger: PrivacyLedger) -> None:
     context.state.config_records[STATE_KEY] = ConfigRecord({"json": json.dumps(ledger.to_json())})
 
 
+def _backbone_of(config: RunConfig, data: NodeData) -> str | None:
+    """`frozen_digest` of the model this node builds for the run (imports torch: text runs)."""
+    from privet.task.models import frozen_digest
+    from privet.task.task import build_task_model, task_named
+
+    model = build_task_model(
+        task_named(config.task),
+        config.model,
+        data.train.feature_shape,
+        data.train.num_classes,
+        config.seed,
+        lora=config.lora,
+    )
+    return frozen_digest(model)
+
+
 def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:
     return fixed if fixed is not None else RunConfig.from_mapping(context.run_config)
 
@@ -441,6 +457,8 @@ def make_client_app(
         records = msg.content.config_records
         query = IdentityQuery.from_config(records.get(CONFIG_RECORD, {}))
         check_same_schema(query.schema_digest, data.schema_digest, context.node_config)
+        if query.backbone_digest is not None:
+            check_same_backbone(query.backbone_digest, _backbone_of(config, data), config.model)
         identity = IdentityReply(data.client_id, data.classes_present)
         metrics = metric_record(identity.to_metrics())
         return Message(content=RecordDict({METRICS_RECORD: metrics}), reply_to=msg)

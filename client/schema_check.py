@@ -1,4 +1,8 @@
-"""A node and its run must encode tabular data with the same schema, or the node refuses."""
+"""A node refuses a run whose tabular schema or frozen backbone is not the one it holds.
+
+Both are checked at discovery, before any round: data encoded with another schema, or adapters
+trained on another backbone, would spoil the aggregate without any error.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Mapping
 
 from privet.task.config import ConfigError
 
-__all__ = ["check_same_schema"]
+__all__ = ["check_same_backbone", "check_same_schema"]
 
 
 def check_same_schema(
@@ -34,3 +38,20 @@ def check_same_schema(
             f"(sha256 {run_digest[:12]}); get the coordinator's current schema file and restart "
             "the node with it"
         )
+
+
+def check_same_backbone(run_digest: str | None, node_digest: str | None, model: str) -> None:
+    """Refuse (ConfigError) when the node's frozen backbone is not the server's.
+
+    ``run_digest`` is what the server's discovery query says (None: every tensor travels, so
+    there is nothing to compare); ``node_digest`` is `task.models.frozen_digest` of the model
+    this node builds from ``model`` (its ``hf:`` folder). The frozen tensors never travel, so a
+    node with other weights would train adapters for another model and spoil the aggregate.
+    """
+    if run_digest is None or node_digest == run_digest:
+        return
+    mine = "none (every tensor travels)" if node_digest is None else f"sha256 {node_digest[:12]}"
+    raise ConfigError(
+        f"this node's frozen backbone from --model {model} ({mine}) is not the run's "
+        f"(sha256 {run_digest[:12]}); give this node the coordinator's model folder"
+    )

@@ -168,6 +168,7 @@ def _train(
         config.round_timeout,
         node_clients=config.node_client_map,
         schema_digest=evaluator.schema_digest,
+        backbone_digest=evaluator.backbone_digest,
     )
     start_weights = evaluator.initial_weights() if initial_weights is None else initial_weights
     if config.link_check:

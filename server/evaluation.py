@@ -17,6 +17,8 @@ from privet.task.config import RunConfig
 from privet.task.datasets import ArrayDataset, MissingValues, TrainTest
 from privet.task.models import (
     STATE_FILE_IN_FOLDER,
+    ModelError,
+    frozen_digest,
     get_weights,
     load_initial_state,
     load_state_file,
@@ -54,12 +56,20 @@ class ServerEvaluator:
             config.seed,
             lora=config.lora,
         )
+        self.backbone_digest: str | None = frozen_digest(self.model)
+        """SHA-256 of the tensors that never travel (a frozen backbone), as nodes must have them."""
         self.init_from: dict[str, str] | None = None
         """Where the first global model came from (run setting init-from): path and SHA-256."""
         if config.init_from:
             path = Path(config.init_from)
             state = load_state_file(path)
             load_initial_state(self.model, state, str(path))
+            if frozen_digest(self.model) != self.backbone_digest:
+                raise ModelError(
+                    f"init-from: {path} changes the model's frozen backbone, which never "
+                    "travels, so the clients would train another model; put those weights in "
+                    "the model folder instead (save_pretrained) and start from it"
+                )
             file = path / STATE_FILE_IN_FOLDER if path.is_dir() else path
             digest = hashlib.sha256(file.read_bytes()).hexdigest()
             self.init_from = {"file": str(file), "sha256": digest}

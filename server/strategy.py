@@ -155,11 +155,13 @@ class PrivetFedAvg(FedAvg):
         timeout: float,
         node_clients: Mapping[int, int] | None = None,
         schema_digest: str | None = None,
+        backbone_digest: str | None = None,
     ) -> None:
         """Ask the nodes which client (data shard) each is, so sampling can be reproducible.
 
-        ``schema_digest`` (a tabular run's schema) goes with the question: a node that encodes its
-        own file with another schema answers with an error and is refused, naming the fix.
+        ``schema_digest`` (a tabular run's schema) and ``backbone_digest`` (the frozen tensors of
+        a fine-tuning run) go with the question: a node that encodes its own file with another
+        schema, or holds another backbone, answers with an error and is refused, naming the fix.
 
         With ``node_clients`` (a deployment's run-config key node-clients: node id -> client id)
         only the listed nodes are admitted: any other node the SuperLink lets in is refused
@@ -206,7 +208,7 @@ class PrivetFedAvg(FedAvg):
                 wanted,
                 timeout,
             )
-        query = IdentityQuery(schema_digest).to_config()
+        query = IdentityQuery(schema_digest, backbone_digest).to_config()
         messages = [
             Message(
                 content=RecordDict({CONFIG_RECORD: ConfigRecord(dict(query))})

@@ -336,32 +336,46 @@ class EvaluateReply:
 
 SCHEMA_DIGEST = "schema-sha256"
 """Config key of a discovery QUERY: the SHA-256 of the tabular schema the run encodes data with."""
+BACKBONE_DIGEST = "backbone-sha256"
+"""Config key of a discovery QUERY: the SHA-256 of the model's tensors that never travel."""
 
 
 @dataclass(frozen=True)
 class IdentityQuery:
-    """The server's discovery (QUERY) message: which client is a node, and is its schema the run's.
+    """The server's discovery (QUERY) message: which client is a node; its schema and backbone.
 
     ``schema_digest`` is `task.tabular.schema_digest` of the run's tabular schema (None for
     image data): a node that encodes its own CSV with another schema would train a model whose
-    inputs mean something else, so it refuses before any round.
+    inputs mean something else, so it refuses before any round. ``backbone_digest`` is
+    `task.models.frozen_digest` of the server's model (None when every tensor travels): the
+    frozen backbone of a fine-tuning run never travels, so a node whose model folder holds other
+    weights would send adapters for another model; it refuses too.
     """
 
     schema_digest: str | None = None
+    backbone_digest: str | None = None
 
     def to_config(self) -> dict[str, str]:
-        """The config values (none when there is no schema)."""
-        return {} if self.schema_digest is None else {SCHEMA_DIGEST: self.schema_digest}
+        """The config values (none for a run without a schema or a frozen backbone)."""
+        values = {}
+        if self.schema_digest is not None:
+            values[SCHEMA_DIGEST] = self.schema_digest
+        if self.backbone_digest is not None:
+            values[BACKBONE_DIGEST] = self.backbone_digest
+        return values
 
     @classmethod
     def from_config(cls, values: Mapping[str, object]) -> IdentityQuery:
-        """Parse the query's config; an absent key is a run without a tabular schema."""
-        value = values.get(SCHEMA_DIGEST)
-        if value is None:
-            return cls()
-        if not isinstance(value, str) or len(value) != 64 or not _is_hex(value):
-            raise MessageError(f"query config key '{SCHEMA_DIGEST}' is not a SHA-256 hex digest")
-        return cls(value)
+        """Parse the query's config; an absent key is a run without that schema or backbone."""
+        digests = []
+        for key in (SCHEMA_DIGEST, BACKBONE_DIGEST):
+            value = values.get(key)
+            if value is not None and (
+                not isinstance(value, str) or len(value) != 64 or not _is_hex(value)
+            ):
+                raise MessageError(f"query config key '{key}' is not a SHA-256 hex digest")
+            digests.append(value)
+        return cls(*digests)
 
 
 def _is_hex(text: str) -> bool:

@@ -386,6 +386,31 @@ def weight_keys(model: nn.Module) -> tuple[str, ...]:
     return tuple(model.state_dict())
 
 
+def frozen_digest(model: nn.Module) -> str | None:
+    """SHA-256 of the model's tensors that do not travel (a frozen backbone), or None if all do.
+
+    Every party builds those tensors itself (from its model folder) and they are never sent, so
+    parties whose digests differ would train adapters for different models. The digest covers
+    each tensor's name, dtype, shape and bytes, in name order.
+    """
+    import hashlib
+
+    import torch
+
+    travelling = set(weight_keys(model))
+    state = model.state_dict()
+    frozen = sorted(key for key in state if key not in travelling)
+    if not frozen:
+        return None
+    digest = hashlib.sha256()
+    for key in frozen:
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        # Its bytes as stored (a uint8 view works for every dtype, bfloat16 and bool included).
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def get_weights(model: nn.Module, keys: Sequence[str] | None = None) -> list[np.ndarray]:
     """The tensors of `keys` (default: :func:`weight_keys`) as NumPy arrays, in that order."""
     state = model.state_dict()

@@ -203,3 +203,83 @@ def test_a_model_too_short_for_the_texts_is_refused_before_training(sms, tmp_pat
     with pytest.raises(Exception, match="at most 64 tokens.*lower --max-length") as error:
         run_in_process(config)
     assert "\n" not in str(error.value)
+
+
+def test_every_party_checks_it_holds_the_servers_frozen_backbone(sms, tmp_path):
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+    from safetensors.torch import load_file, save_file
+
+    from privet.client.app import make_client_app
+    from privet.server.evaluation import ServerEvaluator
+    from privet.task.messages import IdentityQuery
+    from privet.task.models import frozen_digest
+    from privet.task.task import build_task_model, task_named
+
+    folder, data = sms
+    config = text_config(folder, data, tmp_path / "run")
+    server = ServerEvaluator(config)
+    assert server.backbone_digest is not None
+    # Adapters and head change every round: the digest covers only what never travels.
+    model = build_task_model(task_named("classification"), config.model, (2, 32), 2, 1, config.lora)
+    assert frozen_digest(model) == server.backbone_digest
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(1.0)
+    assert frozen_digest(model) == server.backbone_digest
+    full = build_task_model(task_named("classification"), config.model, (2, 32), 2, 1)
+    assert frozen_digest(full) is None  # full fine-tuning: every tensor travels
+    # A node whose folder differs in one backbone weight refuses at discovery, naming both.
+    other = tmp_path / "other"
+    other.mkdir()
+    for file in folder.iterdir():
+        (other / file.name).write_bytes(file.read_bytes())
+    weights = load_file(str(other / "model.safetensors"))
+    weights["bert.encoder.layer.0.attention.self.key.weight"][0, 0] += 1e-3
+    save_file(weights, str(other / "model.safetensors"), metadata={"format": "pt"})
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    ask = IdentityQuery(None, server.backbone_digest).to_config()
+
+    def query(node_config: RunConfig) -> Message:
+        context = Context(
+            run_id=1,
+            node_id=7,
+            node_config={"partition-id": 0, "num-partitions": 3},
+            state=RecordDict(),
+            run_config={},
+        )
+        message = Message(
+            content=RecordDict({"config": ConfigRecord(dict(ask))}),
+            dst_node_id=7,
+            message_type="query",
+        )
+        return make_client_app(node_config)(message, context)
+
+    assert query(config).content["metrics"]["client-id"] == 0
+    with pytest.raises(ConfigError, match="frozen backbone .* is not the run's") as refused:
+        query(text_config(other, data, tmp_path / "run"))
+    assert server.backbone_digest[:12] in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_warm_start_that_changes_the_frozen_backbone_is_refused(sms, tmp_path):
+    from privet.server.evaluation import ServerEvaluator
+    from privet.task.models import ModelError
+
+    folder, data = sms
+    state = ServerEvaluator(text_config(folder, data, tmp_path / "a")).model.state_dict()
+    adapters = {key: value.clone() for key, value in state.items()}
+    for key in adapters:
+        if "lora_B" in key:
+            adapters[key] += 0.5  # adapters travel: a warm start may set them
+    torch.save(adapters, tmp_path / "adapters.pt")
+    warm = ServerEvaluator(
+        text_config(folder, data, tmp_path / "b", init_from=str(tmp_path / "adapters.pt"))
+    )
+    assert warm.init_from is not None
+    backbone = dict(adapters)
+    key = next(k for k in backbone if k.endswith("word_embeddings.weight"))
+    backbone[key] = backbone[key] + 1e-3
+    torch.save(backbone, tmp_path / "backbone.pt")
+    config = text_config(folder, data, tmp_path / "c", init_from=str(tmp_path / "backbone.pt"))
+    with pytest.raises(ModelError, match="changes the model's frozen backbone"):
+        ServerEvaluator(config)
