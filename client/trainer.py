@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from privet.client.local_plan import LocalPlan
 from privet.privacy import PoissonGaussianSteps
 from privet.task.datasets import ArrayDataset
+from privet.task.dp_compatible import make_dp_compatible
 from privet.task.models import get_weights
 from privet.task.task import (
     DEFAULT_TASK,
@@ -89,25 +89,6 @@ def supports_ghost_clipping(model: nn.Module) -> bool:
         if owns_parameters and type(module) not in known:
             return False
     return True
-
-
-def make_dp_compatible(model: nn.Module) -> nn.Module:
-    """Replace layers Opacus cannot train privately (e.g. BatchNorm), saying what was replaced."""
-    before = {name: type(module).__name__ for name, module in model.named_modules()}
-    if not ModuleValidator.validate(model, strict=False):
-        return model
-    fixed = ModuleValidator.fix(model)
-    after = {name: type(module).__name__ for name, module in fixed.named_modules()}
-    replaced = sorted(
-        f"{name}: {before[name]} -> {after[name]}"
-        for name in before
-        if name in after and before[name] != after[name]
-    )
-    logger.warning(
-        "the model was changed to make it trainable with DP-SGD: %s",
-        "; ".join(replaced) or "layers replaced",
-    )
-    return fixed
 
 
 def train_locally(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from privet.task.datasets import ArrayDataset, DatasetOptions, TrainTest, load_dataset
+from privet.task.dp_compatible import make_dp_compatible
 from privet.task.lora import LoraSettings, add_adapters
 from privet.task.models import ModelError, build_model, mark_travelling
 
@@ -342,6 +343,8 @@ def build_task_model(
             f"task {_name_of(task)!r} built {type(model).__name__}, not a torch.nn.Module; make "
             f"{_qualified(type(task))}.build_model return the model"
         )
+    # Every party fixes the model the same way (BatchNorm -> GroupNorm), so the tensors agree.
+    model = make_dp_compatible(model, name)
     if lora is not None:
         model = add_adapters(model, lora, seed)
     mark_travelling(model, travelling_keys(task, model))
