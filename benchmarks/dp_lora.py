@@ -30,6 +30,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -212,7 +213,6 @@ def run_bytes(folder: Path) -> dict[str, float]:
 
 def pretrain(folder: Path, public: Path, out: Path, epochs: int) -> Path:
     """``folder``'s model trained without DP on the public messages, saved as a new folder."""
-    import shutil
 
     import transformers
 
@@ -298,6 +298,7 @@ def federated(
     from privet.task.config import RunConfig
 
     output = root / f"federated-eps{epsilon:g}"
+    shutil.rmtree(output, ignore_errors=True)
     config = RunConfig(
         dataset="text",
         data_file=str(private),
@@ -322,7 +323,7 @@ def federated(
     return {
         "epsilon_target": epsilon,
         "accuracy": results.rounds[-1].accuracy,
-        "epsilon_max": max(client.epsilon for client in results.clients.values()),
+        "epsilon_max": max(client.epsilon for client in results.clients),
         "finished": results.finished,
         "seconds": time.perf_counter() - started,
         "bytes_up_per_client_per_round": json.loads((output / "results.json").read_text())[

@@ -36,7 +36,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from privet.client.deployment_wording import deployment_wording
-from privet.client.node_data import NodeData, load_node_data
+from privet.client.node_data import NodeData, load_node_data, with_node_model_folder
 from privet.client.schema_check import check_same_backbone, check_same_schema
 from privet.client.secure_aggregation import (
     PendingInput,
@@ -268,7 +268,9 @@ def _backbone_of(config: RunConfig, data: NodeData) -> str | None:
 
 
 def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:
-    return fixed if fixed is not None else RunConfig.from_mapping(context.run_config)
+    """The run config, with this node's own model folder when its node config names one."""
+    config = fixed if fixed is not None else RunConfig.from_mapping(context.run_config)
+    return with_node_model_folder(config, context.node_config)
 
 
 def status_metrics(status: ClientPrivacy, declined: bool) -> dict[str, int | float | list[int]]:

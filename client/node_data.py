@@ -28,6 +28,7 @@ one line naming the file and the fix, and never quote data values.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -63,8 +64,16 @@ from privet.task.datasets import (
     read_npz_examples,
     schema_digest,
 )
+from privet.task.models import model_folder
 from privet.task.partition import partition_indices
 from privet.task.task import task_named
+from privet.task.text import (
+    folder_label_index,
+    load_tokenizer,
+    read_text_file,
+    text_classes,
+    text_dataset,
+)
 
 __all__ = [
     "DATA_FORMATS",
@@ -79,14 +88,18 @@ __all__ = [
     "local_data_spec",
     "node_client_id",
     "split_shard",
+    "with_node_model_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
 LOCAL_VALIDATION_FRACTION = 0.1
 
-DATA_FORMATS: tuple[str, ...] = ("csv", "npz", "idx")
-"""Formats a node's `data-file` may have (node config `data-format`, else from its name)."""
+DATA_FORMATS: tuple[str, ...] = ("csv", "npz", "idx", "text")
+"""Formats a node's `data-file` may have (node config `data-format`, else from its name).
+
+``text`` is a text file (CSV/TSV with a header, or JSON Lines) in a run on text data; every
+node file of a text run is one."""
 
 _IDX_IMAGES_HINT = "data-file must name an IDX image file (idx3-ubyte, plain or .gz)"
 _IDX_LABELS_HINT = "label-file must name an IDX label file (idx1-ubyte, plain or .gz)"
@@ -114,8 +127,10 @@ class LocalDataSpec:
     """Where a node's own examples are and how to read them, from its node config.
 
     `label_file` is the IDX label file (format `idx` only); `label_column` is the CSV column to
-    predict when it is named differently on this node than in the schema (`csv` only);
-    `schema_file` is the node's copy of the agreed tabular schema (tabular runs only).
+    predict when it is named differently on this node than in the schema (`csv`), or the label
+    column of a text file (`text`, default: the run's); `text_column` is a text file's column of
+    texts (default: the run's); `schema_file` is the node's copy of the agreed tabular schema
+    (tabular runs only).
     """
 
     path: Path
@@ -123,6 +138,7 @@ class LocalDataSpec:
     label_file: Path | None = None
     label_column: str | None = None
     schema_file: Path | None = None
+    text_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +341,13 @@ def local_data_spec(config: RunConfig, node_config: Mapping[str, object]) -> Loc
     if data_file is None:
         raise ConfigError("this node has no data-file in its node config; add data-file='/path'")
     path = Path(data_file).expanduser()
+    if dataset_entry(config.dataset).kind == "text":
+        return _text_spec(config, node_config, path)
+    if _text_value(node_config, "text-column") is not None:
+        raise ConfigError(
+            f"node config text-column applies only to runs on text data, and '{config.dataset}' "
+            "is not; drop text-column"
+        )
     fmt = _text_value(node_config, "data-format")
     if fmt is not None:
         fmt = fmt.lower()
@@ -387,6 +410,48 @@ def local_data_spec(config: RunConfig, node_config: Mapping[str, object]) -> Loc
         label_column=label_column,
         schema_file=None if schema_file is None else Path(schema_file).expanduser(),
     )
+
+
+def _text_spec(config: RunConfig, node_config: Mapping[str, object], path: Path) -> LocalDataSpec:
+    """A text run's node file: its text and label columns (default: the run's)."""
+    fmt = _text_value(node_config, "data-format")
+    if fmt is not None and fmt.lower() != "text":
+        raise ConfigError(
+            f"the run trains on text, so this node's data file {path} is read as text; drop "
+            f"data-format={fmt!r} (or set it to 'text')"
+        )
+    for key in ("label-file", "schema-file"):
+        if _text_value(node_config, key) is not None:
+            raise ConfigError(f"node config {key} does not apply to text data; drop {key}")
+    label_column = _text_value(node_config, "label-column") or config.label_column
+    if label_column is None:
+        raise ConfigError(
+            "this node's text file needs its label column: add label-column='NAME' to the node "
+            "config"
+        )
+    return LocalDataSpec(
+        path=path,
+        data_format="text",
+        label_column=label_column,
+        text_column=_text_value(node_config, "text-column") or config.text_column,
+    )
+
+
+def with_node_model_folder(config: RunConfig, node_config: Mapping[str, object]) -> RunConfig:
+    """The run config with this node's own copy of the model folder (node config model-folder).
+
+    A partner keeps the pretrained model wherever it likes; the run's ``--model hf:FOLDER``
+    names the coordinator's path. Discovery then checks the two hold the same backbone.
+    """
+    folder = _text_value(node_config, "model-folder")
+    if folder is None:
+        return config
+    if model_folder(config.model) is None:
+        raise ConfigError(
+            f"node config model-folder applies to runs on a pretrained model (--model "
+            f"hf:FOLDER), and this run's model is {config.model}; drop model-folder"
+        )
+    return dataclasses.replace(config, model=f"hf:{folder}")
 
 
 def _is_tabular(config: RunConfig) -> bool:
@@ -496,7 +561,9 @@ def _load_local_cached(
     """Dispatch on the format; the keys only make a replaced file miss the cache."""
     del data_key, label_key, schema_key
     schema = None if spec.schema_file is None else load_schema_file(spec.schema_file)
-    if spec.data_format == "csv":
+    if spec.data_format == "text":
+        local = _load_local_text(config, spec)
+    elif spec.data_format == "csv":
         assert schema is not None  # local_data_spec requires it for csv
         local = _load_local_csv(config, spec, schema)
     elif spec.data_format == "npz":
@@ -621,6 +688,27 @@ def _rename_label(table: CsvTable, schema: TabularSchema, spec: LocalDataSpec) -
         return table
     renamed = tuple(schema.label_column if name == label else name for name in header)
     return CsvTable(table.source, renamed, table.rows, table.line_numbers)
+
+
+def _load_local_text(config: RunConfig, spec: LocalDataSpec) -> LocalExamples:
+    """Tokenize the node's text file with its model folder's tokenizer, labels by their names.
+
+    The classes must be the ones the model folder names (``id2label``): a node sees only its own
+    labels, so only the folder can number them as the server does.
+    """
+    folder_name = model_folder(config.model)
+    assert folder_name is not None and spec.label_column and spec.text_column  # config checks
+    folder = Path(folder_name).expanduser()
+    table = read_text_file(spec.path, spec.text_column, spec.label_column)
+    named = folder_label_index(folder)
+    if named is None:
+        raise DataError(
+            f"model folder {folder} names no labels (config.json id2label), so this node cannot "
+            "number its classes as the server does; save the model with id2label"
+        )
+    classes = text_classes(folder, table.labels)
+    examples = text_dataset(table, load_tokenizer(folder), config.max_length, classes)
+    return LocalExamples(examples, None, _present(examples))
 
 
 def _load_local_npz(

@@ -14,6 +14,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -283,3 +284,58 @@ def test_a_warm_start_that_changes_the_frozen_backbone_is_refused(sms, tmp_path)
     config = text_config(folder, data, tmp_path / "c", init_from=str(tmp_path / "backbone.pt"))
     with pytest.raises(ModelError, match="changes the model's frozen backbone"):
         ServerEvaluator(config)
+
+
+def test_a_partner_node_reads_its_own_text_file_with_its_own_copy_of_the_folder(sms, tmp_path):
+    from privet.client.node_data import load_node_data, with_node_model_folder
+    from privet.server.evaluation import ServerEvaluator
+    from privet.task.models import frozen_digest
+    from privet.task.task import build_task_model, task_named
+    from privet.task.text import encode_texts, load_tokenizer
+
+    folder, data = sms
+    config = text_config(folder, data, tmp_path / "run")
+    copy = tmp_path / "partner-model"
+    copy.mkdir()
+    for file in folder.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    own = tmp_path / "partner.jsonl"  # another format and column names, and only spam
+    rows = [row for row in sms_lines(800) if row[0] == "spam"][:30]
+    own.write_text("".join(json.dumps({"body": t, "kind": label}) + "\n" for label, t in rows))
+    node_config = {
+        "client-id": 2,
+        "data-file": str(own),
+        "text-column": "body",
+        "label-column": "kind",
+        "model-folder": str(copy),
+    }
+    node_run = with_node_model_folder(config, node_config)
+    assert node_run.model == f"hf:{copy}"
+    node = load_node_data(node_run, node_config)
+    assert node.client_id == 2 and node.classes_present == 1
+    assert set(node.train.labels.tolist()) == {1}  # spam is 1, as the folder's id2label says
+    everything = np.concatenate([node.train.features, node.validation.features])
+    expected = encode_texts(load_tokenizer(folder), [t for _, t in rows], config.max_length)
+    assert sorted(map(bytes, everything)) == sorted(map(bytes, expected))
+    # Its copy holds the server's backbone, so discovery admits it.
+    model = build_task_model(
+        task_named("classification"), node_run.model, (2, 32), 2, 1, node_run.lora
+    )
+    assert frozen_digest(model) == ServerEvaluator(config).backbone_digest
+    # Without label names in the folder a node cannot number its classes: one line.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for file in folder.iterdir():
+        (bare / file.name).write_bytes(file.read_bytes())
+    settings = json.loads((bare / "config.json").read_text())
+    settings["id2label"] = {"0": "LABEL_0", "1": "LABEL_1"}
+    settings["label2id"] = {"LABEL_0": 0, "LABEL_1": 1}
+    (bare / "config.json").write_text(json.dumps(settings))
+    with pytest.raises(DataError, match="names no labels") as error:
+        load_node_data(
+            with_node_model_folder(config, {**node_config, "model-folder": str(bare)}),
+            node_config | {"model-folder": str(bare)},
+        )
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="model-folder applies to runs on a pretrained model"):
+        with_node_model_folder(RunConfig(output=str(tmp_path / "x")), node_config)
