@@ -518,6 +518,7 @@ def make_client_app(
                 quantization_clipped=clipped,
                 train_seconds=outcome.train_seconds,
                 round_steps=outcome.steps,
+                gpu_peak_bytes=outcome.gpu_peak_bytes,
             )
             content = RecordDict(
                 {METRICS_RECORD: metric_record(reply.to_metrics()), RECORD_KEY: masked}
@@ -533,6 +534,7 @@ def make_client_app(
             within_clip=outcome.within_clip,
             train_seconds=outcome.train_seconds,
             round_steps=outcome.steps,
+            gpu_peak_bytes=outcome.gpu_peak_bytes,
         )
         content = RecordDict(
             {

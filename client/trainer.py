@@ -7,6 +7,7 @@ the optimizer, and which tensors the round returns (those that travel).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -50,6 +52,15 @@ class LocalTrainResult:
     events: list[PoissonGaussianSteps]
     steps: int
     grad_sample_mode: str
+    gpu_peak_bytes: int | None = None
+    """The most GPU memory the round held at once (None: it trained on the CPU)."""
+
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+"""Forward-pass precisions: fp32, or bf16 autocast (parameters, gradients and noise stay fp32).
+
+fp16 is not offered: it needs loss scaling, and a scaled loss scales every per-example gradient
+before Opacus clips it, so the clip norm would no longer bound what it claims to."""
 
 
 class InMemoryExamples(Dataset):
@@ -103,6 +114,8 @@ def train_locally(
     seed: int,
     device: torch.device,
     task: Task | None = None,
+    physical_batch_size: int | None = None,
+    precision: str = "fp32",
 ) -> LocalTrainResult:
     """Run `local_epochs` of Opacus DP-SGD with Poisson sampling on `data`, starting from `model`.
 
@@ -112,7 +125,18 @@ def train_locally(
     Gaussian noise, so a simulation is reproducible. The returned events come from Opacus' own
     accountant hook (one per optimizer step that ran) and are checked against the plan; any
     disagreement raises `AccountingMismatchError`.
+
+    `physical_batch_size` bounds the examples of one forward and backward pass: a larger Poisson
+    batch is processed in parts whose clipped gradients add up before the one noisy step
+    (Opacus' BatchMemoryManager), so the DP batch, the noise and ε do not change, only the
+    memory. `precision` "bf16" runs the forward pass under bfloat16 autocast. On a GPU the
+    round's peak memory is measured and the cache emptied afterwards, so clients that share a
+    GPU one after another do not pile up memory.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     task = task if task is not None else task_named(DEFAULT_TASK)
     if len(data) != plan.num_examples:
         raise AccountingMismatchError(
@@ -172,17 +196,33 @@ def train_locally(
         )
 
     steps_run = 0
-    with warnings.catch_warnings():
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         # Ghost clipping's double backward pass makes torch warn that inputs need no gradient.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        batches: DataLoader = private_loader
+        if physical_batch_size is not None:
+            batches = stack.enter_context(
+                BatchMemoryManager(
+                    data_loader=private_loader,
+                    max_physical_batch_size=physical_batch_size,
+                    optimizer=private_optimizer,
+                )
+            )
         for _ in range(local_epochs):
-            for inputs, targets in private_loader:
+            for inputs, targets in batches:
                 inputs, targets = inputs.to(device), targets.to(device)
+                # Opacus keeps the clipped sum of a batch's earlier parts across this call.
                 private_optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(private_model(inputs), targets, criterion)
+                with autocast:
+                    loss = task.loss(private_model(inputs), targets, criterion)
                 loss.backward()
                 private_optimizer.step()
-                steps_run += 1
+                # A part of a larger batch only adds its clipped gradients: no step, no noise.
+                if not private_optimizer._is_last_step_skipped:
+                    steps_run += 1
 
     events = [
         PoissonGaussianSteps(float(sigma), float(rate), int(count))
@@ -192,12 +232,18 @@ def train_locally(
     # Hand the caller's model back without Opacus' hooks and per-sample gradient buffers.
     plain_model = private_model.to_standard_module()
     weights = get_weights(plain_model, travelling)
+    peak = None
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(device))
+        del private_model, private_optimizer, plain_model, model
+        torch.cuda.empty_cache()  # the next client sharing this GPU starts from nothing
     return LocalTrainResult(
         weights=weights,
         num_examples=len(data),
         events=events,
         steps=steps_run,
         grad_sample_mode=mode,
+        gpu_peak_bytes=peak,
     )
 
 

@@ -40,6 +40,8 @@ class ClientTrainReport:
     """Wall-clock seconds of the round's local DP training (model built, Opacus, every step)."""
     steps: int | None = None
     """DP-SGD steps the round ran."""
+    gpu_peak_bytes: int | None = None
+    """The most GPU memory the round's training held at once (None: on the CPU)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,8 @@ def run_training_round(
         seed=round_seed(config, server_round, data.client_id),
         device=resolve_device(config.device),
         task=task,
+        physical_batch_size=config.physical_batch_size,
+        precision=config.precision,
     )
     train_seconds = time.perf_counter() - started
     ledger.record(server_round, result.events, run=run_token)
@@ -229,7 +233,9 @@ def run_training_round(
     if clip_norm is not None:
         update, within = clip_update(update, clip_norm)
     status = client_status(config, data, plan, ledger, run_token)
-    return ClientTrainReport(status, update, within, train_seconds, result.steps)
+    return ClientTrainReport(
+        status, update, within, train_seconds, result.steps, result.gpu_peak_bytes
+    )
 
 
 def run_local_evaluation(

@@ -37,6 +37,7 @@ from privet.task.config_checks import (
     MIN_NOISE_MULTIPLIER,
     MISSING_POLICY_NAMES,
     PARTITION_NAMES,
+    PRECISION_NAMES,
     SECTION_CHECKS,
     ConfigError,
     accountant_names,
@@ -467,6 +468,21 @@ class RunConfig:
     )
     device: str = setting(
         "auto", section="run", choices=_device_names, help="where clients train (default: auto)"
+    )
+    # GPU memory: a DP batch larger than fits is processed in parts (Opacus' BatchMemoryManager)
+    # whose clipped gradients add up before the one noisy step; ε and the update are unchanged.
+    physical_batch_size: int | None = setting(
+        None,
+        section="run",
+        help="most examples per forward/backward pass; larger DP batches are processed in "
+        "parts with the same noise and ε (default: the whole batch at once)",
+    )
+    precision: str = setting(
+        "fp32",
+        section="run",
+        choices=lambda: PRECISION_NAMES,
+        help="forward pass precision: fp32 (default) or bf16 autocast (parameters, gradients "
+        "and noise stay fp32)",
     )
     # Each command adds --output itself: a run's folder for `simulate`, the sweep's for `sweep`.
     output: str = setting(

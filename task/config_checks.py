@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 PARTITION_NAMES: tuple[str, ...] = ("iid", "dirichlet", "column")
 DEVICE_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda")
+PRECISION_NAMES: tuple[str, ...] = ("fp32", "bf16")
+"""Forward-pass precisions (`client.trainer.PRECISIONS`): fp16 would need loss scaling, which
+scales per-example gradients before they are clipped."""
 LOCAL_EVALUATION_CHOICES: tuple[str, ...] = ("every-round", "last-round", "never")
 """When clients evaluate the global model locally (run setting `local-evaluation`)."""
 CLIENT_SAMPLING_NAMES: tuple[str, ...] = ("poisson", "fixed")
@@ -260,10 +263,16 @@ def check_secure_aggregation(config: RunConfig) -> None:
 
 
 def check_run(config: RunConfig) -> None:
-    """Seed, device, output folder name and the server's timeout."""
+    """Seed, device and precision, output folder name and the server's timeout."""
     if config.seed < 0:
         raise ConfigError(f"seed must be >= 0, got {config.seed}")
     _one_of("device", config.device, DEVICE_NAMES)
+    _one_of("precision", config.precision, PRECISION_NAMES)
+    if config.physical_batch_size is not None and config.physical_batch_size < 1:
+        raise ConfigError(
+            f"physical-batch-size must be at least 1, got {config.physical_batch_size}; leave "
+            "it unset to process each batch at once"
+        )
     _one_of("local-evaluation", config.local_evaluation, LOCAL_EVALUATION_CHOICES)
     if not config.output:
         raise ConfigError("output must name a folder")

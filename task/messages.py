@@ -49,6 +49,7 @@ DECLINED = "declined"
 WITHIN_CLIP = "within-clip"
 QUANTIZATION_CLIPPED = "quantization-clipped"
 TRAIN_SECONDS = "train-seconds"
+GPU_PEAK_BYTES = "gpu-peak-bytes"
 ROUND_STEPS = "round-steps"
 
 LARGEST_COUNT = 2**53
@@ -230,6 +231,8 @@ class TrainReply:
     """Wall-clock seconds of the round's local training (None: not said, e.g. a decline)."""
     round_steps: int | None = None
     """DP-SGD steps the round ran (with ``train_seconds``: the step time)."""
+    gpu_peak_bytes: int | None = None
+    """The most GPU memory the client's training held at once (None: not on a GPU)."""
 
     def to_metrics(self) -> dict[str, ReportValue]:
         """The metric values, in the order the client always sent them."""
@@ -241,7 +244,16 @@ class TrainReply:
         if self.train_seconds is not None and self.round_steps is not None:
             values[TRAIN_SECONDS] = self.train_seconds
             values[ROUND_STEPS] = self.round_steps
+        if self.gpu_peak_bytes is not None:
+            values[GPU_PEAK_BYTES] = self.gpu_peak_bytes
         return values
+
+    @staticmethod
+    def gpu_peak_bytes_in(metrics: Mapping[str, object]) -> int | None:
+        """The GPU memory peak the client reported (None: not said, it trained on a CPU)."""
+        if GPU_PEAK_BYTES not in metrics:
+            return None
+        return read_count(metrics, GPU_PEAK_BYTES)
 
     @staticmethod
     def step_seconds_in(metrics: Mapping[str, object]) -> float | None:
@@ -277,7 +289,14 @@ class TrainReply:
         The server reads the parts one at a time (`declined_in`, ...) because each kind of
         malformed value drops the reply at its own step, with its own reason.
         """
-        contract = (DECLINED, WITHIN_CLIP, QUANTIZATION_CLIPPED, TRAIN_SECONDS, ROUND_STEPS)
+        contract = (
+            DECLINED,
+            WITHIN_CLIP,
+            QUANTIZATION_CLIPPED,
+            TRAIN_SECONDS,
+            ROUND_STEPS,
+            GPU_PEAK_BYTES,
+        )
         report = {k: v for k, v in metrics.items() if k not in contract}
         for key, value in report.items():
             if isinstance(value, list) and all(
@@ -297,6 +316,7 @@ class TrainReply:
             clipped,
             None if step is None else float(metrics[TRAIN_SECONDS]),  # type: ignore[arg-type]
             None if step is None else int(metrics[ROUND_STEPS]),  # type: ignore[call-overload]
+            cls.gpu_peak_bytes_in(metrics),
         )
 
 
@@ -445,6 +465,7 @@ __all__ = [
     "QUANTIZATION_CLIPPED",
     "ROUND_STEPS",
     "TRAIN_SECONDS",
+    "GPU_PEAK_BYTES",
     "RUN_TOKEN",
     "SERVER_ROUND",
     "WEIGHT",

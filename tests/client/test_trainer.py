@@ -159,3 +159,59 @@ def test_the_model_is_handed_back_without_opacus_hooks():
     hooks = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     assert hooks == 0
     assert all(not hasattr(p, "grad_sample") or p.grad_sample is None for p in model.parameters())
+
+
+class NoGhost(nn.Module):
+    """A layer ghost clipping has no rule for: the round runs in Opacus' hooks mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_physical_batches_change_memory_not_the_private_step(mode):
+    """A Poisson batch split into parts of 5 gives the same noisy steps, events and ε."""
+
+    def model():
+        built = build_model("mlp", (1, 4, 4), 3, seed=3)
+        return nn.Sequential(NoGhost(), built) if mode == "hooks" else built
+
+    data = small_data()
+    plan = fixed_plan(len(data), batch=32, epochs=1, sigma=1.0)
+    whole = train(model(), data, plan)
+    parts = train_locally(
+        model(), data, plan, batch_size=32, max_grad_norm=1.0, learning_rate=0.5,
+        local_epochs=1, seed=1, device=CPU, physical_batch_size=5,
+    )  # fmt: skip
+    assert whole.grad_sample_mode == parts.grad_sample_mode == mode
+    assert parts.steps == whole.steps == plan.steps_per_round
+    assert parts.events == whole.events
+    for a, b in zip(whole.weights, parts.weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert whole.gpu_peak_bytes is None  # on the CPU there is no GPU memory to report
+
+
+def test_bf16_autocast_trains_the_same_private_steps_in_lower_precision():
+    data = small_data()
+    plan = fixed_plan(len(data), batch=32, epochs=1, sigma=1.0)
+    full = train(build_model("mlp", (1, 4, 4), 3, seed=3), data, plan)
+    half = train_locally(
+        build_model("mlp", (1, 4, 4), 3, seed=3), data, plan, batch_size=32,
+        max_grad_norm=1.0, learning_rate=0.5, local_epochs=1, seed=1, device=CPU,
+        precision="bf16",
+    )  # fmt: skip
+    assert half.events == full.events and half.steps == full.steps
+    assert all(a.dtype == np.float32 for a in half.weights)  # parameters stay fp32
+    differences = [
+        float(np.abs(a - b).max()) for a, b in zip(full.weights, half.weights, strict=True)
+    ]
+    assert 0 < max(differences) < 0.05  # bf16 really ran, and it is the same training
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        train_locally(
+            build_model("mlp", (1, 4, 4), 3), data, plan, batch_size=32, max_grad_norm=1.0,
+            learning_rate=0.5, local_epochs=1, seed=1, device=CPU, precision="fp16",
+        )  # fmt: skip

@@ -172,6 +172,7 @@ def test_every_message_survives_a_round_trip_through_flower_records():
         TrainReply(REPORT.to_metrics(), declined=True),
         TrainReply(REPORT.to_metrics(), within_clip=False),
         TrainReply(REPORT.to_metrics(), quantization_clipped=5),
+        TrainReply(REPORT.to_metrics(), train_seconds=2.0, round_steps=4, gpu_peak_bytes=2**37),
     ):
         back = TrainReply.from_metrics(MetricRecord(reply.to_metrics()))
         assert back == reply
@@ -282,3 +283,11 @@ def test_a_train_reply_carries_its_step_time_and_a_bad_one_is_refused():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(MessageError, match="'train-seconds' is not a duration"):
             TrainReply.step_seconds_in({**metrics, "train-seconds": bad})
+
+
+def test_a_gpu_memory_peak_is_a_count_or_nothing():
+    assert TrainReply.gpu_peak_bytes_in({}) is None  # a client on a CPU says nothing
+    assert TrainReply.gpu_peak_bytes_in({"gpu-peak-bytes": 5 * 2**30}) == 5 * 2**30
+    for bad in (-1, 1.5, "big", math.inf):
+        with pytest.raises(MessageError, match="gpu-peak-bytes"):
+            TrainReply.gpu_peak_bytes_in({"gpu-peak-bytes": bad})
