@@ -211,52 +211,18 @@ def run_bytes(folder: Path) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def pretrain(folder: Path, public: Path, out: Path, epochs: int) -> Path:
-    """``folder``'s model trained without DP on the public messages, saved as a new folder."""
+def pretrain(public_rows: Sequence[tuple[str, str]], out: Path, epochs: int) -> Path:
+    """A small BERT and tokenizer made from the public messages and trained on them without DP.
 
-    import transformers
-
-    from privet.task.text import label_index, load_tokenizer, read_text_file, text_dataset
+    The same as ``privet model-folder --train-epochs EPOCHS`` on the public part.
+    """
+    from privet.task.model_folder import BertSize, make_text_model_folder
 
     if out.exists():
         return out
-    tokenizer = load_tokenizer(folder)
-    table = read_text_file(public, "text", "label")
-    data = text_dataset(table, tokenizer, LENGTH, label_index(table.labels))
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        str(folder), local_files_only=True
-    )
-    train_plain(model, data.features, data.labels, epochs, lr=1e-3, adam=True)
-    shutil.copytree(folder, out)
-    model.save_pretrained(str(out))
-    return out
-
-
-def train_plain(
-    model: torch.nn.Module,
-    features: np.ndarray,
-    labels: np.ndarray,
-    epochs: int,
-    lr: float,
-    adam: bool = False,
-) -> None:
-    """Train ``model``'s trainable parameters without DP (AdamW or SGD), seeded."""
-    import torch
-
-    torch.manual_seed(0)
-    x = torch.from_numpy(features).long()
-    y = torch.from_numpy(labels)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=lr) if adam else torch.optim.SGD(parameters, lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(y))
-        for start in range(0, len(y), BATCH):
-            index = order[start : start + BATCH]
-            optimizer.zero_grad()
-            out = model(input_ids=x[index, 0], attention_mask=x[index, 1])
-            torch.nn.functional.cross_entropy(out.logits, y[index]).backward()
-            optimizer.step()
+    texts, labels = [t for _, t in public_rows], [label for label, _ in public_rows]
+    size = BertSize(hidden_size=64, layers=2, heads=2, intermediate_size=256, vocab_size=30000)
+    return make_text_model_folder(out, texts, labels, size, train_epochs=epochs, max_length=LENGTH)
 
 
 def accuracy(model: torch.nn.Module, features: np.ndarray, labels: np.ndarray) -> float:
@@ -275,6 +241,7 @@ def central(pretrained: Path, private: Path, test: Path, epochs: int) -> dict[st
     import peft
     import transformers
 
+    from privet.task.model_folder import train_without_dp
     from privet.task.text import load_tokenizer, read_text_file, text_classes, text_dataset
 
     tokenizer = load_tokenizer(pretrained)
@@ -287,12 +254,18 @@ def central(pretrained: Path, private: Path, test: Path, epochs: int) -> dict[st
     before = accuracy(model, held.features, held.labels)
     config = peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, task_type=peft.TaskType.SEQ_CLS)
     model = peft.get_peft_model(model, config)
-    train_plain(model, train.features, train.labels, epochs, lr=1e-3, adam=True)
+    train_without_dp(model, train.features, train.labels.tolist(), epochs)
     return {"pretrained": before, "central_lora": accuracy(model, held.features, held.labels)}
 
 
 def federated(
-    pretrained: Path, private: Path, test: Path, epsilon: float, root: Path, rounds: int
+    pretrained: Path,
+    private: Path,
+    test: Path,
+    epsilon: float,
+    root: Path,
+    rounds: int,
+    training: dict[str, float],
 ) -> dict[str, object]:
     from privet.simulations.inprocess_engine import run_in_process
     from privet.task.config import RunConfig
@@ -309,9 +282,9 @@ def federated(
         lora_rank=RANK,
         clients=10,
         rounds=rounds,
-        local_epochs=1,
-        batch_size=BATCH,
-        lr=2.0,
+        local_epochs=int(training["local_epochs"]),
+        batch_size=int(training["batch_size"]),
+        lr=training["lr"],
         max_grad_norm=1.0,
         target_epsilon=epsilon,
         local_evaluation="never",
@@ -332,25 +305,27 @@ def federated(
     }
 
 
-def run_utility(sms: Path, root: Path, rounds: int, epochs: int) -> dict[str, object]:
+def run_utility(
+    sms: Path, root: Path, rounds: int, epochs: int, training: dict[str, float]
+) -> dict[str, object]:
     rows = read_sms(sms)
     public_rows, test_rows, private_rows = (
         rows[:PUBLIC],
         rows[PUBLIC : PUBLIC + TEST],
         rows[PUBLIC + TEST :],
     )
-    public = write_csv(root / "public.csv", public_rows)
     test = write_csv(root / "test.csv", test_rows)
     private = write_csv(root / "private.csv", private_rows)
-    folder = model_folder(root, public_rows, "2x64")
-    pretrained = pretrain(folder, public, root / "pretrained", epochs)
+    write_csv(root / "public.csv", public_rows)
+    pretrained = pretrain(public_rows, root / "pretrained", epochs)
     out: dict[str, object] = central(pretrained, private, test, epochs)
     out["majority"] = max(
         sum(label == "ham" for label, _ in test_rows),
         sum(label == "spam" for label, _ in test_rows),
     ) / len(test_rows)
     out["federated"] = [
-        federated(pretrained, private, test, epsilon, root, rounds) for epsilon in (3.0, 8.0)
+        federated(pretrained, private, test, epsilon, root, rounds, training)
+        for epsilon in (3.0, 8.0)
     ]
     return out
 
@@ -364,6 +339,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=10, help="federated rounds (utility)")
     parser.add_argument("--epochs", type=int, default=3, help="central epochs (utility)")
+    parser.add_argument("--lr", type=float, default=2.0, help="federated clients' SGD rate")
+    parser.add_argument("--batch-size", type=int, default=BATCH, help="federated DP batch")
+    parser.add_argument("--local-epochs", type=int, default=1, help="federated local epochs")
     parser.add_argument("--workdir", type=Path, default=None, help="keep folders here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--worker", choices=("dp", "plain"), help=argparse.SUPPRESS)
@@ -412,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{cost['memory_growth_ratio']:.2f}x, peak {cost['peak_ratio']:.2f}x (goal <= 1.3x)"
         )
     if "utility" in parts:
-        figures["utility"] = utility = run_utility(args.sms, root, args.rounds, args.epochs)
+        training = {"lr": args.lr, "batch_size": args.batch_size, "local_epochs": args.local_epochs}
+        figures["utility"] = utility = run_utility(
+            args.sms, root, args.rounds, args.epochs, training
+        )
         print(
             f"test accuracy ({TEST} messages): majority class {utility['majority']:.4f}, "
             f"pretrained on public {utility['pretrained']:.4f}, central LoRA without DP "

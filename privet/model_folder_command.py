@@ -3,13 +3,17 @@
     privet model-folder --data-file public.csv --label-column label --out FOLDER
         [--text-column text] [--hidden-size 64] [--layers 2] [--heads 2]
         [--intermediate-size 256] [--max-positions 512] [--vocab-size 8000] [--seed 0]
+        [--train-epochs 0] [--max-length 64]
 
 It trains a WordPiece tokenizer on the file's texts and saves it with a randomly initialised BERT
-classifier whose labels are the file's (`privet.task.model_folder`). ``--model hf:FOLDER`` then
-fine-tunes it. Real work starts from a pretrained folder instead (any ``save_pretrained`` folder
-of a sequence classifier with its tokenizer); this command exists so that text runs can be tried
-with nothing downloaded. The tokenizer's vocabulary comes from the texts: give it public text,
-never a partner's private data. Exit status: 0 written, 2 a problem (nothing written).
+classifier whose labels are the file's (`privet.task.model_folder`); with ``--train-epochs N``
+it trains the classifier on the file's labelled texts without DP, so that the folder is a
+pretrained starting point. ``--model hf:FOLDER`` then fine-tunes it. Real work starts from a
+pretrained folder instead (any ``save_pretrained`` folder of a sequence classifier with its
+tokenizer); this command exists so that text runs can be tried with nothing downloaded. The
+tokenizer's vocabulary, and with ``--train-epochs`` the weights, come from the file: give it
+public text, never a partner's private data. Exit status: 0 written, 2 a problem (nothing
+written).
 """
 
 from __future__ import annotations
@@ -53,6 +57,19 @@ def add_model_folder_parser(commands: argparse._SubParsersAction) -> None:
         help=f"the tokenizer's largest vocabulary (default: {defaults.vocab_size})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights (default: 0)")
+    parser.add_argument(
+        "--train-epochs",
+        type=int,
+        default=0,
+        help="train the new model this many epochs on the file's labelled texts, without DP: "
+        "the file must be public (default: 0, a random model)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=64,
+        help="tokens per text when training (default: 64)",
+    )
 
 
 def run_model_folder(args: argparse.Namespace) -> int:
@@ -67,12 +84,21 @@ def run_model_folder(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
     )
     out = Path(args.out).expanduser()
-    make_text_model_folder(out, table.texts, table.labels, size, seed=args.seed)
+    make_text_model_folder(
+        out,
+        table.texts,
+        table.labels,
+        size,
+        seed=args.seed,
+        train_epochs=args.train_epochs,
+        max_length=args.max_length,
+    )
     labels = ", ".join(sorted(set(table.labels)))
+    trained = f"trained {args.train_epochs} epoch(s) without DP" if args.train_epochs else "random"
     print(
-        f"wrote {out}: a BERT classifier ({size.layers} layers, hidden size {size.hidden_size}) "
-        f"for labels {labels}, and a tokenizer trained on {len(table)} texts; use it with "
-        f"--model hf:{out}",
+        f"wrote {out}: a BERT classifier ({size.layers} layers, hidden size {size.hidden_size}, "
+        f"{trained}) for labels {labels}, and a tokenizer trained on {len(table)} texts; use it "
+        f"with --model hf:{out}",
         file=sys.stdout,
     )
     return 0

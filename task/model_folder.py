@@ -2,8 +2,9 @@
 
 ``privet model-folder`` writes one, so that text fine-tuning can be tried (and tested, and
 benchmarked) with no download: a WordPiece tokenizer trained with Hugging Face ``tokenizers`` on
-a text file's texts, and a randomly initialised ``BertForSequenceClassification`` of the size
-asked, both saved with ``save_pretrained`` exactly as a downloaded model folder is. Its
+a text file's texts, and a ``BertForSequenceClassification`` of the size asked (random, or
+trained without DP on that file's labelled texts), both saved with ``save_pretrained`` exactly
+as a downloaded model folder is. Its
 ``id2label`` holds the file's labels, so every party numbers the classes the same way
 (`privet.task.text.text_classes`).
 
@@ -19,8 +20,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from privet.task.containers import DataError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -55,12 +62,19 @@ def make_text_model_folder(
     labels: Sequence[str],
     size: BertSize = BertSize(),
     seed: int = 0,
+    train_epochs: int = 0,
+    max_length: int = 64,
 ) -> Path:
-    """Write a tokenizer trained on ``texts`` and a random BERT for ``labels`` into ``folder``.
+    """Write a tokenizer trained on ``texts`` and a BERT for ``labels`` into ``folder``.
 
+    The BERT is random, or, with ``train_epochs``, trained that many epochs on the labelled
+    texts without DP (`train_without_dp`, texts cut to ``max_length`` tokens): the texts are
+    public by assumption, so this is the pretrained starting point a federation fine-tunes.
     The folder is written next to its final place and renamed into it, so a failure leaves
     nothing half-written; an existing folder is refused.
     """
+    if train_epochs < 0:
+        raise DataError(f"train-epochs must be 0 or more, got {train_epochs}")
     size.check()
     if folder.exists():
         raise DataError(f"{folder} already exists; choose a new folder for the model")
@@ -125,9 +139,48 @@ def make_text_model_folder(
             model = transformers.BertForSequenceClassification(config)
         finally:
             torch.random.set_rng_state(generator_state)
+        if train_epochs:
+            from privet.task.text import encode_texts
+
+            features = encode_texts(fast, texts, max_length)
+            numbered = [classes.index(label) for label in labels]
+            train_without_dp(model, features, numbered, train_epochs, seed=seed)
         model.save_pretrained(str(staging))
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def train_without_dp(
+    model: nn.Module,
+    features: np.ndarray,
+    labels: Sequence[int],
+    epochs: int,
+    *,
+    learning_rate: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> None:
+    """Train a Hugging Face classifier's trainable parameters on token features, without DP.
+
+    ``features`` are `privet.task.text.encode_texts`' (ids and masks); AdamW, shuffled batches
+    drawn under ``seed``. For public data only: nothing here is private.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.from_numpy(np.asarray(features)).long()
+    targets = torch.as_tensor(list(labels), dtype=torch.long)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(targets), generator=generator)
+        for start in range(0, len(targets), batch_size):
+            index = order[start : start + batch_size]
+            optimizer.zero_grad()
+            out = model(input_ids=tokens[index, 0], attention_mask=tokens[index, 1])
+            torch.nn.functional.cross_entropy(out.logits, targets[index]).backward()
+            optimizer.step()

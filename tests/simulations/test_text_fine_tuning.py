@@ -160,6 +160,15 @@ def test_the_model_folder_command_writes_a_folder_that_numbers_labels_by_its_nam
     assert text_classes(out, ["spam", "spam"]) == {"ham": 0, "spam": 1}
     with pytest.raises(DataError, match="not among the 2 label names"):
         text_classes(out, ["spam", "eggs"])
+    # --train-epochs trains the classifier on the (public) file without DP.
+    trained = tmp_path / "trained"
+    flags = ["--layers", "1", "--train-epochs", "2", "--max-length", "8", "--out", str(trained)]
+    assert main(["model-folder", *args, *flags]) == 0
+    weights = [
+        transformers.AutoModelForSequenceClassification.from_pretrained(str(f)).state_dict()
+        for f in (out, trained)
+    ]
+    assert not torch.equal(weights[0]["classifier.weight"], weights[1]["classifier.weight"])
     # An existing folder is refused, and nothing in it changes.
     before = (out / "config.json").read_bytes()
     assert main(["model-folder", *args, "--out", str(out)]) == 2
