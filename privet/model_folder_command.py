@@ -22,8 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from privet.task.model_folder import BertSize, make_text_model_folder
-from privet.task.text import read_text_file
+from privet.task.model_folder import BertSize, make_causal_lm_folder, make_text_model_folder
+from privet.task.text import read_prompt_file, read_text_file
 
 __all__ = ["add_model_folder_parser", "run_model_folder"]
 
@@ -43,7 +43,16 @@ def add_model_folder_parser(commands: argparse._SubParsersAction) -> None:
         "--data-file", metavar="FILE", required=True, help="CSV/TSV with a header, or JSONL"
     )
     parser.add_argument("--text-column", metavar="NAME", default="text", help="(default: text)")
-    parser.add_argument("--label-column", metavar="NAME", required=True, help="the labels")
+    parser.add_argument("--label-column", metavar="NAME", help="the labels (a classifier)")
+    parser.add_argument(
+        "--causal-lm",
+        action="store_true",
+        help="make a small Llama language model for --task causal-lm instead of a classifier; "
+        "the tokenizer learns from --text-column (the prompts) and --response-column",
+    )
+    parser.add_argument(
+        "--response-column", metavar="NAME", default="response", help="(default: response)"
+    )
     parser.add_argument("--out", metavar="FOLDER", required=True, help="a new folder to write")
     defaults = BertSize()
     for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_positions"):
@@ -74,7 +83,8 @@ def add_model_folder_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_model_folder(args: argparse.Namespace) -> int:
     """Write the folder and say what it holds; returns the exit status."""
-    table = read_text_file(Path(args.data_file).expanduser(), args.text_column, args.label_column)
+    from privet.cli import CliError
+
     size = BertSize(
         hidden_size=args.hidden_size,
         layers=args.layers,
@@ -84,6 +94,24 @@ def run_model_folder(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
     )
     out = Path(args.out).expanduser()
+    if args.causal_lm:
+        if args.train_epochs or args.label_column:
+            raise CliError(
+                "--causal-lm makes a random language model: drop --train-epochs and --label-column"
+            )
+        prompts = read_prompt_file(
+            Path(args.data_file).expanduser(), args.text_column, args.response_column
+        )
+        make_causal_lm_folder(out, prompts.prompts + prompts.responses, size, seed=args.seed)
+        print(
+            f"wrote {out}: a Llama language model ({size.layers} layers, hidden size "
+            f"{size.hidden_size}, random) and a tokenizer trained on {len(prompts)} prompts and "
+            f"responses; use it with --task causal-lm --dataset prompts --model hf:{out}"
+        )
+        return 0
+    if not args.label_column:
+        raise CliError("--label-column NAME is needed for a classifier (or give --causal-lm)")
+    table = read_text_file(Path(args.data_file).expanduser(), args.text_column, args.label_column)
     make_text_model_folder(
         out,
         table.texts,

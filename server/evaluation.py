@@ -81,6 +81,8 @@ class ServerEvaluator:
             p.numel() for name, p in self.model.named_parameters() if name in trains
         )
         self.device = torch.device("cpu")
+        self.extra: dict[str, float] = {}
+        """The task's other metrics (`Metrics.extra`) of the weights last scored."""
 
     def initial_weights(self) -> list[np.ndarray]:
         """The first global model's travelling tensors.
@@ -94,4 +96,5 @@ class ServerEvaluator:
         """(loss, accuracy) of `weights` (the travelling tensors) on the test split."""
         set_weights(self.model, weights)
         metrics = self.task.evaluate(self.model, self.test, self.device)
+        self.extra = dict(metrics.extra)
         return metrics.loss, metrics.accuracy

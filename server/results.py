@@ -78,6 +78,8 @@ class RoundRecord:
     """Clients' error replies: {"client": id or None, "stage": ..., "reason": one line}."""
     cost: dict[str, Any] | None = None
     """Bytes each client was sent and sent back, seconds per local DP-SGD step (`RoundOutcome`)."""
+    metrics: dict[str, float] | None = None
+    """The task's other test metrics of the round's model (a language model's perplexity)."""
 
 
 def round_warning(record: RoundRecord) -> str | None:

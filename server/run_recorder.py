@@ -81,6 +81,7 @@ class RunRecorder:
             no_update=outcome.no_update,
             failures=outcome.failures,
             cost=outcome.cost(),
+            metrics=dict(self.evaluator.extra) or None,
         )
         results.rounds.append(record)
         self.collect()

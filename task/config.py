@@ -148,6 +148,11 @@ _FEATURES: dict[str, tuple[str, str, Callable[[RunConfig], bool]]] = {
         "use --dataset text",
         lambda config: dataset_entry(config.dataset).kind == "text",
     ),
+    "prompts": (
+        "prompt-response data",
+        "use --dataset prompts --task causal-lm",
+        lambda config: config.dataset == "prompts",
+    ),
     "lora": (
         "LoRA adapters",
         "add --lora-rank R",
@@ -191,6 +196,16 @@ class RunConfig:
         needs="text",
         help="text data: tokens per text; longer texts are truncated, shorter ones padded "
         "(default: {default})",
+    )
+    # Prompt-response data (--dataset prompts, --task causal-lm): the loss is on the response.
+    prompt_column: str = setting(
+        "prompt", section="data", needs="prompts", help="prompt data: the column of the prompts"
+    )
+    response_column: str = setting(
+        "response",
+        section="data",
+        needs="prompts",
+        help="prompt data: the column of the responses the model learns to give",
     )
     partition_column: str | None = setting(
         None, section="data", help="column whose values split a CSV across clients"
@@ -569,6 +584,8 @@ class RunConfig:
             text_column=self.text_column,
             max_length=self.max_length,
             model_folder=model_folder(self.model),
+            prompt_column=self.prompt_column,
+            response_column=self.response_column,
         )
 
     @property

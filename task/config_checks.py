@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from privet.task.causal_lm import CAUSAL_LM_TASK
 from privet.task.datasets import MISSING_POLICIES, DataError, dataset_entry, dataset_names
 from privet.task.lora import MAX_LORA_RANK, LoraSettings
 from privet.task.models import ModelError, model_folder, resolve_builder
@@ -112,6 +113,15 @@ def check_data(config: RunConfig) -> None:
     _validate_dataset_options(config)
 
 
+def _check_task_data(config: RunConfig) -> None:
+    """A language model learns from prompts and responses, and only from them."""
+    if config.task == CAUSAL_LM_TASK and config.dataset != "prompts":
+        raise ConfigError(
+            f"task {CAUSAL_LM_TASK!r} learns responses to prompts; use --dataset prompts "
+            "--data-file FILE (columns prompt and response)"
+        )
+
+
 def check_model(config: RunConfig) -> None:
     """A registered task, a registered model, an ``hf:`` folder or a `module:function` builder.
 
@@ -119,6 +129,7 @@ def check_model(config: RunConfig) -> None:
     target names that are module names.
     """
     _one_of("task", config.task, task_names())
+    _check_task_data(config)
     try:
         resolve_builder(config.model)
     except ModelError as error:
@@ -371,6 +382,15 @@ def _validate_text_options(config: RunConfig) -> None:
         raise ConfigError("text-column is empty; name the column of the texts")
     if config.schema_file:
         raise ConfigError("schema-file applies only to tabular data sets; drop it for text data")
+    prompts, causal = config.dataset == "prompts", config.task == CAUSAL_LM_TASK
+    if prompts and not causal:
+        raise ConfigError(
+            "dataset 'prompts' holds prompts and responses for a language model; add --task "
+            f"{CAUSAL_LM_TASK}"
+        )
+    for column in ("prompt_column", "response_column"):
+        if prompts and not getattr(config, column).strip():
+            raise ConfigError(f"{column.replace('_', '-')} is empty; name the column")
 
 
 def _needed_options(config: RunConfig, kind: str, needs: tuple[str, ...]) -> tuple[str, ...]:

@@ -155,6 +155,8 @@ class DatasetOptions:
     text_column: str = "text"
     max_length: int = 128
     model_folder: str | None = None
+    prompt_column: str = "prompt"
+    response_column: str = "response"
 
 
 DatasetLoader = Callable[[DatasetOptions], TrainTest]
@@ -387,6 +389,14 @@ def _text(options: DatasetOptions) -> TrainTest:
     return load_text_data(options)
 
 
+@register_dataset("prompts", kind="text", needs=("data-file",))
+def _prompts(options: DatasetOptions) -> TrainTest:
+    """Prompts and responses for a causal language model (``--task causal-lm``)."""
+    from privet.task.text import load_prompt_data  # lazy: transformers only for text runs
+
+    return load_prompt_data(options)
+
+
 DATASETS: tuple[str, ...] = dataset_names()
 """The built-in data set names (what this module registers); :func:`dataset_names` has them all."""
 
@@ -406,6 +416,8 @@ def load_dataset(
     text_column: str = "text",
     max_length: int = 128,
     model_folder: str | None = None,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
 ) -> TrainTest:
     """Load data set ``name`` (one of :func:`dataset_names`) as train and test arrays.
 
@@ -416,6 +428,8 @@ def load_dataset(
     - csv: ``data_file`` with a header row; ``label_column`` required (unless a schema names it).
     - text: ``data_file`` (CSV/TSV with a header, or JSON Lines) with ``text_column`` and
       ``label_column``, tokenized to ``max_length`` by the tokenizer in ``model_folder``.
+    - prompts: ``data_file`` with ``prompt_column`` and ``response_column``, for a causal
+      language model (``--task causal-lm``), tokenized likewise.
     - any data set added with :func:`register_dataset`.
 
     Tabular data sets may name a ``partition_column``: it is left out of the features and its
@@ -463,6 +477,8 @@ def load_dataset(
         text_column=text_column,
         max_length=max_length,
         model_folder=_option(model_folder),
+        prompt_column=prompt_column,
+        response_column=response_column,
     )
     if entry.kind == "image" and test_file is not None:
         return _with_image_test_file(entry, options, test_file)

@@ -60,14 +60,18 @@ def load_sequence_classifier(
     return TokenClassifier(model).train()
 
 
-class TokenClassifier(nn.Module):
-    """A Hugging Face sequence classifier that takes (n, 2, length) token features.
+class TokenModel(nn.Module):
+    """A Hugging Face model that takes token features (n, 2 or more, length) and gives logits.
 
-    Position and token-type ids are passed explicitly, one row per example (when the model takes
-    them): a model that builds them itself broadcasts one row over the batch, and Opacus would
-    then see its position embeddings' input without the batch dimension that per-example
-    gradients need.
+    ``features[:, 0]`` are token ids and ``features[:, 1]`` attention masks (further channels,
+    such as a response mask, are for the loss and ignored here). Position and token-type ids are
+    passed explicitly, one row per example (when the model takes them): a model that builds
+    them itself broadcasts one row over the batch, and Opacus would then see its position
+    embeddings' input without the batch dimension that per-example gradients need.
+    ``peft_task_type`` is the PEFT task LoRA adapters are added for (`privet.task.lora`).
     """
+
+    peft_task_type = "SEQ_CLS"
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -77,7 +81,7 @@ class TokenClassifier(nn.Module):
         self._token_types = "token_type_ids" in accepted
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """Class logits of the texts whose ids and masks are ``features[:, 0]``, ``[:, 1]``."""
+        """The model's logits for the texts with ids ``features[:, 0]`` and masks ``[:, 1]``."""
         # Contiguous: Opacus' per-example norms of an embedding view the ids flat.
         ids = features[:, 0].long().contiguous()
         mask = features[:, 1].long().contiguous()
@@ -89,3 +93,38 @@ class TokenClassifier(nn.Module):
         if self._token_types:
             extra["token_type_ids"] = torch.zeros_like(ids)
         return self.model(input_ids=ids, attention_mask=mask, **extra).logits
+
+
+class TokenClassifier(TokenModel):
+    """A sequence classifier: logits (n, classes)."""
+
+    peft_task_type = "SEQ_CLS"
+
+
+class TokenLanguageModel(TokenModel):
+    """A causal language model: logits (n, length, vocabulary), one per next token."""
+
+    peft_task_type = "CAUSAL_LM"
+
+
+def load_causal_lm(folder: Path, max_length: int | None = None) -> nn.Module:
+    """The folder's causal language model, wrapped to take token features (`TokenLanguageModel`)."""
+    check_model_folder(folder)
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as error:
+        first = " ".join(str(error).split())[:200]
+        raise ModelError(
+            f"model folder {folder}: no causal language model loads from it ({first})"
+        ) from None
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if max_length is not None and isinstance(positions, int) and positions < max_length:
+        raise ModelError(
+            f"model folder {folder} takes texts of at most {positions} tokens, and the run "
+            f"tokenizes to --max-length {max_length}; lower --max-length"
+        )
+    return TokenLanguageModel(model).train()

@@ -55,18 +55,19 @@ class LoraSettings:
 def add_adapters(model: nn.Module, settings: LoraSettings, seed: int) -> nn.Module:
     """``model`` with LoRA adapters added and everything else but the task head frozen.
 
-    ``model`` must be a pretrained classifier built by ``--model hf:FOLDER``
-    (`privet.task.hf_models.TokenClassifier`); the adapters are added to the Hugging Face model
-    inside it, in place, and drawn under ``seed``.
+    ``model`` must be a pretrained model built by ``--model hf:FOLDER``
+    (`privet.task.hf_models.TokenModel`: a classifier, whose head keeps training, or a causal
+    language model); the adapters are added to the Hugging Face model inside it, in place, and
+    drawn under ``seed``.
     """
     import warnings
 
     import peft
     import torch
 
-    from privet.task.hf_models import TokenClassifier
+    from privet.task.hf_models import TokenModel
 
-    if not isinstance(model, TokenClassifier):
+    if not isinstance(model, TokenModel):
         raise ModelError(
             f"LoRA adapters need a pretrained model given as --model hf:FOLDER, not "
             f"{type(model).__name__}; drop --lora-rank to train every parameter"
@@ -77,7 +78,7 @@ def add_adapters(model: nn.Module, settings: LoraSettings, seed: int) -> nn.Modu
         lora_alpha=settings.alpha,  # type: ignore[arg-type]
         lora_dropout=0.0,
         target_modules=list(settings.targets) if settings.targets else None,
-        task_type=peft.TaskType.SEQ_CLS,
+        task_type=peft.TaskType(model.peft_task_type),
     )
     generator_state = torch.random.get_rng_state()
     try:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from privet.task.containers import DataError
 
 if TYPE_CHECKING:
     from torch import nn
+    from transformers import PreTrainedTokenizerFast
+
+ModelT = TypeVar("ModelT")
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -76,50 +79,13 @@ def make_text_model_folder(
     if train_epochs < 0:
         raise DataError(f"train-epochs must be 0 or more, got {train_epochs}")
     size.check()
-    if folder.exists():
-        raise DataError(f"{folder} already exists; choose a new folder for the model")
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise DataError(f"the labels hold {len(classes)} distinct value(s); a classifier needs 2")
-    import torch
     import transformers
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
 
-    transformers.utils.logging.disable_progress_bar()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=size.vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-        )
-        tokenizer.train_from_iterator(list(texts), trainer)
-        cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]",
-            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-        )
-        fast = transformers.PreTrainedTokenizerFast(
-            tokenizer_object=tokenizer,
-            unk_token="[UNK]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-            mask_token="[MASK]",
-            model_max_length=size.max_positions,
-        )
+    def write(staging: Path) -> None:
+        fast = _word_piece_tokenizer(texts, size)
         fast.save_pretrained(str(staging))
         config = transformers.BertConfig(
             vocab_size=len(fast),
@@ -133,12 +99,7 @@ def make_text_model_folder(
             label2id={name: index for index, name in enumerate(classes)},
             pad_token_id=fast.pad_token_id,
         )
-        generator_state = torch.random.get_rng_state()
-        try:
-            torch.manual_seed(seed)
-            model = transformers.BertForSequenceClassification(config)
-        finally:
-            torch.random.set_rng_state(generator_state)
+        model = _seeded(lambda: transformers.BertForSequenceClassification(config), seed)
         if train_epochs:
             from privet.task.text import encode_texts
 
@@ -146,11 +107,108 @@ def make_text_model_folder(
             numbered = [classes.index(label) for label in labels]
             train_without_dp(model, features, numbered, train_epochs, seed=seed)
         model.save_pretrained(str(staging))
+
+    return _written(folder, write)
+
+
+def make_causal_lm_folder(
+    folder: Path, texts: Sequence[str], size: BertSize = BertSize(), seed: int = 0
+) -> Path:
+    """Write a tokenizer trained on ``texts`` and a random small Llama language model.
+
+    The same tokenizer as `make_text_model_folder` (its ``[SEP]`` ends a text); the model has
+    ``size``'s width, layers and heads. For ``--task causal-lm`` runs on this machine.
+    """
+    size.check()
+    import transformers
+
+    def write(staging: Path) -> None:
+        fast = _word_piece_tokenizer(texts, size)
+        fast.save_pretrained(str(staging))
+        config = transformers.LlamaConfig(
+            vocab_size=len(fast),
+            hidden_size=size.hidden_size,
+            intermediate_size=size.intermediate_size,
+            num_hidden_layers=size.layers,
+            num_attention_heads=size.heads,
+            num_key_value_heads=size.heads,
+            max_position_embeddings=size.max_positions,
+            pad_token_id=fast.pad_token_id,
+            bos_token_id=fast.cls_token_id,
+            eos_token_id=fast.sep_token_id,
+            tie_word_embeddings=False,
+        )
+        _seeded(lambda: transformers.LlamaForCausalLM(config), seed).save_pretrained(str(staging))
+
+    return _written(folder, write)
+
+
+def _written(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write`` into a staging folder beside ``folder``, then rename it into place."""
+    if folder.exists():
+        raise DataError(f"{folder} already exists; choose a new folder for the model")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write(staging)
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _seeded(build: Callable[[], ModelT], seed: int) -> ModelT:
+    """``build()`` under torch's generator seeded with ``seed``, which is then put back."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _word_piece_tokenizer(texts: Sequence[str], size: BertSize) -> PreTrainedTokenizerFast:
+    """A lowercasing WordPiece tokenizer trained on ``texts``: [CLS] text [SEP], [PAD] pads."""
+    import transformers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=size.vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tokenizer.train_from_iterator(list(texts), trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=size.max_positions,
+    )
 
 
 def train_without_dp(

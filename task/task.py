@@ -109,6 +109,8 @@ class Task(ABC):
             text_column=options.text_column,
             max_length=options.max_length,
             model_folder=options.model_folder,
+            prompt_column=options.prompt_column,
+            response_column=options.response_column,
         )
 
     def build_model(
@@ -420,3 +422,7 @@ class ClassificationTask(Task):
                 total_loss += float(loss_fn(logits, y))
                 correct += int((logits.argmax(dim=1) == y).sum())
         return Metrics(total_loss / len(data), correct / len(data))
+
+
+# The other built-in task lives in a module of its own (it needs this one's names).
+from privet.task import causal_lm  # noqa: E402, F401  (registers "causal-lm")

@@ -111,6 +111,81 @@ def read_text_file(
     return TextTable(tuple(texts), tuple(labels))
 
 
+@dataclass(frozen=True)
+class PromptTable:
+    """A prompt file's examples: each prompt and the response a model should learn to give."""
+
+    prompts: tuple[str, ...]
+    responses: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def read_prompt_file(
+    path: Path, prompt_column: str, response_column: str, fmt: str | None = None
+) -> PromptTable:
+    """The prompts and responses of ``path`` (CSV/TSV with a header, or JSON Lines)."""
+    problem = not_a_file_reason(path)
+    if problem is not None:
+        raise DataError(f"prompt file {path} {problem}; point --data-file at a prompt file")
+    fmt = fmt or text_format(path)
+    rows = _json_rows(path) if fmt == "jsonl" else _delimited_rows(path, fmt)
+    prompts: list[str] = []
+    responses: list[str] = []
+    for number, row in rows:
+        for column in (prompt_column, response_column):
+            if column not in row:
+                raise DataError(
+                    f"prompt file {path}, line {number}: no column {column!r}; name the columns "
+                    "with --prompt-column and --response-column"
+                )
+            if not isinstance(row[column], str) or not row[column].strip():
+                raise DataError(
+                    f"prompt file {path}, line {number}: the {column!r} value is empty or not "
+                    "text; remove the line or fill it in"
+                )
+        prompts.append(row[prompt_column])
+        responses.append(row[response_column])
+    if not prompts:
+        raise DataError(f"prompt file {path} holds no examples; give it a header and some rows")
+    return PromptTable(tuple(prompts), tuple(responses))
+
+
+def encode_prompt_responses(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+) -> np.ndarray:
+    """(n, 3, max_length) float32: token ids, attention mask, and 1 on the response's tokens.
+
+    Each example is the prompt (with the tokenizer's special tokens) followed by the response
+    and an end-of-text token, cut to ``max_length`` and padded. A causal language model learns
+    the tokens the third channel marks: the loss is on the response, never on the prompt.
+    """
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise DataError(f"max length must be a whole number of at least 2, got {max_length!r}")
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
+        raise DataError("the tokenizer has no end-of-text (eos or sep) token; set one and save it")
+    pad = int(tokenizer.pad_token_id)
+    heads = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    tails = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    out = np.zeros((len(heads), 3, max_length), dtype=np.int64)
+    out[:, 0] = pad
+    for row, (head, tail) in enumerate(zip(heads, tails, strict=True)):
+        tokens = (list(head) + list(tail) + [int(end)])[:max_length]
+        out[row, 0, : len(tokens)] = tokens
+        out[row, 1, : len(tokens)] = 1
+        out[row, 2, len(head) : len(tokens)] = 1
+    if out.size and int(out[:, 0].max()) >= EXACT_IDS_BELOW:
+        raise DataError(
+            f"a token id reached {int(out[:, 0].max())}, beyond float32's exact integers"
+        )
+    return out.astype(np.float32)
+
+
 def _delimited_rows(path: Path, fmt: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) of a CSV (quoted fields) or TSV (quoting off) with a header row."""
     try:
@@ -409,5 +484,62 @@ def _load_text_cached(
             kind="text",
             test_source=f"held-out {test_fraction * 100:g}% of data-file {data_file} "
             f"({len(test_idx)} of {len(whole)} examples)",
+        )
+    )
+
+
+def load_prompt_data(options: DatasetOptions) -> TrainTest:
+    """The ``prompts`` data set: prompts and responses for a causal language model.
+
+    Features are `encode_prompt_responses`' (ids, mask, response mask); there are no classes
+    (every label is 0). The test set is a held-out part of ``data_file`` or the whole
+    ``test_file``.
+    """
+    if options.model_folder is None:
+        raise DataError(
+            "dataset 'prompts' is tokenized by the model's own tokenizer: give --model "
+            "hf:FOLDER (a local Hugging Face folder)"
+        )
+    if options.data_file is None and options.test_file is None:
+        raise DataError("dataset 'prompts' needs --data-file FILE (CSV, TSV or JSONL)")
+    folder = Path(options.model_folder).expanduser()
+    tokenizer = load_tokenizer(folder)
+
+    def encoded(name: str) -> ArrayDataset:
+        table = read_prompt_file(
+            Path(name).expanduser(), options.prompt_column, options.response_column
+        )
+        features = encode_prompt_responses(
+            tokenizer, table.prompts, table.responses, options.max_length
+        )
+        return ArrayDataset(features, np.zeros(len(table), np.int64), 1)
+
+    empty = ArrayDataset(np.zeros((0, 3, options.max_length), np.float32), np.zeros(0, np.int64), 1)
+    whole = empty if options.data_file is None else encoded(options.data_file)
+    if options.test_file is not None:
+        test = encoded(options.test_file)
+        return freeze(
+            TrainTest(
+                whole,
+                test,
+                "text",
+                test_source=f"test-file {options.test_file} ({len(test)} examples)",
+            )
+        )
+    order = np.random.default_rng(options.seed).permutation(len(whole))
+    held = max(1, int(round(len(whole) * options.test_fraction)))
+    if len(whole) - held < 1:
+        raise DataError(
+            f"prompt file {options.data_file} has {len(whole)} example(s), too few to hold "
+            "some out for testing; add examples or give --test-file"
+        )
+    test_idx, train_idx = np.sort(order[:held]), np.sort(order[held:])
+    return freeze(
+        TrainTest(
+            whole.subset(train_idx),
+            whole.subset(test_idx),
+            "text",
+            test_source=f"held-out {options.test_fraction * 100:g}% of data-file "
+            f"{options.data_file} ({held} of {len(whole)} examples)",
         )
     )
