@@ -23,10 +23,12 @@ def make_dp_compatible(model: nn.Module, name: str = "the model") -> nn.Module:
     """Replace layers Opacus cannot train privately (e.g. BatchNorm), saying what was replaced.
 
     A model Opacus' validator still objects to after its fixes is refused: a ModelError with
-    the first objection.
+    the first objection. The model is put in training mode first (its mode is not its
+    architecture, and DP-SGD trains it).
     """
     from opacus.validators import ModuleValidator
 
+    model.train()
     if not ModuleValidator.validate(model, strict=False):
         return model
     before = {path: type(module).__name__ for path, module in model.named_modules()}
