@@ -102,6 +102,28 @@ def supports_ghost_clipping(model: nn.Module) -> bool:
     return True
 
 
+ADAPTER_FRACTION = 0.1
+"""A model that trains at most this fraction of its parameters, the rest frozen, is "adapters"."""
+
+
+def grad_sample_mode(model: nn.Module) -> str:
+    """How Opacus gets per-example gradient norms: "ghost" clipping or "hooks".
+
+    Ghost clipping (two backward passes, no per-example gradients kept) when it has a rule for
+    every layer that trains, except for adapters on a frozen backbone (at most
+    `ADAPTER_FRACTION` of the parameters train): their per-example gradients are small, and
+    ghost clipping's second backward pass runs through the whole backbone. Measured by
+    benchmarks/dp_lora.py (13.4M-parameter BERT, LoRA rank 8, 2-core CPU): a DP step took 1.27×
+    a plain one with ghost clipping and 0.81× with hooks, in the same memory.
+    """
+    parameters = [(p.numel(), p.requires_grad) for p in model.parameters()]
+    total = sum(size for size, _ in parameters)
+    trained = sum(size for size, trains in parameters if trains)
+    if trained < total and trained <= ADAPTER_FRACTION * total:
+        return "hooks"
+    return "ghost" if supports_ghost_clipping(model) else "hooks"
+
+
 def train_locally(
     model: nn.Module,
     data: ArrayDataset,
@@ -146,7 +168,7 @@ def train_locally(
     travelling = travelling_keys(task, model)
     freeze_for_training(task, model)  # before Opacus: frozen parameters get no gradient at all
     model.train()
-    mode = "ghost" if supports_ghost_clipping(model) else "hooks"
+    mode = grad_sample_mode(model)
     dataset = InMemoryExamples(*task.tensors(data))
     sampler_generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)

@@ -8,6 +8,7 @@ from torch import nn
 from privet.client.local_plan import plan_local_training
 from privet.client.trainer import (
     AccountingMismatchError,
+    grad_sample_mode,
     make_dp_compatible,
     supports_ghost_clipping,
     train_locally,
@@ -215,3 +216,12 @@ def test_bf16_autocast_trains_the_same_private_steps_in_lower_precision():
             build_model("mlp", (1, 4, 4), 3), data, plan, batch_size=32, max_grad_norm=1.0,
             learning_rate=0.5, local_epochs=1, seed=1, device=CPU, precision="fp16",
         )  # fmt: skip
+
+
+def test_adapters_on_a_frozen_backbone_use_hooks_and_whole_models_ghost_clipping():
+    model = build_model("mlp", (1, 4, 4), 3)
+    assert grad_sample_mode(model) == "ghost"
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("5."))  # only the last layer: < 10% trains
+    assert grad_sample_mode(model) == "hooks"
+    assert grad_sample_mode(nn.Sequential(nn.Flatten(), NoGhost())) == "hooks"
