@@ -51,8 +51,8 @@ class RoundOutcome:
     """Bytes of each update that came back (its arrays, or its masked vector when secure)."""
     step_seconds: list[float] = field(default_factory=list)
     """Seconds per local DP-SGD step, one per client that said (its training time / its steps)."""
-    gpu_peak_bytes: list[int] = field(default_factory=list)
-    """The GPU memory peak of each client that trained on a GPU."""
+    gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
+    """The GPU memory peak of each client that trained on a GPU, by client id."""
 
     def cost(self) -> dict[str, object] | None:
         """What the round cost (results.json's round `cost`), or None if nothing was measured."""
@@ -65,7 +65,8 @@ class RoundOutcome:
             "bytes_up_per_client": ups[len(ups) // 2] if ups else None,
             "step_seconds_median": steps[len(steps) // 2] if steps else None,
             "step_seconds_max": steps[-1] if steps else None,
-            "gpu_peak_bytes_max": max(self.gpu_peak_bytes) if self.gpu_peak_bytes else None,
+            "gpu_peak_bytes_max": max(self.gpu_peak_bytes.values(), default=None),
+            "gpu_peak_bytes_by_client": dict(sorted(self.gpu_peak_bytes.items())) or None,
         }
 
 
@@ -194,7 +195,7 @@ class RoundBook:
             self.bad_reply(server_round, cid, stage, f"unusable GPU memory figure: {error}")
             peak = None
         if peak is not None:
-            outcome.gpu_peak_bytes.append(peak)
+            outcome.gpu_peak_bytes[cid] = peak
         if declined:
             self.declined_at[report.client_id] = server_round
             outcome.declined.append(report.client_id)

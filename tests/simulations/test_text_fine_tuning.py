@@ -100,6 +100,7 @@ def test_a_lora_run_trains_and_sends_only_adapters_and_head_with_opacus_epsilon(
         assert 4 * trainable <= record["cost"]["bytes_up_per_client"] < 4 * trainable + 4096
         assert record["cost"]["bytes_down_per_client"] < 4 * trainable + 4096
         assert record["cost"]["gpu_peak_bytes_max"] is None  # trained on the CPU
+        assert record["cost"]["gpu_peak_bytes_by_client"] is None
     for client in saved["clients"]:
         expected = opacus_epsilon(
             client["sample_rate"], client["noise_multiplier"], client["steps"], 1e-5

@@ -291,3 +291,15 @@ def test_a_gpu_memory_peak_is_a_count_or_nothing():
     for bad in (-1, 1.5, "big", math.inf):
         with pytest.raises(MessageError, match="gpu-peak-bytes"):
             TrainReply.gpu_peak_bytes_in({"gpu-peak-bytes": bad})
+
+
+def test_a_rounds_cost_names_each_clients_gpu_peak_and_the_largest():
+    from privet.server.round_book import RoundOutcome
+
+    outcome = RoundOutcome(bytes_down=100, gpu_peak_bytes={4: 3 * 2**30, 1: 2**30})
+    cost = outcome.cost()
+    assert cost is not None and cost["gpu_peak_bytes_max"] == 3 * 2**30
+    assert cost["gpu_peak_bytes_by_client"] == {1: 2**30, 4: 3 * 2**30}
+    on_cpus = RoundOutcome(bytes_down=100).cost()
+    assert on_cpus is not None and on_cpus["gpu_peak_bytes_max"] is None
+    assert on_cpus["gpu_peak_bytes_by_client"] is None
