@@ -74,8 +74,8 @@ def add_adapters(model: nn.Module, settings: LoraSettings, seed: int) -> nn.Modu
         )
     config = peft.LoraConfig(
         r=settings.rank,
-        # PEFT types alpha as int but only divides by it (scaling = alpha / r): a float is fine.
-        lora_alpha=settings.alpha,  # type: ignore[arg-type]
+        # alpha only scales the update (alpha / r), so a float is as good as PEFT's usual int.
+        lora_alpha=settings.alpha,
         lora_dropout=0.0,
         target_modules=list(settings.targets) if settings.targets else None,
         task_type=peft.TaskType(model.peft_task_type),

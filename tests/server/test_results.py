@@ -58,6 +58,7 @@ def test_results_json_layout_and_atomic_write(tmp_path):
             "no_update": None,
             "failures": [],
             "cost": None,
+            "metrics": None,
         }
     ]
     assert data["failure_reason"] is None and data["warnings"] == []

@@ -236,6 +236,8 @@ def test_settings_a_feature_needs_and_the_noise_pairs_come_from_the_declaration(
             "alpha",
             "text-column",
             "max-length",
+            "prompt-column",
+            "response-column",
             "lora-alpha",
             "lora-targets",
         ]
@@ -254,6 +256,8 @@ def test_settings_a_feature_needs_and_the_noise_pairs_come_from_the_declaration(
         "alpha",
         "text-column",
         "max-length",
+        "prompt-column",
+        "response-column",
         "lora-alpha",
         "lora-targets",
     ]  # the order the one-line error names the first of
