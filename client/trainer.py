@@ -224,6 +224,14 @@ def train_locally(
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         # Ghost clipping's double backward pass makes torch warn that inputs need no gradient.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        # A model's own randomness (dropout, as in pretrained transformers) draws from torch's
+        # global generator: seeded for the round here and put back after, so a round is the
+        # same whatever ran before it in the process (a resumed run, many clients in one).
+        forked = []
+        if device.type == "cuda":
+            forked = [device.index if device.index is not None else torch.cuda.current_device()]
+        stack.enter_context(torch.random.fork_rng(devices=forked))
+        torch.manual_seed(seed + 2)
         batches: DataLoader = private_loader
         if physical_batch_size is not None:
             batches = stack.enter_context(

@@ -225,3 +225,27 @@ def test_adapters_on_a_frozen_backbone_use_hooks_and_whole_models_ghost_clipping
         parameter.requires_grad_(name.startswith("5."))  # only the last layer: < 10% trains
     assert grad_sample_mode(model) == "hooks"
     assert grad_sample_mode(nn.Sequential(nn.Flatten(), NoGhost())) == "hooks"
+
+
+def test_a_models_dropout_is_seeded_by_the_round_not_by_what_ran_before():
+    """Pretrained transformers use dropout, drawn from torch's global generator: a round must
+    not depend on it (a resumed run, or many clients in one process, would differ)."""
+
+    def with_dropout():
+        built = build_model("mlp", (1, 4, 4), 3, seed=3)
+        return nn.Sequential(built[0], nn.Dropout(0.5), *list(built)[1:])
+
+    data = small_data()
+    plan = fixed_plan(len(data), batch=32, epochs=1, sigma=1.0)
+    torch.manual_seed(123)
+    first = train(with_dropout(), data, plan)
+    torch.rand(1000)  # whatever else the process did
+    second = train(with_dropout(), data, plan)
+    other = train(with_dropout(), data, plan, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, second.weights, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(first.weights, other.weights, strict=True))
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    train(with_dropout(), data, plan)
+    assert torch.equal(torch.rand(1), expected)  # the caller's generator is put back untouched
