@@ -1,0 +1,137 @@
+"""The exact discrete samplers of distributed DP (issue 16) draw exactly their distributions.
+
+Each is checked against its exact probability mass function: a chi-square test over the values
+(tails pooled), the variance and a tail probability within 5 standard errors. A sampler that is
+off (a wrong scale, a double-counted zero, a float shortcut) fails these at these sample sizes:
+the continuous Gaussian of σ² = 1/3, rounded, gets a chi-square p-value of 1e-156 here.
+The draws use a seeded source so the test is reproducible; the samplers' default is the
+operating system's randomness.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from privet.privacy.discrete_noise import (
+    bernoulli,
+    bernoulli_exp,
+    discrete_gaussian,
+    discrete_gaussian_pmf,
+    discrete_laplace,
+    noise_source,
+    uniform_below,
+)
+from privet.privacy.secagg.crypto import SeededRandom
+
+
+def seeded(k: int) -> SeededRandom:
+    return SeededRandom(bytes([k]) * 32)
+
+
+def matches_pmf(draws: np.ndarray, pmf, reach: int) -> float:
+    """The chi-square p-value of ``draws`` against ``pmf`` on -reach..reach, tails pooled."""
+    values = np.arange(-reach, reach + 1)
+    expected = pmf(values) * len(draws)
+    observed = np.array([np.count_nonzero(draws == v) for v in values], dtype=float)
+    tail_observed = len(draws) - observed.sum()
+    tail_expected = len(draws) - expected.sum()
+    observed, expected = np.append(observed, tail_observed), np.append(expected, tail_expected)
+    keep = expected >= 5  # chi-square needs enough expected counts per cell
+    pooled_obs = np.append(observed[keep], observed[~keep].sum())
+    pooled_exp = np.append(expected[keep], expected[~keep].sum())
+    if pooled_exp[-1] < 5:
+        pooled_obs[-2] += pooled_obs[-1]
+        pooled_exp[-2] += pooled_exp[-1]
+        pooled_obs, pooled_exp = pooled_obs[:-1], pooled_exp[:-1]
+    return float(stats.chisquare(pooled_obs, pooled_exp).pvalue)
+
+
+@pytest.mark.parametrize(("sigma2", "count"), [(Fraction(1, 3), 20000), (4, 20000), (100, 8000)])
+def test_discrete_gaussian_draws_its_exact_distribution(sigma2, count):
+    source = seeded(1)
+    draws = np.array([discrete_gaussian(sigma2, source) for _ in range(count)])
+    variance_target = float(sigma2)
+    reach = int(8 * math.sqrt(variance_target)) + 4
+    support = np.arange(-reach, reach + 1)
+    pmf = discrete_gaussian_pmf(variance_target, support)
+    exact_variance = float((pmf * support**2).sum())
+    assert matches_pmf(draws, lambda v: discrete_gaussian_pmf(variance_target, v), reach) > 1e-3
+    # Moments: mean 0, and the variance of the discrete Gaussian (below σ² for small σ).
+    fourth = float((pmf * support**4).sum())
+    assert abs(draws.mean()) < 5 * math.sqrt(exact_variance / count)
+    assert abs(draws.var() - exact_variance) < 5 * math.sqrt((fourth - exact_variance**2) / count)
+    # A tail: P(|X| > 2σ).
+    cut = 2 * math.sqrt(variance_target)
+    tail = float(pmf[np.abs(support) > cut].sum())
+    seen = np.count_nonzero(np.abs(draws) > cut) / count
+    assert abs(seen - tail) < 5 * math.sqrt(tail * (1 - tail) / count)
+
+
+def test_discrete_laplace_draws_its_exact_distribution():
+    t, count = 3, 20000
+    source = seeded(2)
+    draws = np.array([discrete_laplace(t, source) for _ in range(count)])
+    norm = (1 - math.exp(-1 / t)) / (1 + math.exp(-1 / t))
+
+    def pmf(values):
+        return norm * np.exp(-np.abs(values) / t)
+
+    assert matches_pmf(draws, pmf, 20) > 1e-3
+    assert np.count_nonzero(draws == 0) / count == pytest.approx(
+        norm, abs=5 * math.sqrt(norm / count)
+    )
+
+
+@pytest.mark.parametrize("gamma", [Fraction(0), Fraction(1, 3), Fraction(1), Fraction(5, 2)])
+def test_bernoulli_of_exp_minus_gamma_has_that_probability(gamma):
+    count = 20000
+    source = seeded(3)
+    rate = sum(bernoulli_exp(gamma, source) for _ in range(count)) / count
+    p = math.exp(-gamma)
+    if gamma == 0:
+        assert rate == 1.0
+    else:
+        assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / count)
+
+
+def test_uniform_integers_and_rational_coins_are_exact_and_cover_their_range():
+    source = seeded(4)
+    draws = [uniform_below(5, source) for _ in range(5000)]
+    assert set(draws) == {0, 1, 2, 3, 4}
+    assert stats.chisquare(np.bincount(draws)).pvalue > 1e-3
+    assert uniform_below(1, source) == 0
+    assert not any(bernoulli(0, source) for _ in range(100))
+    assert all(bernoulli(1, source) for _ in range(100))
+
+
+def test_noise_comes_from_the_os_unless_a_reproducible_run_seeds_it():
+    for sampler in (discrete_gaussian, discrete_laplace, bernoulli_exp, bernoulli, uniform_below):
+        assert inspect.signature(sampler).parameters["random_bytes"].default is os.urandom
+    assert noise_source(None) is os.urandom
+    a, b = noise_source(b"\x07" * 32), noise_source(b"\x07" * 32)
+    first = [discrete_gaussian(9, a) for _ in range(50)]
+    assert first == [discrete_gaussian(9, b) for _ in range(50)]
+    assert first != [discrete_gaussian(9, noise_source(b"\x08" * 32)) for _ in range(50)]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: discrete_gaussian(0), "sigma2 must be positive"),
+        (lambda: discrete_gaussian(-1), "sigma2 must be positive"),
+        (lambda: discrete_laplace(0), "t must be a whole number"),
+        (lambda: bernoulli_exp(Fraction(-1, 2)), "gamma must be at least 0"),
+        (lambda: bernoulli(Fraction(3, 2)), r"p must lie in \[0, 1\]"),
+        (lambda: uniform_below(0), "n must be at least 1"),
+    ],
+)
+def test_impossible_parameters_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
