@@ -133,29 +133,20 @@ def worker(folder: Path, sms: Path, variant: str, steps: int) -> dict[str, float
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=0.1)
     criterion: torch.nn.Module = torch.nn.CrossEntropyLoss()
-    if variant == "dp":
-        loader = DataLoader(TensorDataset(features, labels), batch_size=BATCH)
-        model, optimizer, criterion, _ = PrivacyEngine().make_private(
+    if variant != "plain":  # "dp": ghost clipping, as Privet's trainer may; "dp-hooks": hooks
+        made = PrivacyEngine().make_private(
             module=model,
             optimizer=optimizer,
             criterion=criterion,
-            data_loader=loader,
+            data_loader=DataLoader(TensorDataset(features, labels), batch_size=BATCH),
             noise_multiplier=1.0,
             max_grad_norm=1.0,
             poisson_sampling=False,
-            grad_sample_mode="ghost",
+            grad_sample_mode="ghost" if variant == "dp" else "hooks",
         )
-    elif variant == "dp-hooks":
-        loader = DataLoader(TensorDataset(features, labels), batch_size=BATCH)
-        model, optimizer, _ = PrivacyEngine().make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            poisson_sampling=False,
-            grad_sample_mode="hooks",
-        )
+        model, optimizer = made[0], made[1]
+        if variant == "dp":
+            criterion = made[2]
     model.train()
     before = _rss_kb()
     times = []

@@ -253,18 +253,10 @@ def store_ledger(context: Context, ledger: PrivacyLedger) -> None:
 
 def _backbone_of(config: RunConfig, data: NodeData) -> str | None:
     """`frozen_digest` of the model this node builds for the run (imports torch: text runs)."""
+    from privet.client.training_round import node_model
     from privet.task.models import frozen_digest
-    from privet.task.task import build_task_model, task_named
 
-    model = build_task_model(
-        task_named(config.task),
-        config.model,
-        data.train.feature_shape,
-        data.train.num_classes,
-        config.seed,
-        lora=config.lora,
-    )
-    return frozen_digest(model)
+    return frozen_digest(node_model(config, data))
 
 
 def _config_of(context: Context, fixed: RunConfig | None) -> RunConfig:

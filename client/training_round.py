@@ -198,14 +198,7 @@ def run_training_round(
         logger.info("client %d declines: %s", data.client_id, reason)
         return ClientDecline(client_status(config, data, plan, ledger, run_token), reason)
     task = task_named(config.task)
-    model = build_task_model(
-        task,
-        config.model,
-        data.train.feature_shape,
-        data.train.num_classes,
-        config.seed,
-        lora=config.lora,
-    )
+    model = node_model(config, data)
     set_weights(model, global_weights)  # the travelling tensors; the rest stay as built
     started = time.perf_counter()
     result = train_locally(
@@ -238,19 +231,24 @@ def run_training_round(
     )
 
 
-def run_local_evaluation(
-    config: RunConfig, data: NodeData, global_weights: list[np.ndarray]
-) -> tuple[int, float, float]:
-    """(examples, loss, accuracy) of the global model on the node's held-out validation slice."""
-    task = task_named(config.task)
-    model = build_task_model(
-        task,
+def node_model(config: RunConfig, data: NodeData) -> torch.nn.Module:
+    """The run's model as this node builds it for its examples (adapters included, if any)."""
+    return build_task_model(
+        task_named(config.task),
         config.model,
         data.train.feature_shape,
         data.train.num_classes,
         config.seed,
         lora=config.lora,
     )
+
+
+def run_local_evaluation(
+    config: RunConfig, data: NodeData, global_weights: list[np.ndarray]
+) -> tuple[int, float, float]:
+    """(examples, loss, accuracy) of the global model on the node's held-out validation slice."""
+    task = task_named(config.task)
+    model = node_model(config, data)
     set_weights(model, global_weights)
     metrics = task.evaluate(model, data.validation, resolve_device(config.device))
     return len(data.validation), metrics.loss, metrics.accuracy
