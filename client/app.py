@@ -403,13 +403,16 @@ def mask_update(
     within_clip: bool,
     dither_seed: int,
     client_level: bool = False,
+    noise_seed: bytes | None = None,
 ) -> tuple[ConfigRecord, int]:
     """Stage 2, right after training: the masked update (the plain one never leaves memory).
 
     The record holds the `MaskedInput`, or a `Refusal` if the client's checks refused the share
     delivery; then the node's secure-aggregation state is dropped. Under client-level DP
     (`client_level`) the rounding keeps the update's norm within the clip norm the server's noise
-    is calibrated to (`privacy.secagg.quantization`, conditional rounding).
+    is calibrated to (`privacy.secagg.quantization`, conditional rounding). Under distributed DP
+    the client adds its noise share here, from the operating system's randomness unless a
+    reproducible simulation passes ``noise_seed``.
     """
     values = SecAggInput.from_config(msg.content.config_records[INPUT_KEY])
     request = SecAggRequest.from_train_config(values.settings, values.clip_norm)
@@ -417,7 +420,9 @@ def mask_update(
     round_id = request.config.round_id
     state = _secagg_state(context, "masked_input", round_id)
     bound = float(request.spec.clip_norm) if client_level else None
-    pending = PendingInput(update, within_clip, request.spec, dither_seed, bound)
+    pending = PendingInput(
+        update, within_clip, request.spec, dither_seed, bound, request.distributed, noise_seed
+    )
     try:
         new_state, reply, clipped = answer(
             "masked_input",
@@ -463,6 +468,7 @@ def make_client_app(
         # the key-exchange queries must not pay for importing torch and Opacus.
         from privet.client.training_round import (
             ClientDecline,
+            distributed_noise_seed,
             round_seed,
             run_training_round,
             torch_threads_for_client,
@@ -504,6 +510,7 @@ def make_client_app(
                 bool(outcome.within_clip),
                 round_seed(config, server_round, data.client_id, purpose=1),
                 client_level=config.client_level_dp,
+                noise_seed=distributed_noise_seed(config, server_round, data.client_id),
             )
             reply = TrainReply(
                 outcome.status.to_metrics(),

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from privet.privacy.discrete_noise import noise_source
+from privet.privacy.distributed_dp import DistributedDpError, DistributedDpSpec
 from privet.privacy.secagg import (
     KeysBroadcast,
     QuantizationSpec,
@@ -63,18 +65,51 @@ class SecAggRequest:
 
     config: SecAggConfig
     spec: QuantizationSpec
+    distributed: DistributedDpSpec | None = None
+    """Under distributed DP, how to encode and noise the update (``ddp-*`` keys)."""
 
     @classmethod
     def from_train_config(
         cls, values: Mapping[str, object], clip_norm: float | None
     ) -> SecAggRequest | None:
-        """Parse the ``secagg-*`` keys; None when the round is not securely aggregated."""
+        """Parse the ``secagg-*`` (and ``ddp-*``) keys; None when the round is not secure."""
         decoded = decode_request(values, clip_norm)
-        return None if decoded is None else cls(*decoded)
+        if decoded is None:
+            return None
+        try:
+            distributed = DistributedDpSpec.from_config(values)
+        except DistributedDpError as error:
+            raise SecAggProtocolError(str(error)) from None
+        config, spec = decoded
+        if distributed is not None:
+            if distributed.bits != config.bits:
+                raise SecAggProtocolError(
+                    "distributed DP: the ring differs from secure aggregation's"
+                )
+            if distributed.padded_dimension != config.vector_length:
+                raise SecAggProtocolError(
+                    "distributed DP: the vector length differs from secure aggregation's"
+                )
+            if distributed.min_survivors < config.threshold:
+                raise SecAggProtocolError(
+                    f"distributed DP: the noise is sized for {distributed.min_survivors} "
+                    f"survivors, fewer than the threshold {config.threshold}"
+                )
+        return cls(config, spec, distributed)
 
-    def to_train_config(self) -> dict[str, int]:
+    @property
+    def update_length(self) -> int:
+        """How many update values the secure vector holds (before any padding or count)."""
+        if self.distributed is not None:
+            return self.distributed.dimension
+        return self.config.vector_length - 1
+
+    def to_train_config(self) -> dict[str, int | float | bytes]:
         """The ``secagg-*`` keys (the clip norm travels apart), to keep beside the input."""
-        return encode_request(self.config, self.spec)
+        keys: dict[str, int | float | bytes] = dict(encode_request(self.config, self.spec))
+        if self.distributed is not None:
+            keys.update(self.distributed.to_config())
+        return keys
 
 
 def begin(
@@ -88,10 +123,9 @@ def begin(
     ``num_params`` (when known) is checked against the server's vector length now; otherwise
     the masked-input stage checks the update's length.
     """
-    if num_params is not None and request.config.vector_length != num_params + 1:
+    if num_params is not None and request.update_length != num_params:
         raise SecAggProtocolError(
-            f"server expects {request.config.vector_length - 1} update values, the model has "
-            f"{num_params}"
+            f"server expects {request.update_length} update values, the model has {num_params}"
         )
     client = SecAggClient(client_id, request.config, random_bytes)
     advertised = client.advertise_keys()
@@ -109,6 +143,10 @@ class PendingInput:
     norm_bound: float | None = None
     """Under client-level DP, the clip norm S the server's noise is calibrated to: the rounding
     is then conditional, so the rounded update's norm stays within S (None: plain rounding)."""
+    distributed: DistributedDpSpec | None = None
+    """Under distributed DP, the round's encoding: the client adds its noise share itself."""
+    noise_seed: bytes | None = None
+    """A reproducible simulation's seed for that noise; None: the operating system's randomness."""
 
 
 def answer(
@@ -132,16 +170,26 @@ def answer(
         elif stage == "masked_input":
             if pending is None or weight is None:
                 raise SecAggProtocolError("masked input requested but this client has no update")
-            encoded = encode_update(
-                pending.update,
-                weight,
-                pending.within_clip,
-                pending.spec,
-                np.random.default_rng(pending.dither_seed),
-                pending.norm_bound,
-            )
-            clipped = encoded.clipped
-            reply = to_wire(client.masked_input(from_wire(SharesDelivery, message), encoded.values))
+            dither = np.random.default_rng(pending.dither_seed)
+            if pending.distributed is not None:
+                try:
+                    values = pending.distributed.encode(
+                        pending.update, dither, noise_source(pending.noise_seed)
+                    )
+                except DistributedDpError as error:
+                    raise SecAggProtocolError(str(error)) from None
+            else:
+                encoded = encode_update(
+                    pending.update,
+                    weight,
+                    pending.within_clip,
+                    pending.spec,
+                    dither,
+                    pending.norm_bound,
+                )
+                clipped = encoded.clipped
+                values = encoded.values
+            reply = to_wire(client.masked_input(from_wire(SharesDelivery, message), values))
         elif stage == "unmask":
             reply = to_wire(client.unmask(from_wire(UnmaskRequest, message)))
         else:

@@ -61,6 +61,17 @@ def round_seed(config: RunConfig, server_round: int, client_id: int, purpose: in
     return config.random_seed(server_round, client_id, purpose)
 
 
+def distributed_noise_seed(config: RunConfig, server_round: int, client_id: int) -> bytes | None:
+    """The seed of a client's distributed-DP noise: only in a reproducible run, else None.
+
+    None makes the client draw its noise share from the operating system's randomness.
+    """
+    if not config.reproducible:
+        return None
+    words = np.random.SeedSequence([config.seed, server_round, client_id, 3]).generate_state(8)
+    return words.astype("<u4").tobytes()
+
+
 def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
     """The client's DP-SGD schedule for the whole run, from the run configuration.
 

@@ -47,10 +47,14 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from privet.privacy.distributed_rdp import ORDERS as DDG_ORDERS
+from privet.privacy.distributed_rdp import sampled_ddg_rdp
 from privet.privacy.events import (
+    DiscreteGaussianSumComposition,
     GaussianComposition,
     PrivacyEvent,
     event_kind,
+    event_level,
     gaussian_compositions,
     reduces_to_gaussians,
 )
@@ -437,9 +441,31 @@ class RdpAccountant(GaussianAccountant):
                 return eps  # no order above 63 can do better: skip computing them
         return _rdp_to_epsilon(self.orders, self.rdp(history), delta)
 
+    def supports(self, event: PrivacyEvent) -> bool:
+        """Poisson-subsampled Gaussians, and the distributed discrete Gaussian (its RDP adds up)."""
+        return isinstance(event, PrivacyEvent) and all(
+            isinstance(item, (GaussianComposition, DiscreteGaussianSumComposition))
+            for item in event.compositions()
+        )
+
     def epsilon(self, events: Iterable[PrivacyEvent], delta: float) -> float:
-        """ε by Opacus' `get_privacy_spent` (Balle et al. 2020's conversion) on these orders."""
-        history, trivial = self._history(events, delta)
+        """ε by Opacus' `get_privacy_spent` (Balle et al. 2020's conversion) on these orders.
+
+        A history with distributed discrete Gaussian rounds is accounted at the integer orders of
+        `privacy.distributed_rdp.ORDERS`, where that mechanism's bound holds; RDP adds up across
+        mechanisms, so Gaussian events in the same history join it there.
+        """
+        history_events = check_supported(self, events)
+        _check_delta(delta)
+        discrete = [
+            item
+            for event in history_events
+            for item in event.compositions()
+            if isinstance(item, DiscreteGaussianSumComposition)
+        ]
+        if discrete:
+            return _epsilon_with_discrete(history_events, discrete, delta)
+        history, trivial = _merged_history(history_events)
         if trivial is not None:
             return trivial
         return self._epsilon(history, delta)
@@ -456,6 +482,28 @@ class RdpAccountant(GaussianAccountant):
         orders = np.asarray(self.orders)
         eps = self.rdp(history) - math.log(delta) / (orders - 1)
         return float(np.nanmin(eps))
+
+
+def _epsilon_with_discrete(
+    events: Sequence[PrivacyEvent],
+    discrete: Sequence[DiscreteGaussianSumComposition],
+    delta: float,
+) -> float:
+    """ε of a history holding distributed discrete Gaussian rounds, at their integer orders."""
+    if len({event_level(event) for event in events}) > 1:
+        raise ValueError(
+            "the events mix example-level and client-level releases, whose ε protect different "
+            "units; account them in separate ledgers"
+        )
+    orders = tuple(float(order) for order in DDG_ORDERS)
+    history, trivial = _merged_history([e for e in events if reduces_to_gaussians(e)])
+    if trivial == math.inf:
+        return math.inf
+    rdp = _composed_rdp(history, orders) if history else np.zeros(len(orders))
+    for item in discrete:
+        if item.count:
+            rdp = rdp + item.count * sampled_ddg_rdp(*item[:5])
+    return _rdp_to_epsilon(orders, rdp, delta)
 
 
 # Integer orders only (fractional orders need Opacus' slow series): 2 … 63, then 2^(k/4)·64 up to

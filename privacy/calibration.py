@@ -6,6 +6,7 @@ asks an accountant for ε(σ), which decreases monotonically in σ, and bisects.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -20,7 +21,12 @@ from privet.privacy.accountants import (
     AccountingError,
     get_accountant,
 )
-from privet.privacy.events import ClientLevelRound, PoissonGaussianSteps, PrivacyEvent
+from privet.privacy.events import (
+    ClientLevelRound,
+    DistributedDiscreteGaussianRound,
+    PoissonGaussianSteps,
+    PrivacyEvent,
+)
 from privet.privacy.seal import is_sealed, seal
 
 # Above this σ DP-SGD learns nothing useful; a target that needs more is reported as unreachable.
@@ -253,4 +259,40 @@ def client_noise_for_target_epsilon(
         accountant,
         tolerance,
         f"{rounds} rounds at client sample rate {sample_rate:.4g}",
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def distributed_noise_for_target_epsilon(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    rounds: int,
+    tolerance: float = 1e-4,
+) -> float:
+    """Smallest z = √(tσ²)/Δ keeping `rounds` distributed discrete Gaussian rounds ≤ ε.
+
+    The event is `DistributedDiscreteGaussianRound.at_noise_multiplier`, accounted by RDP
+    (Kairouz et al.'s bound with Zhu and Wang's sampling bound), the only accountant that has it.
+    A round whose t shares were rounded up to whole units, or with more than t survivors, carries
+    more noise.
+    """
+    _check_target(target_epsilon, delta, rounds, "rounds")
+
+    def event_for(z: float) -> PrivacyEvent:
+        return DistributedDiscreteGaussianRound.at_noise_multiplier(
+            max(z, 1e-12), sample_rate, int(rounds)
+        )
+
+    try:
+        event_for(1.0)
+    except ValueError as error:
+        raise CalibrationError(str(error)) from None
+    return _calibrate(
+        target_epsilon,
+        delta,
+        event_for,
+        "rdp",
+        tolerance,
+        f"{rounds} rounds of distributed DP at client sample rate {sample_rate:.4g}",
     )

@@ -13,10 +13,13 @@ randomness source).
 - `discrete_laplace`: P(x) ∝ exp(−|x|/t) on the integers, for an integer scale t ≥ 1.
 - `discrete_gaussian`: P(x) ∝ exp(−x²/(2σ²)) on the integers, for a rational σ² > 0.
 
+- `discrete_gaussian_array`: many draws of the discrete Gaussian of an integer σ² at once, the
+  same algorithms run on numpy integer arrays (a client noises a whole update in milliseconds).
+
 Randomness comes from a `RandomSource` (n -> n bytes): the operating system's
 (``os.urandom``) unless a caller passes a seeded source, which only a reproducible simulation
-may do (`noise_source`). Pure Python: exact but slow (tens of microseconds a draw); it is the
-reference a faster sampler must match.
+may do (`noise_source`). The scalar functions are pure Python (tens of microseconds a draw): they
+are the reference the array sampler is tested against.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "bernoulli",
     "bernoulli_exp",
     "discrete_gaussian",
+    "discrete_gaussian_array",
     "discrete_gaussian_pmf",
     "discrete_laplace",
     "noise_source",
@@ -126,6 +130,171 @@ def discrete_gaussian(sigma2: Rational, random_bytes: RandomSource = os.urandom)
         gamma = (abs(y) - sigma2 / t) ** 2 / (2 * sigma2)
         if bernoulli_exp(gamma, random_bytes):
             return y
+
+
+MAX_ARRAY_VARIANCE = 1 << 24
+"""The largest σ² `discrete_gaussian_array` takes (σ ≤ 4096): its integer arithmetic then stays
+far inside int64 (the acceptance test's denominator 2σ²t² is below 2^50)."""
+_EXACT_LIMIT = 1 << 62
+"""Bounds of uniform draws stay below this: a 64-bit word masked to their bit length holds them."""
+
+
+def _words(count: int, random_bytes: RandomSource) -> np.ndarray:
+    """``count`` uniformly random 64-bit words."""
+    return np.frombuffer(random_bytes(8 * count), dtype="<u8").astype(np.uint64)
+
+
+def _bit_lengths(values: np.ndarray) -> np.ndarray:
+    """int.bit_length of each non-negative int64 value, exactly.
+
+    Below 2^53 a value converts to float64 exactly and frexp's exponent is its bit length; larger
+    values are counted by shifting.
+    """
+    if values.size == 0 or int(values.max()) < (1 << 53):
+        return np.frexp(values.astype(np.float64))[1].astype(np.int64)
+    lengths = np.zeros(values.shape, dtype=np.int64)
+    rest = values.copy()
+    while True:
+        live = rest > 0
+        if not live.any():
+            return lengths
+        lengths += live
+        rest >>= 1
+
+
+def uniform_below_array(bounds: np.ndarray, random_bytes: RandomSource = os.urandom) -> np.ndarray:
+    """A uniform integer in [0, n) for each n of ``bounds`` (int64, 1 ≤ n < 2^62).
+
+    Each draw masks a random word to the bit length of n − 1 and is redrawn while it is ≥ n
+    (probability < 1/2 each time), so every value in [0, n) has probability exactly 1/n.
+    """
+    bounds = np.asarray(bounds, dtype=np.int64)
+    if bounds.size and (int(bounds.min()) < 1 or int(bounds.max()) >= _EXACT_LIMIT):
+        raise ValueError("every bound must lie in [1, 2^62)")
+    masks = (np.uint64(1) << _bit_lengths(bounds - 1).astype(np.uint64)) - np.uint64(1)
+    out = np.zeros(bounds.shape, dtype=np.int64)
+    pending = np.arange(bounds.size)
+    while pending.size:
+        draws = _words(pending.size, random_bytes) & masks[pending]
+        accepted = draws < bounds[pending].astype(np.uint64)
+        out[pending[accepted]] = draws[accepted].astype(np.int64)
+        pending = pending[~accepted]
+    return out
+
+
+def _bernoulli_array(
+    numerators: np.ndarray, denominators: np.ndarray, random_bytes: RandomSource
+) -> np.ndarray:
+    """True with probability exactly numerator/denominator, element by element."""
+    return uniform_below_array(denominators, random_bytes) < numerators
+
+
+def bernoulli_exp_array(
+    numerators: np.ndarray, denominator: int, random_bytes: RandomSource = os.urandom
+) -> np.ndarray:
+    """Bernoulli(exp(−a/denominator)) for each integer a ≥ 0 of ``numerators`` (CKS Algorithm 1).
+
+    exp(−γ) = exp(−1)^⌊γ⌋ · exp(−{γ}): ⌊γ⌋ trials of Bernoulli(exp(−1)) that must all succeed, then
+    one of the fractional part, each by the parity of the first K with Bernoulli(γ/K) = 0.
+    """
+    numerators = np.asarray(numerators, dtype=np.int64)
+    if numerators.size and int(numerators.min()) < 0:
+        raise ValueError("exponents must be at least 0")
+    whole, fraction = np.divmod(numerators, denominator)
+    result = np.ones(numerators.shape, dtype=bool)
+    live = np.flatnonzero(whole > 0)
+    done = 0
+    while live.size:  # the whole part: one Bernoulli(exp(−1)) per unit, stopping at a failure
+        ok = _bernoulli_exp_unit(np.ones(live.size, dtype=np.int64), 1, random_bytes)
+        result[live[~ok]] = False
+        done += 1
+        live = live[ok]
+        live = live[whole[live] > done]
+    live = np.flatnonzero(result)
+    result[live] = _bernoulli_exp_unit(fraction[live], denominator, random_bytes)
+    return result
+
+
+def _bernoulli_exp_unit(
+    numerators: np.ndarray, denominator: int, random_bytes: RandomSource
+) -> np.ndarray:
+    """Bernoulli(exp(−a/d)) for 0 ≤ a ≤ d: K is the first k ≥ 1 with Bernoulli(a/(d·k)) = 0."""
+    k = np.ones(numerators.shape, dtype=np.int64)
+    live = np.arange(numerators.size)
+    while live.size:
+        bounds = k[live] * denominator
+        if int(bounds.max()) >= _EXACT_LIMIT:
+            raise ValueError("Bernoulli(exp(-gamma)) ran past its integer range")  # p < 1/K!
+        hit = _bernoulli_array(numerators[live], bounds, random_bytes)
+        k[live[hit]] += 1
+        live = live[hit]
+    return k % 2 == 1
+
+
+def discrete_laplace_array(
+    t: int, size: int, random_bytes: RandomSource = os.urandom
+) -> np.ndarray:
+    """``size`` draws of P(x) ∝ exp(−|x|/t), for an integer t ≥ 1, as `discrete_laplace`."""
+    if t < 1:
+        raise ValueError(f"t must be a whole number of at least 1, got {t}")
+    out = np.zeros(size, dtype=np.int64)
+    pending = np.arange(size)
+    while pending.size:
+        n = pending.size
+        u = uniform_below_array(np.full(n, t, dtype=np.int64), random_bytes)
+        keep = bernoulli_exp_array(u, t, random_bytes)
+        v = np.zeros(n, dtype=np.int64)
+        live = np.flatnonzero(keep)
+        while live.size:  # V: the number of Bernoulli(exp(−1)) successes before the first failure
+            hit = _bernoulli_exp_unit(np.ones(live.size, dtype=np.int64), 1, random_bytes)
+            v[live[hit]] += 1
+            live = live[hit]
+        magnitude = u + t * v
+        negative = _bernoulli_array(
+            np.ones(n, dtype=np.int64), np.full(n, 2, dtype=np.int64), random_bytes
+        )
+        keep &= ~(negative & (magnitude == 0))  # zero would otherwise be counted twice
+        values = np.where(negative, -magnitude, magnitude)
+        out[pending[keep]] = values[keep]
+        pending = pending[~keep]
+    return out
+
+
+def discrete_gaussian_array(
+    sigma2: int, size: int, random_bytes: RandomSource = os.urandom
+) -> np.ndarray:
+    """``size`` independent draws of the discrete Gaussian of integer variance parameter σ².
+
+    `discrete_gaussian`'s algorithm on arrays, with every probability an exact ratio of integers:
+    a discrete Laplace proposal y of scale t = ⌊σ⌋ + 1 is kept with probability
+    exp(−(|y|·t − σ²)² / (2σ²t²)). A proposal so far out that the square would leave int64 (|y|
+    beyond 2^31/t, probability below exp(−2^31/t²)) is decided exactly by the scalar sampler.
+    """
+    if isinstance(sigma2, bool) or not isinstance(sigma2, (int, np.integer)):
+        raise ValueError(f"sigma2 must be an integer, got {sigma2!r}")
+    sigma2 = int(sigma2)
+    if not 1 <= sigma2 <= MAX_ARRAY_VARIANCE:
+        raise ValueError(f"sigma2 must lie in [1, {MAX_ARRAY_VARIANCE}], got {sigma2}")
+    if size < 0:
+        raise ValueError(f"size must be at least 0, got {size}")
+    t = math.isqrt(sigma2) + 1
+    denominator = 2 * sigma2 * t * t
+    far = (1 << 31) // t
+    out = np.zeros(size, dtype=np.int64)
+    pending = np.arange(size)
+    while pending.size:
+        y = discrete_laplace_array(t, pending.size, random_bytes)
+        magnitude = np.abs(y)
+        near = magnitude < far
+        keep = np.zeros(pending.size, dtype=bool)
+        offsets = magnitude[near] * t - sigma2
+        keep[near] = bernoulli_exp_array(offsets * offsets, denominator, random_bytes)
+        for i in np.flatnonzero(~near):  # astronomically rare: exact rationals
+            gamma = Fraction((int(magnitude[i]) * t - sigma2) ** 2, denominator)
+            keep[i] = bernoulli_exp(gamma, random_bytes)
+        out[pending[keep]] = y[keep]
+        pending = pending[~keep]
+    return out
 
 
 def discrete_gaussian_pmf(sigma2: float, support: np.ndarray) -> np.ndarray:

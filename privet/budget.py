@@ -33,6 +33,7 @@ from privet.privacy import (
     ACCOUNTANTS,
     AccountingError,
     ClientLevelRound,
+    DistributedDiscreteGaussianRound,
     LedgerError,
     PoissonGaussianSteps,
     PrivacyEvent,
@@ -43,6 +44,7 @@ from privet.privacy import (
     rdp_epsilon_classic,
     update_noise_for_adaptive_clipping,
 )
+from privet.privacy.calibration import distributed_noise_for_target_epsilon
 from privet.server.aggregation import COUNT_SENSITIVITY
 from privet.server.run_output import (
     SERVER_LEDGER_OWNER,
@@ -102,8 +104,9 @@ def add_budget_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--level",
-        choices=("example", "client"),
-        help="example: DP-SGD on one data set; client: DP-FedAvg over clients (default: example)",
+        choices=("example", "client", "distributed"),
+        help="example: DP-SGD on one data set; client: DP-FedAvg over clients; distributed: "
+        "client level with the clients adding the noise (--distributed-dp) (default: example)",
     )
     plan = parser.add_argument_group("example-level plan (DP-SGD)")
     plan.add_argument("--examples", type=positive_int, help="training examples N")
@@ -184,6 +187,12 @@ class BudgetPlan:
         count = (self.units if units is None else units) * self.per_unit
         if self.level == "client":
             return [ClientLevelRound(noise_multiplier, self.sample_rate, count)]
+        if self.level == "distributed":
+            return [
+                DistributedDiscreteGaussianRound.at_noise_multiplier(
+                    noise_multiplier, self.sample_rate, count
+                )
+            ]
         return [PoissonGaussianSteps(noise_multiplier, self.sample_rate, count)]
 
 
@@ -221,7 +230,7 @@ def _require_exactly(args: argparse.Namespace, wanted: Sequence[str], shape: str
 
 def plan_from_args(args: argparse.Namespace) -> BudgetPlan:
     """The plan the flags describe; BudgetError for incomplete or conflicting combinations."""
-    if args.level == "client":
+    if args.level in ("client", "distributed"):
         return _client_plan(args)
     return _example_plan(args)
 
@@ -315,7 +324,7 @@ def _client_plan(args: argparse.Namespace) -> BudgetPlan:
             f"{args.clients} clients, {args.clients_per_round} expected per round: "
             f"sample rate {q:.6g}"
         )
-    return BudgetPlan("client", q, args.rounds, 1, "round", f"{head}; {args.rounds} rounds")
+    return BudgetPlan(args.level, q, args.rounds, 1, "round", f"{head}; {args.rounds} rounds")
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -355,6 +364,8 @@ def run_budget(args: argparse.Namespace) -> int:
         if (args.noise_multiplier is None) == (args.target_epsilon is None):
             raise BudgetError("give exactly one of --noise-multiplier and --target-epsilon")
         accountants = _accountants(args.accountant)
+        if plan.level == "distributed":
+            accountants = _rdp_only(args.accountant)
         print(f"Plan ({plan.level} level): {plan.description}.")
         if args.target_epsilon is not None:
             _target_mode(args, plan, accountants)
@@ -365,6 +376,23 @@ def run_budget(args: argparse.Namespace) -> int:
         raise
     except ValueError as error:  # privacy's CalibrationError, LedgerError, AccountingError, ...
         raise BudgetError(str(error)) from None
+
+
+def _rdp_only(choice: str | None) -> list[str]:
+    """Distributed DP's bound is a Rényi one: only the RDP accountant has it."""
+    if choice not in (None, "rdp", "all"):
+        raise BudgetError(
+            f"distributed DP is accounted by Renyi DP (Kairouz et al. 2021's bound); "
+            f"--accountant {choice} has no such bound: use --accountant rdp"
+        )
+    return ["rdp"]
+
+
+def _distributed_calibration(
+    target_epsilon: float, delta: float, sample_rate: float, rounds: int, accountant: str
+) -> float:
+    """`distributed_noise_for_target_epsilon` in the shape of the other calibrations."""
+    return distributed_noise_for_target_epsilon(target_epsilon, delta, sample_rate, rounds)
 
 
 def _accountants(choice: str | None, default: str = "rdp") -> list[str]:
@@ -398,18 +426,19 @@ def _noise_line(args: argparse.Namespace, plan: BudgetPlan, z: float) -> str | N
 
 def _epsilon_mode(args: argparse.Namespace, plan: BudgetPlan, accountants: list[str]) -> None:
     sigma = args.noise_multiplier
-    name = "z" if plan.level == "client" else "σ"
+    name = "z" if plan.level != "example" else "σ"
     print(f"Noise multiplier {name} = {sigma:g}, δ = {args.delta:g}.")
     events = plan.events(sigma)
     rows = [
         [accountant, _fmt(epsilon_for(events, args.delta, accountant))]
         for accountant in accountants
     ]
-    if "rdp" in accountants:
+    classic_row = "rdp" in accountants and plan.level != "distributed"
+    if classic_row:
         classic = rdp_epsilon_classic(events, args.delta)
         rows.append(["rdp-classic", _fmt(classic)])
     _print_table(["accountant", "ε"], rows)
-    if "rdp" in accountants:
+    if classic_row:
         print(
             "rdp-classic: RDP with the classic conversion ε = min_α rdp(α) − log δ/(α − 1) "
             "(Mironov 2017, Prop. 3), as TF Privacy and older papers reported it; compare "
@@ -421,11 +450,12 @@ def _epsilon_mode(args: argparse.Namespace, plan: BudgetPlan, accountants: list[
 
 
 def _target_mode(args: argparse.Namespace, plan: BudgetPlan, accountants: list[str]) -> None:
-    name = "z" if plan.level == "client" else "σ"
+    name = "z" if plan.level != "example" else "σ"
     print(f"Target ε = {args.target_epsilon:g} at δ = {args.delta:g}.")
-    calibrate = (
-        client_noise_for_target_epsilon if plan.level == "client" else noise_for_target_epsilon
-    )
+    calibrate = {
+        "client": client_noise_for_target_epsilon,
+        "distributed": _distributed_calibration,
+    }.get(plan.level, noise_for_target_epsilon)
     rows = []
     sigmas = {}
     for accountant in accountants:
@@ -493,7 +523,7 @@ def make_figure(curves: Sequence[Curve], plan: BudgetPlan, delta: float) -> Figu
     axes = figure.add_subplot()
     colours: dict[float, Any] = {}
     palette = [f"C{i}" for i in range(10)]
-    symbol = "z" if plan.level == "client" else "σ"
+    symbol = "z" if plan.level != "example" else "σ"
     for curve in curves:
         colour = colours.setdefault(curve.sigma, palette[len(colours) % len(palette)])
         axes.plot(
@@ -552,6 +582,8 @@ def _plot_mode(args: argparse.Namespace, plan: BudgetPlan) -> int:
     if problem is not None:  # before any work, so nothing is printed for a plot never written
         raise BudgetError(f"--plot {args.plot} {problem}; choose another file")
     accountants = _accountants(args.accountant, default="all")
+    if plan.level == "distributed":
+        accountants = _rdp_only(args.accountant)
     curves, notes = compute_curves(plan, sigmas, accountants, args.delta, args.points)
     print(f"Plan ({plan.level} level): {plan.description}.")
     print(f"Cumulative ε at δ = {args.delta:g} after each {plan.unit}:")

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from privet.privacy import (
+    CalibrationError,
     ClientLevelRound,
     client_noise_for_target_epsilon,
     update_noise_for_adaptive_clipping,
 )
+from privet.privacy.calibration import distributed_noise_for_target_epsilon
 from privet.server.aggregation import COUNT_SENSITIVITY, AdaptiveClipping, ClientLevelAggregator
 from privet.task.config import ConfigError, RunConfig
 
@@ -59,7 +61,14 @@ def plan_client_level(config: RunConfig) -> ClientLevelPlan | None:
     if not config.client_level_dp:
         return None
     q = config.client_sample_rate
-    if config.client_target_epsilon is not None:
+    if config.distributed_dp and config.client_target_epsilon is not None:
+        try:
+            z = distributed_noise_for_target_epsilon(
+                config.client_target_epsilon, config.delta, q, config.rounds
+            )
+        except CalibrationError as error:
+            raise ConfigError(f"distributed DP: {error}") from None
+    elif config.client_target_epsilon is not None:
         z = client_noise_for_target_epsilon(
             config.client_target_epsilon, config.delta, q, config.rounds, config.accountant
         )

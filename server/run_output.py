@@ -369,6 +369,11 @@ class ClientLevelData:
     rounds: int
     count_stddev: float | None = None
     count_sensitivity: float | None = None
+    mechanism: str | None = None
+    """"distributed discrete Gaussian" when the clients added the noise; None: the server did."""
+    epsilon_against_server: float | None = None
+    """Under distributed DP: ε of the rounds a client took part in, without sampling (the server
+    knows who took part)."""
 
 
 @dataclass(frozen=True)
@@ -464,6 +469,8 @@ def _client_level_data(fields: JsonFields, delta: float) -> ClientLevelData:
         rounds=fields.integer("rounds", default=0),
         count_stddev=None if count is None else count.number("count_stddev"),
         count_sensitivity=None if count is None else count.number("count_sensitivity"),
+        mechanism=fields.optional_text("mechanism"),
+        epsilon_against_server=fields.optional_number("epsilon_against_server"),
     )
 
 

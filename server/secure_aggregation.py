@@ -22,6 +22,7 @@ the settings that make that possible at run start.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -30,12 +31,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from privet.privacy.distributed_dp import (
+    ROTATION_SEED_BYTES,
+    DistributedDpError,
+    DistributedDpSpec,
+    plan_spec,
+)
 from privet.privacy.secagg import (
     AdvertiseKeys,
     KeysBroadcast,
     MaskedInput,
     QuantizationSpec,
     Refusal,
+    SecAggAbort,
     SecAggConfig,
     SecAggError,
     SecAggProtocolError,
@@ -72,6 +80,24 @@ is the stage's protocol message or the client's `Refusal`, as plain data."""
 
 
 @dataclass(frozen=True)
+class DistributedDpSettings:
+    """Distributed DP's part of the secure sum: the ring's bits and the total noise multiplier z."""
+
+    bits: int
+    noise_multiplier: float
+    seed: int | None = None
+    """The run's seed when it is reproducible: the rounds' public rotation seeds derive from it
+    (else each is fresh from the operating system)."""
+
+    def rotation_seed(self, server_round: int) -> bytes:
+        """The public seed of a round's randomized Hadamard rotation."""
+        if self.seed is None:
+            return os.urandom(ROTATION_SEED_BYTES)
+        material = f"privet/rotation-seed/{self.seed}/{server_round}".encode()
+        return hashlib.sha256(material).digest()[:ROTATION_SEED_BYTES]
+
+
+@dataclass(frozen=True)
 class SecAggSettings:
     """The run's secure-aggregation settings, from the run configuration."""
 
@@ -79,6 +105,8 @@ class SecAggSettings:
     degree: int | None
     levels: int
     stage_timeout: float
+    distributed: DistributedDpSettings | None = None
+    """Set (with the calibrated z) when the clients add the DP noise (`privacy.distributed_dp`)."""
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SecAggSettings | None:
@@ -166,6 +194,8 @@ def conditional_rounding_ratio(config: RunConfig, num_params: int) -> float | No
     """
     if not (config.secure_aggregation and config.client_level_dp):
         return None
+    if config.distributed_dp:
+        return distributed_rounding_ratio(config, num_params)
     try:
         ratio = conditional_rounding_radius(1.0, num_params, 2.0 / (config.secagg_levels - 1))
     except QuantizationError as error:
@@ -184,6 +214,49 @@ def conditional_rounding_ratio(config: RunConfig, num_params: int) -> float | No
     return ratio
 
 
+def distributed_rounding_ratio(config: RunConfig, num_params: int) -> float:
+    """Distributed DP's plan for a round of the expected size, checked before any work.
+
+    Too few bits for the model and cohort is a ConfigError naming the fix; a grid so coarse that
+    rounding shrinks updates by more than 1% gets a warning. Returns that shrink factor r/Δ.
+    """
+    from privet.privacy.distributed_dp import rounding_shrink
+    from privet.server.client_dp import plan_client_level
+
+    plan = plan_client_level(config)
+    assert plan is not None
+    clients = max(2, round(config.expected_clients_per_round))
+    degree = config.secagg_degree
+    if degree is None and clients > COMPLETE_GRAPH_UP_TO:
+        degree = default_degree(clients)
+    closed = clients if degree is None else min(clients, degree + 1)
+    try:
+        spec = plan_spec(
+            clip_norm=config.client_clip_norm,
+            noise_multiplier=plan.update_noise_multiplier,
+            clients=clients,
+            min_survivors=threshold_for(closed, config.secagg_threshold),
+            dimension=num_params,
+            bits=config.secagg_bits,
+            rotation_seed=bytes(ROTATION_SEED_BYTES),
+        )
+    except (DistributedDpError, SecAggProtocolError) as error:
+        raise ConfigError(
+            f"{error} (secagg-bits {config.secagg_bits}, {num_params} parameters, about "
+            f"{clients} clients per round)"
+        ) from None
+    ratio = rounding_shrink(spec)
+    if ratio < 0.99:
+        logger.warning(
+            "distributed DP at %d bits: to keep each rounded update within its norm bound, "
+            "clients shrink it to %.4g of the clip norm before rounding; raise --secagg-bits to "
+            "shrink it less",
+            config.secagg_bits,
+            ratio,
+        )
+    return ratio
+
+
 @dataclass(frozen=True)
 class SecAggRoundPlan:
     """What the server fixed for one round before sending the TRAIN messages."""
@@ -192,15 +265,20 @@ class SecAggRoundPlan:
     spec: QuantizationSpec
     graph: dict[int, frozenset[int]]
     server: SecAggServer
+    distributed: DistributedDpSpec | None = None
+    """Under distributed DP, the clients' encoding (then `spec` only carries the ring and S)."""
 
     @property
     def neighbours(self) -> int:
         """Neighbours per client (the graph is regular)."""
         return len(next(iter(self.graph.values())))
 
-    def train_config(self) -> dict[str, int | float]:
+    def train_config(self) -> dict[str, int | float | bytes]:
         """The keys a client needs, sent with the TRAIN message (its clip norm is sent apart)."""
-        return dict(encode_request(self.config, self.spec))
+        keys: dict[str, int | float | bytes] = dict(encode_request(self.config, self.spec))
+        if self.distributed is not None:
+            keys.update(self.distributed.to_config())
+        return keys
 
     def with_clip_norm(self, clip_norm: float) -> SecAggRoundPlan:
         """The same round with the clip norm known when it trains.
@@ -223,6 +301,7 @@ def plan_round(
     num_params: int,
     clip_norm: float,
     random_bytes: RandomSource = os.urandom,
+    server_round: int = 0,
 ) -> SecAggRoundPlan:
     """Graph, threshold, quantization and a fresh round id for the sampled clients of one round.
 
@@ -230,6 +309,7 @@ def plan_round(
     width is the smallest for which the sum of all sampled clients cannot overflow. The round id
     is 64 random bits from ``random_bytes`` (``os.urandom``): it binds every key, ciphertext and
     client reply to this round of this run (the server round number is only the message group).
+    Under distributed DP ``server_round`` picks the round's public rotation seed.
     """
     n = len(client_ids)
     if n < 2:
@@ -241,14 +321,34 @@ def plan_round(
         degree = default_degree(n)
     graph = build_graph(client_ids, degree, random_bytes)
     closed = len(next(iter(graph.values()))) + 1
-    spec = QuantizationSpec(clip_norm=clip_norm, num_clients=n, levels=settings.levels)
+    threshold = threshold_for(closed, settings.threshold)
+    distributed = None
+    if settings.distributed is None:
+        spec = QuantizationSpec(clip_norm=clip_norm, num_clients=n, levels=settings.levels)
+        length = num_params + 1
+    else:
+        try:
+            distributed = plan_spec(
+                clip_norm=clip_norm,
+                noise_multiplier=settings.distributed.noise_multiplier,
+                clients=n,
+                min_survivors=threshold,
+                dimension=num_params,
+                bits=settings.distributed.bits,
+                rotation_seed=settings.distributed.rotation_seed(server_round),
+            )
+        except DistributedDpError as error:
+            raise SecAggProtocolError(str(error)) from None
+        # The grid spec only carries the ring and the clip norm; `distributed` is the encoding.
+        spec = QuantizationSpec(clip_norm=clip_norm, num_clients=n, levels=2, bits=distributed.bits)
+        length = distributed.padded_dimension
     config = SecAggConfig(
         round_id=int.from_bytes(random_bytes(8), "big"),
-        threshold=threshold_for(closed, settings.threshold),
+        threshold=threshold,
         bits=int(spec.bits),  # type: ignore[arg-type]
-        vector_length=num_params + 1,
+        vector_length=length,
     )
-    return SecAggRoundPlan(config, spec, graph, SecAggServer(config, graph))
+    return SecAggRoundPlan(config, spec, graph, SecAggServer(config, graph), distributed)
 
 
 def _parse(cls: type, replies: Replies, stage: str, server: SecAggServer) -> list:
@@ -391,6 +491,7 @@ def run_folded_sum(
             ahead.give_up(f"advertise keys: {exc}")
     try:
         requests = server.collect_masked(_parse(MaskedInput, replies, "masked_input", server))
+        check_noise_carried(plan, len(requests))
     except SecAggError:
         if ahead is not None:
             ahead.give_up(f"round {ahead.server_round - 1} ended before its unmask stage")
@@ -414,6 +515,31 @@ def run_folded_sum(
     return server.unmask(_parse(UnmaskShares, replies, "unmask", server))
 
 
+def check_noise_carried(plan: SecAggRoundPlan, survivors: int) -> None:
+    """Under distributed DP, refuse to unmask a sum of fewer shares than the noise is sized for.
+
+    Raised after the masked inputs are in and before any unmask request goes out, so the server
+    never sees a sum that carries less noise than planned.
+    """
+    spec = plan.distributed
+    if spec is not None and survivors < spec.min_survivors:
+        raise SecAggAbort(
+            "masked_input",
+            f"{survivors} masked updates arrived, fewer than the {spec.min_survivors} whose noise "
+            "shares make up distributed DP's noise; nothing was unmasked",
+            survivors,
+            spec.min_survivors,
+        )
+
+
+@dataclass(frozen=True)
+class DistributedSum:
+    """A distributed-DP round's sum: its encoding and its coordinates at the ring's edge."""
+
+    spec: DistributedDpSpec
+    edge_coordinates: int
+
+
 @dataclass(frozen=True)
 class SecureSum:
     """The unmasked round sum in floats: Σ w_k·Δ_k over the survivors, and what it covers."""
@@ -423,6 +549,8 @@ class SecureSum:
     dropped: tuple[int, ...]
     within_clip: int
     error_bound: float
+    distributed: DistributedSum | None = None
+    """Under distributed DP: the sum already carries the clients' noise (no within-clip count)."""
 
 
 def decode_secure_sum(
@@ -430,6 +558,22 @@ def decode_secure_sum(
 ) -> SecureSum:
     """Dequantize the update part and read the count of within-clip updates exactly."""
     survivors = len(result.survivor_ids)
+    if plan.distributed is not None:
+        spec = plan.distributed
+        try:
+            update = spec.decode(result.aggregate, shapes)
+            edges = spec.edge_count(result.aggregate)
+        except DistributedDpError as error:
+            raise SecAggProtocolError(str(error)) from None
+        return SecureSum(
+            weighted_update_sum=update,
+            survivors=result.survivor_ids,
+            dropped=result.dropped_ids,
+            within_clip=0,
+            # Rounding moves each rotated coordinate of each share by less than one step γ.
+            error_bound=survivors * spec.scale,
+            distributed=DistributedSum(spec, edges),
+        )
     update, within = decode_update_sum(result.aggregate, survivors, plan.spec, shapes)
     return SecureSum(
         weighted_update_sum=update,

@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.typing import ConfigRecordValues
 
+from privet.privacy.distributed_dp import DistributedDpSpec
 from privet.privacy.secagg import QuantizationError, SecAggError
 from privet.privacy.secagg.wire import (
     INPUT_KEY,
@@ -107,22 +108,25 @@ class SecureAggregation(AggregationStep):
             if prepared is not None:
                 plan = prepared.plan.with_clip_norm(clip)
             else:
-                plan = plan_round(self.settings, outcome.sampled, num_params, clip)
+                plan = plan_round(
+                    self.settings, outcome.sampled, num_params, clip, server_round=server_round
+                )
         except SecAggError as exc:
             fail_secure_round(server_round, outcome, str(exc))
             return None
         train.config.update(TrainInstructions(server_round, clip).to_config())
         train.config.update(plan.train_config())
         outcome.clip_norm = clip
+        rounding = "conditional" if client_level_clip is not None else "stochastic"
         outcome.secure_aggregation = {
             "status": "running",
             "threshold": plan.config.threshold,
             "neighbours": plan.neighbours,
             "bits": plan.config.bits,
-            "levels": plan.spec.levels,
+            "levels": plan.spec.levels if plan.distributed is None else None,
             # Under client-level DP the clients round conditionally, so the norm of each rounded
             # update, and the sensitivity of the sum, is at most the clip norm (norm_bound).
-            "rounding": "conditional" if client_level_clip is not None else "stochastic",
+            "rounding": rounding,
             "norm_bound": client_level_clip,
             # 2 when the round's keys were exchanged during the round before (stage folding).
             "exchanges": 2 if prepared is not None else 4,
@@ -130,6 +134,10 @@ class SecureAggregation(AggregationStep):
             "refused": [],
             "rejected_replies": [],
         }
+        if plan.distributed is not None:
+            outcome.secure_aggregation["distributed_dp"] = planned_summary(
+                plan.distributed, len(outcome.sampled)
+            )
         return plan, prepared
 
     def _begin_ahead(self, train: TrainRound, plan: SecAggRoundPlan) -> KeysAhead | None:
@@ -139,9 +147,18 @@ class SecureAggregation(AggregationStep):
         sampled = train.sample_next()
         if len(sampled) < self.min_clients:
             return None
+        num_params = (
+            plan.config.vector_length - 1
+            if plan.distributed is None
+            else plan.distributed.dimension
+        )
         try:
             ahead_plan = plan_round(
-                self.settings, sampled, plan.config.vector_length - 1, float(plan.spec.clip_norm)
+                self.settings,
+                sampled,
+                num_params,
+                float(plan.spec.clip_norm),
+                server_round=train.server_round + 1,
             )
         except SecAggError:
             return None  # the next round plans itself, and records why it cannot run
@@ -339,6 +356,21 @@ class SecureAggregation(AggregationStep):
         update = release.release_secure_sum(book, server_round, secure, weights)
         outcome.trained = survivors
         return update
+
+
+def planned_summary(spec: DistributedDpSpec, sampled: int) -> dict[str, object]:
+    """What a distributed-DP round was planned with, for the round's record in results.json."""
+    return {
+        "bits": spec.bits,
+        "scale": spec.scale,
+        "norm_bound": spec.norm_bound,
+        "local_variance": spec.local_variance,
+        "local_noise_stddev": spec.noise_stddev,
+        "min_survivors": spec.min_survivors,
+        "planned_noise_multiplier": spec.total_noise_multiplier(spec.min_survivors),
+        "expected_wraps": spec.expected_wraps(sampled),
+        "padded_dimension": spec.padded_dimension,
+    }
 
 
 def advertised_count(metrics: MetricRecord | None) -> int:

@@ -343,7 +343,14 @@ class RunSections:
         else:
             parts.append("<p>No client has trained, so no noise multiplier was recorded.</p>")
         cl = run.client_level
-        if cl is not None:
+        if cl is not None and cl.mechanism is not None:
+            text = (
+                f"Client level: every sampled client adds its share of {cl.mechanism} noise to "
+                "its clipped, rotated and rounded update before masking; the shares of the "
+                f"survivors sum to at least z = {num(cl.noise_multiplier)} times the norm bound"
+            )
+            parts.append(f"<p>{esc(text)}.</p>")
+        elif cl is not None:
             text = (
                 f"Client level: the server adds Gaussian noise of standard deviation z·S to the "
                 f"sum of clipped client updates, z = {num(cl.noise_multiplier)}"
@@ -523,6 +530,8 @@ class RunSections:
             if run.secure_aggregation is not None
             else ""
         )
+        if cl.mechanism is not None:
+            return self._distributed_client_level(cl, noise)
         return (
             '<div class="statement"><p>With respect to adding or removing a whole client — all '
             "of its examples at once — the sequence of models the server released is "
@@ -532,6 +541,31 @@ class RunSections:
             f"q = {esc(num(cl.sample_rate))} per round; {esc(_accountant(run.accountant))}).</p>"
             "<p>The noise is added by the server: this is the trusted-server model, in which "
             f"the server sees the sum of the clipped updates before the noise.{secure}</p></div>"
+        )
+
+    def _distributed_client_level(self, cl: ClientLevelData, noise: str) -> str:
+        """The statement of a run whose clients added the noise (distributed DP)."""
+        against = cl.epsilon_against_server
+        server = (
+            ""
+            if against is None
+            else (
+                " The server itself chose who took part and saw who answered, so for it "
+                "sampling amplifies nothing: over the rounds a client's update was summed in, "
+                f"its ε is at most {self.eps(against, 'client-level-server')} (the largest over "
+                "clients)."
+            )
+        )
+        return (
+            '<div class="statement"><p>Distributed DP: every sampled client noised its own '
+            "update before masking it, so the server saw only sums already carrying the DP "
+            "noise, and added none. With respect to one client's update, the sequence of models "
+            f"is (ε, δ) = ({self.eps(cl.epsilon, 'client-level')}, {esc(f'{cl.delta:g}')})-DP "
+            f"over the {cl.rounds} round{'s' if cl.rounds != 1 else ''} whose sum was "
+            f"unmasked ({esc(noise)}; each client sampled with probability "
+            f"q = {esc(num(cl.sample_rate))} per round; Rényi DP with the bound of Kairouz, "
+            "Liu and Steinke 2021 and Zhu and Wang's sampling bound), for whoever does not know "
+            f"who took part.{server}</p></div>"
         )
 
     def _secure_aggregation(self) -> str:

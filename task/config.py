@@ -56,6 +56,7 @@ __all__ = [
     "CLIENT_SAMPLING_NAMES",
     "DEFAULT_SECAGG_CLIP_NORM",
     "DEFAULT_SECAGG_LEVELS",
+    "DEFAULT_DISTRIBUTED_DP_BITS",
     "DEFAULT_SECAGG_THRESHOLD",
     "DEFAULT_TARGET_EPSILON",
     "DEVICE_NAMES",
@@ -89,6 +90,7 @@ DEFAULT_TARGET_EPSILON = 8.0
 DEFAULT_SECAGG_THRESHOLD = 2 / 3
 DEFAULT_SECAGG_LEVELS = 2**16
 DEFAULT_SECAGG_CLIP_NORM = 10.0
+DEFAULT_DISTRIBUTED_DP_BITS = 16
 
 
 def _partition_names() -> tuple[str, ...]:
@@ -132,6 +134,11 @@ _FEATURES: dict[str, tuple[str, str, Callable[[RunConfig], bool]]] = {
         "--adaptive-clipping",
         "add --adaptive-clipping (with client-level DP)",
         lambda config: config.adaptive_clipping,
+    ),
+    "distributed_dp": (
+        "--distributed-dp",
+        "add --distributed-dp (with --secure-aggregation and client-level DP)",
+        lambda config: config.distributed_dp,
     ),
     "clients_per_round": (
         "--clients-per-round",
@@ -438,6 +445,20 @@ class RunConfig:
         help="L2 bound of each update, the quantization range, when there is no client-level "
         f"DP (default: {DEFAULT_SECAGG_CLIP_NORM:g}; with client-level DP it is "
         "--client-clip-norm)",
+    )
+    distributed_dp: bool = setting(
+        False,
+        section="secure_aggregation",
+        flag="switch",
+        needs="secure_aggregation",
+        help="distributed DP: each client adds its share of discrete Gaussian noise before "
+        "masking, so the server only ever unmasks a noised sum (needs client-level DP)",
+    )
+    secagg_bits: int = setting(
+        DEFAULT_DISTRIBUTED_DP_BITS,
+        section="secure_aggregation",
+        needs="distributed_dp",
+        help="bits per coordinate of the secure sum under distributed DP (default: {default})",
     )
     # -- run ----------------------------------------------------------------------------------
     seed: int = setting(

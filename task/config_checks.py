@@ -265,11 +265,39 @@ def check_secure_aggregation(config: RunConfig) -> None:
                 "under client-level DP updates are clipped to --client-clip-norm; drop "
                 "--secagg-clip-norm"
             )
+    check_distributed_dp(config)
     if config.secure_aggregation and config.clients < 2:
         raise ConfigError("secure aggregation needs at least 2 clients; raise --clients")
     if config.secure_aggregation and config.expected_clients_per_round < 2:
         raise ConfigError(
             "secure aggregation needs at least 2 clients per round; raise --clients-per-round"
+        )
+
+
+def check_distributed_dp(config: RunConfig) -> None:
+    """Distributed DP: client-level DP in secure aggregation, a bit width, the RDP accountant."""
+    from privet.privacy.distributed_dp import MAX_BITS, MIN_BITS
+
+    if not MIN_BITS <= config.secagg_bits <= MAX_BITS:
+        raise ConfigError(
+            f"secagg-bits must be between {MIN_BITS} and {MAX_BITS}, got {config.secagg_bits}"
+        )
+    if not config.distributed_dp:
+        return
+    if not config.client_level_dp:
+        raise ConfigError(
+            "distributed-dp adds client-level DP noise on the clients: pass "
+            "--client-target-epsilon or --client-noise-multiplier"
+        )
+    if config.adaptive_clipping:
+        raise ConfigError(
+            "adaptive clipping's count is not noised by the clients yet, so it cannot run under "
+            "distributed-dp; drop --adaptive-clipping"
+        )
+    if config.accountant != "rdp":
+        raise ConfigError(
+            f"distributed-dp is accounted by Renyi DP (the bound of Kairouz et al. 2021); "
+            f"--accountant {config.accountant} has no such bound: use --accountant rdp"
         )
 
 

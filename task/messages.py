@@ -56,7 +56,7 @@ LARGEST_COUNT = 2**53
 """Counts above 2^53 are not even exact as metric floats: no real message has them."""
 
 MetricValues = dict[str, int | float]
-ConfigValues = dict[str, int | float]
+ConfigValues = dict[str, int | float | bytes]
 TrainConfigValues = dict[str, int | float | str]
 ReportValue = int | float | list[int]
 """A privacy report's metric value: a number, or a list of whole numbers (a ledger digest)."""
@@ -187,7 +187,7 @@ class SecAggInput:
     travels beside them, and with the TRAIN message so does the client's aggregation weight.
     """
 
-    settings: Mapping[str, int | float]
+    settings: Mapping[str, int | float | bytes]
     clip_norm: float | None
     weight: float | None = None
 

@@ -23,7 +23,7 @@ from privet.cli import build_parser
 from privet.client.local_plan import plan_local_training
 from privet.client.trainer import train_locally
 from privet.privacy import epsilon_for
-from privet.privacy.secagg.crypto import word_bytes
+from privet.privacy.secagg.protocol import packed_bytes
 from privet.server.evaluation import ServerEvaluator
 from privet.simulations.inprocess_engine import run_in_process
 from privet.task.config import ConfigError, RunConfig
@@ -312,9 +312,9 @@ def test_a_registered_task_runs_a_federation_with_its_backbone_frozen(tmp_path, 
     for entry in recorded["rounds"]:
         cost = entry["cost"]
         assert cost["bytes_down_per_client"] == head_bytes
-        if secure:  # the masked vector: every head value and the within-clip flag, in ring words
-            words = word_bytes(entry["secure_aggregation"]["bits"])
-            assert cost["bytes_up_per_client"] == (head_size + 1) * words
+        if secure:  # the masked vector: every head value and the within-clip flag, packed
+            bits = entry["secure_aggregation"]["bits"]
+            assert cost["bytes_up_per_client"] == packed_bytes(head_size + 1, bits)
         else:
             assert cost["bytes_up_per_client"] == head_bytes
         assert 0 < cost["step_seconds_median"] <= cost["step_seconds_max"]
