@@ -451,7 +451,7 @@ class ClientLevelRound(PrivacyEvent):
 
 
 PLANNING_VARIANCE = 1e6
-"""The summed noise variance (grid units²) of `DistributedDiscreteGaussianRound.at_noise_multiplier`."""
+"""The summed noise variance (grid units²) of the rounds `at_noise_multiplier` describes."""
 
 
 class DiscreteGaussianSumComposition(NamedTuple):

@@ -266,14 +266,11 @@ def test_a_clients_share_of_the_distributed_sum_moves_it_by_at_most_the_recorded
     for trial in range(8):
         seed = bytes([trial]) * 32  # the same noise in both neighbours
 
-        def released(values: np.ndarray) -> np.ndarray:
-            return spec.encode([values], np.random.default_rng(trial), SeededRandom(seed)).astype(
-                np.int64
-            )
-
-        difference = spec.centred(
-            np.mod(released(update) - released(np.zeros(dimension)), spec.modulus)
-        )
+        released = [
+            spec.encode([values], np.random.default_rng(trial), SeededRandom(seed)).astype(np.int64)
+            for values in (update, np.zeros(dimension))
+        ]
+        difference = spec.centred(np.mod(released[0] - released[1], spec.modulus))
         worst = max(worst, float(np.linalg.norm(difference.astype(np.float64))))
     assert worst <= spec.norm_bound
     assert worst > 0.5 * spec.norm_bound  # the bound is not vacuous: a unit update comes close
