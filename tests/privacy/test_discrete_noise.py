@@ -22,11 +22,15 @@ from scipy import stats
 from privet.privacy.discrete_noise import (
     bernoulli,
     bernoulli_exp,
+    bernoulli_exp_array,
     discrete_gaussian,
+    discrete_gaussian_array,
     discrete_gaussian_pmf,
     discrete_laplace,
+    discrete_laplace_array,
     noise_source,
     uniform_below,
+    uniform_below_array,
 )
 from privet.privacy.secagg.crypto import SeededRandom
 
@@ -135,3 +139,75 @@ def test_noise_comes_from_the_os_unless_a_reproducible_run_seeds_it():
 def test_impossible_parameters_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# -- the array sampler a client noises its update with ---------------------------------------------
+
+
+@pytest.mark.parametrize(("sigma2", "count"), [(1, 200_000), (7, 200_000), (2_500, 200_000)])
+def test_the_array_sampler_draws_the_exact_discrete_gaussian(sigma2, count):
+    draws = discrete_gaussian_array(sigma2, count, seeded(11))
+    reach = int(8 * math.sqrt(sigma2)) + 4
+    support = np.arange(-reach, reach + 1)
+    pmf = discrete_gaussian_pmf(sigma2, support)
+    exact_variance = float((pmf * support.astype(float) ** 2).sum())
+    fourth = float((pmf * support.astype(float) ** 4).sum())
+    assert matches_pmf(draws, lambda v: discrete_gaussian_pmf(sigma2, v), reach) > 1e-3
+    assert abs(draws.mean()) < 5 * math.sqrt(exact_variance / count)
+    assert abs(draws.var() - exact_variance) < 5 * math.sqrt((fourth - exact_variance**2) / count)
+    for k in (2, 3):  # tails at 2σ and 3σ
+        cut = k * math.sqrt(sigma2)
+        tail = float(pmf[np.abs(support) > cut].sum())
+        seen = np.count_nonzero(np.abs(draws) > cut) / count
+        assert abs(seen - tail) < 5 * math.sqrt(tail * (1 - tail) / count)
+
+
+def test_the_array_sampler_agrees_with_the_scalar_reference():
+    # Two independent exact samplers of one law: a two-sample test cannot tell them apart.
+    sigma2 = 12
+    source = seeded(14)
+    scalar = np.array([discrete_gaussian(sigma2, source) for _ in range(6000)])
+    array = discrete_gaussian_array(sigma2, 60_000, seeded(15))
+    values = np.arange(-14, 15)
+    table = np.array(
+        [
+            [np.count_nonzero(np.clip(scalar, -14, 14) == v) for v in values],
+            [np.count_nonzero(np.clip(array, -14, 14) == v) for v in values],
+        ]
+    )
+    table = table[:, table.sum(axis=0) >= 10]
+    assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_the_array_helpers_are_exact_on_their_own():
+    source = seeded(16)
+    draws = uniform_below_array(np.full(60_000, 6, dtype=np.int64), source)
+    assert set(np.unique(draws)) == set(range(6))
+    assert stats.chisquare(np.bincount(draws)).pvalue > 1e-3
+    for numerator, denominator in ((0, 1), (1, 3), (5, 2)):
+        hits = bernoulli_exp_array(np.full(40_000, numerator), denominator, source)
+        p = math.exp(-numerator / denominator)
+        if numerator == 0:
+            assert hits.all()
+        else:
+            assert abs(hits.mean() - p) < 5 * math.sqrt(p * (1 - p) / 40_000)
+    t = 4
+    laplace = discrete_laplace_array(t, 80_000, source)
+    norm = (1 - math.exp(-1 / t)) / (1 + math.exp(-1 / t))
+    assert matches_pmf(laplace, lambda v: norm * np.exp(-np.abs(v) / t), 30) > 1e-3
+
+
+def test_the_array_sampler_uses_the_os_unless_seeded_and_refuses_bad_input():
+    for sampler in (discrete_gaussian_array, discrete_laplace_array, uniform_below_array):
+        assert inspect.signature(sampler).parameters["random_bytes"].default is os.urandom
+    assert np.array_equal(
+        discrete_gaussian_array(9, 100, seeded(17)), discrete_gaussian_array(9, 100, seeded(17))
+    )
+    assert not np.array_equal(discrete_gaussian_array(9, 100), discrete_gaussian_array(9, 100))
+    for bad, message in (
+        (0, "sigma2 must lie in"),
+        (2.5, "must be an integer"),
+        (1 << 25, "sigma2 must lie in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            discrete_gaussian_array(bad, 3)

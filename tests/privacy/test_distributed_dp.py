@@ -296,3 +296,19 @@ def test_a_reproducible_run_derives_its_rotation_seeds_and_a_deployment_draws_th
     fresh = DistributedDpSettings(bits=16, noise_multiplier=Z)
     assert fresh.rotation_seed(3) != fresh.rotation_seed(3)
     assert len(fresh.rotation_seed(1)) == len(seeded.rotation_seed(1)) == 16
+
+
+def test_a_client_seeds_its_noise_share_only_in_a_reproducible_run():
+    from privet.client.training_round import distributed_noise_seed
+    from privet.task.config import RunConfig
+
+    reproducible = RunConfig(reproducible=True, seed=4)
+    deployed = RunConfig(reproducible=False, seed=4)
+    assert distributed_noise_seed(deployed, 3, 1) is None  # → os.urandom (`noise_source`)
+    seed = distributed_noise_seed(reproducible, 3, 1)
+    assert isinstance(seed, bytes) and len(seed) == 32
+    assert seed == distributed_noise_seed(reproducible, 3, 1)
+    assert seed not in (
+        distributed_noise_seed(reproducible, 4, 1),
+        distributed_noise_seed(reproducible, 3, 2),
+    )

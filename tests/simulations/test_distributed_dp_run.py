@@ -11,6 +11,7 @@ from privet.cli import main
 from privet.privacy import DistributedDiscreteGaussianRound, PrivacyLedger
 from privet.privacy.secagg.protocol import packed_bytes
 from privet.server.distributed_release import PRIVACY_STATEMENT
+from privet.simulations.faults import Dropout
 from privet.simulations.inprocess_engine import run_in_process
 from privet.task.config import RunConfig
 from tests.privacy.test_distributed_accounting import own_epsilon
@@ -31,9 +32,11 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
         secagg_bits=14,
         client_target_epsilon=6.0,
         seed=1,
+        reproducible=True,  # the sampling that puts clients 0 and 1 in round 2
         output=str(folder),
     )
-    run_in_process(config)
+    # Two clients crash while training (masking) in round 2: the survivors' shares carry the noise.
+    run_in_process(config, client_mods=[Dropout.at("train", [0, 1], rounds=[2])])
     results = json.loads((folder / "results.json").read_text())
     assert results["finished"] is True
     level = results["client_level"]
@@ -48,6 +51,9 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
         assert details["bits"] == secure["bits"] == 14
         survivors = secure["survivors"]
         assert details["survivors"] == len(survivors) >= details["min_survivors"]
+        assert set(survivors) == set(entry["sampled"]) - set(secure["dropped"])
+        if entry["round"] == 2:  # the crash: fewer survivors than sampled, charged as such
+            assert secure["dropped"] and len(survivors) < len(entry["sampled"])
         # The noise is sized for the threshold: t shares carry at least the planned z.
         t, variance = details["min_survivors"], details["local_variance"]
         assert (t * variance) ** 0.5 / details["norm_bound"] >= level["noise_multiplier"]
