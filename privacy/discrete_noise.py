@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from fractions import Fraction
 
 import numpy as np
@@ -136,7 +137,7 @@ MAX_ARRAY_VARIANCE = 1 << 24
 """The largest σ² `discrete_gaussian_array` takes (σ ≤ 4096): its integer arithmetic then stays
 far inside int64 (the acceptance test's denominator 2σ²t² is below 2^50)."""
 _EXACT_LIMIT = 1 << 62
-"""Bounds of uniform draws stay below this: a 64-bit word masked to their bit length holds them."""
+"""Bounds of uniform draws stay below this, so a 64-bit word almost never has to be redrawn."""
 
 
 def _words(count: int, random_bytes: RandomSource) -> np.ndarray:
@@ -144,41 +145,27 @@ def _words(count: int, random_bytes: RandomSource) -> np.ndarray:
     return np.frombuffer(random_bytes(8 * count), dtype="<u8").astype(np.uint64)
 
 
-def _bit_lengths(values: np.ndarray) -> np.ndarray:
-    """int.bit_length of each non-negative int64 value, exactly.
-
-    Below 2^53 a value converts to float64 exactly and frexp's exponent is its bit length; larger
-    values are counted by shifting.
-    """
-    if values.size == 0 or int(values.max()) < (1 << 53):
-        return np.frexp(values.astype(np.float64))[1].astype(np.int64)
-    lengths = np.zeros(values.shape, dtype=np.int64)
-    rest = values.copy()
-    while True:
-        live = rest > 0
-        if not live.any():
-            return lengths
-        lengths += live
-        rest >>= 1
-
-
 def uniform_below_array(bounds: np.ndarray, random_bytes: RandomSource = os.urandom) -> np.ndarray:
     """A uniform integer in [0, n) for each n of ``bounds`` (int64, 1 ≤ n < 2^62).
 
-    Each draw masks a random word to the bit length of n − 1 and is redrawn while it is ≥ n
-    (probability < 1/2 each time), so every value in [0, n) has probability exactly 1/n.
+    A random 64-bit word w is kept when it lies below the largest multiple of n that fits in
+    2^64, and w mod n is returned: each residue then has exactly 2^64 // n words. A word is
+    redrawn with probability below n / 2^64, so almost never.
     """
     bounds = np.asarray(bounds, dtype=np.int64)
     if bounds.size and (int(bounds.min()) < 1 or int(bounds.max()) >= _EXACT_LIMIT):
         raise ValueError("every bound must lie in [1, 2^62)")
-    masks = (np.uint64(1) << _bit_lengths(bounds - 1).astype(np.uint64)) - np.uint64(1)
+    n = bounds.astype(np.uint64)
+    top = np.uint64(np.iinfo(np.uint64).max)
+    spare = (top % n + np.uint64(1)) % n  # 2^64 mod n: the words past the last full multiple
+    last = top - spare  # the largest word kept
     out = np.zeros(bounds.shape, dtype=np.int64)
     pending = np.arange(bounds.size)
     while pending.size:
-        draws = _words(pending.size, random_bytes) & masks[pending]
-        accepted = draws < bounds[pending].astype(np.uint64)
-        out[pending[accepted]] = draws[accepted].astype(np.int64)
-        pending = pending[~accepted]
+        words = _words(pending.size, random_bytes)
+        kept = words <= last[pending]
+        out[pending[kept]] = (words[kept] % n[pending[kept]]).astype(np.int64)
+        pending = pending[~kept]
     return out
 
 
@@ -231,16 +218,35 @@ def _bernoulli_exp_unit(
     return k % 2 == 1
 
 
+def _accepted(
+    size: int, proposals: Callable[[int], tuple[np.ndarray, np.ndarray]], rate: float
+) -> np.ndarray:
+    """``size`` accepted values of a rejection sampler, from batches of ``proposals(n)``.
+
+    ``proposals(n)`` returns n candidate values and which of them are accepted. Batches are
+    oversized by the expected acceptance ``rate``, so most calls need one batch. The values kept
+    are the first accepted ones: which candidates are accepted does not depend on the accepted
+    values, so these are independent draws from the target law, as one-at-a-time would be.
+    """
+    out = np.zeros(size, dtype=np.int64)
+    filled = 0
+    while filled < size:
+        need = size - filled
+        values, accepted = proposals(int(need / rate) + 64)
+        taken = values[accepted][:need]
+        out[filled : filled + taken.size] = taken
+        filled += taken.size
+    return out
+
+
 def discrete_laplace_array(
     t: int, size: int, random_bytes: RandomSource = os.urandom
 ) -> np.ndarray:
     """``size`` draws of P(x) ∝ exp(−|x|/t), for an integer t ≥ 1, as `discrete_laplace`."""
     if t < 1:
         raise ValueError(f"t must be a whole number of at least 1, got {t}")
-    out = np.zeros(size, dtype=np.int64)
-    pending = np.arange(size)
-    while pending.size:
-        n = pending.size
+
+    def proposals(n: int) -> tuple[np.ndarray, np.ndarray]:
         u = uniform_below_array(np.full(n, t, dtype=np.int64), random_bytes)
         keep = bernoulli_exp_array(u, t, random_bytes)
         v = np.zeros(n, dtype=np.int64)
@@ -254,10 +260,10 @@ def discrete_laplace_array(
             np.ones(n, dtype=np.int64), np.full(n, 2, dtype=np.int64), random_bytes
         )
         keep &= ~(negative & (magnitude == 0))  # zero would otherwise be counted twice
-        values = np.where(negative, -magnitude, magnitude)
-        out[pending[keep]] = values[keep]
-        pending = pending[~keep]
-    return out
+        return np.where(negative, -magnitude, magnitude), keep
+
+    # Acceptance is E[exp(−U/t)] ≥ 1 − 1/e ≈ 0.63 (less the rejected negative zero).
+    return _accepted(size, proposals, 0.55)
 
 
 def discrete_gaussian_array(
@@ -280,21 +286,21 @@ def discrete_gaussian_array(
     t = math.isqrt(sigma2) + 1
     denominator = 2 * sigma2 * t * t
     far = (1 << 31) // t
-    out = np.zeros(size, dtype=np.int64)
-    pending = np.arange(size)
-    while pending.size:
-        y = discrete_laplace_array(t, pending.size, random_bytes)
+
+    def proposals(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = discrete_laplace_array(t, n, random_bytes)
         magnitude = np.abs(y)
         near = magnitude < far
-        keep = np.zeros(pending.size, dtype=bool)
+        keep = np.zeros(n, dtype=bool)
         offsets = magnitude[near] * t - sigma2
         keep[near] = bernoulli_exp_array(offsets * offsets, denominator, random_bytes)
         for i in np.flatnonzero(~near):  # astronomically rare: exact rationals
             gamma = Fraction((int(magnitude[i]) * t - sigma2) ** 2, denominator)
             keep[i] = bernoulli_exp(gamma, random_bytes)
-        out[pending[keep]] = y[keep]
-        pending = pending[~keep]
-    return out
+        return y, keep
+
+    # CKS 2020 (Section 5.3): for t = ⌊σ⌋ + 1 a proposal is accepted with probability about 0.7.
+    return _accepted(size, proposals, 0.6)
 
 
 def discrete_gaussian_pmf(sigma2: float, support: np.ndarray) -> np.ndarray:

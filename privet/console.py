@@ -156,6 +156,12 @@ class SimulationConsole:
                 f"Client-level ε = {_eps(results.client_level['epsilon'])} at δ = "
                 f"{results.config.delta:g} over {results.client_level['rounds']} rounds"
             )
+            against = results.client_level.get("epsilon_against_server")
+            if against is not None:
+                self.console.print(
+                    "Distributed DP: the clients added the noise; the server saw only noised "
+                    f"sums. Against the server, which knows who took part: ε = {_eps(against)}"
+                )
         for declined, at in sorted(results.declines.items()):
             self.console.print(f"Client {declined} declined from round {at} on (budget).")
         for warning in results.warnings():

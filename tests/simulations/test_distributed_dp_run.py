@@ -75,7 +75,6 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
     # Against the server, which knows who took part: no sampling, the rounds each client was in.
     worst = max(own_epsilon(rounds, DELTA) for rounds in summed_in.values())
     assert level["epsilon_against_server"] == pytest.approx(worst, rel=0.01)
-    assert level["epsilon_against_server"] > level["epsilon"]
     # The server's ledger holds exactly those rounds, and `privet budget --verify` agrees.
     ledger = PrivacyLedger.load(folder / "ledgers" / "server.json")
     assert [e.summands for e in ledger.events()] == [ev.summands for ev, _ in events]
