@@ -53,6 +53,7 @@ from privet.privacy.secagg.quantization import (
     MAX_ROUNDING_TRIES,
     QuantizationError,
     conditional_rounding_radius,
+    split_flat,
 )
 
 __all__ = [
@@ -240,12 +241,7 @@ class DistributedDpSpec:
             raise DistributedDpError(
                 f"distributed DP: the shapes hold {sum(sizes)} values, the sum {self.dimension}"
             )
-        out: list[np.ndarray] = []
-        start = 0
-        for shape, size in zip(shapes, sizes, strict=True):
-            out.append(flat[start : start + size].reshape(tuple(shape)))
-            start += size
-        return out
+        return split_flat(flat, shapes)
 
 
 def round_within(grid: np.ndarray, norm_bound: float, dither: np.random.Generator) -> np.ndarray:

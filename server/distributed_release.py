@@ -32,7 +32,7 @@ from privet.server.aggregation import ClientUpdate
 from privet.server.client_dp import ClientLevelPlan
 from privet.server.round_book import RoundBook
 from privet.server.secure_aggregation import SecureSum
-from privet.server.update_release import UpdateRelease
+from privet.server.update_release import UpdateRelease, budget_stop_reason
 
 PRIVACY_STATEMENT = (
     "distributed DP: every client noised its own update before masking; the server saw only "
@@ -129,16 +129,9 @@ class DistributedDpRelease(UpdateRelease):
 
         The next round is charged at the fewest shares it may be unmasked with, its least noise.
         """
-        if self.epsilon_budget is None:
-            return None
-        planned = self.planned_round_event()
-        after = self.ledger.epsilon_if_bounded([planned], "rdp")
-        if after > self.epsilon_budget:
-            return (
-                f"round {server_round} would take the client-level epsilon to {after:.4g}, "
-                f"above the budget {self.epsilon_budget:g}"
-            )
-        return None
+        return budget_stop_reason(
+            self.ledger, self.planned_round_event(), "rdp", self.epsilon_budget, server_round
+        )
 
     def planned_round_event(self) -> DistributedDiscreteGaussianRound:
         """A round at exactly the planned noise multiplier z (what calibration assumed)."""

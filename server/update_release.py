@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from privet.privacy import PrivacyLedger
+from privet.privacy import PrivacyEvent, PrivacyLedger
 from privet.server.aggregation import (
     ClientLevelAggregator,
     ClientUpdate,
@@ -85,6 +85,25 @@ class UpdateRelease(ABC):
     def restore_state(self, state: dict[str, object]) -> None:
         """Continue from `checkpoint_state`'s output (nothing to restore by default)."""
         return None
+
+
+def budget_stop_reason(
+    ledger: PrivacyLedger,
+    next_round: PrivacyEvent,
+    accountant: str,
+    epsilon_budget: float | None,
+    server_round: int,
+) -> str | None:
+    """Why `server_round` must not run: its event would take the ledger's ε above the budget."""
+    if epsilon_budget is None:
+        return None
+    after = ledger.epsilon_if_bounded([next_round], accountant)
+    if after > epsilon_budget:
+        return (
+            f"round {server_round} would take the client-level epsilon to {after:.4g}, "
+            f"above the budget {epsilon_budget:g}"
+        )
+    return None
 
 
 class FedAvgRelease(UpdateRelease):
@@ -211,15 +230,9 @@ class ClientLevelRelease(UpdateRelease):
 
     def stop_reason_before(self, server_round: int) -> str | None:
         """Stop before a round that would take the client-level ε above the budget."""
-        if self.epsilon_budget is None:
-            return None
-        after = self.ledger.epsilon_if_bounded([self.plan.round_event()], self.accountant)
-        if after > self.epsilon_budget:
-            return (
-                f"round {server_round} would take the client-level epsilon to {after:.4g}, "
-                f"above the budget {self.epsilon_budget:g}"
-            )
-        return None
+        return budget_stop_reason(
+            self.ledger, self.plan.round_event(), self.accountant, self.epsilon_budget, server_round
+        )
 
     def summary(self) -> dict[str, Any]:
         """results.json's `client_level`: the ε spent and the mechanism that spent it."""

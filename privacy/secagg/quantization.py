@@ -267,9 +267,15 @@ def dequantize_sum(
             "inputs were not quantized with this spec"
         )
     flat = total.astype(np.float64) * spec.step - num_summed * float(spec.clip_norm)
+    return split_flat(flat, shapes)
+
+
+def split_flat(flat: np.ndarray, shapes: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """A flat vector cut into consecutive arrays of ``shapes`` (their sizes must add up to it)."""
     out: list[np.ndarray] = []
     start = 0
-    for shape, size in zip(shapes, sizes, strict=True):
+    for shape in shapes:
+        size = math.prod(shape)
         out.append(flat[start : start + size].reshape(tuple(shape)))
         start += size
     return out
