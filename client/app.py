@@ -404,6 +404,7 @@ def mask_update(
     dither_seed: int,
     client_level: bool = False,
     noise_seed: bytes | None = None,
+    min_noise_multiplier: float | None = None,
 ) -> tuple[ConfigRecord, int]:
     """Stage 2, right after training: the masked update (the plain one never leaves memory).
 
@@ -421,7 +422,14 @@ def mask_update(
     state = _secagg_state(context, "masked_input", round_id)
     bound = float(request.spec.clip_norm) if client_level else None
     pending = PendingInput(
-        update, within_clip, request.spec, dither_seed, bound, request.distributed, noise_seed
+        update,
+        within_clip,
+        request.spec,
+        dither_seed,
+        bound,
+        request.distributed,
+        noise_seed,
+        min_noise_multiplier,
     )
     try:
         new_state, reply, clipped = answer(
@@ -469,6 +477,7 @@ def make_client_app(
         from privet.client.training_round import (
             ClientDecline,
             distributed_noise_seed,
+            planned_client_noise,
             round_seed,
             run_training_round,
             torch_threads_for_client,
@@ -511,6 +520,7 @@ def make_client_app(
                 round_seed(config, server_round, data.client_id, purpose=1),
                 client_level=config.client_level_dp,
                 noise_seed=distributed_noise_seed(config, server_round, data.client_id),
+                min_noise_multiplier=planned_client_noise(config),
             )
             reply = TrainReply(
                 outcome.status.to_metrics(),

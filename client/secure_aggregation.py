@@ -147,6 +147,8 @@ class PendingInput:
     """Under distributed DP, the round's encoding: the client adds its noise share itself."""
     noise_seed: bytes | None = None
     """A reproducible simulation's seed for that noise; None: the operating system's randomness."""
+    min_noise_multiplier: float | None = None
+    """The z of the run's own plan: a round whose t shares would carry less is refused."""
 
 
 def answer(
@@ -172,6 +174,7 @@ def answer(
                 raise SecAggProtocolError("masked input requested but this client has no update")
             dither = np.random.default_rng(pending.dither_seed)
             if pending.distributed is not None:
+                check_noise_share(pending.distributed, pending.min_noise_multiplier)
                 try:
                     values = pending.distributed.encode(
                         pending.update, dither, noise_source(pending.noise_seed)
@@ -206,6 +209,24 @@ def answer(
         refusal = Refusal(client.client_id, client.config.round_id, stage, str(exc))
         return client.to_state(), to_wire(refusal), 0
     return client.to_state(), reply, clipped
+
+
+def check_noise_share(spec: DistributedDpSpec, planned: float | None) -> None:
+    """Refuse a distributed-DP round whose t noise shares would carry less than the run's z.
+
+    The client sizes nothing itself: the server picks σ² and t. A server that asked for less noise
+    than the run's plan would get a sum noised below what every printed ε assumes, so the client
+    checks √(t·σ²)/Δ against the z its own configuration calibrates, and refuses (a `Refusal`,
+    counted by the server) rather than mask an under-noised update.
+    """
+    if planned is None:
+        return
+    carried = spec.total_noise_multiplier(spec.min_survivors)
+    if carried < planned * (1 - 1e-9):
+        raise SecAggRefusal(
+            f"distributed DP: the round's {spec.min_survivors} noise shares carry z = "
+            f"{carried:.6g}, less than the run's z = {planned:.6g}"
+        )
 
 
 def is_done(state: Mapping[str, object]) -> bool:

@@ -72,6 +72,22 @@ def distributed_noise_seed(config: RunConfig, server_round: int, client_id: int)
     return words.astype("<u4").tobytes()
 
 
+def planned_client_noise(config: RunConfig) -> float | None:
+    """Under distributed DP, the z the run's own configuration calibrates (None otherwise).
+
+    A client checks the noise shares the server asks for against it (`check_noise_share`).
+    """
+    if not config.distributed_dp:
+        return None
+    if config.client_target_epsilon is None:
+        return config.client_noise_multiplier
+    from privet.privacy.calibration import distributed_noise_for_target_epsilon
+
+    return distributed_noise_for_target_epsilon(
+        config.client_target_epsilon, config.delta, config.client_sample_rate, config.rounds
+    )
+
+
 def client_plan(config: RunConfig, num_examples: int) -> LocalPlan:
     """The client's DP-SGD schedule for the whole run, from the run configuration.
 

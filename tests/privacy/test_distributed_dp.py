@@ -26,7 +26,7 @@ from privet.privacy.distributed_dp import (
 )
 from privet.privacy.ledger import PrivacyLedger
 from privet.privacy.rotation import rotate
-from privet.privacy.secagg import SecAggAbort
+from privet.privacy.secagg import Refusal, SecAggAbort
 from privet.privacy.secagg.crypto import SeededRandom
 from privet.server.client_dp import ClientLevelPlan
 from privet.server.distributed_release import DistributedDpRelease
@@ -312,3 +312,45 @@ def test_a_client_seeds_its_noise_share_only_in_a_reproducible_run():
         distributed_noise_seed(reproducible, 4, 1),
         distributed_noise_seed(reproducible, 3, 2),
     )
+
+
+def test_a_client_refuses_to_mask_when_the_server_asks_for_less_noise_than_the_runs_plan():
+    import dataclasses
+
+    from privet.client.training_round import planned_client_noise
+    from privet.privacy.secagg.wire import from_wire, is_refusal
+    from privet.task.config import RunConfig
+
+    plan = plan_round(ddp_settings(), [0, 1, 2], NUM_PARAMS, CLIP)
+    spec = plan.distributed
+    request = SecAggRequest.from_train_config(plan.train_config(), CLIP)
+    states, replies = {}, {}
+    # A lying server: each share a quarter of the variance the plan needs.
+    cheap = dataclasses.replace(spec, local_variance=max(4, spec.local_variance // 4))
+    update = clipped_updates([0], 1)[0]
+
+    def exchange(stage, messages):
+        out = {}
+        for u, message in messages.items():
+            if stage == "advertise_keys":
+                states[u], out[u] = begin(u, request, NUM_PARAMS)
+                continue
+            pending = PendingInput(
+                update, True, request.spec, u, distributed=cheap, min_noise_multiplier=Z
+            )
+            states[u], out[u], _ = answer(stage, states[u], message, pending, 1.0)
+            replies[u] = out[u]
+        return out
+
+    with pytest.raises(SecAggAbort):
+        run_secure_sum(plan, exchange)
+    assert all(is_refusal(reply) for reply in replies.values())
+    assert "less than the run's z" in from_wire(Refusal, replies[0]).reason
+    # The run's own plan: z from the configuration, as the server calibrates it.
+    config = RunConfig(
+        clients=10, secure_aggregation=True, distributed_dp=True, client_target_epsilon=8.0
+    )
+    from privet.server.client_dp import plan_client_level
+
+    assert planned_client_noise(config) == plan_client_level(config).update_noise_multiplier
+    assert planned_client_noise(RunConfig()) is None
