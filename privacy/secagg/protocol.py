@@ -368,11 +368,26 @@ def encode_vector(values: np.ndarray, bits: int) -> bytes:
     """Values mod 2^bits packed ``bits`` bits each, least significant bit first (the wire form).
 
     Packed, a 16-bit ring sends 2 bytes a value and a 12-bit ring 1.5, so fewer bits are fewer
-    bytes up (distributed DP's point of choosing them).
+    bytes up (distributed DP's point of choosing them). Whole-byte widths are sliced from the
+    words; other widths up to 56 bits place each value's bytes with `np.bincount` (value i starts
+    at bit i·bits; the bit fields are disjoint, so adding the bytes is OR-ing them).
     """
     words = np.ascontiguousarray(values, dtype="<u8")
-    planes = np.unpackbits(words.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
-    return np.packbits(planes[:, :bits].ravel(), bitorder="little").tobytes()
+    count = words.size
+    if bits % 8 == 0:
+        return words.view(np.uint8).reshape(count, 8)[:, : bits // 8].tobytes()
+    size = packed_bytes(count, bits)
+    if bits > 56 or count == 0:
+        planes = np.unpackbits(words.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+        return np.packbits(planes[:, :bits].ravel(), bitorder="little").tobytes()
+    offsets = np.arange(count, dtype=np.uint64) * np.uint64(bits)
+    first = (offsets >> np.uint64(3)).astype(np.int64)
+    shifted = words << (offsets & np.uint64(7))
+    packed = np.zeros(size + 8, dtype=np.float64)
+    for k in range((bits + 7) // 8 + 1):
+        piece = ((shifted >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.float64)
+        packed += np.bincount(first + k, weights=piece, minlength=size + 8)
+    return packed[:size].astype(np.uint8).tobytes()
 
 
 def decode_vector(data: bytes, length: int, bits: int) -> np.ndarray:

@@ -358,3 +358,25 @@ def test_a_client_that_advertised_a_key_it_did_not_share_is_named_when_its_key_i
     with pytest.raises(SecAggCryptoError, match="client 0 advertised a key it did not share"):
         server.unmask([c.unmask(requests[c.client_id]) for c in live])
     assert server.rejected == {0: "unmask: its key shares rebuild a key it did not advertise"}
+
+
+@pytest.mark.parametrize("bits", [1, 7, 8, 12, 16, 21, 24, 32, 33, 56, 57, 62])
+def test_masked_vectors_travel_packed_at_their_bit_width(bits):
+    from privet.privacy.secagg.protocol import encode_vector, packed_bytes
+
+    rng = np.random.default_rng(bits)
+    for length in (0, 1, 5, 1001):
+        values = rng.integers(0, 1 << bits, size=length, dtype=np.uint64)
+        wire = encode_vector(values, bits)
+        assert len(wire) == packed_bytes(length, bits) == (length * bits + 7) // 8
+        # The reference layout: every value's bits, least significant first, back to back.
+        planes = np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+        assert wire == np.packbits(planes[:, :bits].ravel(), bitorder="little").tobytes()
+        assert np.array_equal(decode_vector(wire, length, bits).astype(np.uint64), values)
+    if (1001 * bits) % 8:
+        tampered = bytearray(encode_vector(values, bits))
+        tampered[-1] |= 0x80  # a padding bit
+        with pytest.raises(SecAggProtocolError, match="padding bits"):
+            decode_vector(bytes(tampered), 1001, bits)
+    with pytest.raises(SecAggProtocolError, match="must be"):
+        decode_vector(encode_vector(values, bits) + b"\x00", 1001, bits)
