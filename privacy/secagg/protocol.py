@@ -368,9 +368,10 @@ def encode_vector(values: np.ndarray, bits: int) -> bytes:
     """Values mod 2^bits packed ``bits`` bits each, least significant bit first (the wire form).
 
     Packed, a 16-bit ring sends 2 bytes a value and a 12-bit ring 1.5, so fewer bits are fewer
-    bytes up (distributed DP's point of choosing them). Whole-byte widths are sliced from the
-    words; other widths up to 56 bits place each value's bytes with `np.bincount` (value i starts
-    at bit i·bits; the bit fields are disjoint, so adding the bytes is OR-ing them).
+    bytes up (distributed DP's point of choosing them). Value i starts at bit i·bits; its bytes
+    are OR-ed into place one byte position at a time (from 8 bits up no two values share a byte
+    position within one pass; narrower widths add the bytes with `np.bincount`, which is the same
+    on disjoint bit fields).
     """
     words = np.ascontiguousarray(values, dtype="<u8")
     count = words.size
@@ -380,27 +381,48 @@ def encode_vector(values: np.ndarray, bits: int) -> bytes:
     if bits > 56 or count == 0:
         planes = np.unpackbits(words.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
         return np.packbits(planes[:, :bits].ravel(), bitorder="little").tobytes()
-    offsets = np.arange(count, dtype=np.uint64) * np.uint64(bits)
-    first = (offsets >> np.uint64(3)).astype(np.int64)
-    shifted = words << (offsets & np.uint64(7))
-    packed = np.zeros(size + 8, dtype=np.float64)
+    first, shift = _bit_positions(count, bits)
+    shifted = words << shift
+    packed = np.zeros(size + 8, dtype=np.uint8)
     for k in range((bits + 7) // 8 + 1):
-        piece = ((shifted >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.float64)
-        packed += np.bincount(first + k, weights=piece, minlength=size + 8)
-    return packed[:size].astype(np.uint8).tobytes()
+        piece = ((shifted >> np.uint64(8 * k)) & np.uint64(0xFF)).astype(np.uint8)
+        if bits >= 8:
+            packed[first + k] |= piece
+        else:
+            packed += np.bincount(first + k, weights=piece, minlength=size + 8).astype(np.uint8)
+    return packed[:size].tobytes()
 
 
 def decode_vector(data: bytes, length: int, bits: int) -> np.ndarray:
     """Inverse of `encode_vector`, checking the length (and that the padding bits are zero)."""
     if not isinstance(data, bytes) or len(data) != packed_bytes(length, bits):
         raise SecAggProtocolError(f"masked vector must be {packed_bytes(length, bits)} bytes")
-    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if stream[length * bits :].any():
+    raw = np.frombuffer(data, dtype=np.uint8)
+    spare = length * bits % 8
+    if spare and int(raw[-1]) >> spare:
         raise SecAggProtocolError("masked vector has non-zero padding bits")
-    planes = np.zeros((length, 64), dtype=np.uint8)
-    planes[:, :bits] = stream[: length * bits].reshape(length, bits)
-    words = np.packbits(planes, axis=1, bitorder="little").view("<u8").ravel()
-    return words.astype(ring_dtype(bits))
+    if bits % 8 == 0:
+        wide = np.zeros((length, 8), dtype=np.uint8)
+        wide[:, : bits // 8] = raw.reshape(length, bits // 8)
+        return wide.view("<u8").ravel().astype(ring_dtype(bits))
+    if bits > 56:
+        stream = np.unpackbits(raw, bitorder="little")
+        planes = np.zeros((length, 64), dtype=np.uint8)
+        planes[:, :bits] = stream[: length * bits].reshape(length, bits)
+        words = np.packbits(planes, axis=1, bitorder="little").view("<u8").ravel()
+        return words.astype(ring_dtype(bits))
+    padded = np.concatenate([raw, np.zeros(8, dtype=np.uint8)])
+    first, shift = _bit_positions(length, bits)
+    words = np.zeros(length, dtype=np.uint64)
+    for k in range((bits + 7) // 8 + 1):  # the bytes value i spans, from byte (i·bits) // 8
+        words |= padded[first + k].astype(np.uint64) << np.uint64(8 * k)
+    return ((words >> shift) & np.uint64((1 << bits) - 1)).astype(ring_dtype(bits))
+
+
+def _bit_positions(count: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """For values packed ``bits`` bits each: each one's first byte and its bit offset in it."""
+    offsets = np.arange(count, dtype=np.uint64) * np.uint64(bits)
+    return (offsets >> np.uint64(3)).astype(np.int64), offsets & np.uint64(7)
 
 
 def _x(client_id: int) -> int:
