@@ -28,6 +28,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -58,6 +59,9 @@ from privet.privacy.secagg.wire import (
     round_of,
 )
 from privet.task.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:  # torch and Opacus stay unimported until a node trains
+    from privet.client.trainer import StepObservers
 from privet.task.messages import (
     ARRAYS_RECORD,
     CONFIG_RECORD,
@@ -447,11 +451,15 @@ def mask_update(
 
 
 def make_client_app(
-    fixed_config: RunConfig | None = None, mods: list[Mod] | None = None
+    fixed_config: RunConfig | None = None,
+    mods: list[Mod] | None = None,
+    step_observers: StepObservers | None = None,
 ) -> ClientApp:
     """A ClientApp; `fixed_config` (used by `privet simulate`) overrides Flower's run config.
 
     `mods` are Flower client mods wrapped around every handler (tests use them to inject faults).
+    `step_observers` gives, for a client id, what watches that client's DP-SGD steps (None for
+    most): only `privet audit` passes it, in this process; a deployed ClientApp never has one.
     """
     wording: list[Mod] = [deployment_wording] if fixed_config is None else []
     app = ClientApp(mods=[*wording, *(mods or [])])
@@ -504,6 +512,7 @@ def make_client_app(
                 clip_norm,
                 run_token=instructions.run_token,
                 node_epsilon_budget=node_budget,
+                step_observer=step_observers(data.client_id) if step_observers else None,
             )
             store_ledger(context, ledger)
         if isinstance(outcome, ClientDecline):

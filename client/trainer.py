@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -54,6 +57,30 @@ class LocalTrainResult:
     grad_sample_mode: str
     gpu_peak_bytes: int | None = None
     """The most GPU memory the round held at once (None: it trained on the CPU)."""
+
+
+class PrivateStepObserver(Protocol):
+    """Something that watches (or adds to) every noisy DP-SGD step of a client's round.
+
+    `privet audit` uses it to add gradient canaries to the clipped sum before Opacus adds the
+    noise, and to see the noisy step Opacus releases. Only an audit passes one: a normal run
+    trains exactly as without this seam.
+    """
+
+    def attach(
+        self,
+        optimizer: DPOptimizer,
+        parameters: Mapping[str, nn.Parameter],
+        plan: LocalPlan,
+    ) -> None:
+        """Hook into `optimizer` (Opacus' own, after `make_private`) for this round's steps.
+
+        `parameters` are the trainable parameters by their name in the plain model.
+        """
+
+
+StepObservers = Callable[[int], PrivateStepObserver | None]
+"""For a client id, what watches its DP-SGD steps (None: nothing does)."""
 
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -138,6 +165,7 @@ def train_locally(
     task: Task | None = None,
     physical_batch_size: int | None = None,
     precision: str = "fp32",
+    step_observer: PrivateStepObserver | None = None,
 ) -> LocalTrainResult:
     """Run `local_epochs` of Opacus DP-SGD with Poisson sampling on `data`, starting from `model`.
 
@@ -151,7 +179,8 @@ def train_locally(
     `physical_batch_size` bounds the examples of one forward and backward pass: a larger Poisson
     batch is processed in parts whose clipped gradients add up before the one noisy step
     (Opacus' BatchMemoryManager), so the DP batch, the noise and ε do not change, only the
-    memory. `precision` "bf16" runs the forward pass under bfloat16 autocast. On a GPU the
+    memory. `step_observer` (audits only) is attached to Opacus' optimizer before the first
+    step. `precision` "bf16" runs the forward pass under bfloat16 autocast. On a GPU the
     round's peak memory is measured and the cache emptied afterwards, so clients that share a
     GPU one after another do not pile up memory.
     """
@@ -180,9 +209,8 @@ def train_locally(
         # method's batch instead (torch/utils/data/_utils/fetch.py), which they do not describe.
         collate_fn=_already_batched,  # type: ignore[arg-type]
     )
-    optimizer = task.optimizer(
-        [parameter for parameter in model.parameters() if parameter.requires_grad], learning_rate
-    )
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = task.optimizer(list(trainable.values()), learning_rate)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; Privet states the noise source in its results.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -217,6 +245,8 @@ def train_locally(
             f"the plan has {plan.steps_per_round}"
         )
 
+    if step_observer is not None:
+        step_observer.attach(private_optimizer, trainable, plan)
     steps_run = 0
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"

@@ -17,7 +17,7 @@ import torch
 from privet.client.device import resolve_device
 from privet.client.local_plan import LocalPlan, plan_local_training
 from privet.client.node_data import NodeData
-from privet.client.trainer import train_locally
+from privet.client.trainer import PrivateStepObserver, train_locally
 from privet.privacy import ClientPrivacy, PoissonGaussianSteps, PrivacyLedger
 from privet.task.config import RunConfig
 from privet.task.models import set_weights
@@ -210,6 +210,7 @@ def run_training_round(
     *,
     run_token: str | None = None,
     node_epsilon_budget: float | None = None,
+    step_observer: PrivateStepObserver | None = None,
 ) -> ClientTrainReport | ClientDecline:
     """Train one round from the global weights, unless that would exceed a budget.
 
@@ -241,6 +242,7 @@ def run_training_round(
         task=task,
         physical_batch_size=config.physical_batch_size,
         precision=config.precision,
+        step_observer=step_observer,
     )
     train_seconds = time.perf_counter() - started
     ledger.record(server_round, result.events, run=run_token)

@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     from privet.model_folder_command import add_model_folder_parser
 
     add_model_folder_parser(commands)
+    from privet.audit_command import add_audit_parser
+
+    add_audit_parser(commands)
     return parser
 
 
@@ -321,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from privet.schema_command import run_schema
 
             return run_schema(args)
+        if args.command == "audit":
+            from privet.audit_command import run_audit_command
+
+            return run_audit_command(args)
         if args.command == "model-folder":
             from privet.model_folder_command import run_model_folder
 

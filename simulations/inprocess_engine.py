@@ -39,6 +39,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from privet.client.app import make_client_app
+from privet.client.trainer import StepObservers
 from privet.server.app import run_federated_training
 from privet.server.results import RoundCallback, RunResults
 from privet.task.config import RunConfig
@@ -178,6 +179,7 @@ def run_in_process(
     *,
     client_mods: list[Mod] | None = None,
     node_config: Mapping[str, object] | None = None,
+    step_observers: StepObservers | None = None,
 ) -> RunResults:
     """Run `config` with every virtual client in this process and return the run's results.
 
@@ -185,14 +187,17 @@ def run_in_process(
     entries are added to every virtual node's config: a shared ``ledger-dir`` makes the nodes
     keep their ledgers there across runs, as deployment nodes do (each run then reports its own
     ε and each node's lifetime ε). The server sends each node the run's token with every TRAIN
-    message, as in any engine.
+    message, as in any engine. ``step_observers`` (`privet audit` only) watch the DP-SGD steps
+    of the clients they name.
     """
     configs = [
         {PARTITION_ID_KEY: index, NUM_PARTITIONS_KEY: config.clients, **(node_config or {})}
         for index in range(config.clients)
     ]
     grid = InProcessGrid(
-        make_client_app(config, mods=client_mods), config.clients, node_configs=configs
+        make_client_app(config, mods=client_mods, step_observers=step_observers),
+        config.clients,
+        node_configs=configs,
     )
     with server_task_identity(RUN_ID):
         return run_federated_training(grid, config, ENGINE_NAME, on_round)

@@ -85,6 +85,8 @@ class RunData:
     client_level: ClientLevelData | None
     secure_aggregation: dict[str, Any] | None
     resumed_after: tuple[int, ...]
+    audit: dict[str, Any] | None = None
+    """DIR/audit.json when the run was made by `privet audit` (`simulations.audit`), else None."""
 
     @property
     def epsilon_max(self) -> float:
@@ -128,7 +130,32 @@ def load_run(directory: str | Path) -> RunData:
         client_level=results.client_level,
         secure_aggregation=results.secure_aggregation,
         resumed_after=results.resumed_after,
+        audit=_audit_of(Path(directory)),
     )
+
+
+AUDIT_NUMBERS = ("epsilon_lower_bound", "confidence", "epsilon_accounted", "canaries")
+
+
+def _audit_of(directory: Path) -> dict[str, Any] | None:
+    """The run's audit.json, checked for the numbers the report prints (None: not audited)."""
+    from privet.simulations.audit import AUDIT_FILE, read_audit
+
+    try:
+        audit = read_audit(directory)
+    except (OSError, ValueError) as error:
+        raise ReportError(
+            f"{directory / AUDIT_FILE} is unreadable ({error}); rerun the audit"
+        ) from None
+    if audit is None:
+        return None
+    for key in AUDIT_NUMBERS:
+        value = audit.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ReportError(
+                f"{directory / AUDIT_FILE} lacks a number for {key}; rerun `privet audit`"
+            )
+    return audit
 
 
 # -- reading a sweep -----------------------------------------------------------------------

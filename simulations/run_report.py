@@ -425,7 +425,36 @@ class RunSections:
         parts.append(self._secure_aggregation())
         parts.append(self.heading("What is not covered", 1))
         parts.append(self._not_covered())
+        if self.run.audit is not None:
+            parts.append(self.heading("Empirical audit (privet audit)", 1))
+            parts.append(self._audit(self.run.audit))
         return "".join(parts)
+
+    def _audit(self, audit: Mapping[str, Any]) -> str:
+        """The audit's bound beside the accounted ε, and what a lower bound means."""
+        bound, claim = float(audit["epsilon_lower_bound"]), float(audit["epsilon_accounted"])
+        confidence = 100 * float(audit["confidence"])
+        passed = bound <= claim
+        verdict = (
+            f"<p>With {confidence:g}% confidence, ε ≥ <b>{bound:.3f}</b>, measured from "
+            f"{int(audit['canaries'])} canaries ({esc(str(audit.get('level', '?')))} level; "
+            f"{esc(str(audit.get('threat_model', '')))}). The accountant claims "
+            f"ε = {claim:.3f}: the audit confirms {100 * bound / claim if claim else 0:.0f}% "
+            "of it.</p>"
+        )
+        if not passed:
+            verdict += (
+                '<p class="warning">The lower bound is above the accounted ε: the noise, the '
+                "sampling or the accounting is not what this run claims. Its ε cannot be "
+                "trusted.</p>"
+            )
+        meaning = (
+            "<p>A lower bound is what the canaries prove the mechanism leaks at least; the "
+            "accounted ε is what it is proven to leak at most. A bound far below ε is expected "
+            "when the attacker sees little (only the final model); with gradient canaries and "
+            "every step in view it comes close. A bound above ε is never expected.</p>"
+        )
+        return verdict + meaning
 
     def _client_sentence(self, client: ClientData) -> str:
         if client.steps == 0:
