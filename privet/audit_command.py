@@ -9,6 +9,7 @@ when it is above it (the run's ε cannot be trusted), 1 when the run did not fin
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,8 +110,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     if args.overwrite:
         from privet.server.app import clear_output
 
-        clear_output(Path(config.output))
-        (Path(config.output) / AUDIT_FILE).unlink(missing_ok=True)
+        clear_output(Path(config.output))  # the earlier files, audit.json too, to replaced/
     console = SimulationConsole()
     console.show_plan(plan)
     console.console.print(
@@ -128,7 +128,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
         with console.progress(config.rounds) as on_round:
             report = run_audit(config, settings, on_round, runner=locked_run)
     except AuditFailedError as error:
-        print(f"privet: audit not done: the run did not finish: {error}")
+        print(f"privet: audit not done: the run did not finish: {error}", file=sys.stderr)
         return 1
     print(report.verdict())
     print(f"Audit: {Path(config.output) / AUDIT_FILE}")

@@ -270,6 +270,14 @@ def _resume(args: argparse.Namespace) -> int:
         from privet.sweep_command import resume_sweep
 
         return resume_sweep(output, args.engine, args.jobs)
+    from privet.simulations.audit import AUDIT_FILE
+
+    if (output / AUDIT_FILE).exists():
+        raise CliError(
+            f"{args.output} holds a `privet audit` run, which is rerun, not resumed (a resumed "
+            f"run would go on without its canaries); rerun `privet audit --output {args.output} "
+            "--overwrite` with the same settings"
+        )
     checkpoint = load_checkpoint(output)
     values = {k: v for k, v in checkpoint.config.items() if v is not None}
     # The run is continued where it is now (a copied or moved folder), never where it started.

@@ -11,6 +11,7 @@ A run folder holds::
     replaced/<time>/             an earlier run's files, set aside by --overwrite or a sweep retry
     error.txt                    a sweep run's failure, one line
     report.html                  `privet report`'s page
+    audit.json                   `privet audit`'s bound beside the accounted ε (audit runs only)
 
 and a sweep folder ``sweep.json``, ``sweep.csv`` and ``runs/<run>/`` (one run folder each).
 Every module that names one of these files takes the name from here, so that moving a file is
@@ -81,6 +82,7 @@ RUN_LOCK_FILE = ".privet.lock"
 REPLACED_DIR = "replaced"
 ERROR_FILE = "error.txt"
 REPORT_FILE = "report.html"
+AUDIT_FILE = "audit.json"
 SERVER_LEDGER_OWNER = "server"
 _LEDGER_SUFFIX = ".json"
 

@@ -39,6 +39,7 @@ from privet.privacy.audit_bounds import (
 )
 from privet.privacy.storage import atomic_write_bytes
 from privet.server.results import RoundCallback, RunResults
+from privet.server.run_output import AUDIT_FILE
 from privet.simulations.audit_canaries import (
     CanaryClients,
     CanaryError,
@@ -51,7 +52,6 @@ from privet.simulations.plan import SimulationPlan
 from privet.task.config import ConfigError, RunConfig
 from privet.task.messages import ARRAYS_RECORD
 
-AUDIT_FILE = "audit.json"
 AUDIT_LEVELS: tuple[str, ...] = ("example", "client")
 AUDIT_VIEWS: tuple[str, ...] = ("white-box", "server")
 """What the example-level auditor sees: every DP-SGD step (white box), or each round's update."""
@@ -429,7 +429,35 @@ def run_audit(
         runner = run_in_process
     audit_one = _example_run if settings.level == "example" else _client_run
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    # Marks the folder as an audit from the start: `privet resume` refuses it (a resumed run
+    # would go on without its canaries), and an interrupted audit says so.
+    _write_unfinished(output, "the audit is running, or was interrupted; rerun `privet audit`")
+    try:
+        report = _audit_runs(config, settings, on_round, runner, audit_one, layout)
+    except AuditFailedError as error:
+        _write_unfinished(output, f"the run did not finish: {error}")
+        raise
+    text = json.dumps(report.to_json_dict(), indent=2, allow_nan=False, default=_json_default)
+    atomic_write_bytes(output / AUDIT_FILE, text.encode())
+    return report
+
+
+def _write_unfinished(output: Path, reason: str) -> None:
+    """audit.json for an audit without a result: `finished: false` and why."""
+    text = json.dumps({"finished": False, "passed": False, "reason": reason}, indent=2)
+    atomic_write_bytes(output / AUDIT_FILE, text.encode())
+
+
+def _audit_runs(
+    config: RunConfig,
+    settings: AuditSettings,
+    on_round: RoundCallback | None,
+    runner: Callable[..., RunResults],
+    audit_one: Callable[..., tuple[RunResults, np.ndarray, np.ndarray, dict[str, Any]]],
+    layout: list[tuple[str, int]],
+) -> AuditReport:
+    """Run and score each audited run; the combined report (not yet written)."""
+    output = Path(config.output)
     significance = (1.0 - settings.confidence) / settings.runs
     bounds, per_run, first = [], [], []
     details: dict[str, Any] = {}
@@ -461,6 +489,8 @@ def run_audit(
                 "epsilon_accounted": details["epsilon_accounted"],
             }
         )
+    if not all(math.isfinite(float(run["epsilon_accounted"])) for run in per_run):
+        raise AuditFailedError("a canary client's accounted epsilon is unknown")
     best = max(bounds, key=lambda b: b.epsilon_lower_bound)
     best = dataclasses.replace(best, confidence=settings.confidence)
     accounted = max(float(run["epsilon_accounted"]) for run in per_run)
@@ -474,10 +504,7 @@ def run_audit(
             confidence=settings.confidence,
             delta=config.delta,
         ).to_dict()
-    report = AuditReport(settings, best, accounted, details, per_run, clopper)
-    text = json.dumps(report.to_json_dict(), indent=2, allow_nan=False, default=_json_default)
-    atomic_write_bytes(output / AUDIT_FILE, text.encode())
-    return report
+    return AuditReport(settings, best, accounted, details, per_run, clopper)
 
 
 def _json_default(value: object) -> object:

@@ -243,7 +243,7 @@ class UpdateWatcher:
             return reply
         from flwr.common.constant import PARTITION_ID_KEY
 
-        client = int(context.node_config.get(PARTITION_ID_KEY, -1))  # type: ignore[arg-type]
+        client = int(context.node_config.get(PARTITION_ID_KEY, -1))
         canaries = self.canaries.get(client)
         if canaries is None or not canaries.coordinates:
             return reply

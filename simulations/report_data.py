@@ -147,8 +147,8 @@ def _audit_of(directory: Path) -> dict[str, Any] | None:
         raise ReportError(
             f"{directory / AUDIT_FILE} is unreadable ({error}); rerun the audit"
         ) from None
-    if audit is None:
-        return None
+    if audit is None or audit.get("finished") is False:
+        return audit
     for key in AUDIT_NUMBERS:
         value = audit.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):

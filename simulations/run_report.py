@@ -432,6 +432,11 @@ class RunSections:
 
     def _audit(self, audit: Mapping[str, Any]) -> str:
         """The audit's bound beside the accounted ε, and what a lower bound means."""
+        if audit.get("finished") is False:
+            return (
+                '<p class="warning">The audit of this run did not finish: '
+                f"{esc(str(audit.get('reason', 'no reason recorded')))}.</p>"
+            )
         bound, claim = float(audit["epsilon_lower_bound"]), float(audit["epsilon_accounted"])
         confidence = 100 * float(audit["confidence"])
         passed = bound <= claim

@@ -65,12 +65,13 @@ def test_noise_below_what_the_accountant_is_told_fails_the_audit(
 CLIENT_LEVEL = ("--level", "client", "--clients", "40", "--canaries", "30", "--rounds", "4")
 
 
-def test_the_client_level_audit_stays_within_the_client_level_epsilon(tmp_path):
-    status, audit = _audit(tmp_path, *CLIENT_LEVEL, "--client-target-epsilon", "1")
+def test_the_client_level_audit_stays_within_the_client_level_epsilon_in_every_run(tmp_path):
+    status, audit = _audit(tmp_path, *CLIENT_LEVEL, "--client-target-epsilon", "1", "--runs", "3")
     assert status == 0 and audit is not None and audit["level"] == "client"
-    assert (
-        audit["epsilon_lower_bound"] <= audit["epsilon_accounted"] == pytest.approx(1.0, rel=1e-2)
-    )
+    assert audit["epsilon_accounted"] == pytest.approx(1.0, rel=1e-2)
+    assert len(audit["per_run"]) == 3
+    for run in audit["per_run"]:
+        assert run["epsilon_lower_bound"] <= run["epsilon_accounted"]
     assert audit["canaries"] == 30 and audit["canary_clients"] == list(range(10, 40))
     assert "epsilon_estimate" in audit
 
@@ -173,3 +174,22 @@ def test_the_server_view_also_catches_a_run_without_noise(tmp_path, monkeypatch)
     status, audit = _audit(tmp_path, "--view", "server", "--target-epsilon", "1", "--rounds", "3")
     assert status == 3 and audit is not None
     assert audit["epsilon_lower_bound"] > audit["epsilon_accounted"]
+
+
+def test_a_run_that_does_not_finish_is_no_audit_and_is_not_resumed(tmp_path, capsys, monkeypatch):
+    from privet.client import training_round
+
+    def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the device went away")
+
+    monkeypatch.setattr(training_round, "train_locally", crash)
+    status, audit = _audit(tmp_path, "--rounds", "1")
+    assert status == 1 and audit is not None
+    assert audit["finished"] is False and audit["passed"] is False
+    assert "the run did not finish" in audit["reason"]
+    assert "audit not done" in capsys.readouterr().err
+    # An audit folder is rerun, never resumed as a plain run without its canaries.
+    assert main(["resume", str(tmp_path / "audit")]) == 2
+    assert "is rerun, not resumed" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "audit")]) == 0
+    assert "did not finish" in (tmp_path / "audit" / "report.html").read_text()
