@@ -83,6 +83,8 @@ def simulate_arguments(
         flags += ["--distributed-dp", "--secagg-bits", str(bits)]
     if threshold is not None:
         flags += ["--secagg-threshold", repr(threshold)]
+    if args.secagg_degree is not None:
+        flags += ["--secagg-degree", str(args.secagg_degree)]
     return flags
 
 
@@ -147,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.9,
         help="also run the first bit width with this secure-aggregation threshold (0: skip)",
+    )
+    parser.add_argument(
+        "--secagg-degree",
+        type=int,
+        help="SecAgg+ neighbours per client (default: Privet's; above 32 clients a sparse graph, "
+        "whose per-neighbourhood threshold then sizes the noise shares)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
