@@ -67,6 +67,23 @@ COMPLETE_GRAPH_UP_TO = 32
 """Up to this many clients per round every client is every other's neighbour (Bonawitz et al.);
 above it, the sparse SecAgg+ graph keeps each client's work logarithmic in the cohort."""
 
+DISTRIBUTED_COMPLETE_GRAPH_UP_TO = 64
+"""The complete graph's limit under distributed DP. Its noise shares are sized for the round's
+threshold t, and a sparse graph's t is per neighbourhood (9 of a 55-client round), so every
+survivor of a larger round would carry about 2.5× the planned noise (benchmarks/README.md:
+−5.6 points of accuracy at 1000 clients, 50 a round, against −2.0 with a complete graph). A
+complete graph keeps t a fraction of the whole round, enforced by the cryptography. Its cost is
+a mask per other client: n − 1 expansions of the vector instead of 2⌈log2 n⌉."""
+
+
+def graph_degree(clients: float, configured: int | None, distributed: bool) -> int | None:
+    """A round's SecAgg+ degree: the configured one, else complete (None) up to the limit."""
+    if configured is not None:
+        return configured
+    limit = DISTRIBUTED_COMPLETE_GRAPH_UP_TO if distributed else COMPLETE_GRAPH_UP_TO
+    return default_degree(int(clients)) if clients > limit else None
+
+
 Replies = Mapping[int, Mapping[str, object]] | Iterable[tuple[int, Mapping[str, object]]]
 """The replies of one stage: client id → reply, or (client id, reply) pairs, which can show that a
 client replied more than once."""
@@ -162,9 +179,7 @@ def split_warning(config: RunConfig) -> str | None:
     if not config.secure_aggregation:
         return None
     n = config.expected_clients_per_round
-    degree = config.secagg_degree
-    if degree is None and n > COMPLETE_GRAPH_UP_TO:
-        degree = default_degree(n)
+    degree = graph_degree(n, config.secagg_degree, config.distributed_dp)
     if degree is None or degree >= n - 1:
         return None
     try:
@@ -226,9 +241,7 @@ def distributed_rounding_ratio(config: RunConfig, num_params: int) -> float:
     plan = plan_client_level(config)
     assert plan is not None
     clients = max(2, round(config.expected_clients_per_round))
-    degree = config.secagg_degree
-    if degree is None and clients > COMPLETE_GRAPH_UP_TO:
-        degree = default_degree(clients)
+    degree = graph_degree(clients, config.secagg_degree, distributed=True)
     closed = clients if degree is None else min(clients, degree + 1)
     try:
         spec = plan_spec(
@@ -316,9 +329,7 @@ def plan_round(
         raise SecAggProtocolError(
             f"secure aggregation needs at least 2 clients in a round, {n} sampled"
         )
-    degree = settings.degree
-    if degree is None and n > COMPLETE_GRAPH_UP_TO:
-        degree = default_degree(n)
+    degree = graph_degree(n, settings.degree, settings.distributed is not None)
     graph = build_graph(client_ids, degree, random_bytes)
     closed = len(next(iter(graph.values()))) + 1
     threshold = threshold_for(closed, settings.threshold)

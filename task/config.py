@@ -423,8 +423,8 @@ class RunConfig:
         None,
         section="secure_aggregation",
         needs="secure_aggregation",
-        help="neighbours per client (even); default: all clients up to 32 per round, "
-        "else 2*ceil(log2 n)",
+        help="neighbours per client (even); default: all clients up to 32 per round (64 with "
+        "--distributed-dp), else 2*ceil(log2 n)",
     )
     secagg_levels: int = setting(
         DEFAULT_SECAGG_LEVELS,

@@ -354,3 +354,23 @@ def test_a_client_refuses_to_mask_when_the_server_asks_for_less_noise_than_the_r
 
     assert planned_client_noise(config) == plan_client_level(config).update_noise_multiplier
     assert planned_client_noise(RunConfig()) is None
+
+
+def test_noise_shares_are_sized_for_a_fraction_of_the_whole_round_up_to_64_clients():
+    """A sparse graph's threshold is per neighbourhood; distributed DP keeps the graph complete."""
+    from privet.server.secure_aggregation import DISTRIBUTED_COMPLETE_GRAPH_UP_TO
+
+    fifty = plan_round(ddp_settings(threshold=2 / 3), list(range(50)), NUM_PARAMS, CLIP)
+    assert fifty.neighbours == 49  # complete, where plain secure aggregation would use 12
+    assert fifty.distributed is not None
+    assert fifty.distributed.min_survivors == fifty.config.threshold == math.ceil(2 / 3 * 50)
+    plain = plan_round(
+        SecAggSettings(threshold=2 / 3, degree=None, levels=2**16, stage_timeout=5.0),
+        list(range(50)),
+        NUM_PARAMS,
+        CLIP,
+    )
+    assert plain.neighbours == 2 * math.ceil(math.log2(50))
+    above = DISTRIBUTED_COMPLETE_GRAPH_UP_TO + 1
+    sparse = plan_round(ddp_settings(threshold=2 / 3), list(range(above)), NUM_PARAMS, CLIP)
+    assert sparse.neighbours == 2 * math.ceil(math.log2(above))
