@@ -193,3 +193,15 @@ def test_a_run_that_does_not_finish_is_no_audit_and_is_not_resumed(tmp_path, cap
     assert "is rerun, not resumed" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "audit")]) == 0
     assert "did not finish" in (tmp_path / "audit" / "report.html").read_text()
+
+
+def test_the_white_box_audit_works_with_opacus_hooks_and_physical_batches(tmp_path, monkeypatch):
+    """The canaries ride on Opacus' add_noise in both grad-sample modes and under virtual steps."""
+    from privet.client import trainer
+
+    monkeypatch.setattr(trainer, "grad_sample_mode", lambda model: "hooks")
+    status, audit = _audit(tmp_path, "--rounds", "2", "--physical-batch-size", "8")
+    assert status == 0 and audit is not None
+    assert 0.1 * audit["epsilon_accounted"] < audit["epsilon_lower_bound"]
+    assert audit["epsilon_lower_bound"] <= audit["epsilon_accounted"]
+    assert set(audit["steps_observed"].values()) == {36}  # 2 rounds × 2 epochs × 9 logical steps
