@@ -437,15 +437,19 @@ def run_audit(
     except AuditFailedError as error:
         _write_unfinished(output, f"the run did not finish: {error}")
         raise
-    text = json.dumps(report.to_json_dict(), indent=2, allow_nan=False, default=_json_default)
-    atomic_write_bytes(output / AUDIT_FILE, text.encode())
+    _write_json(output / AUDIT_FILE, report.to_json_dict())
     return report
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    """Write an audit.json atomically (strict JSON: no NaN or infinity)."""
+    text = json.dumps(values, indent=2, allow_nan=False, default=_json_default)
+    atomic_write_bytes(path, text.encode())
 
 
 def _write_unfinished(output: Path, reason: str) -> None:
     """audit.json for an audit without a result: `finished: false` and why."""
-    text = json.dumps({"finished": False, "passed": False, "reason": reason}, indent=2)
-    atomic_write_bytes(output / AUDIT_FILE, text.encode())
+    _write_json(output / AUDIT_FILE, {"finished": False, "passed": False, "reason": reason})
 
 
 def _audit_runs(
@@ -482,15 +486,18 @@ def _audit_runs(
         )
         bounds.append(bound)
         first.append(details["first_canary"])
-        per_run.append(
-            {
-                "output": run_config.output,
-                **bound.to_dict(),
-                "epsilon_accounted": details["epsilon_accounted"],
-            }
-        )
-    if not all(math.isfinite(float(run["epsilon_accounted"])) for run in per_run):
-        raise AuditFailedError("a canary client's accounted epsilon is unknown")
+        claim = float(details["epsilon_accounted"])
+        if not math.isfinite(claim):
+            raise AuditFailedError("a canary client's accounted epsilon is unknown")
+        per_run.append({"output": run_config.output, **bound.to_dict(), "epsilon_accounted": claim})
+        if settings.runs > 1:  # each run's folder says what its own canaries proved
+            part = AuditReport(
+                dataclasses.replace(settings, runs=1), bound, claim, details, [], None
+            )
+            _write_json(
+                Path(run_config.output) / AUDIT_FILE,
+                {**part.to_json_dict(), "part_of": str(output / AUDIT_FILE)},
+            )
     best = max(bounds, key=lambda b: b.epsilon_lower_bound)
     best = dataclasses.replace(best, confidence=settings.confidence)
     accounted = max(float(run["epsilon_accounted"]) for run in per_run)

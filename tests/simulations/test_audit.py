@@ -94,8 +94,11 @@ def test_several_runs_add_a_clopper_pearson_bound(tmp_path):
     assert status == 0 and audit is not None
     assert len(audit["per_run"]) == 2 and audit["runs"] == 2
     assert audit["clopper_pearson"]["runs"] == 2
-    assert (tmp_path / "audit" / "run-1" / "results.json").exists()
-    assert (tmp_path / "audit" / "run-2" / "results.json").exists()
+    for run in (1, 2):  # each run's folder has its own part of the audit, for its report
+        part = json.loads((tmp_path / "audit" / f"run-{run}" / AUDIT_FILE).read_text())
+        assert part["epsilon_lower_bound"] == audit["per_run"][run - 1]["epsilon_lower_bound"]
+        assert part["confidence"] == pytest.approx(1 - 0.05 / 2)
+        assert main(["report", str(tmp_path / "audit" / f"run-{run}")]) == 0
 
 
 @pytest.mark.parametrize(
