@@ -471,6 +471,9 @@ def _audit_runs(
             run_config = dataclasses.replace(
                 config, output=str(output / f"run-{run + 1}"), seed=config.seed + run
             )
+            _write_unfinished(
+                Path(run_config.output), "this audited run is running, or was interrupted"
+            )
         try:
             _, scores, included, details = audit_one(
                 run_config, settings, run, on_round, runner, layout

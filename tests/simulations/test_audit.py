@@ -99,6 +99,7 @@ def test_several_runs_add_a_clopper_pearson_bound(tmp_path):
         assert part["epsilon_lower_bound"] == audit["per_run"][run - 1]["epsilon_lower_bound"]
         assert part["confidence"] == pytest.approx(1 - 0.05 / 2)
         assert main(["report", str(tmp_path / "audit" / f"run-{run}")]) == 0
+        assert main(["resume", str(tmp_path / "audit" / f"run-{run}")]) == 2  # never resumed
 
 
 @pytest.mark.parametrize(
