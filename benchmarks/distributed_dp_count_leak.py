@@ -99,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     privet = [args.rounds * float(charged[ORDERS.index(o)]) for o in orders]
     counted = [args.rounds * value for value in revealed]
-    print(
-        f"{args.clients} clients, q = {args.rate}, t = {args.threshold}, z = {args.noise_multiplier}"
-    )
+    plan = f"q = {args.rate}, t = {args.threshold}, z = {args.noise_multiplier}"
+    print(f"{args.clients} clients, {plan}")
     print("| order | count revealed, per round | Privet's charge, per round |")
     print("|---|---|---|")
     for order, mine, theirs in zip(orders, revealed, privet, strict=True):
