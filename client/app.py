@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,9 +59,6 @@ from privet.privacy.secagg.wire import (
     round_of,
 )
 from privet.task.config import ConfigError, RunConfig
-
-if TYPE_CHECKING:  # torch and Opacus stay unimported until a node trains
-    from privet.client.trainer import StepObservers
 from privet.task.messages import (
     ARRAYS_RECORD,
     CONFIG_RECORD,
@@ -75,6 +72,13 @@ from privet.task.messages import (
     TrainInstructions,
     TrainReply,
 )
+
+if TYPE_CHECKING:  # torch and Opacus stay unimported until a node trains
+    from privet.client.trainer import StepObservers
+
+UpdateOverride = Callable[[int, list[np.ndarray]], list[np.ndarray] | None]
+"""`privet audit`'s canary clients: (client id, the update it would send) -> the update to send
+instead, or None to send its own."""
 
 STATE_KEY = "privet-ledger"
 SECAGG_STATE_KEY = "privet-secagg"
@@ -450,16 +454,29 @@ def mask_update(
     return config_record(reply), clipped
 
 
+def _sent_update(
+    override: UpdateOverride | None, client_id: int, update: list[np.ndarray]
+) -> list[np.ndarray]:
+    """The update this client sends: its own, unless an audit's override replaces it."""
+    if override is None:
+        return update
+    replaced = override(client_id, update)
+    return update if replaced is None else replaced
+
+
 def make_client_app(
     fixed_config: RunConfig | None = None,
     mods: list[Mod] | None = None,
     step_observers: StepObservers | None = None,
+    update_override: UpdateOverride | None = None,
 ) -> ClientApp:
     """A ClientApp; `fixed_config` (used by `privet simulate`) overrides Flower's run config.
 
     `mods` are Flower client mods wrapped around every handler (tests use them to inject faults).
     `step_observers` gives, for a client id, what watches that client's DP-SGD steps (None for
     most): only `privet audit` passes it, in this process; a deployed ClientApp never has one.
+    `update_override` (also the audit's only) replaces the update a canary client sends, before
+    it is masked, so canary clients work under secure aggregation and distributed DP too.
     """
     wording: list[Mod] = [deployment_wording] if fixed_config is None else []
     app = ClientApp(mods=[*wording, *(mods or [])])
@@ -524,7 +541,7 @@ def make_client_app(
             masked, clipped = mask_update(
                 msg,
                 context,
-                outcome.update,
+                _sent_update(update_override, data.client_id, outcome.update),
                 bool(outcome.within_clip),
                 round_seed(config, server_round, data.client_id, purpose=1),
                 client_level=config.client_level_dp,
@@ -556,7 +573,9 @@ def make_client_app(
         )
         content = RecordDict(
             {
-                ARRAYS_RECORD: ArrayRecord(outcome.update),
+                ARRAYS_RECORD: ArrayRecord(
+                    _sent_update(update_override, data.client_id, outcome.update)
+                ),
                 METRICS_RECORD: metric_record(reply.to_metrics()),
             }
         )

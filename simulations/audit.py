@@ -45,7 +45,6 @@ from privet.simulations.audit_canaries import (
     CanaryError,
     GradientCanaries,
     UpdateWatcher,
-    random_directions,
     split_canaries,
 )
 from privet.simulations.plan import SimulationPlan
@@ -113,11 +112,6 @@ def check_auditable(config: RunConfig, settings: AuditSettings) -> None:
             raise ConfigError(
                 "the client-level audit needs client-level DP: give --client-target-epsilon or "
                 "--client-noise-multiplier"
-            )
-        if config.secure_aggregation:
-            raise ConfigError(
-                "the client-level audit replaces canary clients' updates in the clear; run it "
-                "without --secure-aggregation"
             )
         if settings.canary_count >= config.clients:
             raise ConfigError(
@@ -285,23 +279,14 @@ def _client_run(
     clients = list(range(config.clients - count, config.clients))  # the last ids hold canaries
     included = rng.random(count) < 0.5
     watcher = ModelWatcher()
-    direction_rng = np.random.default_rng(rng.integers(2**63))
     canaries = CanaryClients(
-        directions={},
         included={client: bool(inc) for client, inc in zip(clients, included, strict=True)},
         clip_norm=config.client_clip_norm * CLIPPED_FRACTION,
+        rng=np.random.default_rng(rng.integers(2**63)),
     )
-
-    def canary_mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        if not canaries.directions and ARRAYS_RECORD in message.content.array_records:
-            arrays = message.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
-            dimension = sum(int(a.size) for a in arrays)
-            canaries.directions.update(random_directions(clients, dimension, direction_rng))
-        return canaries.mod(message, context, call_next)
-
     if config.local_evaluation == "never":  # the final model reaches the nodes only to evaluate
         config = dataclasses.replace(config, local_evaluation="last-round")
-    results = runner(config, on_round, client_mods=[watcher.mod, canary_mod])
+    results = runner(config, on_round, client_mods=[watcher.mod], update_override=canaries.override)
     if not results.finished:
         raise AuditFailedError(
             results.failure_reason or results.stop_reason or "the run did not finish"
@@ -315,6 +300,8 @@ def _client_run(
         ]
     )
     norm = float(np.linalg.norm(change))
+    if not canaries.directions:
+        raise AuditFailedError("no canary client took part in any round; nothing to score")
     directions = np.stack([canaries.directions[client] for client in clients])
     scores = directions @ change / norm if norm > 0 else np.zeros(count)
     level = results.client_level or {}

@@ -14,9 +14,8 @@ its observations under "included" against "excluded" for the subsampled Gaussian
 
 **Canary clients (client level).** Andrew et al. (ICLR 2024): a canary client's update is a
 fixed random direction scaled to the client clip norm, sent whenever it is sampled; an excluded
-canary sends a zero update, which leaves the released sum exactly as if it were absent (the sum
-is divided by the expected number of clients, not the sampled one). Its score is the cosine
-between the final model's change and its direction.
+canary sends a zero update. Its score is the cosine between the final model's change and its
+direction.
 
 Both exist only inside an audit run (`simulations.audit`): nothing here is reachable from a
 deployment or from `privet simulate`.
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 from opacus.optimizers import DPOptimizer
 from torch import nn
@@ -162,50 +161,36 @@ def split_canaries(total: int, clients: Sequence[int]) -> dict[int, int]:
 
 @dataclass
 class CanaryClients:
-    """Client-level canaries: client id -> its direction (unit vector) and whether it is in.
+    """Client-level canaries: for each canary client, whether it is in, and its direction.
 
-    Installed as a Flower client mod on the in-process engine: a canary client runs its normal
-    round (so its reply carries the real metrics and its ledger moves as any client's), and the
-    mod then replaces the update it sends by its canary update.
+    Installed as the in-process engine's update override: a canary client runs its normal round
+    (its reply carries the real metrics and its ledger moves as any client's), and the update it
+    sends, before any masking or distributed-DP encoding, is replaced by its canary update. So
+    canary clients work with and without secure aggregation. Directions are drawn on the first
+    update, when the dimension is known.
     """
 
-    directions: dict[int, np.ndarray]
     included: dict[int, bool]
     clip_norm: float
-    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    rng: np.random.Generator
+    directions: dict[int, np.ndarray] = field(default_factory=dict)
     sent: dict[int, int] = field(default_factory=dict)
 
-    def mod(self, message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        """The Flower mod: a canary client's TRAIN reply carries its canary update."""
-        reply = call_next(message, context)
-        if message.metadata.message_type != "train" or reply.has_error():
-            return reply
-        if ARRAYS_RECORD not in reply.content.array_records:
-            return reply  # declined, or masked (client-level audits refuse secure aggregation)
-        client = self.client_of(context)
-        if client is None:
-            return reply
-        update = reply.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
-        shapes = [part.shape for part in update]
+    def override(self, client: int, update: list[np.ndarray]) -> list[np.ndarray] | None:
+        """S·u for an included canary, zeros for an excluded one; None for other clients."""
+        if client not in self.included:
+            return None
+        if not self.directions:
+            dimension = sum(int(part.size) for part in update)
+            self.directions = random_directions(sorted(self.included), dimension, self.rng)
         scale = self.clip_norm if self.included[client] else 0.0
         flat = self.directions[client] * scale
         parts, start = [], 0
         for part in update:
-            size = int(np.prod(part.shape))
-            parts.append(flat[start : start + size].reshape(part.shape).astype(part.dtype))
-            start += size
-        self.shapes = shapes
+            parts.append(flat[start : start + part.size].reshape(part.shape).astype(part.dtype))
+            start += part.size
         self.sent[client] = self.sent.get(client, 0) + 1
-        content = RecordDict(dict(reply.content.items()))
-        content[ARRAYS_RECORD] = ArrayRecord(parts)
-        return Message(content, reply_to=message)
-
-    def client_of(self, context: Context) -> int | None:
-        """The canary id of the node `context` belongs to (its partition id), else None."""
-        from flwr.common.constant import PARTITION_ID_KEY
-
-        partition = context.node_config.get(PARTITION_ID_KEY)
-        return int(partition) if partition in self.directions else None
+        return parts
 
 
 def random_directions(

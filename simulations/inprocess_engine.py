@@ -38,7 +38,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from privet.client.app import make_client_app
+from privet.client.app import UpdateOverride, make_client_app
 from privet.client.trainer import StepObservers
 from privet.server.app import run_federated_training
 from privet.server.results import RoundCallback, RunResults
@@ -180,6 +180,7 @@ def run_in_process(
     client_mods: list[Mod] | None = None,
     node_config: Mapping[str, object] | None = None,
     step_observers: StepObservers | None = None,
+    update_override: UpdateOverride | None = None,
 ) -> RunResults:
     """Run `config` with every virtual client in this process and return the run's results.
 
@@ -188,14 +189,19 @@ def run_in_process(
     keep their ledgers there across runs, as deployment nodes do (each run then reports its own
     ε and each node's lifetime ε). The server sends each node the run's token with every TRAIN
     message, as in any engine. ``step_observers`` (`privet audit` only) watch the DP-SGD steps
-    of the clients they name.
+    of the clients they name, and ``update_override`` replaces canary clients' updates.
     """
     configs = [
         {PARTITION_ID_KEY: index, NUM_PARTITIONS_KEY: config.clients, **(node_config or {})}
         for index in range(config.clients)
     ]
     grid = InProcessGrid(
-        make_client_app(config, mods=client_mods, step_observers=step_observers),
+        make_client_app(
+            config,
+            mods=client_mods,
+            step_observers=step_observers,
+            update_override=update_override,
+        ),
         config.clients,
         node_configs=configs,
     )

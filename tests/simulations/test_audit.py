@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from opacus.optimizers import optimizer as opacus_optimizer
 from opacus.optimizers import optimizer_fast_gradient_clipping as opacus_ghost
@@ -110,10 +111,6 @@ def test_several_runs_add_a_clopper_pearson_bound(tmp_path):
         (("--runs", "0"), "--runs must be at least 1"),
         (("--level", "client"), "needs client-level DP"),
         (
-            ("--level", "client", "--client-target-epsilon", "2", "--secure-aggregation"),
-            "without --secure-aggregation",
-        ),
-        (
             ("--canaries", "100000", "--rounds", "1"),
             "gradient canaries need as many trainable coordinates",
         ),
@@ -209,3 +206,29 @@ def test_the_white_box_audit_works_with_opacus_hooks_and_physical_batches(tmp_pa
     assert 0.1 * audit["epsilon_accounted"] < audit["epsilon_lower_bound"]
     assert audit["epsilon_lower_bound"] <= audit["epsilon_accounted"]
     assert set(audit["steps_observed"].values()) == {36}  # 2 rounds × 2 epochs × 9 logical steps
+
+
+DISTRIBUTED = (*CLIENT_LEVEL[:-2], "--rounds", "3", "--secure-aggregation", "--distributed-dp")
+
+
+def test_the_client_level_audit_checks_distributed_dp_and_catches_clients_adding_no_noise(
+    tmp_path, monkeypatch
+):
+    """Canary clients inside secure aggregation: the clients' own noise shares are audited."""
+    status, audit = _audit(tmp_path / "on", *DISTRIBUTED, "--client-target-epsilon", "1")
+    assert status == 0 and audit is not None
+    # The shares are sized for t = 2/3 of the round, so all survivors carry more: ε ≤ 1.
+    assert audit["epsilon_lower_bound"] <= audit["epsilon_accounted"] <= 1.0
+    results = json.loads((tmp_path / "on" / "audit" / "results.json").read_text())
+    assert results["client_level"]["mechanism"] == "distributed discrete Gaussian"
+
+    from privet.privacy import distributed_dp
+
+    monkeypatch.setattr(
+        distributed_dp,
+        "discrete_gaussian_array",
+        lambda variance, size, seed=None: np.zeros(size, dtype=np.int64),
+    )
+    status, audit = _audit(tmp_path / "off", *DISTRIBUTED, "--client-target-epsilon", "1")
+    assert status == 3 and audit is not None
+    assert audit["epsilon_lower_bound"] > audit["epsilon_accounted"]
