@@ -9,8 +9,11 @@ divergences of a mechanism that *reveals the count exactly* (more than the varia
 data processing an upper bound on what the count can add), with Privet's abort of rounds below
 t survivors, and composes them over the rounds beside Privet's own per-round charge.
 
-It is an analysis, not a guarantee: the shares are continuous Gaussians here, not discrete ones,
-and nobody drops out. It tells the next piece of work where to look (see benchmarks/README.md).
+It is an analysis, not a guarantee, of a simplified mechanism: the shares are continuous
+Gaussians, nobody drops out, and every round's shares are sized for one fixed t. Privet sizes σ²
+and t per round from the round's sampled count n (t = ⌈2n/3⌉), so its sum's variance moves only
+a few percent with n, but the spec itself depends on n; that is not modelled here. It tells the
+next piece of work where to look (see benchmarks/README.md).
 
 Run from the repository root::
 
