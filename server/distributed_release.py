@@ -32,7 +32,11 @@ from privet.server.aggregation import ClientUpdate
 from privet.server.client_dp import ClientLevelPlan
 from privet.server.round_book import RoundBook
 from privet.server.secure_aggregation import SecureSum
-from privet.server.update_release import UpdateRelease, budget_stop_reason
+from privet.server.update_release import (
+    UpdateRelease,
+    budget_stop_reason,
+    client_level_fields,
+)
 
 PRIVACY_STATEMENT = (
     "distributed DP: every client noised its own update before masking; the server saw only "
@@ -150,20 +154,14 @@ class DistributedDpRelease(UpdateRelease):
 
     def summary(self) -> dict[str, Any]:
         """results.json's `client_level`: ε, the mechanism, and what the server could see."""
-        plan = self.plan
         return {
             "mechanism": "distributed discrete Gaussian",
             "privacy_statement": PRIVACY_STATEMENT,
             "epsilon": self.ledger.epsilon("rdp"),
             "epsilon_against_server": self.epsilon_against_server(),
-            "delta": self.delta,
-            "noise_multiplier": plan.total_noise_multiplier,
-            "update_noise_multiplier": plan.update_noise_multiplier,
-            "sample_rate": plan.sample_rate,
-            "expected_clients_per_round": plan.expected_clients,
+            **client_level_fields(self.plan, self.delta, len(self.ledger.rounds())),
             "adaptive_clipping": None,
             "clip_norm_final": self._clip_norm,
-            "rounds": len(self.ledger.rounds()),
         }
 
     def checkpoint_state(self) -> dict[str, object]:

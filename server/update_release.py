@@ -87,6 +87,18 @@ class UpdateRelease(ABC):
         return None
 
 
+def client_level_fields(plan: ClientLevelPlan, delta: float, rounds: int) -> dict[str, Any]:
+    """The `client_level` fields every client-level release reports the same way."""
+    return {
+        "delta": delta,
+        "noise_multiplier": plan.total_noise_multiplier,
+        "update_noise_multiplier": plan.update_noise_multiplier,
+        "sample_rate": plan.sample_rate,
+        "expected_clients_per_round": plan.expected_clients,
+        "rounds": rounds,
+    }
+
+
 def budget_stop_reason(
     ledger: PrivacyLedger,
     next_round: PrivacyEvent,
@@ -236,17 +248,11 @@ class ClientLevelRelease(UpdateRelease):
 
     def summary(self) -> dict[str, Any]:
         """results.json's `client_level`: the ε spent and the mechanism that spent it."""
-        plan = self.plan
         return {
             "epsilon": self.ledger.epsilon(self.accountant),
-            "delta": self.delta,
-            "noise_multiplier": plan.total_noise_multiplier,
-            "update_noise_multiplier": plan.update_noise_multiplier,
-            "sample_rate": plan.sample_rate,
-            "expected_clients_per_round": plan.expected_clients,
-            "adaptive_clipping": plan.adaptive_summary(),
+            **client_level_fields(self.plan, self.delta, len(self.ledger.rounds())),
+            "adaptive_clipping": self.plan.adaptive_summary(),
             "clip_norm_final": self.aggregator.clip_norm,
-            "rounds": len(self.ledger.rounds()),
         }
 
     def checkpoint_state(self) -> dict[str, object]:
