@@ -153,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--secagg-degree",
         type=int,
-        help="SecAgg+ neighbours per client (default: Privet's; above 32 clients a sparse graph, "
-        "whose per-neighbourhood threshold then sizes the noise shares)",
+        help="SecAgg+ neighbours per client (default: Privet's: complete up to 64 clients a "
+        "round under distributed DP, sparse above)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")

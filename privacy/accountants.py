@@ -48,7 +48,7 @@ from typing import Protocol, TypeVar, runtime_checkable
 import numpy as np
 
 from privet.privacy.distributed_rdp import ORDERS as DDG_ORDERS
-from privet.privacy.distributed_rdp import sampled_ddg_rdp
+from privet.privacy.distributed_rdp import poisson_ddg_rdp, weak_ddg_rdp
 from privet.privacy.events import (
     DiscreteGaussianSumComposition,
     GaussianComposition,
@@ -502,8 +502,18 @@ def _epsilon_with_discrete(
     rdp = _composed_rdp(history, orders) if history else np.zeros(len(orders))
     for item in discrete:
         if item.count:
-            rdp = rdp + item.count * sampled_ddg_rdp(*item[:5])
+            rdp = rdp + item.count * _discrete_round_rdp(item)
     return _rdp_to_epsilon(orders, rdp, delta)
+
+
+def _discrete_round_rdp(item: DiscreteGaussianSumComposition) -> np.ndarray:
+    """One round's ε(α) at `DDG_ORDERS`: amplified by sampling when nobody dropped, else weakly."""
+    if item.amplified:
+        total = item.summands * item.local_variance
+        return poisson_ddg_rdp(
+            item.l2_sensitivity, total, item.summands, item.dimension, item.sample_rate
+        )
+    return weak_ddg_rdp(*item[:5])
 
 
 # Integer orders only (fractional orders need Opacus' slow series): 2 … 63, then 2^(k/4)·64 up to

@@ -272,10 +272,11 @@ def distributed_noise_for_target_epsilon(
 ) -> float:
     """Smallest z = √(tσ²)/Δ keeping `rounds` distributed discrete Gaussian rounds ≤ ε.
 
-    The event is `DistributedDiscreteGaussianRound.at_noise_multiplier`, accounted by RDP
-    (Kairouz et al.'s bound with Zhu and Wang's sampling bound), the only accountant that has it.
-    A round whose t shares were rounded up to whole units, or with more than t survivors, carries
-    more noise.
+    The event is `DistributedDiscreteGaussianRound.at_noise_multiplier`: rounds in which nobody
+    dropped, amplified by the sampling as the Gaussian is (`privacy.distributed_rdp`), accounted
+    by RDP, the only accountant that has it. A round with more than t survivors carries more
+    noise; one with dropouts is charged more (joint convexity only), which the budget stop
+    enforces.
     """
     _check_target(target_epsilon, delta, rounds, "rounds")
 

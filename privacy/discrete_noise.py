@@ -13,8 +13,9 @@ randomness source).
 - `discrete_laplace`: P(x) ∝ exp(−|x|/t) on the integers, for an integer scale t ≥ 1.
 - `discrete_gaussian`: P(x) ∝ exp(−x²/(2σ²)) on the integers, for a rational σ² > 0.
 
-- `discrete_gaussian_array`: many draws of the discrete Gaussian of an integer σ² at once, the
-  same algorithms run on numpy integer arrays (a client noises a whole update in milliseconds).
+- `discrete_gaussian_array`: many draws of the discrete Gaussian of an integer or rational σ² at
+  once, the same algorithms run on numpy integer arrays (a client noises a whole update in
+  milliseconds); `array_variance_fits` says which σ² it takes.
 
 Randomness comes from a `RandomSource` (n -> n bytes): the operating system's
 (``os.urandom``) unless a caller passes a seeded source, which only a reproducible simulation
@@ -34,6 +35,9 @@ import numpy as np
 from privet.privacy.secagg.crypto import RandomSource, SeededRandom
 
 __all__ = [
+    "MAX_ARRAY_ACCEPTANCE_DENOMINATOR",
+    "MAX_ARRAY_VARIANCE",
+    "array_variance_fits",
     "bernoulli",
     "bernoulli_exp",
     "discrete_gaussian",
@@ -134,8 +138,15 @@ def discrete_gaussian(sigma2: Rational, random_bytes: RandomSource = os.urandom)
 
 
 MAX_ARRAY_VARIANCE = 1 << 24
-"""The largest σ² `discrete_gaussian_array` takes (σ ≤ 4096): its integer arithmetic then stays
-far inside int64 (the acceptance test's denominator 2σ²t² is below 2^50)."""
+"""The largest σ² `discrete_gaussian_array` takes (σ ≤ 4096); the smallest is 1."""
+MAX_ARRAY_ACCEPTANCE_DENOMINATOR = 1 << 56
+"""The largest denominator 2·a·b·t² of `discrete_gaussian_array`'s acceptance test (σ² = a/b in
+lowest terms, t = ⌊σ⌋ + 1): below it every integer the test draws stays inside int64. Every
+integer σ² up to `MAX_ARRAY_VARIANCE` fits (2σ²t² < 2^50); a Fraction fits when its denominator
+is small enough (for σ² near 2^24, b ≤ 11; near 2^20, b ≤ 180; near 1, b ≤ 9·10^7)."""
+_NEAR_LIMIT = 1 << 31
+"""A proposal y is tested with int64 arithmetic when |y|·b·t and a lie below this (the square of
+their difference is then below 2^62); one further out goes to the exact scalar test."""
 _EXACT_LIMIT = 1 << 62
 """Bounds of uniform draws stay below this, so a 64-bit word almost never has to be redrawn."""
 
@@ -266,36 +277,79 @@ def discrete_laplace_array(
     return _accepted(size, proposals, 0.55)
 
 
-def discrete_gaussian_array(
-    sigma2: int, size: int, random_bytes: RandomSource = os.urandom
-) -> np.ndarray:
-    """``size`` independent draws of the discrete Gaussian of integer variance parameter σ².
+def _array_variance_terms(sigma2: object) -> tuple[int, int] | str:
+    """σ² = a/b in lowest terms as (a, b), or why `discrete_gaussian_array` refuses it."""
+    if isinstance(sigma2, bool) or not isinstance(sigma2, (int, np.integer, Fraction)):
+        return (
+            f"sigma2 must be an int or a Fraction (a float is not exact: pass a Fraction), "
+            f"got {sigma2!r}"
+        )
+    value = Fraction(int(sigma2)) if isinstance(sigma2, np.integer) else Fraction(sigma2)
+    if not 1 <= value <= MAX_ARRAY_VARIANCE:
+        return f"sigma2 must lie in [1, {MAX_ARRAY_VARIANCE}], got {value}"
+    a, b = value.numerator, value.denominator
+    t = math.isqrt(a // b) + 1
+    if 2 * a * b * t * t > MAX_ARRAY_ACCEPTANCE_DENOMINATOR or a >= _NEAR_LIMIT:
+        return (
+            f"sigma2 = {value} needs an acceptance denominator 2*a*b*t^2 = {2 * a * b * t * t}, "
+            f"above MAX_ARRAY_ACCEPTANCE_DENOMINATOR = 2^56: use a smaller denominator"
+        )
+    return a, b
 
-    `discrete_gaussian`'s algorithm on arrays, with every probability an exact ratio of integers:
-    a discrete Laplace proposal y of scale t = ⌊σ⌋ + 1 is kept with probability
-    exp(−(|y|·t − σ²)² / (2σ²t²)). A proposal so far out that the square would leave int64 (|y|
-    beyond 2^31/t, probability below exp(−2^31/t²)) is decided exactly by the scalar sampler.
+
+def array_variance_fits(sigma2: object) -> bool:
+    """Whether `discrete_gaussian_array` takes this σ² (an int or a Fraction; never a float).
+
+    It does when 1 ≤ σ² ≤ `MAX_ARRAY_VARIANCE` and, with σ² = a/b in lowest terms and
+    t = ⌊σ⌋ + 1, 2·a·b·t² ≤ `MAX_ARRAY_ACCEPTANCE_DENOMINATOR` (2^56): every integer in range
+    does; a Fraction does when its denominator is small enough. A planner checks here first.
     """
-    if isinstance(sigma2, bool) or not isinstance(sigma2, (int, np.integer)):
-        raise ValueError(f"sigma2 must be an integer, got {sigma2!r}")
-    sigma2 = int(sigma2)
-    if not 1 <= sigma2 <= MAX_ARRAY_VARIANCE:
-        raise ValueError(f"sigma2 must lie in [1, {MAX_ARRAY_VARIANCE}], got {sigma2}")
+    return not isinstance(_array_variance_terms(sigma2), str)
+
+
+def discrete_gaussian_array(
+    sigma2: Rational, size: int, random_bytes: RandomSource = os.urandom
+) -> np.ndarray:
+    """``size`` independent draws of the discrete Gaussian of an int or Fraction variance σ².
+
+    `discrete_gaussian`'s algorithm on arrays, with every probability an exact ratio of integers.
+    With σ² = a/b in lowest terms and t = ⌊σ⌋ + 1 = isqrt(a // b) + 1, a discrete Laplace
+    proposal y of scale t is kept with probability
+
+        exp(−(|y| − σ²/t)² / (2σ²)) = exp(−(|y|·b·t − a)² / (2·a·b·t²)),
+
+    an integer numerator over the integer denominator 2·a·b·t² (b = 1 for an integer σ²). The
+    sampler takes σ² when 1 ≤ σ² ≤ `MAX_ARRAY_VARIANCE` and 2·a·b·t² ≤
+    `MAX_ARRAY_ACCEPTANCE_DENOMINATOR` = 2^56 (`array_variance_fits` says whether it does); then
+    a < 2^28 (since t² > a/b, 2a² < 2·a·b·t²), and the Bernoulli(exp(−γ)) trials stay inside
+    int64 (their bounds k·2^56 stay below 2^62 until k = 64, which they reach with probability
+    below 1/63!). A proposal with |y| ≥ ⌊2^31/(b·t)⌋, whose squared offset could leave int64, is
+    decided exactly by the scalar `bernoulli_exp` on a Fraction. Such a proposal has probability
+    about exp(−2^31/(b·t²)): below exp(−127) for an integer σ², at most about 0.5% for any σ²
+    taken (σ² just above 1 with b near 2^26.5); it is accepted with probability below exp(−43).
+
+    A float σ² is refused, since it is not exact: pass a Fraction.
+    """
+    terms = _array_variance_terms(sigma2)
+    if isinstance(terms, str):
+        raise ValueError(terms)
+    a, b = terms
     if size < 0:
         raise ValueError(f"size must be at least 0, got {size}")
-    t = math.isqrt(sigma2) + 1
-    denominator = 2 * sigma2 * t * t
-    far = (1 << 31) // t
+    t = math.isqrt(a // b) + 1
+    scale = b * t  # the numerator is (|y|·scale − a)²
+    denominator = 2 * a * b * t * t
+    far = _NEAR_LIMIT // scale
 
     def proposals(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = discrete_laplace_array(t, n, random_bytes)
         magnitude = np.abs(y)
         near = magnitude < far
         keep = np.zeros(n, dtype=bool)
-        offsets = magnitude[near] * t - sigma2
+        offsets = magnitude[near] * scale - a
         keep[near] = bernoulli_exp_array(offsets * offsets, denominator, random_bytes)
-        for i in np.flatnonzero(~near):  # astronomically rare: exact rationals
-            gamma = Fraction((int(magnitude[i]) * t - sigma2) ** 2, denominator)
+        for i in np.flatnonzero(~near):  # rare (see above): exact rationals
+            gamma = Fraction((int(magnitude[i]) * scale - a) ** 2, denominator)
             keep[i] = bernoulli_exp(gamma, random_bytes)
         return y, keep
 
@@ -303,11 +357,13 @@ def discrete_gaussian_array(
     return _accepted(size, proposals, 0.6)
 
 
-def discrete_gaussian_pmf(sigma2: float, support: np.ndarray) -> np.ndarray:
+def discrete_gaussian_pmf(sigma2: float | Fraction, support: np.ndarray) -> np.ndarray:
     """P(x) of the discrete Gaussian of σ² at each integer of ``support`` (for tests and plans).
 
-    Normalised over |x| ≤ 40σ + 40, beyond which the mass is below 1e-300.
+    σ² may be a float, an int or a Fraction (taken as a float here). Normalised over
+    |x| ≤ 40σ + 40, beyond which the mass is below 1e-300.
     """
+    sigma2 = float(sigma2)
     reach = int(40 * math.sqrt(sigma2)) + 40
     everywhere = np.arange(-reach, reach + 1, dtype=np.float64)
     total = float(np.exp(-(everywhere**2) / (2 * sigma2)).sum())

@@ -17,8 +17,8 @@ A client's part (`DistributedDpSpec.encode`), in the ring Z_m, m = 2^bits:
    probability of its fractional part, and redraw until the rounded vector's norm is ≤ Δ. Δ is
    then a hard bound on every client's integer vector, checked on the values themselves: it is the
    L2 sensitivity the accountant uses;
-4. add d′ draws of the discrete Gaussian of variance parameter σ² (`privacy.discrete_noise`,
-   exact, from the operating system's randomness);
+4. add d′ draws of the discrete Gaussian of variance parameter σ² = W/n (`privacy.discrete_noise`,
+   exact, from the operating system's randomness; n is the round's cohort, the clients sampled);
 5. reduce modulo m (modular clipping), and hand the vector to SecAgg+ to mask.
 
 The server's part (`DistributedDpSpec.decode`): the unmasked sum mod m is read in [−m/2, m/2),
@@ -30,10 +30,13 @@ plan puts m/2 at about 5 standard deviations of a coordinate, so 9m/16 is about 
 plan makes a wrap rare: γ is the finest grid for which the expected number of wrapped
 coordinates of a round is at most `WRAP_TARGET`.
 
-The noise is sized for dropouts: each client's σ² is ⌈z²Δ²/t⌉, so any t survivors (t = the
-secure-aggregation threshold, the fewest survivors a round may unmask with) carry the total noise
-z·Δ; more survivors carry more, and the accountant charges what the survivors carried
-(`privacy.events.DistributedDiscreteGaussianRound`).
+The noise is sized for dropouts, and so that it does not depend on who was sampled. The run fixes
+the grid (γ, Δ) and the cohort's total noise variance W = ⌈z²Δ²/φ⌉ once, for a noise fraction φ
+(the secure-aggregation threshold as a fraction of the cohort); a round of n sampled clients asks
+each for W/n, a rational variance, and is unmasked only with t ≥ ⌈φ·n⌉ survivors, who carry
+t·W/n ≥ z²Δ². When nobody drops, the sum's noise is exactly W whatever n is, which is what lets
+the sampling amplify (`privacy.distributed_rdp`); with dropouts the accountant charges what the
+survivors carried, without that amplification (`privacy.events.DistributedDiscreteGaussianRound`).
 """
 
 from __future__ import annotations
@@ -41,12 +44,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
 
-from privet.privacy.discrete_noise import MAX_ARRAY_VARIANCE, discrete_gaussian_array
+from privet.privacy.discrete_noise import (
+    MAX_ARRAY_VARIANCE,
+    array_variance_fits,
+    discrete_gaussian_array,
+)
 from privet.privacy.rotation import padded_dimension, rotate, unrotate
 from privet.privacy.secagg.crypto import RandomSource
 from privet.privacy.secagg.quantization import (
@@ -60,10 +68,13 @@ __all__ = [
     "DEFAULT_BITS",
     "MAX_BITS",
     "MIN_BITS",
+    "MAX_TOTAL_VARIANCE",
+    "MIN_SHARE_VARIANCE",
     "WRAP_TARGET",
     "DistributedDpError",
     "DistributedDpSpec",
     "plan_spec",
+    "survivors_needed",
 ]
 
 MIN_BITS = 8
@@ -72,12 +83,20 @@ DEFAULT_BITS = 16
 WRAP_TARGET = 0.01
 """The expected number of wrapped coordinates per round the grid is planned for."""
 ROTATION_SEED_BYTES = 16
+MAX_TOTAL_VARIANCE = 2 * MAX_ARRAY_VARIANCE
+"""The largest total noise variance W (grid units²) a run is planned with: its shares W/n, n ≥ 2
+(secure aggregation's fewest clients), stay within the exact array sampler's range
+(`discrete_noise.array_variance_fits`)."""
+MIN_SHARE_VARIANCE = 4
+"""The smallest share W/n (grid units²) that counts as a discrete Gaussian share (and keeps
+Kairouz et al.'s correction τ negligible)."""
 
 _KEYS = {
     "bits": "ddp-bits",
     "scale": "ddp-scale",
     "norm_bound": "ddp-norm-bound",
-    "local_variance": "ddp-local-variance",
+    "total_variance": "ddp-total-variance",
+    "cohort": "ddp-cohort",
     "dimension": "ddp-dimension",
     "rotation_seed": "ddp-rotation-seed",
     "min_survivors": "ddp-min-survivors",
@@ -96,7 +115,9 @@ class DistributedDpSpec:
         bits: the ring Z_m of secure aggregation, m = 2^bits.
         scale: γ, the size of one integer step in update units.
         norm_bound: Δ = S/γ, the L2 bound of every client's rounded integer vector (grid units).
-        local_variance: σ², the variance parameter of each client's discrete Gaussian share.
+        total_variance: W, the variance of the cohort's summed noise per coordinate (grid
+            units²), the same in every round of the run.
+        cohort: n, the clients sampled this round; each adds a share of variance W/n.
         dimension: the update's coordinates d (the vector has d′ = next power of two).
         rotation_seed: the round's public rotation seed.
         min_survivors: t; a round with fewer survivors is not unmasked.
@@ -106,7 +127,8 @@ class DistributedDpSpec:
     bits: int
     scale: float
     norm_bound: float
-    local_variance: int
+    total_variance: int
+    cohort: int
     dimension: int
     rotation_seed: bytes
     min_survivors: int
@@ -120,9 +142,24 @@ class DistributedDpSpec:
                 raise DistributedDpError(f"distributed DP: {name} must lie in [{low}, {high}]")
 
         whole("bits", MIN_BITS, MAX_BITS)
-        whole("local_variance", 1, MAX_ARRAY_VARIANCE)
+        whole("total_variance", 1, MAX_TOTAL_VARIANCE)
+        whole("cohort", 1, 1 << 20)
         whole("dimension", 1, 1 << 40)
         whole("min_survivors", 1, 1 << 30)
+        if self.min_survivors > self.cohort:
+            raise DistributedDpError(
+                "distributed DP: min_survivors must not exceed the round's cohort"
+            )
+        if self.local_variance < MIN_SHARE_VARIANCE:
+            raise DistributedDpError(
+                f"distributed DP: a share of {float(self.local_variance):.6g} grid units² is below "
+                f"{MIN_SHARE_VARIANCE}, too coarse to count as a discrete Gaussian share"
+            )
+        if not array_variance_fits(self.local_variance):
+            raise DistributedDpError(
+                f"distributed DP: a share of {float(self.local_variance):.6g} grid units² is "
+                "outside the exact sampler's range"
+            )
         for name in ("scale", "norm_bound"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -152,13 +189,22 @@ class DistributedDpSpec:
         return self.norm_bound * self.scale
 
     @property
+    def local_variance(self) -> Fraction:
+        """σ² = W/n, the variance parameter of each client's discrete Gaussian share."""
+        return Fraction(self.total_variance, self.cohort)
+
+    @property
     def noise_stddev(self) -> float:
         """The std of one client's noise share in update units (γ·σ, for reports)."""
         return self.scale * math.sqrt(self.local_variance)
 
     def total_noise_multiplier(self, survivors: int) -> float:
-        """Noise of a sum of ``survivors`` shares over the sensitivity: √(n·σ²)/Δ."""
-        return math.sqrt(survivors * self.local_variance) / self.norm_bound
+        """Noise of a sum of ``survivors`` shares over the sensitivity: √(s·W/n)/Δ."""
+        return math.sqrt(survivors * self.total_variance / self.cohort) / self.norm_bound
+
+    def for_cohort(self, cohort: int, min_survivors: int) -> DistributedDpSpec:
+        """The run's grid and noise for a round of ``cohort`` clients and its survivors needed."""
+        return replace(self, cohort=cohort, min_survivors=min_survivors)
 
     def expected_wraps(self, clients: int) -> float:
         """Expected wrapped coordinates of a round of ``clients`` (a Gaussian model of the sum).
@@ -168,7 +214,7 @@ class DistributedDpSpec:
         [−m/2, m/2).
         """
         return _expected_wraps(
-            self.modulus, self.padded_dimension, clients, self.norm_bound, self.local_variance
+            self.modulus, self.padded_dimension, clients, self.norm_bound, self.total_variance
         )
 
     def to_config(self) -> dict[str, int | float | bytes]:
@@ -270,11 +316,16 @@ def round_within(grid: np.ndarray, norm_bound: float, dither: np.random.Generato
 
 
 def _expected_wraps(
-    modulus: int, padded: int, clients: int, norm_bound: float, local_variance: float
+    modulus: int, padded: int, clients: int, norm_bound: float, total_variance: float
 ) -> float:
-    variance = clients**2 * norm_bound**2 / padded + clients * (local_variance + 0.25)
+    variance = clients**2 * norm_bound**2 / padded + total_variance + clients * 0.25
     tail = 2 * NormalDist().cdf(-(modulus / 2) / math.sqrt(variance))
     return padded * tail
+
+
+def survivors_needed(cohort: int, noise_fraction: float) -> int:
+    """⌈φ·n⌉: the fewest survivors whose shares W/n carry the planned noise (at least 1)."""
+    return max(1, min(cohort, math.ceil(noise_fraction * cohort - 1e-9)))
 
 
 def plan_spec(
@@ -282,48 +333,52 @@ def plan_spec(
     clip_norm: float,
     noise_multiplier: float,
     clients: int,
-    min_survivors: int,
+    noise_fraction: float,
     dimension: int,
     bits: int,
     rotation_seed: bytes,
 ) -> DistributedDpSpec:
-    """The finest grid for which a round of ``clients`` wraps about `WRAP_TARGET` coordinates.
+    """The run's grid and noise, as the spec of a round of ``clients`` (the grid's cohort).
 
-    Each coordinate of the sum must stay within k standard deviations of the ring's half-width,
-    k = Φ⁻¹(1 − WRAP_TARGET/(2d′)). With Δ = S/γ and each share σ² = z²Δ²/t, that std is
-    √(Δ²·(n²/d′ + n·z²/t) + n/4), which fixes Δ (and γ = S/Δ). σ² is rounded up to an integer,
-    which only adds noise, and capped where the sampler's range ends (the grid is then coarser
-    than the ring allows, and wraps rarer). Raises `DistributedDpError` when the ring is too small
-    for the rounding of d′ coordinates or the noise needs less than one unit of variance.
+    The finest grid for which a round of ``clients`` wraps about `WRAP_TARGET` coordinates: each
+    coordinate of the sum must stay within k standard deviations of the ring's half-width,
+    k = Φ⁻¹(1 − WRAP_TARGET/(2d′)). With Δ = S/γ and the cohort's noise W = z²Δ²/φ, that std is
+    √(Δ²·(n²/d′ + z²/φ) + n/4), which fixes Δ (and γ = S/Δ). W is rounded up to an integer,
+    which only adds noise, and capped at `MAX_TOTAL_VARIANCE` (the grid is then coarser than the
+    ring allows, and wraps rarer). Other rounds use the same grid and W for their own cohort
+    (`DistributedDpSpec.for_cohort`): the grid must not depend on who was sampled. Raises
+    `DistributedDpError` when the ring is too small for the rounding of d′ coordinates or each
+    share would be below `MIN_SHARE_VARIANCE`.
     """
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise DistributedDpError("distributed DP needs a positive noise multiplier")
-    if not 1 <= min_survivors <= clients:
+    if not (math.isfinite(noise_fraction) and 0 < noise_fraction <= 1):
         raise DistributedDpError(
-            f"distributed DP: the {min_survivors} survivors the noise is sized for must be "
-            f"between 1 and the {clients} clients of the round"
+            f"distributed DP: the noise fraction must lie in (0, 1], got {noise_fraction!r}"
         )
+    if clients < 1:
+        raise DistributedDpError("distributed DP: a round needs at least one client")
     padded = padded_dimension(dimension)
     modulus = 1 << bits
     k = NormalDist().inv_cdf(1 - WRAP_TARGET / (2 * padded))
     room = (modulus / (2 * k)) ** 2 - clients / 4
-    spread = clients**2 / padded + clients * noise_multiplier**2 / min_survivors
+    spread = clients**2 / padded + noise_multiplier**2 / noise_fraction
     if room <= 0:
         raise DistributedDpError(
             f"distributed DP: {bits} bits cannot hold the sum of {clients} clients; "
             "raise --secagg-bits"
         )
     norm_bound = math.sqrt(room / spread)
-    local_variance = math.ceil(noise_multiplier**2 * norm_bound**2 / min_survivors)
-    if local_variance > MAX_ARRAY_VARIANCE:
-        norm_bound = math.sqrt(MAX_ARRAY_VARIANCE * min_survivors) / noise_multiplier
-        local_variance = math.ceil(noise_multiplier**2 * norm_bound**2 / min_survivors)
-        local_variance = min(local_variance, MAX_ARRAY_VARIANCE)
-    if local_variance < 4:
+    total_variance = math.ceil(noise_multiplier**2 * norm_bound**2 / noise_fraction)
+    if total_variance > MAX_TOTAL_VARIANCE:
+        norm_bound = math.sqrt((MAX_TOTAL_VARIANCE - 1) * noise_fraction) / noise_multiplier
+        total_variance = math.ceil(noise_multiplier**2 * norm_bound**2 / noise_fraction)
+        total_variance = min(total_variance, MAX_TOTAL_VARIANCE)
+    if total_variance < MIN_SHARE_VARIANCE * clients:
         raise DistributedDpError(
-            f"distributed DP: at {bits} bits each client's noise would have variance "
-            f"{local_variance} grid units, too coarse to count as a discrete Gaussian share; "
-            "raise --secagg-bits"
+            f"distributed DP: at {bits} bits each of {clients} clients' noise shares would have "
+            f"variance {total_variance / clients:.3g} grid units, too coarse to count as a "
+            "discrete Gaussian share; raise --secagg-bits"
         )
     try:
         radius = conditional_rounding_radius(norm_bound, padded, 1.0)
@@ -338,10 +393,11 @@ def plan_spec(
         bits=bits,
         scale=clip_norm / norm_bound,
         norm_bound=norm_bound,
-        local_variance=local_variance,
+        total_variance=total_variance,
+        cohort=clients,
         dimension=dimension,
         rotation_seed=rotation_seed,
-        min_survivors=min_survivors,
+        min_survivors=survivors_needed(clients, noise_fraction),
     )
 
 

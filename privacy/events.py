@@ -452,12 +452,17 @@ class ClientLevelRound(PrivacyEvent):
 
 PLANNING_VARIANCE = 1e6
 """The summed noise variance (grid units²) of the rounds `at_noise_multiplier` describes."""
+PLANNING_COHORT = 100
+"""The cohort of those rounds (all survive); its shares are 10⁴ units², so τ is negligible."""
 
 
 class DiscreteGaussianSumComposition(NamedTuple):
     """`count` rounds of the Poisson-sampled distributed discrete Gaussian (`distributed_rdp`).
 
-    Fields as in `DistributedDiscreteGaussianRound`; the RDP accountant supports it.
+    Fields as in `DistributedDiscreteGaussianRound`, plus `amplified`: whether the round's
+    noise was the same whoever was sampled (nobody dropped), so that the sampling amplifies
+    (`distributed_rdp.poisson_ddg_rdp`); else only joint convexity holds (`weak_ddg_rdp`). The RDP
+    accountant supports it.
     """
 
     l2_sensitivity: float
@@ -466,6 +471,13 @@ class DiscreteGaussianSumComposition(NamedTuple):
     dimension: int
     sample_rate: float
     count: int  # type: ignore[assignment]  # the field hides tuple.count, which nothing calls
+    amplified: bool
+
+
+MIN_AMPLIFIED_COHORT = 3
+"""The smallest cohort whose round is amplified by sampling: without one of its clients a cohort
+of 2 would be a single client, which secure aggregation refuses, so whether the round ran at
+all would depend on who was sampled."""
 
 
 @register_event("distributed_discrete_gaussian_round")
@@ -473,15 +485,22 @@ class DiscreteGaussianSumComposition(NamedTuple):
 class DistributedDiscreteGaussianRound(PrivacyEvent):
     """`rounds` rounds of distributed DP: clients noise their own integer updates (issue 16).
 
-    Clients are Poisson-sampled at `sample_rate`; each of the `summands` survivors whose vectors
-    were summed rounded its update to an integer vector of L2 norm ≤ `l2_sensitivity` (in grid
-    units, a bound checked on the values) and added `dimension` independent discrete Gaussians of
-    variance parameter `local_variance` before masking (Kairouz, Liu, Steinke, ICML 2021). Only
-    the sum was unmasked. The event records the survivors the sum really had, so a round with more
-    survivors than the noise was sized for is charged for the noise it carried.
+    Clients are Poisson-sampled at `sample_rate`; the `cohort` sampled clients were each asked
+    for a discrete Gaussian share of variance `local_variance` (the run's total W over the
+    cohort, so that the cohort's shares sum to W whatever its size); each of the `summands`
+    survivors whose vectors were summed rounded its update to an integer vector of L2 norm ≤
+    `l2_sensitivity` (grid units, a bound checked on the values) and added `dimension` shares
+    before masking (Kairouz, Liu, Steinke, ICML 2021). Only the sum was unmasked. The event
+    records the survivors the sum really had, so the charge is for the noise it carried.
+
+    When every one of at least `MIN_AMPLIFIED_COHORT` sampled clients survived, the round's noise
+    did not depend on who was sampled and the sampling amplifies as the Gaussian's does
+    (`distributed_rdp.poisson_ddg_rdp`). A round with dropouts, or one that was not released
+    (`not_released`), is charged by joint convexity only (`weak_ddg_rdp`).
 
     Client level: neighbouring data sets differ in one client's update (it is replaced by zeros);
-    who took part in a round is known to the server in any secure aggregation.
+    the amplification holds for whoever does not know who took part (`server.distributed_release`
+    gives the server's own ε).
     """
 
     l2_sensitivity: float
@@ -490,6 +509,8 @@ class DistributedDiscreteGaussianRound(PrivacyEvent):
     dimension: int
     sample_rate: float
     rounds: int = 1
+    cohort: int = 0
+    """The clients sampled, whose shares were sized together; 0 means "as many as summands"."""
 
     level: ClassVar[Level] = "client"
 
@@ -507,11 +528,35 @@ class DistributedDiscreteGaussianRound(PrivacyEvent):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "sample_rate", _check_rate("sample rate", self.sample_rate))
         object.__setattr__(self, "rounds", _check_count("round count", self.rounds))
+        cohort = _check_count("cohort", self.cohort) or self.summands
+        if cohort < self.summands:
+            raise ValueError(
+                f"a round cannot sum {self.summands} clients' shares out of a cohort of {cohort}"
+            )
+        object.__setattr__(self, "cohort", cohort)
 
     @property
     def count(self) -> int:
         """How many times the mechanism ran (the round count)."""
         return self.rounds
+
+    @property
+    def amplified(self) -> bool:
+        """Whether sampling amplifies this round: nobody dropped, and the cohort is at least 3."""
+        return self.summands == self.cohort >= MIN_AMPLIFIED_COHORT
+
+    @classmethod
+    def not_released(
+        cls, noise_multiplier: float, sample_rate: float, rounds: int = 1
+    ) -> DistributedDiscreteGaussianRound:
+        """A round that was sampled but not unmasked (too few clients, too few survivors).
+
+        Had the client been sampled, the round might have been released with at least the planned
+        noise z, and whether it was depends on who was sampled: charged by joint convexity at z.
+        """
+        z = _check_sensitivity("noise multiplier", noise_multiplier)
+        sensitivity = math.sqrt(PLANNING_VARIANCE) / z
+        return cls(sensitivity, PLANNING_VARIANCE, 1, 1, sample_rate, rounds, cohort=2)
 
     @property
     def noise_multiplier(self) -> float:
@@ -528,12 +573,16 @@ class DistributedDiscreteGaussianRound(PrivacyEvent):
     ) -> DistributedDiscreteGaussianRound:
         """Rounds whose shares sum to exactly z times the sensitivity: what plans account.
 
-        The summed variance is `PLANNING_VARIANCE` grid units², so large that Kairouz et al.'s
-        discrete correction τ vanishes, as it does in real rounds (whose shares have a variance
-        of at least a few units; `privacy.distributed_dp.plan_spec`).
+        The summed variance is `PLANNING_VARIANCE` grid units² over `PLANNING_COHORT` clients who
+        all survive, so large that Kairouz et al.'s discrete correction τ vanishes, as it does in
+        real rounds (whose shares have a variance of at least a few units;
+        `privacy.distributed_dp.plan_spec`).
         """
         z = _check_sensitivity("noise multiplier", noise_multiplier)
-        return cls(math.sqrt(PLANNING_VARIANCE) / z, PLANNING_VARIANCE, 1, 1, sample_rate, rounds)
+        cohort = PLANNING_COHORT
+        sensitivity = math.sqrt(PLANNING_VARIANCE) / z
+        share = PLANNING_VARIANCE / cohort
+        return cls(sensitivity, share, cohort, 1, sample_rate, rounds, cohort=cohort)
 
     def compositions(self) -> tuple[DiscreteGaussianSumComposition, ...]:
         """One `DiscreteGaussianSumComposition` (what the RDP accountant composes)."""
@@ -545,6 +594,7 @@ class DistributedDiscreteGaussianRound(PrivacyEvent):
                 self.dimension,
                 self.sample_rate,
                 self.rounds,
+                self.amplified,
             ),
         )
 

@@ -4,8 +4,10 @@ Under `--distributed-dp` every sampled client clips, rotates, rounds and noises 
 before masking (`privacy.distributed_dp`), so the sum the secure aggregation step unmasks is the
 DP release itself. This part only:
 
-- charges the round to the server's client-level ledger, with the survivors the sum really had
-  (`DistributedDiscreteGaussianRound`), before the model takes the update;
+- charges the round to the server's client-level ledger, with its cohort and the survivors the
+  sum really had (`DistributedDiscreteGaussianRound`: amplified by the sampling when nobody
+  dropped), before the model takes the update; a round that released nothing is charged too
+  (`charge_unreleased`);
 - divides the sum by the expected number of clients, as DP-FedAvg does (a fixed denominator, so
   no extra release);
 - records per round the bits, scale, noise share, survivors and the coordinates at the ring's edge
@@ -15,12 +17,14 @@ DP release itself. This part only:
 ε against the server. The server chooses who takes part and sees who answered, so its view of a
 client is not amplified by the sampling: it is the composition, without sampling, of the rounds
 that client's masked update was summed in (`epsilon_against_server`, the largest over clients).
-The `epsilon` of the run is the usual one, with Poisson sampling, for everyone who sees the models
-but not who took part.
+The same holds against the round's other clients, whom secure aggregation introduces to each
+other. The `epsilon` of the run is the one with Poisson sampling, for everyone who sees the models
+but not who took part or how many (results.json's rounds record both, so it is the operator's).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +41,8 @@ from privet.server.update_release import (
     budget_stop_reason,
     client_level_fields,
 )
+
+logger = logging.getLogger(__name__)
 
 PRIVACY_STATEMENT = (
     "distributed DP: every client noised its own update before masking; the server saw only "
@@ -88,6 +94,28 @@ class DistributedDpRelease(UpdateRelease):
             summands=len(secure.survivors),
             dimension=spec.padded_dimension,
             sample_rate=self.plan.sample_rate,
+            cohort=spec.cohort,
+        )
+
+    def charge_unreleased(self, book: RoundBook, server_round: int) -> None:
+        """A round that released nothing: charged by joint convexity at the planned z.
+
+        Had a client been sampled too, the round might have gone ahead (more clients, more
+        survivors), so whether anything was released depends on who was sampled; the charge is
+        that of a release at the planned noise without amplification
+        (`DistributedDiscreteGaussianRound.not_released`). Written ahead, like a release.
+        """
+        event = DistributedDiscreteGaussianRound.not_released(
+            self.plan.update_noise_multiplier, self.plan.sample_rate
+        )
+        self.ledger.record(server_round, [event])
+        epsilon = self.ledger.epsilon("rdp")
+        book.outcome(server_round).epsilon_client_level = epsilon
+        logger.warning(
+            "round %d released nothing; it is still charged, without the sampling's "
+            "amplification (client-level epsilon now %.4g)",
+            server_round,
+            epsilon,
         )
 
     def release_secure_sum(
@@ -107,6 +135,15 @@ class DistributedDpRelease(UpdateRelease):
             self._summed.setdefault(int(cid), []).append(unsampled)
         outcome = book.outcome(server_round)
         outcome.epsilon_client_level = self.ledger.epsilon("rdp")
+        if not event.amplified:
+            logger.warning(
+                "round %d: %d of %d sampled clients' shares were summed; the round is charged "
+                "without the sampling's amplification (client-level epsilon now %.4g)",
+                server_round,
+                event.summands,
+                event.cohort,
+                outcome.epsilon_client_level,
+            )
         summary = outcome.secure_aggregation
         assert summary is not None
         expected = self.plan.expected_clients
@@ -116,6 +153,7 @@ class DistributedDpRelease(UpdateRelease):
         details.update(
             {
                 "survivors": len(secure.survivors),
+                "amplified_by_sampling": event.amplified,
                 "noise_multiplier_carried": event.noise_multiplier,
                 "edge_coordinates": secure.distributed.edge_coordinates,
                 "server_noise": 0.0,
@@ -131,17 +169,14 @@ class DistributedDpRelease(UpdateRelease):
     def stop_reason_before(self, server_round: int) -> str | None:
         """Stop before a round that could take the client-level ε above the budget.
 
-        The next round is charged at the fewest shares it may be unmasked with, its least noise.
+        The next round is charged at its worst: the planned noise z without amplification (a
+        round with dropouts, or one that releases nothing), since which it will be is not known
+        before it runs.
         """
-        return budget_stop_reason(
-            self.ledger, self.planned_round_event(), "rdp", self.epsilon_budget, server_round
-        )
-
-    def planned_round_event(self) -> DistributedDiscreteGaussianRound:
-        """A round at exactly the planned noise multiplier z (what calibration assumed)."""
-        return DistributedDiscreteGaussianRound.at_noise_multiplier(
+        worst = DistributedDiscreteGaussianRound.not_released(
             self.plan.update_noise_multiplier, self.plan.sample_rate
         )
+        return budget_stop_reason(self.ledger, worst, "rdp", self.epsilon_budget, server_round)
 
     def epsilon_against_server(self) -> float:
         """The largest ε over clients of the rounds each was summed in, without sampling."""

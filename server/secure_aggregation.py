@@ -36,6 +36,7 @@ from privet.privacy.distributed_dp import (
     DistributedDpError,
     DistributedDpSpec,
     plan_spec,
+    survivors_needed,
 )
 from privet.privacy.secagg import (
     AdvertiseKeys,
@@ -98,10 +99,19 @@ is the stage's protocol message or the client's `Refusal`, as plain data."""
 
 @dataclass(frozen=True)
 class DistributedDpSettings:
-    """Distributed DP's part of the secure sum: the ring's bits and the total noise multiplier z."""
+    """Distributed DP's part of the secure sum: the ring's bits, z, and the run's fixed grid.
+
+    The grid and the cohort's total noise are planned once, for `grid_clients` clients and the
+    noise fraction φ (`privacy.distributed_dp.plan_spec`), and every round uses them whatever
+    its cohort: what the clients add must not depend on who was sampled.
+    """
 
     bits: int
     noise_multiplier: float
+    grid_clients: int
+    """The cohort size the grid is sized for: a high quantile of the sampled count."""
+    noise_fraction: float
+    """φ: any ⌈φ·n⌉ of a round's n clients carry the noise z."""
     seed: int | None = None
     """The run's seed when it is reproducible: the rounds' public rotation seeds derive from it
     (else each is fresh from the operating system)."""
@@ -143,6 +153,48 @@ class SecAggSettings:
             levels=config.secagg_levels,
             stage_timeout=config.secagg_timeout,
         )
+
+
+def noise_fraction(threshold: float, expected_clients: float) -> float:
+    """φ for distributed DP: the threshold as a fraction of the round (a count: of the expected).
+
+    Never below ½: secure aggregation's threshold is a strict majority anyway.
+    """
+    fraction = threshold if threshold <= 1 else threshold / max(expected_clients, 1.0)
+    return min(1.0, max(0.5, fraction))
+
+
+def grid_clients(population: int, sample_rate: float) -> int:
+    """The cohort distributed DP's grid is sized for: the mean plus 3 standard deviations.
+
+    Rounds with more clients are still run, with their wraps counted; the grid must be the same
+    in every round, so it cannot follow the sampled count.
+    """
+    mean = population * sample_rate
+    spread = math.sqrt(population * sample_rate * (1 - sample_rate))
+    return max(2, min(population, math.ceil(mean + 3 * spread)))
+
+
+def distributed_spec(
+    settings: DistributedDpSettings,
+    clip_norm: float,
+    num_params: int,
+    clients: int,
+    threshold: int,
+    rotation_seed: bytes,
+) -> DistributedDpSpec:
+    """The spec of a round of ``clients``: the run's grid, shares W/n, and its survivors needed."""
+    grid = plan_spec(
+        clip_norm=clip_norm,
+        noise_multiplier=settings.noise_multiplier,
+        clients=settings.grid_clients,
+        noise_fraction=settings.noise_fraction,
+        dimension=num_params,
+        bits=settings.bits,
+        rotation_seed=rotation_seed,
+    )
+    needed = max(threshold, survivors_needed(clients, settings.noise_fraction))
+    return grid.for_cohort(clients, needed)
 
 
 def threshold_for(neighbourhood: int, threshold: float) -> int:
@@ -241,14 +293,12 @@ def distributed_rounding_ratio(config: RunConfig, num_params: int) -> float:
     plan = plan_client_level(config)
     assert plan is not None
     clients = max(2, round(config.expected_clients_per_round))
-    degree = graph_degree(clients, config.secagg_degree, distributed=True)
-    closed = clients if degree is None else min(clients, degree + 1)
     try:
         spec = plan_spec(
             clip_norm=config.client_clip_norm,
             noise_multiplier=plan.update_noise_multiplier,
-            clients=clients,
-            min_survivors=threshold_for(closed, config.secagg_threshold),
+            clients=grid_clients(config.clients, config.client_sample_rate),
+            noise_fraction=noise_fraction(config.secagg_threshold, clients),
             dimension=num_params,
             bits=config.secagg_bits,
             rotation_seed=bytes(ROTATION_SEED_BYTES),
@@ -339,14 +389,13 @@ def plan_round(
         length = num_params + 1
     else:
         try:
-            distributed = plan_spec(
-                clip_norm=clip_norm,
-                noise_multiplier=settings.distributed.noise_multiplier,
-                clients=n,
-                min_survivors=threshold,
-                dimension=num_params,
-                bits=settings.distributed.bits,
-                rotation_seed=settings.distributed.rotation_seed(server_round),
+            distributed = distributed_spec(
+                settings.distributed,
+                clip_norm,
+                num_params,
+                n,
+                threshold,
+                settings.distributed.rotation_seed(server_round),
             )
         except DistributedDpError as error:
             raise SecAggProtocolError(str(error)) from None

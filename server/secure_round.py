@@ -113,6 +113,7 @@ class SecureAggregation(AggregationStep):
                 )
         except SecAggError as exc:
             fail_secure_round(server_round, outcome, str(exc))
+            release.charge_unreleased(book, server_round)
             return None
         train.config.update(TrainInstructions(server_round, clip).to_config())
         train.config.update(plan.train_config())
@@ -336,6 +337,7 @@ class SecureAggregation(AggregationStep):
             book.privacy.record(server_round, reports, trained=sorted(trained))
             record_protocol_drops(outcome, plan)
             fail_secure_round(server_round, outcome, str(exc))
+            release.charge_unreleased(book, server_round)
             return None
         finally:
             self._ahead = ahead if ahead is not None and ahead.ready else None
@@ -364,7 +366,9 @@ def planned_summary(spec: DistributedDpSpec, sampled: int) -> dict[str, object]:
         "bits": spec.bits,
         "scale": spec.scale,
         "norm_bound": spec.norm_bound,
-        "local_variance": spec.local_variance,
+        "total_variance": spec.total_variance,
+        "cohort": spec.cohort,
+        "local_variance": float(spec.local_variance),
         "local_noise_stddev": spec.noise_stddev,
         "min_survivors": spec.min_survivors,
         "planned_noise_multiplier": spec.total_noise_multiplier(spec.min_survivors),

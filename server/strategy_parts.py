@@ -22,7 +22,12 @@ from privet.server.distributed_release import DistributedDpRelease
 from privet.server.federation_privacy import FederationPrivacy
 from privet.server.run_output import SERVER_LEDGER_OWNER, RunFolder
 from privet.server.sampling import ClientSampler
-from privet.server.secure_aggregation import DistributedDpSettings, SecAggSettings
+from privet.server.secure_aggregation import (
+    DistributedDpSettings,
+    SecAggSettings,
+    grid_clients,
+    noise_fraction,
+)
 from privet.server.secure_round import SecureAggregation
 from privet.server.server_optimizer import ServerSGD
 from privet.server.strategy import PrivetFedAvg
@@ -105,6 +110,10 @@ def aggregation_step(config: RunConfig, plan: ClientLevelPlan | None = None) -> 
             distributed=DistributedDpSettings(
                 config.secagg_bits,
                 plan.update_noise_multiplier,
+                grid_clients=grid_clients(config.clients, config.client_sample_rate),
+                noise_fraction=noise_fraction(
+                    config.secagg_threshold, config.expected_clients_per_round
+                ),
                 seed=config.seed if config.reproducible else None,
             ),
         )

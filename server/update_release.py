@@ -71,6 +71,14 @@ class UpdateRelease(ABC):
         """Why the run must stop before `server_round` (a privacy budget would be exceeded)."""
         return None
 
+    def charge_unreleased(self, book: RoundBook, server_round: int) -> None:
+        """Account a secure round that was sampled but released nothing (nothing by default).
+
+        Under distributed DP whether a round is released can depend on who was sampled, so
+        such a round still costs privacy (`server.distributed_release`).
+        """
+        return None
+
     def summary(self) -> dict[str, Any] | None:
         """What results.json records about this release (None: nothing beyond the rounds)."""
         return None

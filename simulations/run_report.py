@@ -590,16 +590,25 @@ class RunSections:
                 "clients)."
             )
         )
+        unamplified = sum(1 for r in self.run.rounds if _unamplified(r.secure_aggregation))
+        weak = (
+            f" {unamplified} of these rounds had dropouts or released nothing: whether they ran, "
+            "or the noise they carried, depended on who was sampled, so they were charged "
+            "without the sampling's amplification."
+            if unamplified
+            else ""
+        )
         return (
             '<div class="statement"><p>Distributed DP: every sampled client noised its own '
             "update before masking it, so the server saw only sums already carrying the DP "
             "noise, and added none. With respect to one client's update, the sequence of models "
             f"is (ε, δ) = ({self.eps(cl.epsilon, 'client-level')}, {esc(f'{cl.delta:g}')})-DP "
-            f"over the {cl.rounds} round{'s' if cl.rounds != 1 else ''} whose sum was "
-            f"unmasked ({esc(noise)}; each client sampled with probability "
-            f"q = {esc(num(cl.sample_rate))} per round; Rényi DP with the bound of Kairouz, "
-            "Liu and Steinke 2021 and Zhu and Wang's sampling bound), for whoever does not know "
-            f"who took part.{server}</p></div>"
+            f"over the {cl.rounds} round{'s' if cl.rounds != 1 else ''} it was charged for "
+            f"({esc(noise)}; each client sampled with probability "
+            f"q = {esc(num(cl.sample_rate))} per round; Rényi DP: the sampled Gaussian's "
+            "series with the discrete correction of Kairouz, Liu and Steinke 2021 for rounds in "
+            "which nobody dropped, joint convexity for the others), for whoever does not know "
+            f"who took part or how many.{weak}{server}</p></div>"
         )
 
     def _secure_aggregation(self) -> str:
@@ -748,3 +757,13 @@ def run_report_html(run: RunData, title: str) -> str:
     state = "finished" if run.finished else "did not finish"
     subtitle = esc(f"Run {run.path} — {state}; Privet {run.version or '?'}")
     return page(title, subtitle, RunSections(run).body())
+
+
+def _unamplified(secure: dict[str, Any] | None) -> bool:
+    """Whether a distributed-DP round was charged without amplification (dropouts, no release)."""
+    if not secure:
+        return False
+    if secure.get("status") == "failed":
+        return True
+    details = secure.get("distributed_dp")
+    return isinstance(details, dict) and details.get("amplified_by_sampling") is False

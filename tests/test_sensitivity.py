@@ -242,7 +242,7 @@ def test_a_clients_share_of_the_distributed_sum_moves_it_by_at_most_the_recorded
         clip_norm=1.0,
         noise_multiplier=1.0,
         clients=20,
-        min_survivors=14,
+        noise_fraction=0.7,
         dimension=dimension,
         bits=bits,
         rotation_seed=os.urandom(16),

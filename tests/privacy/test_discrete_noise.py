@@ -19,7 +19,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from privet.privacy import discrete_noise
 from privet.privacy.discrete_noise import (
+    MAX_ARRAY_ACCEPTANCE_DENOMINATOR,
+    MAX_ARRAY_VARIANCE,
+    array_variance_fits,
     bernoulli,
     bernoulli_exp,
     bernoulli_exp_array,
@@ -43,7 +47,8 @@ def matches_pmf(draws: np.ndarray, pmf, reach: int) -> float:
     """The chi-square p-value of ``draws`` against ``pmf`` on -reach..reach, tails pooled."""
     values = np.arange(-reach, reach + 1)
     expected = pmf(values) * len(draws)
-    observed = np.array([np.count_nonzero(draws == v) for v in values], dtype=float)
+    inside = draws[np.abs(draws) <= reach] + reach
+    observed = np.bincount(inside, minlength=2 * reach + 1).astype(float)
     tail_observed = len(draws) - observed.sum()
     tail_expected = len(draws) - expected.sum()
     observed, expected = np.append(observed, tail_observed), np.append(expected, tail_expected)
@@ -144,7 +149,22 @@ def test_impossible_parameters_are_refused(call, message):
 # -- the array sampler a client noises its update with ---------------------------------------------
 
 
-@pytest.mark.parametrize(("sigma2", "count"), [(1, 200_000), (7, 200_000), (2_500, 200_000)])
+@pytest.mark.parametrize(
+    ("sigma2", "count"),
+    [
+        (1, 200_000),
+        (7, 200_000),
+        (2_500, 200_000),
+        # Rational variances: a client's share W/n of a cohort's total variance W.
+        (Fraction(9, 2), 200_000),
+        (Fraction(7, 3), 200_000),
+        (Fraction(1_000_003, 20), 200_000),
+        # Near the limits: 2·a·b·t² ≈ 2^53 here, and just under 2^56 for σ² just above 1, where
+        # 0.5% of the proposals (|y| ≥ 11) take the exact scalar test.
+        (Fraction(2**26 + 1, 64), 200_000),
+        (Fraction(94_906_266, 94_906_265), 200_000),
+    ],
+)
 def test_the_array_sampler_draws_the_exact_discrete_gaussian(sigma2, count):
     draws = discrete_gaussian_array(sigma2, count, seeded(11))
     reach = int(8 * math.sqrt(sigma2)) + 4
@@ -162,17 +182,20 @@ def test_the_array_sampler_draws_the_exact_discrete_gaussian(sigma2, count):
         assert abs(seen - tail) < 5 * math.sqrt(tail * (1 - tail) / count)
 
 
-def test_the_array_sampler_agrees_with_the_scalar_reference():
+@pytest.mark.parametrize(
+    ("sigma2", "width"), [(12, 1), (Fraction(7, 3), 1), (Fraction(1_000_003, 20), 32)]
+)
+def test_the_array_sampler_agrees_with_the_scalar_reference(sigma2, width):
     # Two independent exact samplers of one law: a two-sample test cannot tell them apart.
-    sigma2 = 12
+    # Values are grouped in cells of ``width`` integers, about 4σ either side of 0 in all.
     source = seeded(14)
     scalar = np.array([discrete_gaussian(sigma2, source) for _ in range(6000)])
     array = discrete_gaussian_array(sigma2, 60_000, seeded(15))
-    values = np.arange(-14, 15)
+    cells = int(4 * math.sqrt(sigma2)) // width + 1
     table = np.array(
         [
-            [np.count_nonzero(np.clip(scalar, -14, 14) == v) for v in values],
-            [np.count_nonzero(np.clip(array, -14, 14) == v) for v in values],
+            np.bincount(np.clip(draws // width, -cells, cells) + cells, minlength=2 * cells + 1)
+            for draws in (scalar, array)
         ]
     )
     table = table[:, table.sum(axis=0) >= 10]
@@ -206,8 +229,78 @@ def test_the_array_sampler_uses_the_os_unless_seeded_and_refuses_bad_input():
     assert not np.array_equal(discrete_gaussian_array(9, 100), discrete_gaussian_array(9, 100))
     for bad, message in (
         (0, "sigma2 must lie in"),
-        (2.5, "must be an integer"),
+        (2.5, "must be an int or a Fraction"),
         (1 << 25, "sigma2 must lie in"),
     ):
         with pytest.raises(ValueError, match=message):
             discrete_gaussian_array(bad, 3)
+
+
+def accepted_by_the_rule(sigma2: Fraction) -> bool:
+    """The documented rule: 1 ≤ σ² ≤ 2^24 and 2·a·b·t² ≤ 2^56, for σ² = a/b and t = ⌊σ⌋ + 1."""
+    a, b = sigma2.numerator, sigma2.denominator
+    t = math.isqrt(a // b) + 1
+    return 1 <= sigma2 <= MAX_ARRAY_VARIANCE and 2 * a * b * t * t <= 1 << 56
+
+
+def test_the_array_sampler_takes_fractions_up_to_its_limit_and_says_which_beforehand():
+    assert MAX_ARRAY_VARIANCE == 1 << 24 and MAX_ARRAY_ACCEPTANCE_DENOMINATOR == 1 << 56
+    # Every integer variance in range fits; near 2^24 a denominator up to 11 does, 12 does not.
+    for sigma2 in (1, 2, 3, 4_096**2, MAX_ARRAY_VARIANCE, np.int64(9), Fraction(9)):
+        assert array_variance_fits(sigma2)
+    near_top = [Fraction(MAX_ARRAY_VARIANCE * b - 1, b) for b in (11, 12)]
+    assert [array_variance_fits(f) for f in near_top] == [True, False]
+    # The helper follows the documented rule, across denominators and magnitudes.
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        b = int(2 ** rng.uniform(0, 28)) + 1
+        sigma2 = Fraction(int(b * 2 ** rng.uniform(-1, 25)) + 1, b)
+        assert array_variance_fits(sigma2) == accepted_by_the_rule(sigma2), sigma2
+    # An int and the same value as a Fraction are one law: the same draws from the same source.
+    assert np.array_equal(
+        discrete_gaussian_array(9, 500, seeded(18)),
+        discrete_gaussian_array(Fraction(18, 2), 500, seeded(18)),
+    )
+    assert discrete_gaussian_array(Fraction(7, 3), 0, seeded(18)).shape == (0,)
+    support = np.arange(-10, 11)
+    assert np.array_equal(
+        discrete_gaussian_pmf(Fraction(9, 2), support), discrete_gaussian_pmf(4.5, support)
+    )
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Fraction(MAX_ARRAY_VARIANCE * 12 - 1, 12), r"above MAX_ARRAY_ACCEPTANCE_DENOMINATOR"),
+        (Fraction(2**27 + 1, 2**27), r"above MAX_ARRAY_ACCEPTANCE_DENOMINATOR"),
+        (Fraction(1_000_003, 2_000_000), r"sigma2 must lie in \[1, 16777216\]"),
+        (Fraction(-9, 2), r"sigma2 must lie in"),
+        (Fraction(MAX_ARRAY_VARIANCE + 1, 1), r"sigma2 must lie in"),
+        (4.5, r"must be an int or a Fraction \(a float is not exact: pass a Fraction\)"),
+        (np.float64(4.0), r"pass a Fraction"),
+        (True, r"must be an int or a Fraction"),
+        ("9/2", r"must be an int or a Fraction"),
+    ],
+)
+def test_the_array_sampler_refuses_an_inexact_or_too_fine_variance_in_one_line(bad, message):
+    assert not array_variance_fits(bad)
+    with pytest.raises(ValueError, match=message) as refused:
+        discrete_gaussian_array(bad, 3, seeded(19))
+    assert "\n" not in str(refused.value)
+
+
+def test_far_proposals_are_decided_by_the_exact_scalar_test(monkeypatch):
+    # σ² just above 1 with b ≈ 2^26.5: proposals |y| ≥ 11 would overflow the int64 square, so
+    # each goes to the scalar `bernoulli_exp` (and is accepted with probability below e^-43).
+    sigma2 = Fraction(94_906_266, 94_906_265)
+    exponents = []
+
+    def recording(gamma, random_bytes):
+        exponents.append(Fraction(gamma))
+        return bernoulli_exp(gamma, random_bytes)
+
+    monkeypatch.setattr(discrete_noise, "bernoulli_exp", recording)
+    draws = discrete_gaussian_array(sigma2, 20_000, seeded(20))
+    assert 20 < len(exponents) < 400  # 0.5% of about 33 000 proposals
+    assert min(exponents) > 43
+    assert np.abs(draws).max() < 11

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from privet.client.secure_aggregation import PendingInput, SecAggRequest, answer
 from privet.client.training_round import clip_update
 from privet.privacy.discrete_noise import discrete_gaussian_pmf
 from privet.privacy.distributed_dp import (
+    MAX_TOTAL_VARIANCE,
     DistributedDpError,
     DistributedDpSpec,
     plan_spec,
@@ -52,7 +54,9 @@ def ddp_settings(bits: int = 16, threshold: float = 0.6) -> SecAggSettings:
         degree=None,
         levels=2**16,
         stage_timeout=5.0,
-        distributed=DistributedDpSettings(bits=bits, noise_multiplier=Z),
+        distributed=DistributedDpSettings(
+            bits=bits, noise_multiplier=Z, grid_clients=6, noise_fraction=max(threshold, 0.5)
+        ),
     )
 
 
@@ -117,17 +121,25 @@ def plain_integer_sum(plan, updates, dithers, survivors) -> np.ndarray:
 
 
 def test_what_the_server_unmasks_is_the_plain_sum_plus_noise_of_the_planned_variance():
-    noise = {5: [], 4: []}
+    # Three kinds of round: 5 sampled and all survive, 4 sampled and all survive, 5 sampled and
+    # one drops. Full cohorts of either size carry the same total noise W; the dropout less.
+    noise: dict[tuple[int, int], list[np.ndarray]] = {(5, 5): [], (4, 4): [], (5, 4): []}
     planned = {}
-    for seed in range(24):
-        drop = {3} if seed % 2 else set()
-        plan, result, updates, dithers = secure_round(range(5), seed, drop=drop)
+    totals = set()
+    for seed in range(27):
+        cohort, drop = [(5, set()), (4, set()), (5, {3})][seed % 3]
+        plan, result, updates, dithers = secure_round(range(cohort), seed, drop=drop)
         spec = plan.distributed
-        assert result.survivor_ids == tuple(u for u in range(5) if u not in drop)
+        assert spec.cohort == cohort and spec.local_variance == Fraction(
+            spec.total_variance, cohort
+        )
+        totals.add(spec.total_variance)
+        assert result.survivor_ids == tuple(u for u in range(cohort) if u not in drop)
         plain = plain_integer_sum(plan, updates, dithers, result.survivor_ids)
         difference = spec.centred(np.mod(result.aggregate.astype(np.int64) - plain, spec.modulus))
-        noise[len(result.survivor_ids)].append(difference)
-        planned[len(result.survivor_ids)] = spec.local_variance
+        key = (cohort, len(result.survivor_ids))
+        noise[key].append(difference)
+        planned[key] = float(spec.local_variance)
         # The server's decoding is deterministic post-processing of what it unmasked: no noise.
         secure = decode_secure_sum(plan, result, SHAPES)
         again = decode_secure_sum(plan, result, SHAPES)
@@ -138,16 +150,23 @@ def test_what_the_server_unmasks_is_the_plain_sum_plus_noise_of_the_planned_vari
         assert secure.distributed.edge_coordinates == np.count_nonzero(
             np.abs(centred) >= 7 * spec.modulus // 16
         )
-    for survivors, parts in noise.items():
+    assert len(totals) == 1  # the run's W, whatever the cohort
+    variances = {}
+    for (cohort, survivors), parts in noise.items():
         values = np.concatenate(parts).astype(np.float64)
-        expected = survivors * dg_variance(planned[survivors])
-        n = values.size  # 12 rounds x 256 coordinates
+        expected = survivors * dg_variance(planned[cohort, survivors])
+        variances[cohort, survivors] = expected
+        n = values.size  # 9 rounds x 256 coordinates
         assert abs(values.mean()) < 5 * math.sqrt(expected / n)
         # The sample variance of n Gaussian values has relative std sqrt(2/n) (~2.5% here).
         assert values.var() == pytest.approx(expected, rel=5 * math.sqrt(2 / n))
         # Tails like a Gaussian of that variance: ~4.6% beyond 2 std, ~0.27% beyond 3.
         beyond2 = np.mean(np.abs(values) > 2 * math.sqrt(expected))
         assert 0.03 < beyond2 < 0.065
+    (total,) = totals
+    assert variances[5, 5] == pytest.approx(total, rel=1e-3)
+    assert variances[4, 4] == pytest.approx(total, rel=1e-3)
+    assert variances[5, 4] == pytest.approx(0.8 * total, rel=1e-3)
 
 
 def test_the_noise_is_sized_for_the_threshold_and_fewer_survivors_are_never_unmasked():
@@ -157,7 +176,8 @@ def test_the_noise_is_sized_for_the_threshold_and_fewer_survivors_are_never_unma
     assert spec.min_survivors == t == 3  # 0.6 of 5 rounded up
     # t shares already carry the whole noise z·Δ; 5 carry more.
     assert spec.total_noise_multiplier(t) >= Z
-    assert spec.local_variance == math.ceil(Z**2 * spec.norm_bound**2 / t)
+    assert spec.total_variance == math.ceil(Z**2 * spec.norm_bound**2 / 0.6)
+    assert spec.local_variance == Fraction(spec.total_variance, 5)
     # Survivors pass the protocol's own threshold (3) but not... a plan sized for 4 shares:
     import dataclasses
 
@@ -184,7 +204,7 @@ def test_a_reproducible_run_seeds_the_noise_and_a_deployment_draws_it_fresh():
         clip_norm=CLIP,
         noise_multiplier=Z,
         clients=3,
-        min_survivors=2,
+        noise_fraction=2 / 3,
         dimension=NUM_PARAMS,
         bits=16,
         rotation_seed=os.urandom(16),
@@ -204,7 +224,7 @@ def test_rounding_keeps_every_clients_vector_within_the_norm_bound():
         clip_norm=CLIP,
         noise_multiplier=Z,
         clients=20,
-        min_survivors=14,
+        noise_fraction=0.7,
         dimension=5000,
         bits=12,
         rotation_seed=os.urandom(16),
@@ -223,7 +243,7 @@ def test_fewer_bits_give_a_coarser_grid_and_too_few_are_refused_in_one_line():
             clip_norm=CLIP,
             noise_multiplier=Z,
             clients=20,
-            min_survivors=14,
+            noise_fraction=0.7,
             dimension=8000,
             bits=bits,
             rotation_seed=bytes(16),
@@ -231,14 +251,18 @@ def test_fewer_bits_give_a_coarser_grid_and_too_few_are_refused_in_one_line():
         for bits in (16, 14, 12)
     }
     assert specs[16].scale < specs[14].scale < specs[12].scale
-    for spec in specs.values():
-        assert spec.expected_wraps(20) == pytest.approx(0.01, rel=0.05)
+    for bits in (14, 12):
+        assert specs[bits].expected_wraps(20) == pytest.approx(0.01, rel=0.05)
+    # At 16 bits the ring would allow more noise units than the sampler takes: W is capped, the
+    # grid a little coarser, and wraps rarer still.
+    assert specs[16].total_variance <= MAX_TOTAL_VARIANCE
+    assert specs[16].expected_wraps(20) < 0.01
     with pytest.raises(DistributedDpError, match="raise --secagg-bits") as raised:
         plan_spec(
             clip_norm=CLIP,
             noise_multiplier=Z,
             clients=20,
-            min_survivors=14,
+            noise_fraction=0.7,
             dimension=8000,
             bits=8,
             rotation_seed=bytes(16),
@@ -250,7 +274,8 @@ def test_a_tampered_spec_in_the_train_config_is_refused():
     plan = plan_round(ddp_settings(), [0, 1, 2], NUM_PARAMS, CLIP)
     keys = plan.train_config()
     for key, value in (
-        ("ddp-local-variance", 0),
+        ("ddp-total-variance", 0),
+        ("ddp-cohort", 1),  # fewer clients than the survivors it needs
         ("ddp-rotation-seed", b"short"),
         ("ddp-bits", 15),  # differs from the ring
         ("ddp-dimension", NUM_PARAMS * 4),  # differs from the vector length
@@ -279,21 +304,23 @@ def test_the_release_adds_no_noise_and_charges_the_survivors_shares():
     assert ledger.rounds() == [1]
     (event,) = ledger.events()
     spec = plan.distributed
-    assert event.summands == 4 and event.local_variance == spec.local_variance
+    assert event.summands == 4 and event.local_variance == float(spec.local_variance)
+    assert event.cohort == 5 and not event.amplified  # a client dropped
     assert event.l2_sensitivity == spec.norm_bound and event.sample_rate == 0.25
     assert event.dimension == spec.padded_dimension
     details = book.outcome(1).secure_aggregation["distributed_dp"]
     assert details["survivors"] == 4 and details["server_noise"] == 0.0
+    assert details["amplified_by_sampling"] is False
     assert details["noise_multiplier_carried"] == pytest.approx(
         math.sqrt(4 * spec.local_variance) / spec.norm_bound
     )
 
 
 def test_a_reproducible_run_derives_its_rotation_seeds_and_a_deployment_draws_them():
-    seeded = DistributedDpSettings(bits=16, noise_multiplier=Z, seed=5)
-    assert seeded.rotation_seed(3) == DistributedDpSettings(16, Z, seed=5).rotation_seed(3)
+    seeded = DistributedDpSettings(16, Z, 6, 0.6, seed=5)
+    assert seeded.rotation_seed(3) == DistributedDpSettings(16, Z, 6, 0.6, seed=5).rotation_seed(3)
     assert seeded.rotation_seed(3) != seeded.rotation_seed(4)
-    fresh = DistributedDpSettings(bits=16, noise_multiplier=Z)
+    fresh = DistributedDpSettings(16, Z, 6, 0.6)
     assert fresh.rotation_seed(3) != fresh.rotation_seed(3)
     assert len(fresh.rotation_seed(1)) == len(seeded.rotation_seed(1)) == 16
 
@@ -326,7 +353,7 @@ def test_a_client_refuses_to_mask_when_the_server_asks_for_less_noise_than_the_r
     request = SecAggRequest.from_train_config(plan.train_config(), CLIP)
     states, replies = {}, {}
     # A lying server: each share a quarter of the variance the plan needs.
-    cheap = dataclasses.replace(spec, local_variance=max(4, spec.local_variance // 4))
+    cheap = dataclasses.replace(spec, total_variance=max(4 * spec.cohort, spec.total_variance // 4))
     update = clipped_updates([0], 1)[0]
 
     def exchange(stage, messages):
@@ -374,3 +401,38 @@ def test_noise_shares_are_sized_for_a_fraction_of_the_whole_round_up_to_64_clien
     above = DISTRIBUTED_COMPLETE_GRAPH_UP_TO + 1
     sparse = plan_round(ddp_settings(threshold=2 / 3), list(range(above)), NUM_PARAMS, CLIP)
     assert sparse.neighbours == 2 * math.ceil(math.log2(above))
+    # The sparse graph's threshold counts one neighbourhood, but the server still waits for
+    # 2/3 of the whole round before unmasking: the noise shares are sized for that.
+    assert sparse.distributed is not None
+    assert sparse.config.threshold < sparse.distributed.min_survivors == math.ceil(2 / 3 * above)
+    assert sparse.distributed.total_noise_multiplier(sparse.distributed.min_survivors) >= Z
+
+
+def test_the_grid_and_the_total_noise_do_not_depend_on_who_was_sampled():
+    small = plan_round(ddp_settings(), [0, 1, 2, 3], NUM_PARAMS, CLIP).distributed
+    large = plan_round(ddp_settings(), list(range(7)), NUM_PARAMS, CLIP).distributed
+    assert small is not None and large is not None
+    assert (small.scale, small.norm_bound, small.total_variance, small.bits) == (
+        large.scale,
+        large.norm_bound,
+        large.total_variance,
+        large.bits,
+    )
+    assert small.local_variance * 4 == large.local_variance * 7 == small.total_variance
+    for spec in (small, large):  # the fewest survivors unmasked still carry z
+        assert spec.total_noise_multiplier(spec.min_survivors) >= Z
+
+
+def test_a_round_that_releases_nothing_is_charged_and_the_budget_stop_assumes_the_worst():
+    ledger = PrivacyLedger(owner="server", level="client", delta=1e-5)
+    client_plan = ClientLevelPlan(Z, Z, 0.25, 5.0, None)
+    release = DistributedDpRelease(client_plan, CLIP, ledger, delta=1e-5, epsilon_budget=10.0)
+    book = RoundBook(FederationPrivacy())
+    release.charge_unreleased(book, 1)
+    (event,) = ledger.events()
+    assert not event.amplified and event.noise_multiplier == pytest.approx(Z)
+    assert book.outcome(1).epsilon_client_level == ledger.epsilon("rdp") > 0
+    while release.stop_reason_before(len(ledger.rounds()) + 1) is None:
+        release.charge_unreleased(book, len(ledger.rounds()) + 1)
+    assert len(ledger.rounds()) > 2 and ledger.epsilon("rdp") <= 10.0
+    assert "above the budget 10" in release.stop_reason_before(len(ledger.rounds()) + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -35,7 +36,8 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
         reproducible=True,  # the sampling that puts clients 0 and 1 in round 2
         output=str(folder),
     )
-    # Two clients crash while training (masking) in round 2: the survivors' shares carry the noise.
+    # Two clients crash while training (masking) in round 2: the survivors' shares carry the noise,
+    # and the round is charged without the sampling's amplification.
     run_in_process(config, client_mods=[Dropout.at("train", [0, 1], rounds=[2])])
     results = json.loads((folder / "results.json").read_text())
     assert results["finished"] is True
@@ -43,7 +45,7 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
     assert level["mechanism"] == "distributed discrete Gaussian"
     assert level["privacy_statement"] == PRIVACY_STATEMENT
     q = config.client_sample_rate
-    events, summed_in = [], {}
+    events, summed_in, full = [], {}, []
     for entry in results["rounds"]:
         secure = entry["secure_aggregation"]
         details = secure["distributed_dp"]
@@ -52,26 +54,46 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
         survivors = secure["survivors"]
         assert details["survivors"] == len(survivors) >= details["min_survivors"]
         assert set(survivors) == set(entry["sampled"]) - set(secure["dropped"])
+        cohort = len(entry["sampled"])
+        assert details["cohort"] == cohort
         if entry["round"] == 2:  # the crash: fewer survivors than sampled, charged as such
-            assert secure["dropped"] and len(survivors) < len(entry["sampled"])
-        # The noise is sized for the threshold: t shares carry at least the planned z.
+            assert secure["dropped"] and len(survivors) < cohort
+            assert details["amplified_by_sampling"] is False
+        else:
+            assert details["amplified_by_sampling"] is (len(survivors) == cohort >= 3)
+        # The noise is sized for the threshold: t shares carry at least the planned z, and a
+        # full cohort's shares sum to the run's W whatever its size.
         t, variance = details["min_survivors"], details["local_variance"]
         assert (t * variance) ** 0.5 / details["norm_bound"] >= level["noise_multiplier"]
+        assert cohort * variance == pytest.approx(details["total_variance"], rel=1e-12)
         # Each client sent its packed 14-bit vector of the padded dimension, nothing more.
         assert entry["cost"]["bytes_up_per_client"] == packed_bytes(details["padded_dimension"], 14)
         event = DistributedDiscreteGaussianRound(
-            details["norm_bound"], variance, len(survivors), details["padded_dimension"], q
+            details["norm_bound"],
+            variance,
+            len(survivors),
+            details["padded_dimension"],
+            q,
+            cohort=cohort,
         )
         events.append((event, 1))
+        full.append((dataclasses.replace(event, summands=cohort), 1))
         unsampled = DistributedDiscreteGaussianRound(
-            details["norm_bound"], variance, len(survivors), details["padded_dimension"], 1.0
+            details["norm_bound"],
+            variance,
+            len(survivors),
+            details["padded_dimension"],
+            1.0,
+            cohort=cohort,
         )
         for cid in survivors:
             summed_in.setdefault(cid, []).append((unsampled, 1))
         assert entry["epsilon_client_level"] == pytest.approx(own_epsilon(events, DELTA), rel=0.01)
-    # The run's ε, recomputed by the test from what each round recorded, and within the target.
+    # The run's ε, recomputed by the test from what each round recorded. The dropout round cost
+    # more than the plan (which assumed every round full), so it is above what the same rounds
+    # would have cost had nobody dropped.
     assert level["epsilon"] == pytest.approx(own_epsilon(events, DELTA), rel=0.01)
-    assert level["epsilon"] <= 6.0
+    assert level["epsilon"] > own_epsilon(full, DELTA)
     # Against the server, which knows who took part: no sampling, the rounds each client was in.
     worst = max(own_epsilon(rounds, DELTA) for rounds in summed_in.values())
     assert level["epsilon_against_server"] == pytest.approx(worst, rel=0.01)
@@ -86,6 +108,8 @@ def test_a_distributed_dp_run_reports_the_epsilon_its_rounds_really_cost(tmp_pat
     html = (folder / "report.html").read_text()
     assert "the server saw only sums already carrying the DP noise" in html
     assert "trusted-server model" not in html
+    unamplified = sum(not event.amplified for event, _ in events)
+    assert unamplified >= 1 and f"{unamplified} of these rounds had dropouts" in html
     spans = dict(re.findall(r'data-eps="([^"]+)">([^<]+)<', html))
     assert float(spans["client-level-server"]) == pytest.approx(
         level["epsilon_against_server"], abs=1e-3
