@@ -513,7 +513,8 @@ def _discrete_round_rdp(item: DiscreteGaussianSumComposition) -> np.ndarray:
         return poisson_ddg_rdp(
             item.l2_sensitivity, total, item.summands, item.dimension, item.sample_rate
         )
-    return weak_ddg_rdp(*item[:5])
+    cohort = max(item.cohort, item.summands)
+    return weak_ddg_rdp(*item[:5], cohort)
 
 
 # Integer orders only (fractional orders need Opacus' slow series): 2 … 63, then 2^(k/4)·64 up to

@@ -55,6 +55,7 @@ from privet.privacy.discrete_noise import (
     array_variance_fits,
     discrete_gaussian_array,
 )
+from privet.privacy.events import MIN_SHARE_VARIANCE as EVENT_MIN_SHARE_VARIANCE
 from privet.privacy.rotation import padded_dimension, rotate, unrotate
 from privet.privacy.secagg.crypto import RandomSource
 from privet.privacy.secagg.quantization import (
@@ -87,9 +88,9 @@ MAX_TOTAL_VARIANCE = 2 * MAX_ARRAY_VARIANCE
 """The largest total noise variance W (grid units²) a run is planned with: its shares W/n, n ≥ 2
 (secure aggregation's fewest clients), stay within the exact array sampler's range
 (`discrete_noise.array_variance_fits`)."""
-MIN_SHARE_VARIANCE = 4
+MIN_SHARE_VARIANCE = EVENT_MIN_SHARE_VARIANCE
 """The smallest share W/n (grid units²) that counts as a discrete Gaussian share (and keeps
-Kairouz et al.'s correction τ negligible)."""
+Kairouz et al.'s correction τ negligible); the accountant knows it too."""
 
 _KEYS = {
     "bits": "ddp-bits",

@@ -72,11 +72,19 @@ def ddg_tau(local_variance: float, summands: int) -> float:
 
 
 def ddg_rdp(
-    order: int, l2_sensitivity: float, local_variance: float, summands: int, dimension: int
+    order: int,
+    l2_sensitivity: float,
+    local_variance: float,
+    summands: int,
+    dimension: int,
+    tau: float | None = None,
 ) -> float:
-    """ε(α) of one release of the sum of ``summands`` clients' noised vectors (no sampling)."""
+    """ε(α) of one release of the sum of ``summands`` clients' noised vectors (no sampling).
+
+    ``tau`` overrides the sum's own τ with a larger one (a bound for several sums at once).
+    """
     scale = l2_sensitivity / math.sqrt(summands * local_variance)
-    tau = ddg_tau(local_variance, summands)
+    tau = ddg_tau(local_variance, summands) if tau is None else tau
     return min(
         order * scale**2 / 2 + tau * dimension,
         order / 2 * (scale + math.sqrt(dimension) * tau) ** 2,
@@ -129,16 +137,21 @@ def weak_ddg_rdp(
     summands: int,
     dimension: int,
     sample_rate: float,
+    cohort: int,
 ) -> np.ndarray:
     """ε(α) at every order of `ORDERS` of a round whose noise depended on who was sampled.
 
-    Joint convexity only: log(1 − q + q·exp((α−1)·ε(α)))/(α−1), with ε the unsampled bound of
-    the ``summands`` shares of ``local_variance`` the sum carried. Read-only array.
+    Joint convexity only: log(1 − q + q·exp((α−1)·ε(α)))/(α−1), with ε Kairouz et al.'s
+    unsampled bound at the noise the ``summands`` shares of ``local_variance`` carried. Had the
+    client been sampled too, the cohort would have been one larger: its shares (variance
+    σ²·n/(n+1), one more of them) sum to more noise but sit a little further from a discrete
+    Gaussian, so τ is taken there, the larger of the two. Read-only array.
     """
     q = sample_rate
+    tau = ddg_tau(local_variance * cohort / (cohort + 1), summands + 1)
     out = np.empty(len(ORDERS))
     for index, alpha in enumerate(ORDERS):
-        base = ddg_rdp(alpha, l2_sensitivity, local_variance, summands, dimension)
+        base = ddg_rdp(alpha, l2_sensitivity, local_variance, summands, dimension, tau)
         if q >= 1:
             out[index] = base
             continue

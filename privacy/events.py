@@ -472,12 +472,17 @@ class DiscreteGaussianSumComposition(NamedTuple):
     sample_rate: float
     count: int  # type: ignore[assignment]  # the field hides tuple.count, which nothing calls
     amplified: bool
+    cohort: int
 
 
 MIN_AMPLIFIED_COHORT = 3
 """The smallest cohort whose round is amplified by sampling: without one of its clients a cohort
 of 2 would be a single client, which secure aggregation refuses, so whether the round ran at
 all would depend on who was sampled."""
+MIN_SHARE_VARIANCE = 4
+"""The smallest noise share (grid units²) a distributed-DP round takes
+(`privacy.distributed_dp` refuses smaller ones). A round is amplified only if a cohort one
+larger would still have had shares this large: else it would not have run."""
 
 
 @register_event("distributed_discrete_gaussian_round")
@@ -542,8 +547,16 @@ class DistributedDiscreteGaussianRound(PrivacyEvent):
 
     @property
     def amplified(self) -> bool:
-        """Whether sampling amplifies this round: nobody dropped, and the cohort is at least 3."""
-        return self.summands == self.cohort >= MIN_AMPLIFIED_COHORT
+        """Whether sampling amplifies this round (nobody dropped, and it would have run anyway).
+
+        Every one of at least `MIN_AMPLIFIED_COHORT` sampled clients survived, and a cohort one
+        larger would have run too: its shares, W/(n+1), still at least `MIN_SHARE_VARIANCE`.
+        """
+        larger_share = self.local_variance * self.cohort / (self.cohort + 1)
+        return (
+            self.summands == self.cohort >= MIN_AMPLIFIED_COHORT
+            and larger_share >= MIN_SHARE_VARIANCE
+        )
 
     @classmethod
     def not_released(
@@ -595,6 +608,7 @@ class DistributedDiscreteGaussianRound(PrivacyEvent):
                 self.sample_rate,
                 self.rounds,
                 self.amplified,
+                self.cohort,
             ),
         )
 

@@ -39,16 +39,6 @@ def own_tau(variance, summands):
     )
 
 
-def own_unsampled_rdp(alpha, sensitivity, variance, summands, dimension):
-    """Kairouz et al.'s Prop. 14 / Eq. 17 bound on the order-α divergence of one round."""
-    tau = own_tau(variance, summands)
-    scale = sensitivity / math.sqrt(summands * variance)
-    return min(
-        alpha * scale**2 / 2 + tau * dimension,
-        alpha / 2 * (scale + math.sqrt(dimension) * tau) ** 2,
-    )
-
-
 def own_amplified_rdp(alpha, event):
     """Σ_k C(α,k)(1−q)^(α−k) q^k e^(k(k−1)/(2z²)), z² = W/Δ², plus (2α−1)·d·τ/(α−1)."""
     q = mpmath.mpf(event.sample_rate)
@@ -69,9 +59,16 @@ def own_amplified_rdp(alpha, event):
 
 
 def own_weak_rdp(alpha, event):
-    """log(1 − q + q·e^((α−1)ε(α)))/(α−1) with ε the unsampled bound, capped by ε itself."""
-    base = own_unsampled_rdp(
-        alpha, event.l2_sensitivity, event.local_variance, event.summands, event.dimension
+    """log(1 − q + q·e^((α−1)ε(α)))/(α−1) with ε the unsampled bound, capped by ε itself.
+
+    ε is Kairouz et al.'s bound at the survivors' noise, with τ of the cohort one larger (the
+    client's own share added, each share W/(n+1)), the larger τ of the two.
+    """
+    tau = own_tau(event.local_variance * event.cohort / (event.cohort + 1), event.summands + 1)
+    scale = event.l2_sensitivity / math.sqrt(event.summands * event.local_variance)
+    base = min(
+        alpha * scale**2 / 2 + tau * event.dimension,
+        alpha / 2 * (scale + math.sqrt(event.dimension) * tau) ** 2,
     )
     q = mpmath.mpf(event.sample_rate)
     if q >= 1:
@@ -90,7 +87,8 @@ def own_epsilon(rounds_of_events, delta):
     for alpha in ALPHAS:
         rdp = 0.0
         for event, count in rounds_of_events:
-            amplified = event.summands == event.cohort >= 3
+            larger_share = event.local_variance * event.cohort / (event.cohort + 1)
+            amplified = event.summands == event.cohort >= 3 and larger_share >= 4
             own = own_amplified_rdp if amplified else own_weak_rdp
             rdp += count * own(alpha, event)
         eps = rdp + math.log1p(-1 / alpha) - (math.log(delta) + math.log(alpha)) / (alpha - 1)
@@ -191,7 +189,7 @@ def test_a_round_whose_release_depends_on_who_was_sampled_needs_the_joint_convex
     event = DistributedDiscreteGaussianRound(1.0, total / shares, shares, 1, q, 1, cohort=shares)
     assert not event.amplified  # a cohort of 2: without the client it would not have run
     amplified = poisson_ddg_rdp(1.0, total, shares, 1, q)
-    weak = weak_ddg_rdp(1.0, total / shares, shares, 1, q)
+    weak = weak_ddg_rdp(1.0, total / shares, shares, 1, q, shares)
     exceeded = 0
     for index, alpha in enumerate(ORDERS[:12]):
         exact = max(_divergence(p, qq, alpha), _divergence(qq, p, alpha))
@@ -215,6 +213,15 @@ def test_rounds_with_dropouts_or_not_released_are_charged_more_and_as_computed_i
     merged = [(full, 2), (dropped, 1), (skipped, 1)]
     assert ledger.epsilon("rdp") == pytest.approx(own_epsilon(merged, 1e-5), rel=0.01)
     assert skipped.noise_multiplier == pytest.approx(full.noise_multiplier)
+
+
+def test_a_round_is_amplified_only_if_a_cohort_one_larger_would_have_run():
+    # Shares of 4.5 units over 8 clients: with one more client they would be 4.0, still taken.
+    assert DistributedDiscreteGaussianRound(10.0, 4.5, 8, 16, 0.5, cohort=8).amplified
+    # Shares of 4.2 over 8: one more client would make them 3.73, which a round refuses, so
+    # whether the round ran would have depended on who was sampled.
+    assert not DistributedDiscreteGaussianRound(10.0, 4.2, 8, 16, 0.5, cohort=8).amplified
+    assert not DistributedDiscreteGaussianRound(10.0, 100.0, 2, 16, 0.5, cohort=2).amplified
 
 
 def test_an_event_refuses_more_survivors_than_its_cohort_and_round_trips_its_cohort():
